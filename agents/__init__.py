@@ -1,0 +1,1 @@
+"""stable-baselines3 agents trained per target device, and policy application."""

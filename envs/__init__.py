@@ -1,0 +1,1 @@
+"""The Gymnasium pruning environment (``PruneGym/LayerPrune-v0``)."""

@@ -1,0 +1,216 @@
+"""The model zoo: CIFAR ResNets, VGG-BN, MobileNetV2, a small CNN for digits, and torchvision models.
+
+CIFAR ResNets follow He et al. (CVPR 2016, section 4.2): three stages of 16/32/64 channels and ``6n+2`` layers,
+with 1x1 projection shortcuts where the shape changes (option B), which keeps every channel coupling visible to a
+dependency graph. Blocks with an identity shortcut are the ones that layer pruning and dynamic skipping may remove.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from pruning_core.errors import UnsupportedModelError
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with a shortcut; ``shortcut`` is ``nn.Identity`` when shapes match."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        if stride != 1 or in_planes != planes:
+            self.shortcut: nn.Module = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet for 32x32 inputs with ``depth = 6n + 2``."""
+
+    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        if (depth - 2) % 6 != 0:
+            raise UnsupportedModelError(f"CIFAR ResNet depth must be 6n+2; got {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        layers: list[nn.Module] = []
+        in_planes = 16
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            blocks = []
+            for i in range(n):
+                blocks.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        # Zero-init the last BN of each residual branch (Goyal et al. 2017): each block starts as identity.
+        for m in self.modules():
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+VGG_CONFIGS: dict[str, list[int | str]] = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+}
+
+
+class CifarVGG(nn.Module):
+    """VGG with BatchNorm for 32x32 inputs (the variant used by network slimming, Liu et al. 2017)."""
+
+    def __init__(self, config: str, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for item in VGG_CONFIGS[config]:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                assert isinstance(item, int)
+                layers += [nn.Conv2d(channels, item, 3, padding=1, bias=False), nn.BatchNorm2d(item), nn.ReLU(True)]
+                channels = item
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expansion, 3x3 depthwise, 1x1 projection; identity shortcut when shapes match."""
+
+    def __init__(self, in_planes: int, planes: int, expansion: int, stride: int) -> None:
+        super().__init__()
+        hidden = in_planes * expansion
+        self.use_shortcut = stride == 1 and in_planes == planes
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_planes, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, planes, 1, bias=False),
+            nn.BatchNorm2d(planes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        return x + out if self.use_shortcut else out
+
+
+class CifarMobileNetV2(nn.Module):
+    """MobileNetV2 (Sandler et al. 2018) for 32x32 inputs: stride 1 in the stem and the first two stages."""
+
+    # (expansion, out_planes, num_blocks, stride)
+    CONFIG = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(True))
+        blocks: list[nn.Module] = []
+        in_planes = 32
+        for expansion, planes, count, stride in self.CONFIG:
+            for i in range(count):
+                blocks.append(InvertedResidual(in_planes, planes, expansion, stride if i == 0 else 1))
+                in_planes = planes
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.Conv2d(in_planes, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU6(True))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(1280, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.blocks(self.stem(x)))
+        return self.classifier(torch.flatten(self.avgpool(x), 1))
+
+
+class SmallCNN(nn.Module):
+    """A small residual CNN for 8x8 digits: stem, one identity block, a strided conv, one identity block."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(True))
+        self.block1 = BasicBlock(32, 32)
+        self.down = nn.Sequential(nn.Conv2d(32, 64, 3, 2, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(True))
+        self.block2 = BasicBlock(64, 64)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block2(self.down(self.block1(self.stem(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+ModelBuilder = Callable[[int, int], nn.Module]
+
+MODELS: dict[str, ModelBuilder] = {
+    "resnet20": lambda num_classes, in_channels: CifarResNet(20, num_classes, in_channels),
+    "resnet32": lambda num_classes, in_channels: CifarResNet(32, num_classes, in_channels),
+    "resnet56": lambda num_classes, in_channels: CifarResNet(56, num_classes, in_channels),
+    "resnet110": lambda num_classes, in_channels: CifarResNet(110, num_classes, in_channels),
+    "vgg11_bn": lambda num_classes, in_channels: CifarVGG("vgg11", num_classes, in_channels),
+    "vgg16_bn": lambda num_classes, in_channels: CifarVGG("vgg16", num_classes, in_channels),
+    "mobilenetv2": lambda num_classes, in_channels: CifarMobileNetV2(num_classes, in_channels),
+    "small_cnn": lambda num_classes, in_channels: SmallCNN(num_classes, in_channels),
+}
+TORCHVISION_PREFIX = "tv:"
+
+
+def model_names() -> list[str]:
+    """Names accepted by :func:`build_model` (plus any ``tv:<torchvision name>``)."""
+    return [*MODELS, f"{TORCHVISION_PREFIX}<name>"]
+
+
+def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """Build an untrained model by name.
+
+    Args:
+        name: A zoo name (``resnet56``, ``vgg16_bn``, ``mobilenetv2``, ``small_cnn``, ...) or ``tv:<name>`` for any
+            torchvision classification model (built without pretrained weights).
+        num_classes: Outputs of the classifier.
+        in_channels: Channels of the input images (torchvision models need 3).
+
+    Raises:
+        UnsupportedModelError: The name is unknown.
+
+    >>> build_model("resnet20").fc.out_features
+    10
+    """
+    if name.startswith(TORCHVISION_PREFIX):
+        import torchvision
+
+        tv_name = name[len(TORCHVISION_PREFIX) :]
+        available = torchvision.models.list_models(module=torchvision.models)
+        if tv_name not in available:
+            raise UnsupportedModelError(f"expected a torchvision classification model name; got {tv_name!r}")
+        if in_channels != 3:
+            raise UnsupportedModelError(f"torchvision models expect 3 input channels; got {in_channels}")
+        return torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes)
+    if name not in MODELS:
+        raise UnsupportedModelError(f"model must be one of {', '.join(model_names())}; got {name!r}")
+    return MODELS[name](num_classes, in_channels)

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scripts.cli import main
+
+
+def test_pretrain_then_evaluate_json(tmp_path, capsys):
+    out = tmp_path / "digits.pt"
+    assert (
+        main(
+            [
+                "pretrain",
+                "--model",
+                "small_cnn",
+                "--data",
+                "digits",
+                "--epochs",
+                "2",
+                "--lr",
+                "0.05",
+                "--batch-size",
+                "64",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out), "--data", "digits", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert {"top1", "n", "macs", "params"} <= record.keys()
+    assert 0.5 < record["top1"] <= 1 and record["n"] == 359 and record["macs"] > record["params"] > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["evaluate", "--checkpoint", "nowhere.pt"], "checkpoint nowhere.pt does not exist"),
+        (["pretrain", "--model", "small_cnn", "--data", "imagefolder", "--out", "x.pt"], "needs --data-root"),
+        (
+            ["pretrain", "--model", "small_cnn", "--data", "imagefolder", "--data-root", "/no/such", "--out", "x.pt"],
+            "data root /no/such does not exist",
+        ),
+        (["pretrain", "--model", "alexnet", "--out", "x.pt"], "model must be one of"),
+        (["pretrain", "--model", "small_cnn", "--out", "x.pt", "--resume"], "nothing to resume"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
