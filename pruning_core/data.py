@@ -206,7 +206,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PRUNEGYM_CACHE", Path.home() / ".cache" / "prunegym"))
 
 
-def atomic_write_bytes(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write_bytes(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it onto ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

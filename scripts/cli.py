@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from pruning_core.data import ImageDataset
 from pruning_core.errors import PruneGymError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -83,22 +84,38 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def _load_model_for_eval(args: argparse.Namespace) -> tuple[torch.nn.Module, str, list[str]]:
+    """The model named by --checkpoint or --pruned, its name, and the classes it was trained on."""
+    if (args.checkpoint is None) == (args.pruned is None):
+        raise PruneGymError("expected exactly one of --checkpoint or --pruned")
+    if args.pruned is not None:
+        from pruning_core.serialize import load_pruned
+
+        loaded = load_pruned(args.pruned)
+        return loaded.model, f"{loaded.structure['base_model']} (pruned)", loaded.classes
     from pruning_core.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    if args.model is not None and args.model != checkpoint.meta["model"]:
+        raise PruneGymError(f"--model is {args.model} but {args.checkpoint} holds {checkpoint.meta['model']}")
+    return checkpoint.build(), checkpoint.meta["model"], list(checkpoint.meta["classes"])
+
+
+def _check_classes(dataset: ImageDataset, classes: list[str], source: object) -> None:
+    if list(dataset.classes) != list(classes):
+        raise PruneGymError(
+            f"{source} was trained on classes {list(classes)[:5]}...; the dataset has {list(dataset.classes)[:5]}..."
+        )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from pruning_core.metrics import count_cost
     from pruning_core.training import evaluate
 
     _set_threads(args)
-    checkpoint = load_checkpoint(args.checkpoint)
-    if args.model is not None and args.model != checkpoint.meta["model"]:
-        raise PruneGymError(f"--model is {args.model} but {args.checkpoint} holds {checkpoint.meta['model']}")
+    model, name, classes = _load_model_for_eval(args)
     dataset = _load_data(args, progress=not args.json)
-    if list(dataset.classes) != list(checkpoint.meta["classes"]):
-        raise PruneGymError(
-            f"{args.checkpoint} was trained on classes {checkpoint.meta['classes'][:5]}...; "
-            f"the dataset has {list(dataset.classes)[:5]}..."
-        )
-    model = checkpoint.build()
+    _check_classes(dataset, classes, args.checkpoint or args.pruned)
     result = evaluate(model, dataset, args.split)
     cost = count_cost(model, dataset.input_shape)
     record = {
@@ -107,7 +124,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "n": result.n,
         "macs": cost.macs,
         "params": cost.params,
-        "model": checkpoint.meta["model"],
+        "model": name,
         "split": args.split,
         "dataset": dataset.name,
     }
@@ -116,9 +133,111 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         top5 = f"  top-5 {result.top5:.4f}" if result.top5 is not None else ""
         print(
-            f"{record['model']} on {dataset.name}/{args.split}: top-1 {result.top1:.4f}{top5}  n={result.n}  "
+            f"{name} on {dataset.name}/{args.split}: top-1 {result.top1:.4f}{top5}  n={result.n}  "
             f"MACs {cost.macs / 1e6:.2f}M  params {cost.params / 1e3:.1f}K"
         )
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from pruning_core.checkpoint import load_checkpoint
+    from pruning_core.engine import PruningEngine, describe, recalibrate_bn
+    from pruning_core.finetune import finetune
+    from pruning_core.plan import PruningPlan
+    from pruning_core.serialize import save_pruned
+    from pruning_core.training import TrainConfig, evaluate
+
+    _set_threads(args)
+    checkpoint = load_checkpoint(args.checkpoint)
+    if args.model is not None and args.model != checkpoint.meta["model"]:
+        raise PruneGymError(f"--model is {args.model} but {args.checkpoint} holds {checkpoint.meta['model']}")
+    dataset = _load_data(args)
+    _check_classes(dataset, checkpoint.meta["classes"], args.checkpoint)
+    dense = checkpoint.build()
+    engine = PruningEngine(dense, dataset.input_shape, dataset=dataset)
+    options = {
+        "criterion": args.criterion,
+        "granularity": args.granularity,
+        "round_to": args.round_to,
+        "nm": _parse_nm(args.nm),
+    }
+    if (args.plan is None) == (args.uniform is None):
+        raise PruneGymError("expected exactly one of --plan PLAN.json or --uniform RATIO")
+    plan = (
+        PruningPlan.load(args.plan) if args.plan else PruningPlan.uniform(engine.group_names, args.uniform, **options)
+    )
+    pruned = engine.apply(plan)
+    for stage in ("pruned", "bn"):
+        if stage == "bn":
+            recalibrate_bn(pruned.model, dataset, batches=args.bn_batches)
+        for split in ("val", "test"):
+            pruned.accuracy[f"{split}_{stage}"] = evaluate(pruned.model, dataset, split).top1
+    if args.finetune_epochs > 0:
+        config = TrainConfig(
+            epochs=args.finetune_epochs,
+            lr=args.lr,
+            schedule=args.schedule,
+            warmup_epochs=0,
+            distill_weight=args.distill,
+            seed=args.seed,
+        )
+        finetune(pruned, dataset, config, teacher=dense if args.distill > 0 else None)
+        pruned.accuracy["test_finetuned"] = evaluate(pruned.model, dataset, "test").top1
+    save_pruned(
+        args.out,
+        pruned,
+        base_model=checkpoint.meta["model"],
+        classes=list(dataset.classes),
+        extra_meta={
+            "checkpoint": str(args.checkpoint),
+            "dataset": dataset.name,
+            "groups": describe(pruned, engine.graph),
+        },
+    )
+    acc = "  ".join(f"{k} {v:.4f}" for k, v in pruned.accuracy.items())
+    print(
+        f"{checkpoint.meta['model']}: MACs {pruned.base_cost.macs / 1e6:.2f}M -> {pruned.cost.macs / 1e6:.2f}M "
+        f"({pruned.macs_ratio:.1%}), params {pruned.base_cost.params / 1e3:.1f}K -> {pruned.cost.params / 1e3:.1f}K "
+        f"({pruned.params_ratio:.1%}), zero weights {pruned.weight_sparsity:.1%}\n{acc}\nsaved {args.out}"
+    )
+    return 0
+
+
+def _parse_nm(text: str) -> tuple[int, int]:
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise PruneGymError(f"--nm must look like N:M (e.g. 2:4); got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pruning_core.export import export_onnx, onnx_top1, quantize_int8
+    from pruning_core.serialize import load_pruned
+    from pruning_core.training import evaluate
+
+    _set_threads(args)
+    loaded = load_pruned(args.pruned)
+    report = export_onnx(loaded.model, loaded.input_shape, args.out)
+    record: dict[str, object] = {
+        "onnx": str(report.path),
+        "onnx_bytes": report.bytes,
+        "max_abs_diff_ort_vs_torch": report.max_abs_diff,
+    }
+    if args.int8:
+        dataset = _load_data(args, progress=False)
+        _check_classes(dataset, loaded.classes, args.pruned)
+        int8 = quantize_int8(report.path, Path(args.out).with_suffix(".int8.onnx"), dataset)
+        record.update(
+            {
+                "int8": str(int8),
+                "int8_bytes": int8.stat().st_size,
+                "int8_size_ratio": int8.stat().st_size / report.bytes,
+                "test_top1_torch": evaluate(loaded.model, dataset, "test").top1,
+                "test_top1_onnx_fp32": onnx_top1(report.path, dataset),
+                "test_top1_onnx_int8": onnx_top1(int8, dataset),
+            }
+        )
+    print(json.dumps(record, indent=None if args.json else 2))
     return 0
 
 
@@ -142,13 +261,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from <out>.resume")
     p.set_defaults(handler=cmd_pretrain)
 
-    p = sub.add_parser("evaluate", help="top-1 accuracy, MACs and parameters of a checkpoint")
+    p = sub.add_parser("evaluate", help="top-1 accuracy, MACs and parameters of a checkpoint or pruned model")
     p.add_argument("--model", default=None, help="expected model name (checked against the checkpoint)")
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, default=None, help="dense checkpoint")
+    p.add_argument("--pruned", type=Path, default=None, help="pruned-model folder written by prunegym prune")
     _add_data_args(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser("prune", help="apply a plan (or uniform sparsity), recalibrate BN, fine-tune, save")
+    p.add_argument("--model", default=None, help="expected model name (checked against the checkpoint)")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    _add_data_args(p)
+    p.add_argument("--plan", type=Path, default=None, help="plan JSON (keys: sparsity, criterion, ...)")
+    p.add_argument("--uniform", type=float, default=None, help="the same sparsity in every group")
+    p.add_argument("--criterion", default="l1", choices=["l1", "l2", "taylor", "activation", "bn", "random"])
+    p.add_argument("--granularity", default="channel", choices=["channel", "unstructured", "nm"])
+    p.add_argument("--nm", default="2:4", help="N:M pattern for --granularity nm")
+    p.add_argument("--round-to", type=int, default=1, help="round kept channels to a multiple of this")
+    p.add_argument("--bn-batches", type=int, default=20, help="training batches for BN recalibration")
+    p.add_argument("--finetune-epochs", type=int, default=0)
+    p.add_argument("--schedule", default="cosine", choices=["cosine", "constant"])
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
+    p.add_argument("--distill", type=float, default=0.0, help="weight of distillation from the dense model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="pruned-model folder to write")
+    p.set_defaults(handler=cmd_prune)
+
+    p = sub.add_parser("export", help="export a pruned model to ONNX (optionally INT8)")
+    p.add_argument("--pruned", type=Path, required=True)
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--int8", action="store_true", help="also write an INT8 statically quantized model")
+    _add_data_args(p)
+    p.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    p.set_defaults(handler=cmd_export)
     return parser
 
 

@@ -54,3 +54,59 @@ def test_bad_input_is_one_line_and_nonzero(argv, message, capsys, tmp_path, monk
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_prune_evaluate_export(tmp_path, capsys):
+    out = tmp_path / "pruned"
+    assert (
+        main(
+            [
+                "prune",
+                "--checkpoint",
+                "checkpoints/small_cnn_digits.pt",
+                "--data",
+                "digits",
+                "--uniform",
+                "0.3",
+                "--criterion",
+                "activation",
+                "--finetune-epochs",
+                "1",
+                "--schedule",
+                "constant",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "val_bn" in printed and "test_finetuned" in printed
+    assert main(["evaluate", "--pruned", str(out), "--data", "digits", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    meta = json.loads((out / "meta.json").read_text())
+    assert record["macs"] == meta["macs"] < meta["base_macs"]
+    assert record["top1"] == pytest.approx(meta["accuracy"]["test_finetuned"])
+    assert main(["export", "--pruned", str(out), "--out", str(tmp_path / "m.onnx"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["max_abs_diff_ort_vs_torch"] < 1e-4 and (tmp_path / "m.onnx").exists()
+
+
+def test_prune_with_a_bad_plan_is_one_line(tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"sparsity": {"stem.0": 1.5}}))
+    assert (
+        main(
+            [
+                "prune",
+                "--checkpoint",
+                "checkpoints/small_cnn_digits.pt",
+                "--plan",
+                str(plan),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
+    assert "sparsity for stem.0 must be in [0, 0.95]; got 1.5" in capsys.readouterr().err

@@ -1,0 +1,58 @@
+"""Fine-tuning a pruned model: fixed or cosine-decayed learning rate, optional distillation, best weights kept."""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from pruning_core.data import ImageDataset
+from pruning_core.engine import PrunedModel
+from pruning_core.training import TrainConfig, TrainState, evaluate, make_state, train
+
+
+def finetune(
+    pruned: PrunedModel,
+    dataset: ImageDataset,
+    config: TrainConfig,
+    *,
+    teacher: nn.Module | None = None,
+    eval_split: str = "val",
+    progress: bool = True,
+) -> PrunedModel:
+    """Fine-tune ``pruned.model`` in place and keep the weights of its best epoch on ``eval_split``.
+
+    Pruning masks (unstructured, N:M) stay in force during fine-tuning, so zeros stay zeros.
+
+    Args:
+        pruned: The pruned model; its ``accuracy`` gains ``{eval_split}_finetuned``.
+        dataset: Training data (``train`` split) and the split that picks the best epoch.
+        config: Learning rate, schedule (``cosine`` or ``constant``), epochs, distillation weight.
+        teacher: Dense model to distil from when ``config.distill_weight > 0``.
+        eval_split: Split that selects the best epoch (``val``: the test split is for reporting only).
+        progress: Show progress bars.
+    """
+    model = pruned.model
+    best_top1 = evaluate(model, dataset, eval_split).top1
+    best_state = copy.deepcopy(model.state_dict())
+
+    def keep_best(state: TrainState) -> None:
+        nonlocal best_top1, best_state
+        if state.history[-1].val_top1 > best_top1:
+            best_top1 = state.history[-1].val_top1
+            best_state = copy.deepcopy(state.model.state_dict())
+
+    if config.epochs > 0:
+        train(
+            make_state(model, config),
+            dataset,
+            config,
+            teacher=teacher,
+            eval_split=eval_split,
+            on_epoch_end=keep_best,
+            progress=progress,
+        )
+    model.load_state_dict(best_state)
+    model.eval()
+    pruned.accuracy[f"{eval_split}_finetuned"] = best_top1
+    return pruned
