@@ -129,6 +129,7 @@ class ModelGraph:
         self.groups = self._enumerate_groups()
         if not self.groups:
             raise UnsupportedModelError("expected at least one prunable channel group; found none")
+        self.out_group, self.in_group = self._layer_groups()
         self.total_macs = sum(r.macs for r in self.layers.values())
         self.total_params = sum(p.numel() for p in model.parameters())
 
@@ -184,6 +185,45 @@ class ModelGraph:
                 )
             )
         return groups
+
+    def _layer_groups(self) -> tuple[dict[str, str], dict[str, str]]:
+        """For each conv/linear layer, the group that sets its output channels and the one that sets its inputs."""
+        out_group: dict[str, str] = {}
+        in_group: dict[str, str] = {}
+        for group in self.groups:
+            for layer in group.producers:
+                out_group[layer] = group.name
+                if _is_depthwise(self.layers[layer]):
+                    in_group[layer] = group.name  # a depthwise conv's inputs are its outputs' channels
+            for layer in group.consumers:
+                in_group[layer] = group.name
+        return out_group, in_group
+
+    def layer_channels(
+        self, kept: dict[str, int] | None = None, removed_blocks: Iterable[str] = ()
+    ) -> dict[str, tuple[int, int]]:
+        """``(in_channels, out_channels)`` of every conv/linear layer of a variant, in forward order.
+
+        Args:
+            kept: Channels kept per group (missing groups keep all).
+            removed_blocks: Residual blocks removed from the variant: their layers are left out.
+
+        >>> from pruning_core.models import build_model
+        >>> g = ModelGraph(build_model("resnet20"), (3, 32, 32))
+        >>> g.layer_channels({"conv1": 8, "layer1.0.conv1": 4})["layer1.0.conv2"]
+        (4, 8)
+        """
+        kept = kept or {}
+        removed = tuple(b + "." for b in removed_blocks)
+        widths = {g.name: kept.get(g.name, g.channels) for g in self.groups}
+        channels = {}
+        for name, record in sorted(self.layers.items(), key=lambda item: item[1].order):
+            if name.startswith(removed):
+                continue
+            c_in = widths[self.in_group[name]] if name in self.in_group else record.in_channels
+            c_out = widths[self.out_group[name]] if name in self.out_group else record.out_channels
+            channels[name] = (c_in, c_out)
+        return channels
 
     def group(self, name: str) -> PrunableGroup:
         """The group called ``name``."""

@@ -241,6 +241,105 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _input_shape(args: argparse.Namespace) -> tuple[int, ...]:
+    if args.input_shape is not None:
+        try:
+            shape = tuple(int(x) for x in args.input_shape.split(","))
+        except ValueError:
+            shape = ()
+        if len(shape) != 3 or min(shape) < 1:
+            raise PruneGymError(f"--input-shape must be C,H,W (e.g. 3,32,32); got {args.input_shape!r}")
+        return shape
+    return (1, 8, 8) if args.model == "small_cnn" else (3, 32, 32)
+
+
+def _graph_for(args: argparse.Namespace):
+    from pruning_core.graph import ModelGraph
+    from pruning_core.models import build_model
+
+    shape = _input_shape(args)
+    torch.manual_seed(0)
+    return ModelGraph(build_model(args.model, in_channels=shape[0]), shape)
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from hardware_models.registry import list_devices
+
+    rows = [{"device": e.name, "kind": e.kind.value, "description": e.description} for e in list_devices()]
+    rows.append({"device": "lut:PATH", "kind": "lookup table", "description": "a table built by `prunegym lut build`"})
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    width = max(len(r["device"]) for r in rows)
+    kind_width = max(len(r["kind"]) for r in rows)
+    for r in rows:
+        print(f"{r['device']:<{width}}  {r['kind']:<{kind_width}}  {r['description']}")
+    return 0
+
+
+def cmd_lut_build(args: argparse.Namespace) -> int:
+    from hardware_models.lut import build_lut
+
+    runtimes = {"host-cpu": "pytorch", "host-cpu-ort": "onnxruntime"}
+    if args.device == "cuda":
+        raise PruneGymError("lookup tables are built for CPU runtimes here; time CUDA directly with --device cuda")
+    graph = _graph_for(args)
+    lut = build_lut(
+        graph,
+        device=args.device,
+        runtime=runtimes[args.device],
+        threads=args.threads,
+        batch_size=args.batch_size,
+        grid_points=args.grid_points,
+        calibration_variants=args.calibration_variants,
+        model_name=args.model,
+    )
+    lut.save(args.out)
+    print(
+        f"{args.out}: {lut.meta['entries']} entries in {lut.meta['build_seconds']:.1f}s; calibration "
+        f"latency = {lut.scale:.3f} x layer sum + {lut.overhead_ms:.3f} ms"
+    )
+    return 0
+
+
+def cmd_lut_validate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from hardware_models.base import Variant
+    from hardware_models.lut import LookupTable, validate
+    from hardware_models.measure import OrtLatency, TorchLatency
+
+    lut = LookupTable.load(args.lut)
+    graph = _graph_for(args)
+    threads = lut.threads or 1
+    measurer = TorchLatency("cpu", threads=threads) if lut.runtime == "pytorch" else OrtLatency(threads=threads)
+
+    def predict(variant: Variant) -> float:
+        return lut.predict_variant(graph, variant, batch_size=lut.batch_size)
+
+    report = validate(
+        predict,
+        graph,
+        lambda m: measurer.predict(m, graph.input_shape, batch_size=lut.batch_size),
+        samples=args.samples,
+        seed=args.seed,
+        progress=not args.json,
+    )
+    record = {k: v for k, v in asdict(report).items() if k != "rows"}
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(
+            f"LUT ({lut.device}, {lut.runtime}, {threads} thread(s)) on {args.model}, {report.samples} variants:\n"
+            f"  LUT : MAPE {report.mape:.1%}  within 10% {report.within_10pct:.0%}  Spearman {report.spearman:.3f}\n"
+            f"  MACs: MAPE {report.macs_mape:.1%}  within 10% {report.macs_within_10pct:.0%}  "
+            f"Spearman {report.macs_spearman:.3f}"
+        )
+    if args.rows is not None:
+        args.rows.write_text(json.dumps(report.rows, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunegym", description="Hardware-aware RL pruning of PyTorch models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -297,6 +396,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
     p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("devices", help="list the target devices and how their latency is known")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_devices)
+
+    lut = sub.add_parser("lut", help="build or validate a per-layer latency lookup table")
+    lut_sub = lut.add_subparsers(dest="lut_command", required=True)
+    p = lut_sub.add_parser("build", help="profile every layer shape of a model on this host")
+    p.add_argument("--device", required=True, choices=["host-cpu", "host-cpu-ort", "cuda"])
+    p.add_argument("--model", required=True)
+    p.add_argument("--input-shape", default=None, help="C,H,W (default: 1,8,8 for small_cnn, else 3,32,32)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--grid-points", type=int, default=8, help="channel counts profiled per dimension")
+    p.add_argument("--calibration-variants", type=int, default=8, help="whole pruned models measured to calibrate")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(handler=cmd_lut_build)
+    p = lut_sub.add_parser("validate", help="compare a table with measurements of random pruned variants")
+    p.add_argument("--lut", type=Path, required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--input-shape", default=None)
+    p.add_argument("--samples", type=int, default=50)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--rows", type=Path, default=None, help="write every variant's figures here as JSON")
+    p.set_defaults(handler=cmd_lut_validate)
     return parser
 
 

@@ -1,0 +1,412 @@
+"""Per-layer latency lookup tables (NetAdapt, ECCV 2018), built by profiling on the target device.
+
+A table holds, for each distinct layer shape of a model (kind, kernel, stride, input size, widest channel counts),
+the latency of that layer (conv + BatchNorm + ReLU, or linear) on a grid of input and output channel counts.
+A prediction sums the layers of a variant, interpolating bilinearly between grid points, and maps the sum through a
+linear calibration ``latency = scale * sum + overhead`` fitted on whole models measured while building the table:
+the overhead and scale carry what per-layer sums miss (residual additions, pooling, per-call dispatch).
+
+A table is JSON with its device, runtime, threads, batch size, library versions and schema version, so it can be
+built on any machine that has PyTorch (or ONNX Runtime) and copied back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hardware_models.base import DeviceKind, LatencyStats, Variant
+from hardware_models.measure import OrtLatency, TorchLatency, build_variant, time_callable, torch_threads
+from pruning_core.data import atomic_write_bytes
+from pruning_core.errors import PruneGymError
+from pruning_core.graph import ModelGraph
+from pruning_core.metrics import LayerRecord
+
+LUT_SCHEMA_VERSION = 1
+
+
+def grid_counts(channels: int, points: int) -> list[int]:
+    """Channel counts profiled for a layer of ``channels``: ``points`` even steps, plus 1.
+
+    >>> grid_counts(64, 4)
+    [1, 16, 32, 48, 64]
+    """
+    return sorted({1, *(max(1, round(channels * i / points)) for i in range(1, points + 1))})
+
+
+def layer_signature(record: LayerRecord, kind: str, variable_in: bool, variable_out: bool) -> str:
+    """Key of a layer shape in the table: equal signatures share one grid of measurements."""
+    return (
+        f"{kind}:k{record.kernel}:s{record.stride}:in{record.input_hw[0]}x{record.input_hw[1]}"
+        f":out{record.output_hw[0]}x{record.output_hw[1]}:c{record.in_channels}x{record.out_channels}"
+        f":var{int(variable_in)}{int(variable_out)}"
+    )
+
+
+def _layer_kind(graph: ModelGraph, name: str) -> str:
+    module = graph.model.get_submodule(name)
+    if isinstance(module, nn.Linear):
+        return "linear"
+    record = graph.layers[name]
+    return "dwconv" if record.groups > 1 and record.groups == record.in_channels else "conv"
+
+
+@dataclass
+class LayerTable:
+    """Measured latency (ms) of one layer shape over a grid of (input, output) channel counts."""
+
+    kind: str
+    kernel: int
+    stride: int
+    input_hw: tuple[int, int]
+    output_hw: tuple[int, int]
+    in_counts: list[int]
+    out_counts: list[int]
+    latency_ms: list[list[float]]  # [len(in_counts)][len(out_counts)]; depthwise: in == out, one row
+
+    def lookup(self, c_in: int, c_out: int) -> float:
+        """Bilinear interpolation on the grid (clamped to its ends)."""
+        grid = np.asarray(self.latency_ms)
+        if self.kind == "dwconv":
+            return float(np.interp(c_out, self.out_counts, grid[0]))
+        if len(self.in_counts) == 1:
+            return float(np.interp(c_out, self.out_counts, grid[0]))
+        if len(self.out_counts) == 1:
+            return float(np.interp(c_in, self.in_counts, grid[:, 0]))
+        i = int(np.clip(np.searchsorted(self.in_counts, c_in) - 1, 0, len(self.in_counts) - 2))
+        j = int(np.clip(np.searchsorted(self.out_counts, c_out) - 1, 0, len(self.out_counts) - 2))
+        x0, x1 = self.in_counts[i], self.in_counts[i + 1]
+        y0, y1 = self.out_counts[j], self.out_counts[j + 1]
+        tx = float(np.clip((c_in - x0) / (x1 - x0), 0.0, 1.0))
+        ty = float(np.clip((c_out - y0) / (y1 - y0), 0.0, 1.0))
+        top = grid[i, j] * (1 - ty) + grid[i, j + 1] * ty
+        bottom = grid[i + 1, j] * (1 - ty) + grid[i + 1, j + 1] * ty
+        return float(top * (1 - tx) + bottom * tx)
+
+
+def _unit(kind: str, record: LayerRecord, c_in: int, c_out: int) -> tuple[nn.Module, tuple[int, ...]]:
+    """The module profiled for one grid point and the shape of its input (without batch)."""
+    if kind == "linear":
+        return nn.Linear(c_in, c_out), (c_in,)
+    groups = c_in if kind == "dwconv" else 1
+    conv = nn.Conv2d(c_in, c_out, record.kernel, record.stride, record.kernel // 2, groups=groups, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)).eval(), (c_in, *record.input_hw)
+
+
+@dataclass
+class LookupTable:
+    """A latency lookup table for one device and runtime.
+
+    Attributes:
+        device: Device the table was profiled on.
+        runtime: ``pytorch`` or ``onnxruntime``.
+        threads: Threads used while profiling.
+        batch_size: Batch size profiled.
+        tables: Layer tables keyed by layer signature.
+        scale: Calibration slope (whole-model latency per ms of summed layer latency).
+        overhead_ms: Calibration intercept: per-model time the layer sum misses.
+        calibration: Whole-model measurements the calibration was fitted on.
+        meta: Library versions, host, model, build time.
+        schema_version: JSON layout version.
+    """
+
+    device: str
+    runtime: str
+    threads: int | None
+    batch_size: int
+    tables: dict[str, LayerTable]
+    scale: float = 1.0
+    overhead_ms: float = 0.0
+    calibration: list[dict[str, float]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = LUT_SCHEMA_VERSION
+    kind = DeviceKind.LOOKUP_TABLE
+
+    def __post_init__(self) -> None:
+        self._plans: dict[int, list[tuple[str, LayerTable]]] = {}
+
+    def _layers_of(self, graph: ModelGraph) -> list[tuple[str, LayerTable]]:
+        """Each layer of ``graph`` with its table (computed once per graph)."""
+        key = id(graph)
+        if key not in self._plans:
+            rows = []
+            for name, record in sorted(graph.layers.items(), key=lambda item: item[1].order):
+                signature = layer_signature(
+                    record, _layer_kind(graph, name), name in graph.in_group, name in graph.out_group
+                )
+                if signature not in self.tables:
+                    raise PruneGymError(
+                        f"lookup table lacks layer {name} ({signature}); build one for this model with "
+                        f"`prunegym lut build --model ...`"
+                    )
+                rows.append((name, self.tables[signature]))
+            self._plans[key] = rows
+        return self._plans[key]
+
+    def layer_latencies(self, graph: ModelGraph, variant: Variant) -> dict[str, float]:
+        """Table latency (ms) of every remaining layer of a variant, before calibration."""
+        channels = graph.layer_channels(dict(variant.kept), variant.removed_blocks)
+        return {name: table.lookup(*channels[name]) for name, table in self._layers_of(graph) if name in channels}
+
+    def raw_sum(self, graph: ModelGraph, variant: Variant) -> float:
+        channels = graph.layer_channels(dict(variant.kept), variant.removed_blocks)
+        return sum(table.lookup(*channels[name]) for name, table in self._layers_of(graph) if name in channels)
+
+    def predict_variant(self, graph: ModelGraph, variant: Variant, *, batch_size: int = 1) -> float:
+        """Calibrated latency (ms) of a variant."""
+        if batch_size != self.batch_size:
+            raise PruneGymError(f"lookup table was profiled at batch size {self.batch_size}; got {batch_size}")
+        return self.scale * self.raw_sum(graph, variant) + self.overhead_ms
+
+    def predict(self, model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int = 1) -> float:
+        """Latency of an arbitrary model whose layer shapes are in the table."""
+        return self.predict_variant(ModelGraph(model, input_shape), Variant(), batch_size=batch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "device": self.device,
+            "runtime": self.runtime,
+            "threads": self.threads,
+            "batch_size": self.batch_size,
+            "scale": self.scale,
+            "overhead_ms": self.overhead_ms,
+            "calibration": self.calibration,
+            "meta": self.meta,
+            "tables": {key: asdict(table) for key, table in self.tables.items()},
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the table as JSON, atomically."""
+        atomic_write_bytes(Path(path), lambda tmp: tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n"))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> LookupTable:
+        path = Path(path)
+        if not path.is_file():
+            raise PruneGymError(f"lookup table {path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise PruneGymError(f"lookup table {path} is not valid JSON: {exc}") from None
+        version = data.get("schema_version", 0)
+        if version > LUT_SCHEMA_VERSION or "tables" not in data:
+            raise PruneGymError(f"{path} is not a lookup table of schema <= {LUT_SCHEMA_VERSION}; got {version}")
+        tables = {
+            key: LayerTable(**{**t, "input_hw": tuple(t["input_hw"]), "output_hw": tuple(t["output_hw"])})
+            for key, t in data["tables"].items()
+        }
+        table = cls(
+            device=data["device"],
+            runtime=data["runtime"],
+            threads=data["threads"],
+            batch_size=data["batch_size"],
+            tables=tables,
+            scale=data["scale"],
+            overhead_ms=data["overhead_ms"],
+            calibration=data["calibration"],
+            meta=data.get("meta", {}),
+            schema_version=version,
+        )
+        table.meta.setdefault("path", str(path))
+        return table
+
+
+def random_variant(graph: ModelGraph, rng: random.Random, max_sparsity: float = 0.8) -> Variant:
+    """Per-group sparsity uniform in [0, max_sparsity], rounded to whole channels (at least one)."""
+    return Variant(kept={g.name: max(1, round(g.channels * (1 - rng.uniform(0, max_sparsity)))) for g in graph.groups})
+
+
+def _layer_timer(runtime: str, threads: int | None, batch_size: int) -> Callable[[nn.Module, tuple[int, ...]], float]:
+    """A function that times one unit module (median ms) with the table's runtime."""
+    if runtime == "pytorch":
+
+        def time_torch(module: nn.Module, shape: tuple[int, ...]) -> float:
+            inputs = torch.randn(batch_size, *shape)
+            with torch_threads(threads), torch.inference_mode():
+                samples = time_callable(lambda: module(inputs), warmup=3, runs=15, min_seconds=0.01)
+            return float(np.median(samples))
+
+        return time_torch
+    if runtime == "onnxruntime":
+        ort = OrtLatency(threads=threads or 1, warmup=3, runs=15, min_seconds=0.01)
+        return lambda module, shape: ort.measure(module, shape, batch_size=batch_size).p50_ms
+    raise PruneGymError(f"runtime must be pytorch or onnxruntime; got {runtime!r}")
+
+
+def build_lut(
+    graph: ModelGraph,
+    *,
+    device: str,
+    runtime: str = "pytorch",
+    threads: int | None = 1,
+    batch_size: int = 1,
+    grid_points: int = 8,
+    calibration_variants: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+    model_name: str | None = None,
+) -> LookupTable:
+    """Profile every layer shape of ``graph.model`` on this host and calibrate on whole models.
+
+    Args:
+        graph: The dense model's graph.
+        device: Name recorded in the table.
+        runtime: ``pytorch`` (eager) or ``onnxruntime``.
+        threads: Threads while profiling.
+        batch_size: Batch size profiled.
+        grid_points: Channel counts profiled per dimension (plus 1 channel).
+        calibration_variants: Random pruned variants measured whole, beside the dense model, for the calibration.
+        seed: Seed of those variants.
+        progress: Show a progress bar.
+        model_name: Name recorded in the table's metadata.
+    """
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    time_unit = _layer_timer(runtime, threads, batch_size)
+    todo: dict[str, tuple[str, LayerRecord, list[int], list[int]]] = {}
+    for name, record in graph.layers.items():
+        kind = _layer_kind(graph, name)
+        var_in, var_out = name in graph.in_group, name in graph.out_group
+        signature = layer_signature(record, kind, var_in, var_out)
+        if signature in todo:
+            continue
+        outs = grid_counts(record.out_channels, grid_points) if var_out else [record.out_channels]
+        ins = (
+            [0]
+            if kind == "dwconv"
+            else (grid_counts(record.in_channels, grid_points) if var_in else [record.in_channels])
+        )
+        todo[signature] = (kind, record, ins, outs)
+    total = sum(len(ins) * len(outs) for _, _, ins, outs in todo.values())
+    tables: dict[str, LayerTable] = {}
+    with tqdm(total=total, desc=f"profiling layers on {device}", unit="entry", disable=not progress) as bar:
+        for signature, (kind, record, ins, outs) in todo.items():
+            grid = []
+            for c_in in ins:
+                row = []
+                for c_out in outs:
+                    module, shape = _unit(kind, record, c_out if kind == "dwconv" else c_in, c_out)
+                    row.append(time_unit(module, shape))
+                    bar.update(1)
+                grid.append(row)
+            tables[signature] = LayerTable(
+                kind,
+                record.kernel,
+                record.stride,
+                record.input_hw,
+                record.output_hw,
+                outs if kind == "dwconv" else ins,
+                outs,
+                grid,
+            )
+    lut = LookupTable(device=device, runtime=runtime, threads=threads, batch_size=batch_size, tables=tables)
+    measurer = (
+        TorchLatency("cpu", threads=threads, runs=40)
+        if runtime == "pytorch"
+        else OrtLatency(threads=threads or 1, runs=40)
+    )
+    rng = random.Random(seed)
+    variants = [Variant()] + [random_variant(graph, rng) for _ in range(calibration_variants)]
+    points = []
+    for variant in tqdm(variants, desc="calibrating on whole models", disable=not progress):
+        stats: LatencyStats = measurer.measure(build_variant(graph, variant), graph.input_shape, batch_size=batch_size)
+        points.append({"table_sum_ms": lut.raw_sum(graph, variant), "measured_ms": stats.p50_ms})
+    sums = np.array([p["table_sum_ms"] for p in points])
+    measured = np.array([p["measured_ms"] for p in points])
+    scale, overhead = np.polyfit(sums, measured, 1) if len(points) >= 3 else (0.0, 0.0)
+    if not 0.5 <= scale <= 2.0:  # too few or too noisy points for a slope: keep the table's scale, fit the offset
+        scale, overhead = 1.0, float(np.median(measured - sums))
+    lut.scale, lut.overhead_ms, lut.calibration = float(scale), float(overhead), points
+    lut.meta = {
+        "model": model_name,
+        "input_shape": list(graph.input_shape),
+        "entries": total,
+        "build_seconds": time.perf_counter() - start,
+        "host": platform.node(),
+        "processor": platform.processor() or platform.machine(),
+        "versions": _versions(runtime),
+        "built": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    return lut
+
+
+def _versions(runtime: str) -> dict[str, str]:
+    versions = {"torch": str(torch.__version__), "python": platform.python_version()}
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    return versions
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """How well a latency predictor ranks and sizes measured variants."""
+
+    mape: float
+    within_10pct: float
+    spearman: float
+    macs_mape: float
+    macs_within_10pct: float
+    macs_spearman: float
+    samples: int
+    rows: list[dict[str, float]]
+
+
+def validate(
+    predict: Callable[[Variant], float],
+    graph: ModelGraph,
+    measure: Callable[[nn.Module], float],
+    *,
+    samples: int,
+    seed: int = 0,
+    progress: bool = True,
+) -> ValidationReport:
+    """Measure ``samples`` random variants and compare with ``predict`` and with MACs as a latency proxy.
+
+    The MACs proxy predicts ``dense latency x variant MACs / dense MACs`` (the dense latency measured too).
+    """
+    from scipy.stats import spearmanr
+    from tqdm import tqdm
+
+    from pruning_core.metrics import count_cost
+
+    rng = random.Random(seed)
+    dense_ms = measure(graph.model)
+    dense_macs = graph.total_macs
+    rows = []
+    for _ in tqdm(range(samples), desc="measuring variants", disable=not progress):
+        variant = random_variant(graph, rng)
+        model = build_variant(graph, variant)
+        macs = count_cost(model, graph.input_shape).macs
+        rows.append(
+            {
+                "measured_ms": measure(model),
+                "predicted_ms": predict(variant),
+                "macs_proxy_ms": dense_ms * macs / dense_macs,
+                "macs": macs,
+            }
+        )
+
+    def stats(key: str) -> tuple[float, float, float]:
+        measured = np.array([r["measured_ms"] for r in rows])
+        predicted = np.array([r[key] for r in rows])
+        error = np.abs(predicted - measured) / measured
+        return float(error.mean()), float((error <= 0.10).mean()), float(spearmanr(predicted, measured).statistic)
+
+    mape, within, rho = stats("predicted_ms")
+    macs_mape, macs_within, macs_rho = stats("macs_proxy_ms")
+    return ValidationReport(mape, within, rho, macs_mape, macs_within, macs_rho, samples, rows)

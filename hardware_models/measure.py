@@ -1,0 +1,213 @@
+"""Latency measured on this host: PyTorch eager (CPU or CUDA) and ONNX Runtime (CPU).
+
+Timing on a shared machine is noisy: with 2 threads, batch-1 medians of the same model drift by up to 50% here,
+with 1 thread by about 3%. So CPU latency is measured with an explicit thread count (1 by default), after a
+warm-up, over many runs, and reported as a median with its spread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from hardware_models.base import DeviceKind, LatencyStats, Variant
+from pruning_core.engine import prune_channels, remove_blocks
+from pruning_core.errors import PruneGymError
+from pruning_core.graph import ModelGraph
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads (unchanged when None), then restore."""
+    if threads is None:
+        yield
+        return
+    if threads < 1:
+        raise PruneGymError(f"threads must be >= 1; got {threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def time_callable(
+    fn: Callable[[], object],
+    *,
+    warmup: int,
+    runs: int,
+    min_seconds: float = 0.0,
+    sync: Callable[[], None] | None = None,
+) -> list[float]:
+    """Milliseconds per call of ``fn``: ``warmup`` untimed calls, then at least ``runs`` (and ``min_seconds``)."""
+    for _ in range(warmup):
+        fn()
+    if sync is not None:
+        sync()
+    samples: list[float] = []
+    deadline = time.perf_counter() + min_seconds
+    while len(samples) < runs or time.perf_counter() < deadline:
+        start = time.perf_counter_ns()
+        fn()
+        if sync is not None:
+            sync()
+        samples.append((time.perf_counter_ns() - start) / 1e6)
+    return samples
+
+
+def build_variant(graph: ModelGraph, variant: Variant) -> nn.Module:
+    """A real pruned copy of ``graph.model`` with the variant's widths (the first channels of each group kept)."""
+    model = copy.deepcopy(graph.model)
+    remove_blocks(model, variant.removed_blocks)
+    kept = {
+        g.name: list(range(variant.kept.get(g.name, g.channels)))
+        for g in graph.groups
+        if g.block not in variant.removed_blocks
+    }
+    prune_channels(model, graph.input_shape, kept)
+    return model.eval()
+
+
+class _MeasuredBase:
+    """Shared parts of measured latency models: ``predict_variant`` builds the variant and measures it."""
+
+    kind = DeviceKind.MEASURED
+    device: str
+    runtime: str
+
+    def measure(self, model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int = 1) -> LatencyStats:
+        raise NotImplementedError
+
+    def predict(self, model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int = 1) -> float:
+        return self.measure(model, input_shape, batch_size=batch_size).p50_ms
+
+    def predict_variant(self, graph: ModelGraph, variant: Variant, *, batch_size: int = 1) -> float:
+        return self.predict(build_variant(graph, variant), graph.input_shape, batch_size=batch_size)
+
+
+class TorchLatency(_MeasuredBase):
+    """PyTorch eager latency on this host's CPU (``host-cpu``) or GPU (``cuda``).
+
+    Args:
+        device: ``cpu`` or ``cuda``.
+        threads: CPU intra-op threads while timing (CPU only).
+        warmup: Untimed calls first.
+        runs: Timed calls at least.
+        min_seconds: Keep timing at least this long.
+    """
+
+    runtime = "pytorch"
+
+    def __init__(
+        self,
+        device: str = "cpu",
+        *,
+        threads: int | None = 1,
+        warmup: int = 10,
+        runs: int = 50,
+        min_seconds: float = 0.0,
+    ) -> None:
+        if device == "cuda" and not torch.cuda.is_available():
+            raise PruneGymError("device 'cuda' needs a CUDA GPU; none is available here")
+        self.torch_device = torch.device(device)
+        self.device = "host-cpu" if device == "cpu" else "cuda"
+        self.threads = threads if device == "cpu" else None
+        self.warmup, self.runs, self.min_seconds = warmup, runs, min_seconds
+
+    def measure(self, model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int = 1) -> LatencyStats:
+        """Median and spread of ``runs`` timed forward passes under ``torch.inference_mode()``."""
+        model = model.eval().to(self.torch_device)
+        inputs = torch.randn(batch_size, *input_shape, device=self.torch_device)
+        cuda = self.torch_device.type == "cuda"
+        with torch_threads(self.threads), torch.inference_mode():
+            if cuda:
+                samples = self._time_cuda(model, inputs)
+            else:
+                samples = time_callable(
+                    lambda: model(inputs), warmup=self.warmup, runs=self.runs, min_seconds=self.min_seconds
+                )
+        return LatencyStats.from_samples(
+            samples, device=self.device, runtime=self.runtime, threads=self.threads, batch_size=batch_size
+        )
+
+    def _time_cuda(self, model: nn.Module, inputs: torch.Tensor) -> list[float]:
+        """CUDA events around each call, synchronised, so asynchronous launches are not mistaken for speed."""
+        for _ in range(self.warmup):
+            model(inputs)
+        torch.cuda.synchronize()
+        samples = []
+        for _ in range(self.runs):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            model(inputs)
+            end.record()
+            end.synchronize()
+            samples.append(float(start.elapsed_time(end)))
+        return samples
+
+
+def export_for_timing(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, path: Path) -> None:
+    """A quick ONNX export for timing (TorchScript exporter: about ten times faster than the dynamo one)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(),
+            (torch.randn(batch_size, *input_shape),),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["output"],
+            opset_version=17,
+        )
+
+
+class OrtLatency(_MeasuredBase):
+    """ONNX Runtime latency on this host's CPU (``host-cpu-ort``), a real deployment runtime.
+
+    Args:
+        threads: ONNX Runtime intra-op threads.
+        warmup: Untimed calls first.
+        runs: Timed calls at least.
+        min_seconds: Keep timing at least this long.
+    """
+
+    device = "host-cpu-ort"
+    runtime = "onnxruntime"
+
+    def __init__(self, *, threads: int = 1, warmup: int = 10, runs: int = 50, min_seconds: float = 0.0) -> None:
+        self.threads, self.warmup, self.runs, self.min_seconds = threads, warmup, runs, min_seconds
+
+    def measure(self, model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int = 1) -> LatencyStats:
+        from pruning_core.export import ort_session
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            export_for_timing(model, input_shape, batch_size, path)
+            session = ort_session(path, threads=self.threads)
+        feed = {
+            session.get_inputs()[0].name: np.random.default_rng(0)
+            .standard_normal((batch_size, *input_shape))
+            .astype(np.float32)
+        }
+        samples = time_callable(
+            lambda: session.run(None, feed), warmup=self.warmup, runs=self.runs, min_seconds=self.min_seconds
+        )
+        return LatencyStats.from_samples(
+            samples, device=self.device, runtime=self.runtime, threads=self.threads, batch_size=batch_size
+        )
+
+
+def default_threads() -> int:
+    """Threads for host measurement: ``$PRUNEGYM_LATENCY_THREADS`` or 1 (the only setting that is stable here)."""
+    return int(os.environ.get("PRUNEGYM_LATENCY_THREADS", "1"))

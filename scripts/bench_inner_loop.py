@@ -1,0 +1,90 @@
+"""Time the search's inner loop: apply a plan, recalibrate BatchNorm on K batches, evaluate on N val images.
+
+Usage:
+    python -m scripts.bench_inner_loop --model resnet56 --checkpoint C --data cifar10 [--runs 10] [--threads 2]
+
+Without --checkpoint the model is randomly initialised (the timing does not depend on the weights; the accuracy
+printed then means nothing). Prints one line per run and the median, and writes JSON with --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from pruning_core.checkpoint import load_checkpoint
+from pruning_core.data import load_dataset
+from pruning_core.engine import PruningEngine, recalibrate_bn
+from pruning_core.models import build_model
+from pruning_core.plan import PruningPlan
+from pruning_core.training import evaluate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet56")
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--data", default="cifar10")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--sparsity", type=float, default=0.5)
+    parser.add_argument("--bn-batches", type=int, default=10)
+    parser.add_argument("--bn-batch-size", type=int, default=64)
+    parser.add_argument("--val-images", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    dataset = load_dataset(args.data, args.data_root, progress=False)
+    if args.checkpoint is not None:
+        model = load_checkpoint(args.checkpoint).build()
+    else:
+        model = build_model(args.model, num_classes=dataset.num_classes, in_channels=dataset.input_shape[0])
+    engine = PruningEngine(model, dataset.input_shape)
+    generator = torch.Generator().manual_seed(0)
+    timings = []
+    for run in range(args.runs + 1):  # the first run warms caches and is not counted
+        ratios = (torch.rand(len(engine.groups), generator=generator) * 2 * args.sparsity).clamp(max=0.9)
+        plan = PruningPlan(sparsity=dict(zip(engine.group_names, ratios.tolist(), strict=True)))
+        start = time.perf_counter()
+        pruned = engine.apply(plan)
+        t_apply = time.perf_counter()
+        recalibrate_bn(pruned.model, dataset, batches=args.bn_batches, batch_size=args.bn_batch_size)
+        t_bn = time.perf_counter()
+        top1 = evaluate(pruned.model, dataset, "val", limit=args.val_images).top1
+        t_eval = time.perf_counter()
+        if run == 0:
+            continue
+        row = {
+            "apply_s": t_apply - start,
+            "bn_s": t_bn - t_apply,
+            "eval_s": t_eval - t_bn,
+            "total_s": t_eval - start,
+            "macs_ratio": pruned.macs_ratio,
+            "val_top1": top1,
+        }
+        timings.append(row)
+        print(" ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+    summary = {key: statistics.median(r[key] for r in timings) for key in timings[0]}
+    summary.update(
+        {
+            "runs": args.runs,
+            "threads": args.threads,
+            "model": args.model,
+            "bn_batches": args.bn_batches,
+            "bn_batch_size": args.bn_batch_size,
+            "val_images": args.val_images,
+        }
+    )
+    print("median " + json.dumps(summary))
+    if args.out is not None:
+        args.out.write_text(json.dumps({"summary": summary, "runs": timings}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
