@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from hardware_models import DeviceKind, LatencyModel, Variant, get_latency_model, list_devices
+from hardware_models.analytic import PROFILES, AnalyticLatency
+from hardware_models.lut import LayerTable, LookupTable, build_lut, random_variant, validate
+from hardware_models.measure import OrtLatency, TorchLatency, build_variant
+from pruning_core.errors import PruneGymError
+from pruning_core.graph import ModelGraph
+from pruning_core.metrics import count_cost
+from pruning_core.models import build_model
+
+
+@pytest.fixture(scope="module")
+def small_graph() -> ModelGraph:
+    torch.manual_seed(0)
+    return ModelGraph(build_model("small_cnn", in_channels=1), (1, 8, 8))
+
+
+@pytest.fixture(scope="module")
+def resnet_graph() -> ModelGraph:
+    torch.manual_seed(0)
+    return ModelGraph(build_model("resnet20"), (3, 32, 32))
+
+
+@pytest.mark.parametrize(
+    "runtime_model",
+    [TorchLatency("cpu", threads=1, runs=20), OrtLatency(threads=1, runs=20)],
+    ids=["pytorch", "onnxruntime"],
+)
+def test_measured_latency_sees_pruning(runtime_model, resnet_graph):
+    assert isinstance(runtime_model, LatencyModel) and runtime_model.kind is DeviceKind.MEASURED
+    dense = runtime_model.measure(resnet_graph.model, (3, 32, 32))
+    slim = runtime_model.measure(
+        build_variant(resnet_graph, Variant(kept={g.name: max(1, g.channels // 4) for g in resnet_graph.groups})),
+        (3, 32, 32),
+    )
+    assert dense.runs >= 20 and dense.threads == 1 and dense.p90_ms >= dense.p50_ms >= dense.min_ms > 0
+    assert slim.p50_ms < dense.p50_ms
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_latency(resnet_graph):
+    stats = TorchLatency("cuda", runs=20).measure(build_model("resnet20"), (3, 32, 32))
+    assert stats.device == "cuda" and stats.p50_ms > 0
+
+
+def test_cuda_is_refused_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(PruneGymError, match="needs a CUDA GPU"):
+        TorchLatency("cuda")
+
+
+def test_variant_widths_match_the_description(resnet_graph):
+    variant = Variant(kept={"conv1": 5, "layer2.0.conv1": 7}, removed_blocks=("layer3.1",))
+    model = build_variant(resnet_graph, variant)
+    assert model.conv1.out_channels == 5 and model.layer2[0].conv1.out_channels == 7
+    assert isinstance(model.layer3[1], torch.nn.Identity)
+    channels = resnet_graph.layer_channels(dict(variant.kept), variant.removed_blocks)
+    assert channels["layer1.0.conv1"] == (5, 16) and "layer3.1.conv1" not in channels
+
+
+def test_layer_table_interpolates_between_grid_points():
+    table = LayerTable("conv", 3, 1, (8, 8), (8, 8), [1, 2], [1, 3], [[1.0, 3.0], [2.0, 4.0]])
+    assert table.lookup(1, 1) == 1.0 and table.lookup(2, 3) == 4.0
+    assert table.lookup(1.5, 2) == pytest.approx(2.5)
+    assert table.lookup(10, 10) == 4.0  # clamped at the grid's end
+
+
+def test_lut_build_save_load_predict(small_graph, tmp_path):
+    lut = build_lut(
+        small_graph, device="host-cpu", grid_points=3, calibration_variants=3, progress=False, model_name="small_cnn"
+    )
+    assert lut.meta["entries"] > 10 and len(lut.calibration) == 4
+    lut.save(tmp_path / "lut.json")
+    loaded = get_latency_model(f"lut:{tmp_path / 'lut.json'}")
+    assert isinstance(loaded, LookupTable) and loaded.kind is DeviceKind.LOOKUP_TABLE
+    assert loaded.threads == 1 and loaded.runtime == "pytorch" and "torch" in loaded.meta["versions"]
+    dense = loaded.predict_variant(small_graph, Variant())
+    slim = loaded.predict_variant(small_graph, Variant(kept={g.name: 1 for g in small_graph.groups}))
+    assert dense == pytest.approx(lut.predict_variant(small_graph, Variant())) and 0 < slim < dense
+    with pytest.raises(PruneGymError, match="lacks layer"):
+        loaded.predict(build_model("resnet20"), (3, 32, 32))
+    with pytest.raises(PruneGymError, match="batch size 1; got 4"):
+        loaded.predict_variant(small_graph, Variant(), batch_size=4)
+
+
+def test_validate_reports_lut_and_macs(small_graph):
+    def fake_measure(model):  # latency proportional to MACs: the MACs proxy must be exact, a constant must not
+        return count_cost(model, small_graph.input_shape).macs / 1e6
+
+    report = validate(lambda v: sum(v.kept.values()), small_graph, fake_measure, samples=6, progress=False)
+    assert report.macs_mape == pytest.approx(0.0, abs=1e-9) and report.macs_within_10pct == 1.0
+    assert report.samples == 6 and report.mape > 0.05
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_analytic_profiles_are_monotone_and_labelled(name, resnet_graph):
+    model = get_latency_model(name)
+    assert model.kind is DeviceKind.ANALYTIC and "estimate" in model.runtime
+    rng = random.Random(0)
+    dense = model.predict_variant(resnet_graph, Variant())
+    for _ in range(5):
+        assert model.predict_variant(resnet_graph, random_variant(resnet_graph, rng)) <= dense
+    assert PROFILES[name].source
+
+
+def test_int8_and_sparse_help_where_the_device_has_them(resnet_graph):
+    orin = PROFILES["jetson-orin-nano"]
+    fp32 = AnalyticLatency(orin).predict_variant(resnet_graph, Variant())
+    assert AnalyticLatency(orin, precision="int8").predict_variant(resnet_graph, Variant()) < fp32
+    xavier = PROFILES["jetson-agx-xavier"]
+    dense = AnalyticLatency(xavier).predict_variant(resnet_graph, Variant())
+    assert AnalyticLatency(xavier, sparse_2_4=True).predict_variant(resnet_graph, Variant()) == dense
+    with pytest.raises(PruneGymError, match="weights need"):
+        AnalyticLatency(PROFILES["stm32h747"]).check_fits(10_000_000)  # 40 MB of fp32 weights, 2 MB of flash
+
+
+def test_registry():
+    names = {e.name for e in list_devices()}
+    assert {
+        "host-cpu",
+        "host-cpu-ort",
+        "cuda",
+        "i7-10700k",
+        "jetson-agx-xavier",
+        "jetson-orin-nano",
+        "pixel-a76",
+        "stm32h747",
+    } <= names
+    with pytest.raises(PruneGymError, match=r"device must be one of .*; got 'tpu'"):
+        get_latency_model("tpu")
+    with pytest.raises(PruneGymError, match="does not exist"):
+        get_latency_model("lut:/no/such.json")
