@@ -15,6 +15,7 @@ from torch import nn
 from hardware_models.base import DeviceKind, Variant
 from pruning_core.errors import PruneGymError
 from pruning_core.graph import ModelGraph
+from pruning_core.metrics import LayerwiseCost, MacsCost, ParamsCost
 
 
 class Precision(str, enum.Enum):
@@ -127,50 +128,49 @@ PROFILES: dict[str, DeviceProfile] = {
 }
 
 
-class AnalyticLatency:
+class AnalyticLatency(LayerwiseCost):
     """Roofline latency estimate on a device profile.
 
     Args:
         profile: The device's figures.
         precision: Arithmetic precision of the deployed model.
         sparse_2_4: Whether layers run with 2:4 sparse kernels (counts only where the device has them).
+        batch_size: Batch size the estimate is for.
     """
 
     kind = DeviceKind.ANALYTIC
 
-    def __init__(self, profile: DeviceProfile, *, precision: str = "fp32", sparse_2_4: bool = False) -> None:
+    def __init__(
+        self, profile: DeviceProfile, *, precision: str = "fp32", sparse_2_4: bool = False, batch_size: int = 1
+    ) -> None:
         self.profile = profile
+        self.batch_size = batch_size
         self.precision = Precision(precision)
         self.sparse_2_4 = sparse_2_4
         self.device = profile.name
         self.runtime = profile.runtime
 
-    def layer_latencies(self, graph: ModelGraph, variant: Variant, *, batch_size: int = 1) -> dict[str, float]:
-        """Estimated milliseconds of each remaining conv/linear layer."""
+    def layer_cost(self, graph: ModelGraph, name: str, c_in: int, c_out: int) -> float:
+        """Estimated milliseconds of one conv/linear layer at batch ``self.batch_size``."""
         p = self.profile
         peak = p.peak_macs[self.precision] * p.efficiency
         if self.sparse_2_4:
             peak *= p.sparse_2_4_speedup
-        width = BYTES[self.precision]
-        out = {}
-        for name, (c_in, c_out) in graph.layer_channels(dict(variant.kept), variant.removed_blocks).items():
-            record = graph.layers[name]
-            depthwise = record.groups > 1 and record.groups == record.in_channels
-            per_out = record.kernel * record.kernel * (1 if depthwise else c_in)
-            if isinstance(graph.model.get_submodule(name), nn.Linear):
-                per_out = c_in
-            pixels_out = record.output_hw[0] * record.output_hw[1]
-            macs = per_out * c_out * pixels_out * batch_size
-            moved = width * (
-                batch_size * (c_in * record.input_hw[0] * record.input_hw[1] + c_out * pixels_out) + per_out * c_out
-            )
-            seconds = max(macs / peak, moved / (p.bandwidth_gbs * 1e9)) + p.overhead_us * 1e-6
-            out[name] = seconds * 1e3
-        return out
+        record = graph.layers[name]
+        macs = MacsCost().layer_cost(graph, name, c_in, c_out)
+        weights = ParamsCost().layer_cost(graph, name, c_in, c_out)
+        activations = c_in * record.input_hw[0] * record.input_hw[1] + c_out * record.output_hw[0] * record.output_hw[1]
+        moved = BYTES[self.precision] * (self.batch_size * activations + weights)
+        seconds = max(self.batch_size * macs / peak, moved / (p.bandwidth_gbs * 1e9)) + p.overhead_us * 1e-6
+        return seconds * 1e3
 
     def predict_variant(self, graph: ModelGraph, variant: Variant, *, batch_size: int = 1) -> float:
         """Estimated milliseconds of a variant (an estimate from spec sheets, not a measurement)."""
-        return sum(self.layer_latencies(graph, variant, batch_size=batch_size).values())
+        if batch_size != self.batch_size:
+            return AnalyticLatency(
+                self.profile, precision=self.precision.value, sparse_2_4=self.sparse_2_4, batch_size=batch_size
+            ).predict_variant(graph, variant, batch_size=batch_size)
+        return self.total(graph, variant.kept, variant.removed_blocks)
 
     def predict(self, model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int = 1) -> float:
         return self.predict_variant(ModelGraph(model, input_shape), Variant(), batch_size=batch_size)

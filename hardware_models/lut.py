@@ -31,7 +31,7 @@ from hardware_models.measure import OrtLatency, TorchLatency, build_variant, tim
 from pruning_core.data import atomic_write_bytes
 from pruning_core.errors import PruneGymError
 from pruning_core.graph import ModelGraph
-from pruning_core.metrics import LayerRecord
+from pruning_core.metrics import LayerRecord, LayerwiseCost
 
 LUT_SCHEMA_VERSION = 1
 
@@ -105,7 +105,7 @@ def _unit(kind: str, record: LayerRecord, c_in: int, c_out: int) -> tuple[nn.Mod
 
 
 @dataclass
-class LookupTable:
+class LookupTable(LayerwiseCost):
     """A latency lookup table for one device and runtime.
 
     Attributes:
@@ -134,13 +134,13 @@ class LookupTable:
     kind = DeviceKind.LOOKUP_TABLE
 
     def __post_init__(self) -> None:
-        self._plans: dict[int, list[tuple[str, LayerTable]]] = {}
+        self._plans: dict[int, dict[str, LayerTable]] = {}
 
-    def _layers_of(self, graph: ModelGraph) -> list[tuple[str, LayerTable]]:
+    def _tables_of(self, graph: ModelGraph) -> dict[str, LayerTable]:
         """Each layer of ``graph`` with its table (computed once per graph)."""
         key = id(graph)
         if key not in self._plans:
-            rows = []
+            rows = {}
             for name, record in sorted(graph.layers.items(), key=lambda item: item[1].order):
                 signature = layer_signature(
                     record, _layer_kind(graph, name), name in graph.in_group, name in graph.out_group
@@ -150,24 +150,25 @@ class LookupTable:
                         f"lookup table lacks layer {name} ({signature}); build one for this model with "
                         f"`prunegym lut build --model ...`"
                     )
-                rows.append((name, self.tables[signature]))
+                rows[name] = self.tables[signature]
             self._plans[key] = rows
         return self._plans[key]
 
-    def layer_latencies(self, graph: ModelGraph, variant: Variant) -> dict[str, float]:
-        """Table latency (ms) of every remaining layer of a variant, before calibration."""
-        channels = graph.layer_channels(dict(variant.kept), variant.removed_blocks)
-        return {name: table.lookup(*channels[name]) for name, table in self._layers_of(graph) if name in channels}
+    def layer_cost(self, graph: ModelGraph, name: str, c_in: int, c_out: int) -> float:
+        """Table latency (ms) of one layer at the given widths, before calibration."""
+        return self._tables_of(graph)[name].lookup(c_in, c_out)
+
+    def combine(self, raw_sum: float) -> float:
+        return self.scale * raw_sum + self.overhead_ms
 
     def raw_sum(self, graph: ModelGraph, variant: Variant) -> float:
-        channels = graph.layer_channels(dict(variant.kept), variant.removed_blocks)
-        return sum(table.lookup(*channels[name]) for name, table in self._layers_of(graph) if name in channels)
+        return sum(self.layer_costs(graph, variant.kept, variant.removed_blocks).values())
 
     def predict_variant(self, graph: ModelGraph, variant: Variant, *, batch_size: int = 1) -> float:
         """Calibrated latency (ms) of a variant."""
         if batch_size != self.batch_size:
             raise PruneGymError(f"lookup table was profiled at batch size {self.batch_size}; got {batch_size}")
-        return self.scale * self.raw_sum(graph, variant) + self.overhead_ms
+        return self.total(graph, variant.kept, variant.removed_blocks)
 
     def predict(self, model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int = 1) -> float:
         """Latency of an arbitrary model whose layer shapes are in the table."""

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from pruning_core.graph import ModelGraph
 
 
 @dataclass(frozen=True)
@@ -110,3 +114,59 @@ def count_cost(model: nn.Module, input_shape: tuple[int, ...]) -> ModelCost:
     """
     macs = sum(r.macs for r in trace_layers(model, input_shape).values())
     return ModelCost(macs=macs, params=sum(p.numel() for p in model.parameters()))
+
+
+class LayerwiseCost:
+    """A cost (latency, MACs, parameters) that is a function of the sum of per-layer costs.
+
+    Subclasses give ``layer_cost``; ``combine`` maps the raw sum to the final figure (a lookup table's calibration,
+    for instance). Because only the layers touching a group change when that group's width changes, a search can
+    re-cost one decision without re-costing the model.
+    """
+
+    def layer_cost(self, graph: ModelGraph, name: str, c_in: int, c_out: int) -> float:
+        raise NotImplementedError
+
+    def combine(self, raw_sum: float) -> float:
+        return raw_sum
+
+    def layer_costs(
+        self, graph: ModelGraph, kept: Mapping[str, int] | None = None, removed_blocks: Iterable[str] = ()
+    ) -> dict[str, float]:
+        """Raw cost of every remaining conv/linear layer of a variant."""
+        channels = graph.layer_channels(dict(kept or {}), removed_blocks)
+        return {name: self.layer_cost(graph, name, c_in, c_out) for name, (c_in, c_out) in channels.items()}
+
+    def total(
+        self, graph: ModelGraph, kept: Mapping[str, int] | None = None, removed_blocks: Iterable[str] = ()
+    ) -> float:
+        """The cost of a variant."""
+        return self.combine(sum(self.layer_costs(graph, kept, removed_blocks).values()))
+
+
+def _per_output(graph: ModelGraph, name: str, c_in: int) -> int:
+    record = graph.layers[name]  # a linear layer is recorded as a 1x1 kernel, which gives c_in
+    depthwise = record.groups > 1 and record.groups == record.in_channels
+    return record.kernel * record.kernel * (1 if depthwise else c_in)
+
+
+class MacsCost(LayerwiseCost):
+    """MACs at batch 1 of the conv and linear layers.
+
+    >>> from pruning_core.graph import ModelGraph
+    >>> from pruning_core.models import build_model
+    >>> graph = ModelGraph(build_model("resnet20"), (3, 32, 32))
+    >>> MacsCost().total(graph) == graph.total_macs
+    True
+    """
+
+    def layer_cost(self, graph: ModelGraph, name: str, c_in: int, c_out: int) -> float:
+        record = graph.layers[name]
+        return float(_per_output(graph, name, c_in) * c_out * record.output_hw[0] * record.output_hw[1])
+
+
+class ParamsCost(LayerwiseCost):
+    """Weights of the conv and linear layers (BatchNorm and biases left out)."""
+
+    def layer_cost(self, graph: ModelGraph, name: str, c_in: int, c_out: int) -> float:
+        return float(_per_output(graph, name, c_in) * c_out)
