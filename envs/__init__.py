@@ -1,1 +1,14 @@
-"""The Gymnasium pruning environment (``PruneGym/LayerPrune-v0``)."""
+"""The Gymnasium pruning environment; ``import envs`` registers ``PruneGym/LayerPrune-v0``."""
+
+from __future__ import annotations
+
+import gymnasium
+
+from envs.layer_prune import OBS_FEATURES, REWARDS, LayerPruneEnv
+
+ENV_ID = "PruneGym/LayerPrune-v0"
+
+if ENV_ID not in gymnasium.registry:
+    gymnasium.register(id=ENV_ID, entry_point="envs.factory:make_env")
+
+__all__ = ["ENV_ID", "OBS_FEATURES", "REWARDS", "LayerPruneEnv"]

@@ -26,8 +26,14 @@ def cifar10_root() -> Path:
     return Path(root)
 
 
+@pytest.fixture(scope="session")
+def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, request) -> None:
-    """Image-folder tests write their decode cache to a temporary folder, except CIFAR-10 (shared, slow to build)."""
+def _private_cache(_session_cache: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """Caches (decoded images, lookup tables) go to one temporary folder per test session, except CIFAR-10's
+    decoded arrays, which are shared with the user cache because they take half a minute to build."""
     if "cifar10_root" not in request.fixturenames:
-        monkeypatch.setenv("PRUNEGYM_CACHE", str(tmp_path_factory.mktemp("cache")))
+        monkeypatch.setenv("PRUNEGYM_CACHE", str(_session_cache))

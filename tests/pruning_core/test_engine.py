@@ -107,7 +107,8 @@ def test_importance_beats_random_on_a_trained_model(digits):
     engine = PruningEngine(model, digits.input_shape, dataset=digits)
     accuracy = {}
     for criterion in ("l1", "random"):
-        pruned = engine.apply(PruningPlan.uniform(engine.group_names, 0.5, criterion=criterion))
+        # At 70% the ranking matters; at moderate sparsity random channels do about as well (Li et al., 2022).
+        pruned = engine.apply(PruningPlan.uniform(engine.group_names, 0.7, criterion=criterion))
         recalibrate_bn(pruned.model, digits, batches=8)
         accuracy[criterion] = evaluate(pruned.model, digits, "val").top1
     assert accuracy["l1"] > accuracy["random"]

@@ -1,0 +1,161 @@
+"""Build ``PruneGym/LayerPrune-v0`` from names: model, checkpoint, data, device and budget."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from envs.layer_prune import LayerPruneEnv
+from hardware_models.base import LatencyModel
+from hardware_models.lut import LookupTable, build_lut
+from hardware_models.measure import OrtLatency, TorchLatency, default_threads
+from hardware_models.registry import get_latency_model
+from pruning_core.checkpoint import load_checkpoint
+from pruning_core.data import ImageDataset, cache_dir, load_dataset
+from pruning_core.engine import PruningEngine
+from pruning_core.errors import PruneGymError
+from pruning_core.graph import ModelGraph
+from pruning_core.metrics import LayerwiseCost, MacsCost, ParamsCost
+from pruning_core.scoring import PlanScorer, ScoreConfig
+
+REPO_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+BUDGET_METRICS = ("latency", "macs", "params")
+MEASURED_RUNTIMES = {"host-cpu": "pytorch", "host-cpu-ort": "onnxruntime"}
+
+
+def default_checkpoint(model: str, data: str) -> Path:
+    """The committed checkpoint of ``model`` on ``data`` (``checkpoints/<model>_<data>.pt``)."""
+    path = REPO_CHECKPOINTS / f"{model}_{data}.pt"
+    if not path.is_file():
+        raise PruneGymError(f"no checkpoint given and none committed for {model} on {data} ({path}); pass checkpoint")
+    return path
+
+
+def cached_lut(graph: ModelGraph, device: str, model_name: str, *, progress: bool = True) -> LookupTable:
+    """The host lookup table for this model and device, built once and cached under the user cache directory."""
+    threads = default_threads()
+    key = hashlib.sha1(f"{model_name}{graph.input_shape}{torch.__version__}{os.uname().nodename}".encode()).hexdigest()
+    path = cache_dir() / "luts" / f"{device}-{model_name.replace(':', '_')}-t{threads}-{key[:10]}.json"
+    if path.exists():
+        return LookupTable.load(path)
+    lut = build_lut(
+        graph,
+        device=device,
+        runtime=MEASURED_RUNTIMES[device],
+        threads=threads,
+        progress=progress,
+        model_name=model_name,
+    )
+    lut.save(path)
+    return lut
+
+
+def budget_model_for(
+    metric: str, device: str, graph: ModelGraph, model_name: str, *, progress: bool = True
+) -> tuple[LayerwiseCost, LatencyModel | None]:
+    """The layer-wise cost the budget is judged on, and the measured latency model of the device (if any)."""
+    if metric not in BUDGET_METRICS:
+        raise PruneGymError(f"budget_metric must be one of {', '.join(BUDGET_METRICS)}; got {metric!r}")
+    measured: LatencyModel | None = None
+    if device in MEASURED_RUNTIMES:
+        measured = (
+            TorchLatency("cpu", threads=default_threads())
+            if device == "host-cpu"
+            else OrtLatency(threads=default_threads())
+        )
+    if metric == "macs":
+        return MacsCost(), measured
+    if metric == "params":
+        return ParamsCost(), measured
+    if device in MEASURED_RUNTIMES:
+        return cached_lut(graph, device, model_name, progress=progress), measured
+    latency = get_latency_model(device)
+    if not isinstance(latency, LayerwiseCost):
+        raise PruneGymError(f"device {device!r} cannot predict per layer; use a lookup table (lut:PATH)")
+    return latency, measured
+
+
+def make_env(
+    model: str = "small_cnn",
+    checkpoint: str | os.PathLike[str] | None = None,
+    data: str = "digits",
+    data_root: str | os.PathLike[str] | None = None,
+    device: str = "host-cpu",
+    budget: float = 0.5,
+    budget_metric: str = "latency",
+    reward: str = "accuracy",
+    action_mode: str = "continuous",
+    max_sparsity: float = 0.8,
+    val_images: int = 1000,
+    bn_batches: int = 10,
+    finetune_steps: int = 0,
+    criterion: str = "l1",
+    measure_final: bool = False,
+    seed: int = 0,
+    render_mode: str | None = None,
+    dataset: ImageDataset | None = None,
+    progress: bool = False,
+    **kwargs: Any,
+) -> LayerPruneEnv:
+    """Build the environment from names; every bad argument fails here, not mid-episode.
+
+    Args:
+        model: Model name of the checkpoint (checked against it).
+        checkpoint: Dense checkpoint (default: the committed ``checkpoints/<model>_<data>.pt``).
+        data: Dataset name.
+        data_root: Dataset folder (ImageFolder datasets).
+        device: Target device (``host-cpu``, ``host-cpu-ort``, an analytic profile, ``lut:PATH``).
+        budget: Fraction of the dense model's cost to reach, in (0, 1].
+        budget_metric: ``latency`` on the device, ``macs`` or ``params``.
+        reward: ``accuracy``, ``lagrangian`` or ``amc-flops``.
+        action_mode: ``continuous`` or ``discrete``.
+        max_sparsity: Largest sparsity of one group.
+        val_images: Val images a plan is scored on.
+        bn_batches: Training batches of BN recalibration in the score.
+        finetune_steps: SGD steps of the score's short fine-tune (0: adaptive BN alone).
+        criterion: Channel importance criterion of the plans.
+        measure_final: Measure the final plan's latency on a measured device.
+        seed: Seed recorded for reproducibility (episodes themselves are deterministic).
+        render_mode: ``ansi`` or ``rgb_array``.
+        dataset: An already loaded dataset (saves reloading it per environment).
+        progress: Show progress bars while building caches.
+        **kwargs: Passed to :class:`LayerPruneEnv` (``levels``, ``lagrange``).
+    """
+    if not 0 < budget <= 1:
+        raise PruneGymError(f"budget must be in (0, 1]; got {budget:g}")
+    ckpt = load_checkpoint(checkpoint if checkpoint is not None else default_checkpoint(model, data))
+    if ckpt.meta["model"] != model:
+        raise PruneGymError(f"model is {model} but the checkpoint holds {ckpt.meta['model']}")
+    dataset = dataset if dataset is not None else load_dataset(data, data_root, progress=progress)
+    if list(dataset.classes) != list(ckpt.meta["classes"]):
+        raise PruneGymError(f"checkpoint classes {ckpt.meta['classes'][:5]} differ from the dataset's")
+    engine = PruningEngine(ckpt.build(), dataset.input_shape, dataset=dataset)
+    cost, measured = budget_model_for(budget_metric, device, engine.graph, model, progress=progress)
+    scorer = PlanScorer(
+        engine, dataset, ScoreConfig(val_images=val_images, bn_batches=bn_batches, finetune_steps=finetune_steps)
+    )
+    env = LayerPruneEnv(
+        scorer,
+        cost,
+        budget=budget,
+        reward=reward,
+        action_mode=action_mode,
+        max_sparsity=max_sparsity,
+        criterion=criterion,
+        measure_final=measured if measure_final else None,
+        render_mode=render_mode,
+        **kwargs,
+    )
+    env.spec_kwargs = {
+        "model": model,
+        "data": data,
+        "device": device,
+        "budget": budget,  # type: ignore[attr-defined]
+        "budget_metric": budget_metric,
+        "seed": seed,
+    }
+    return env

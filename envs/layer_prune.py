@@ -1,0 +1,386 @@
+"""``PruneGym/LayerPrune-v0``: walk a model's prunable groups and choose each one's sparsity (AMC, ECCV 2018)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from pruning_core.engine import kept_count
+from pruning_core.errors import BudgetInfeasibleError, PruneGymError
+from pruning_core.graph import LayerType
+from pruning_core.metrics import LayerwiseCost
+from pruning_core.plan import PruningPlan
+from pruning_core.scoring import PlanScorer
+
+OBS_FEATURES = (
+    "position",
+    "is_conv",
+    "is_depthwise",
+    "is_linear",
+    "log_in_channels",
+    "log_out_channels",
+    "kernel",
+    "stride",
+    "log_input_size",
+    "macs_share",
+    "params_share",
+    "cost_share",
+    "cost_removed",
+    "cost_removable",
+    "budget_left",
+    "previous_action",
+    "skippable",
+    "importance_cv",
+    "importance_min",
+    "importance_q25",
+    "importance_q75",
+    "importance_max",
+)
+
+
+@dataclass(frozen=True)
+class RewardContext:
+    """What a reward function sees at the end of an episode."""
+
+    top1: float
+    cost_ratio: float
+    """Budget-metric cost of the plan over the target."""
+    macs: int
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """A reward variant: its function, and whether actions are clipped to guarantee the budget."""
+
+    fn: Callable[[RewardContext, float], float]
+    clips_actions: bool
+    description: str
+
+
+REWARDS: dict[str, RewardSpec] = {
+    "accuracy": RewardSpec(lambda c, lam: c.top1, True, "val top-1; the budget is met by action clipping (AMC)"),
+    "lagrangian": RewardSpec(
+        lambda c, lam: c.top1 - lam * max(0.0, c.cost_ratio - 1.0),
+        False,
+        "val top-1 - lambda * max(0, cost / target - 1); no clipping",
+    ),
+    "amc-flops": RewardSpec(
+        lambda c, lam: -(1.0 - c.top1) * math.log(max(c.macs, 2)), True, "-error * log(MACs) (AMC's FLOPs reward)"
+    ),
+}
+
+
+class LayerPruneEnv(gym.Env[np.ndarray, Any]):
+    """Choose a sparsity for each prunable group of a model, one group per step.
+
+    ## Description
+    One episode walks the model's prunable groups (coupled channels: a residual stage is one group) in forward
+    order. At the last group the plan is applied to a copy of the dense model with the engine's importance
+    criterion, BatchNorm is recalibrated, and the plan is scored on the ``val`` split.
+
+    ## Action Space
+    ``continuous``: ``Box(-1, 1, (1,))``, mapped linearly to a sparsity in ``[0, max_sparsity]``.
+    ``discrete``: ``Discrete(levels)``, sparsity ``i / (levels - 1) * max_sparsity``.
+    With a reward that clips actions (``accuracy``, ``amc-flops``), each action is raised to the least sparsity that
+    still lets the remaining groups reach the budget at maximum sparsity, so every finished episode meets the
+    budget as the budget model predicts it. ``info["sparsity"]`` is the action asked for, ``info["clipped"]`` the one
+    applied.
+
+    ## Observation Space
+    ``Box(0, 1, (22,), float32)``, model-agnostic features of the current group:
+
+    | index | feature | meaning |
+    |---|---|---|
+    | 0 | position | index of the group / (groups - 1) |
+    | 1-3 | is_conv, is_depthwise, is_linear | root layer type (one-hot) |
+    | 4-5 | log_in_channels, log_out_channels | log2(channels) / 12 |
+    | 6 | kernel | kernel size / 7 |
+    | 7 | stride | stride / 2 |
+    | 8 | log_input_size | log2(input height) / 8 |
+    | 9-10 | macs_share, params_share | share of the model's MACs / parameters in the layers the group touches |
+    | 11 | cost_share | share of the budget metric (latency on the device, MACs or parameters) |
+    | 12 | cost_removed | cost already removed by earlier decisions / dense cost (AMC "reduced") |
+    | 13 | cost_removable | cost later groups could still remove at maximum sparsity / dense cost (AMC "rest") |
+    | 14 | budget_left | cost still to remove to reach the budget / dense cost (0 when met) |
+    | 15 | previous_action | sparsity applied to the previous group / max_sparsity |
+    | 16 | skippable | 1 when the group sits inside a residual block with an identity shortcut |
+    | 17-21 | importance_cv, _min, _q25, _q75, _max | channel-score statistics, each over the mean, / 4 |
+
+    ## Rewards
+    0 on every step but the last. Then, by ``reward``: ``accuracy`` (val top-1), ``lagrangian``
+    (top-1 - lambda * max(0, cost / target - 1), no clipping), ``amc-flops`` (-error * log(MACs)).
+
+    ## Starting State
+    The first group, nothing pruned. ``reset(seed=...)`` seeds the action space; episodes are deterministic.
+
+    ## Episode End
+    Terminates after the last group. ``info`` then holds ``plan`` (JSON), ``top1``, ``cost``, ``cost_ratio``,
+    ``budget_met``, ``macs``, ``params`` and, with a measured device, ``latency_ms_measured``.
+
+    ## Arguments
+    ``scorer`` (the engine and the scoring recipe), ``budget_model`` (a layer-wise cost: a latency lookup table or
+    analytic profile, MACs or parameters), ``budget`` (fraction of the dense cost, in (0, 1]), ``reward``,
+    ``action_mode``, ``max_sparsity``, ``levels``, ``criterion``, ``lagrange``, ``measure_final`` (a measured
+    latency model for the final plan), ``render_mode`` (``ansi`` or ``rgb_array``).
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+
+    def __init__(
+        self,
+        scorer: PlanScorer,
+        budget_model: LayerwiseCost,
+        *,
+        budget: float = 0.5,
+        reward: str = "accuracy",
+        action_mode: str = "continuous",
+        max_sparsity: float = 0.8,
+        levels: int = 9,
+        criterion: str = "l1",
+        lagrange: float = 2.0,
+        measure_final: Any | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        if not 0 < budget <= 1:
+            raise PruneGymError(f"budget must be in (0, 1]; got {budget:g}")
+        if reward not in REWARDS:
+            raise PruneGymError(f"reward must be one of {', '.join(REWARDS)}; got {reward!r}")
+        if action_mode not in ("continuous", "discrete"):
+            raise PruneGymError(f"action_mode must be continuous or discrete; got {action_mode!r}")
+        if not 0 < max_sparsity <= 0.95:
+            raise PruneGymError(f"max_sparsity must be in (0, 0.95]; got {max_sparsity:g}")
+        if levels < 2:
+            raise PruneGymError(f"levels must be >= 2; got {levels}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise PruneGymError(f"render_mode must be ansi or rgb_array; got {render_mode!r}")
+        self.scorer = scorer
+        self.engine = scorer.engine
+        self.graph = self.engine.graph
+        self.groups = self.graph.groups
+        self.budget_model = budget_model
+        self.budget = budget
+        self.reward_spec = REWARDS[reward]
+        self.reward_name = reward
+        self.action_mode = action_mode
+        self.max_sparsity = max_sparsity
+        self.levels = levels
+        self.criterion = criterion
+        self.lagrange = lagrange
+        self.measure_final = measure_final
+        self.render_mode = render_mode
+
+        self._cost_memo: dict[tuple[str, int, int], float] = {}
+        self._layers = list(self.graph.layer_channels())
+        self._full = {g.name: g.channels for g in self.groups}
+        self._minimum = {g.name: kept_count(g.channels, max_sparsity) for g in self.groups}
+        self.dense_cost = self._cost(self._full)
+        self.target = budget * self.dense_cost
+        floor = self._cost(self._minimum)
+        if floor > self.target:
+            raise BudgetInfeasibleError(
+                f"budget {budget:g} is below what max_sparsity {max_sparsity:g} reaches "
+                f"({floor / self.dense_cost:.3f} of the dense cost); raise the budget or max_sparsity"
+            )
+        self._affected = {
+            g.name: [
+                n for n in self._layers if self.graph.out_group.get(n) == g.name or self.graph.in_group.get(n) == g.name
+            ]
+            for g in self.groups
+        }
+        self._static = self._static_features()
+
+        if action_mode == "continuous":
+            self.action_space: spaces.Space[Any] = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        else:
+            self.action_space = spaces.Discrete(levels)
+        self.observation_space = spaces.Box(0.0, 1.0, (len(OBS_FEATURES),), np.float32)
+        self._step = 0
+        self._kept: dict[str, int] = {}
+        self._sparsity: dict[str, float] = {}
+        self._previous = 0.0
+        self.last_info: dict[str, Any] = {}
+
+    # Costs -------------------------------------------------------------------------------------------------------
+    def _layer_cost(self, name: str, widths: dict[str, int]) -> float:
+        record = self.graph.layers[name]
+        c_in = widths[self.graph.in_group[name]] if name in self.graph.in_group else record.in_channels
+        c_out = widths[self.graph.out_group[name]] if name in self.graph.out_group else record.out_channels
+        key = (name, c_in, c_out)
+        if key not in self._cost_memo:
+            self._cost_memo[key] = self.budget_model.layer_cost(self.graph, name, c_in, c_out)
+        return self._cost_memo[key]
+
+    def _cost(self, widths: dict[str, int]) -> float:
+        return self.budget_model.combine(sum(self._layer_cost(n, widths) for n in self._layers))
+
+    def _widths(self, rest: dict[str, int]) -> dict[str, int]:
+        """Decided groups at their kept widths, the others from ``rest``."""
+        return {**rest, **self._kept}
+
+    def _static_features(self) -> np.ndarray:
+        stats = self.engine.importance_stats(self.criterion)
+        total_params = sum(self.graph.layers[n].params for n in self._layers)
+        dense_layer = {n: self._layer_cost(n, self._full) for n in self._layers}
+        total_layer = sum(dense_layer.values())
+        rows = []
+        for g in self.groups:
+            s = stats[g.name]
+            rows.append(
+                [
+                    g.index / max(1, len(self.groups) - 1),
+                    float(g.layer_type is LayerType.CONV),
+                    float(g.layer_type is LayerType.DEPTHWISE_CONV),
+                    float(g.layer_type is LayerType.LINEAR),
+                    math.log2(max(1, g.in_channels)) / 12,
+                    math.log2(max(1, g.channels)) / 12,
+                    g.kernel / 7,
+                    g.stride / 2,
+                    math.log2(max(1, g.input_hw[0])) / 8,
+                    g.macs / self.graph.total_macs,
+                    g.params / max(1, total_params),
+                    sum(dense_layer[n] for n in self._affected[g.name]) / max(total_layer, 1e-12),
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    float(g.block is not None),
+                    s.cv / 4,
+                    s.min / 4,
+                    s.q25 / 4,
+                    s.q75 / 4,
+                    s.max / 4,
+                ]
+            )
+        return np.clip(np.asarray(rows, dtype=np.float32), 0.0, 1.0)
+
+    def _observation(self) -> np.ndarray:
+        obs = self._static[min(self._step, len(self.groups) - 1)].copy()
+        now = self._cost(self._widths(self._full))
+        floor = self._cost(self._widths(self._minimum))
+        obs[12] = (self.dense_cost - now) / self.dense_cost
+        obs[13] = (now - floor) / self.dense_cost
+        obs[14] = max(0.0, now - self.target) / self.dense_cost
+        obs[15] = self._previous / self.max_sparsity
+        return np.clip(obs, 0.0, 1.0)
+
+    # Gymnasium API -----------------------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self._step = 0
+        self._kept = {}
+        self._sparsity = {}
+        self._previous = 0.0
+        self.last_info = {}
+        return self._observation(), {"group": self.groups[0].name}
+
+    def action_to_sparsity(self, action: Any) -> float:
+        """The sparsity an action asks for (before clipping)."""
+        if self.action_mode == "continuous":
+            value = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
+            return (value + 1.0) / 2.0 * self.max_sparsity
+        level = int(np.asarray(action).reshape(-1)[0])
+        if not 0 <= level < self.levels:
+            raise PruneGymError(f"discrete action must be in [0, {self.levels - 1}]; got {level}")
+        return level / (self.levels - 1) * self.max_sparsity
+
+    def _clip(self, group: str, wanted: int) -> int:
+        """Most channels the group may keep so the rest can still meet the budget at maximum sparsity."""
+        widths = self._widths(self._minimum)
+        fixed = sum(self._layer_cost(n, widths) for n in self._layers if n not in self._affected[group])
+
+        def total(kept: int) -> float:
+            widths[group] = kept
+            return self.budget_model.combine(fixed + sum(self._layer_cost(n, widths) for n in self._affected[group]))
+
+        if total(wanted) <= self.target:
+            return wanted
+        low, high = self._minimum[group], wanted  # total(low) meets the budget (checked at construction)
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (mid, high) if total(mid) <= self.target else (low, mid)
+        return low
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._step >= len(self.groups):
+            raise PruneGymError("episode is over; call reset() first")
+        group = self.groups[self._step]
+        wanted_sparsity = self.action_to_sparsity(action)
+        kept = kept_count(group.channels, wanted_sparsity)
+        if self.reward_spec.clips_actions:
+            kept = self._clip(group.name, kept)
+        applied = 1.0 - kept / group.channels if kept < group.channels else 0.0
+        self._kept[group.name] = kept
+        self._sparsity[group.name] = applied
+        self._previous = applied
+        self._step += 1
+        info: dict[str, Any] = {"group": group.name, "sparsity": wanted_sparsity, "clipped": applied, "kept": kept}
+        if self._step < len(self.groups):
+            return self._observation(), 0.0, False, False, info
+        info.update(self._finish())
+        self.last_info = info
+        return self._observation(), float(info["reward"]), True, False, info
+
+    def _finish(self) -> dict[str, Any]:
+        plan = PruningPlan(sparsity=self._sparsity, criterion=self.criterion)
+        score = self.scorer.score(plan)
+        cost = self._cost(self._kept)
+        context = RewardContext(top1=score.top1, cost_ratio=cost / self.target, macs=score.macs)
+        info: dict[str, Any] = {
+            "plan": plan.to_json(),
+            "top1": score.top1,
+            "cost": cost,
+            "cost_ratio": cost / self.target,
+            "dense_cost": self.dense_cost,
+            "budget_met": cost <= self.target * (1 + 1e-9),
+            "macs": score.macs,
+            "params": score.params,
+            "score_seconds": score.seconds,
+            "reward": self.reward_spec.fn(context, self.lagrange),
+        }
+        if self.measure_final is not None:
+            pruned = self.engine.apply(plan)
+            info["latency_ms_measured"] = self.measure_final.predict(pruned.model, self.graph.input_shape)
+        return info
+
+    @property
+    def plan(self) -> PruningPlan:
+        """The plan decided so far."""
+        return PruningPlan(sparsity=self._sparsity, criterion=self.criterion)
+
+    def render(self) -> str | np.ndarray | None:  # type: ignore[override]
+        if self.render_mode == "ansi":
+            lines = [f"{'group':<28} {'channels':>8} {'kept':>6} {'sparsity':>8}"]
+            for g in self.groups:
+                kept = self._kept.get(g.name)
+                lines.append(
+                    f"{g.name:<28} {g.channels:>8} {kept if kept is not None else '-':>6} "
+                    f"{self._sparsity.get(g.name, 0.0):>8.2f}"
+                )
+            return "\n".join(lines)
+        if self.render_mode == "rgb_array":
+            return self._draw()
+        return None
+
+    def _draw(self) -> np.ndarray:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(max(4, len(self.groups) * 0.25), 2.5), dpi=80)
+        values = [self._sparsity.get(g.name, 0.0) for g in self.groups]
+        ax.bar(range(len(values)), values, color="tab:blue")
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("group")
+        ax.set_ylabel("sparsity")
+        fig.tight_layout()
+        fig.canvas.draw()
+        image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+        plt.close(fig)
+        return image

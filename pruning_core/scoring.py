@@ -1,0 +1,126 @@
+"""The search's accuracy estimate of a plan: apply it, recalibrate BatchNorm, optionally a short fine-tune, evaluate
+on part of the ``val`` split. The agent and every search baseline score candidates with this one function, so they
+are compared on equal terms. Scores of identical plans are cached.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from pruning_core.data import ImageDataset
+from pruning_core.engine import PrunedModel, PruningEngine, recalibrate_bn
+from pruning_core.errors import PruneGymError
+from pruning_core.plan import PruningPlan
+from pruning_core.training import evaluate
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How a candidate plan is scored."""
+
+    val_images: int = 1000
+    """Images of the val split evaluated (the first ones, always the same)."""
+    bn_batches: int = 10
+    """Training batches for adaptive BatchNorm recalibration (EagleEye)."""
+    bn_batch_size: int = 64
+    """Images per recalibration batch."""
+    finetune_steps: int = 0
+    """SGD steps of a short fine-tune after recalibration (0: adaptive BN alone)."""
+    finetune_lr: float = 0.01
+    """Learning rate of the short fine-tune."""
+    finetune_batch_size: int = 64
+    """Images per short fine-tune step."""
+    distill: float = 0.0
+    """Weight of distillation from the dense model in the short fine-tune."""
+
+    def __post_init__(self) -> None:
+        if self.val_images < 1:
+            raise PruneGymError(f"val_images must be >= 1; got {self.val_images}")
+        if self.bn_batches < 0 or self.finetune_steps < 0:
+            raise PruneGymError(
+                f"bn_batches and finetune_steps must be >= 0; got {self.bn_batches}, {self.finetune_steps}"
+            )
+
+
+@dataclass(frozen=True)
+class Score:
+    """The outcome of scoring one plan."""
+
+    top1: float
+    macs: int
+    params: int
+    seconds: float
+    cached: bool
+
+
+class PlanScorer:
+    """Scores plans on the val split with a fixed recipe, caching by the plan's canonical JSON.
+
+    Args:
+        engine: The dense model's engine.
+        dataset: Source of recalibration/fine-tune batches (train) and of the score (val).
+        config: Scoring recipe.
+    """
+
+    def __init__(self, engine: PruningEngine, dataset: ImageDataset, config: ScoreConfig | None = None) -> None:
+        self.engine = engine
+        self.dataset = dataset
+        self.config = config or ScoreConfig()
+        self._cache: dict[str, Score] = {}
+        self.evaluations = 0
+
+    def prune_and_adapt(self, plan: PruningPlan) -> PrunedModel:
+        """Apply ``plan`` and run the recipe's recalibration and short fine-tune (no evaluation)."""
+        cfg = self.config
+        pruned = self.engine.apply(plan)
+        if cfg.bn_batches > 0:
+            recalibrate_bn(pruned.model, self.dataset, batches=cfg.bn_batches, batch_size=cfg.bn_batch_size)
+        if cfg.finetune_steps > 0:
+            self._short_finetune(pruned)
+        return pruned
+
+    def score(self, plan: PruningPlan) -> Score:
+        """Val top-1 of ``plan`` after the recipe (cached for identical plans)."""
+        key = plan.to_json()
+        if key in self._cache:
+            hit = self._cache[key]
+            return Score(hit.top1, hit.macs, hit.params, 0.0, cached=True)
+        start = time.perf_counter()
+        pruned = self.prune_and_adapt(plan)
+        top1 = evaluate(pruned.model, self.dataset, "val", limit=self.config.val_images).top1
+        score = Score(top1, pruned.cost.macs, pruned.cost.params, time.perf_counter() - start, cached=False)
+        self._cache[key] = score
+        self.evaluations += 1
+        return score
+
+    def _short_finetune(self, pruned: PrunedModel) -> None:
+        cfg = self.config
+        model = pruned.model
+        teacher = self.engine.model if cfg.distill > 0 else None
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.finetune_lr, momentum=0.9)
+        generator = torch.Generator().manual_seed(0)
+        batches = self.dataset.batches(
+            "train",
+            cfg.finetune_batch_size,
+            shuffle=True,
+            augment=True,
+            limit=cfg.finetune_steps * cfg.finetune_batch_size,
+            generator=generator,
+        )
+        model.train()
+        for images, labels in batches:
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+            if teacher is not None:
+                with torch.no_grad():
+                    soft = teacher(images)
+                kd = F.kl_div(F.log_softmax(logits / 4, 1), F.softmax(soft / 4, 1), reduction="batchmean") * 16
+                loss = (1 - cfg.distill) * loss + cfg.distill * kd
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        model.eval()

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import envs
+from envs.factory import make_env
+from pruning_core.errors import BudgetInfeasibleError, PruneGymError
+
+# An analytic device keeps the budget arithmetic deterministic; one test below uses the measured host table.
+FAST = {"val_images": 200, "bn_batches": 2, "device": "pixel-a76"}
+
+
+@pytest.fixture(scope="module")
+def digits_env(digits):
+    return make_env(dataset=digits, **FAST)
+
+
+@pytest.mark.parametrize("action_mode", ["continuous", "discrete"])
+def test_env_checkers_pass(action_mode, digits):
+    env = gym.make(envs.ENV_ID, action_mode=action_mode, dataset=digits, **FAST).unwrapped
+    gym_check_env(env)
+    sb3_check_env(env)
+
+
+def test_registered_and_default_construction_on_the_host_table():
+    assert envs.ENV_ID in gym.registry
+    env = gym.make(envs.ENV_ID, budget=0.8, val_images=200, bn_batches=2)  # host-cpu: a lookup table built here
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (len(envs.OBS_FEATURES),) and info["group"] == "stem.0"
+    for _ in env.unwrapped.groups:
+        obs, reward, terminated, _, info = env.step(env.action_space.sample())
+    assert terminated and info["budget_met"] and 0 <= reward <= 1
+
+
+def _run_episode(env, actions):
+    env.reset(seed=0)
+    for action in actions:
+        obs, reward, terminated, _truncated, info = env.step(action)
+        assert env.observation_space.contains(obs)
+        if terminated:
+            return reward, info
+    raise AssertionError("episode did not end")
+
+
+@pytest.mark.parametrize("budget", [0.4, 0.6, 0.9])
+def test_random_episodes_always_meet_the_budget(budget, digits):
+    env = make_env(budget=budget, dataset=digits, **FAST)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        reward, info = _run_episode(env, [rng.uniform(-1, 1, 1).astype(np.float32) for _ in env.groups])
+        assert info["budget_met"] and info["cost"] <= env.target * (1 + 1e-9)
+        assert reward == info["top1"] and 0 <= reward <= 1
+
+
+def test_no_pruning_is_clipped_to_meet_the_budget(digits_env):
+    _, info = _run_episode(digits_env, [np.array([-1.0], np.float32)] * len(digits_env.groups))
+    assert info["budget_met"] and info["cost_ratio"] <= 1.0
+    plan = json.loads(info["plan"])
+    assert any(v > 0 for v in plan["sparsity"].values())  # clipping forced some pruning
+
+
+def test_episodes_are_reproducible_and_scores_cached(digits_env):
+    actions = [np.array([0.2], np.float32)] * len(digits_env.groups)
+    first = _run_episode(digits_env, actions)
+    evaluations = digits_env.scorer.evaluations
+    second = _run_episode(digits_env, actions)
+    assert first[0] == second[0] and first[1]["plan"] == second[1]["plan"]
+    assert digits_env.scorer.evaluations == evaluations  # identical plan: cached
+
+
+def test_lagrangian_does_not_clip_and_penalises(digits):
+    env = make_env(reward="lagrangian", budget=0.4, dataset=digits, **FAST)
+    reward, info = _run_episode(env, [np.array([-1.0], np.float32)] * len(env.groups))
+    assert not info["budget_met"] and reward < info["top1"]
+
+
+def test_macs_budget(digits):
+    env = make_env(budget_metric="macs", budget=0.3, dataset=digits, **FAST)
+    _, info = _run_episode(env, [np.array([0.0], np.float32)] * len(env.groups))
+    assert info["macs"] <= 0.3 * env.dense_cost * 1.0001 and info["budget_met"]
+
+
+def test_analytic_device(digits):
+    env = make_env(**{**FAST, "device": "stm32h747"}, budget=0.5, dataset=digits)
+    _, info = _run_episode(env, [np.array([1.0], np.float32)] * len(env.groups))
+    assert info["budget_met"]
+
+
+def test_render_modes(digits):
+    env = make_env(render_mode="ansi", dataset=digits, **FAST)
+    env.reset()
+    env.step(np.array([0.5], np.float32))
+    assert "stem.0" in env.render()
+    picture = make_env(render_mode="rgb_array", dataset=digits, **FAST)
+    picture.reset()
+    frame = picture.render()
+    assert frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"budget": 1.7}, PruneGymError, r"budget must be in \(0, 1\]; got 1.7"),
+        ({"budget": 0.01}, BudgetInfeasibleError, "below what max_sparsity"),
+        ({"reward": "speed"}, PruneGymError, "reward must be one of accuracy, lagrangian, amc-flops"),
+        ({"device": "tpu"}, PruneGymError, "device must be one of"),
+        ({"model": "resnet20"}, PruneGymError, "checkpoint holds small_cnn"),
+        ({"action_mode": "binary"}, PruneGymError, "action_mode must be continuous or discrete"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs, error, message, digits):
+    args = {**FAST, "dataset": digits, **kwargs}
+    if "model" in kwargs:
+        args["checkpoint"] = "checkpoints/small_cnn_digits.pt"
+    with pytest.raises(error, match=message):
+        make_env(**args)
