@@ -15,8 +15,7 @@ $(BIN)/prunegym: pyproject.toml
 setup: $(BIN)/prunegym
 
 demo: setup
-	$(BIN)/prunegym pretrain --model small_cnn --data digits --epochs 30 --lr 0.05 --batch-size 64 --out runs/demo/small_cnn_digits.pt
-	$(BIN)/prunegym evaluate --checkpoint runs/demo/small_cnn_digits.pt --data digits
+	$(BIN)/prunegym demo --threads 1 --out runs/demo
 
 # pytest exits 5 when it collected no test; say so, and keep the failure.
 test: setup

@@ -7,7 +7,8 @@ import copy
 from torch import nn
 
 from pruning_core.data import ImageDataset
-from pruning_core.engine import PrunedModel
+from pruning_core.engine import PrunedModel, PruningEngine, recalibrate_bn
+from pruning_core.plan import PruningPlan
 from pruning_core.training import TrainConfig, TrainState, evaluate, make_state, train
 
 
@@ -55,4 +56,31 @@ def finetune(
     model.load_state_dict(best_state)
     model.eval()
     pruned.accuracy[f"{eval_split}_finetuned"] = best_top1
+    return pruned
+
+
+def prune_and_finetune(
+    engine: PruningEngine,
+    plan: PruningPlan,
+    dataset: ImageDataset,
+    *,
+    bn_batches: int = 20,
+    config: TrainConfig | None = None,
+    distill: bool = False,
+    progress: bool = True,
+) -> PrunedModel:
+    """The full recipe every method ends with: apply, recalibrate BN, fine-tune; accuracies at each stage.
+
+    ``accuracy`` gains ``{val,test}_pruned``, ``{val,test}_bn`` and, when ``config.epochs > 0``,
+    ``val_finetuned`` and ``test_finetuned`` (the best epoch is chosen on val).
+    """
+    pruned = engine.apply(plan)
+    for split in ("val", "test"):
+        pruned.accuracy[f"{split}_pruned"] = evaluate(pruned.model, dataset, split).top1
+    recalibrate_bn(pruned.model, dataset, batches=bn_batches)
+    for split in ("val", "test"):
+        pruned.accuracy[f"{split}_bn"] = evaluate(pruned.model, dataset, split).top1
+    if config is not None and config.epochs > 0:
+        finetune(pruned, dataset, config, teacher=engine.model if distill else None, progress=progress)
+        pruned.accuracy["test_finetuned"] = evaluate(pruned.model, dataset, "test").top1
     return pruned

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -141,11 +142,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from pruning_core.checkpoint import load_checkpoint
-    from pruning_core.engine import PruningEngine, describe, recalibrate_bn
-    from pruning_core.finetune import finetune
+    from pruning_core.engine import PruningEngine, describe
+    from pruning_core.finetune import prune_and_finetune
     from pruning_core.plan import PruningPlan
     from pruning_core.serialize import save_pruned
-    from pruning_core.training import TrainConfig, evaluate
+    from pruning_core.training import TrainConfig
 
     _set_threads(args)
     checkpoint = load_checkpoint(args.checkpoint)
@@ -153,8 +154,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise PruneGymError(f"--model is {args.model} but {args.checkpoint} holds {checkpoint.meta['model']}")
     dataset = _load_data(args)
     _check_classes(dataset, checkpoint.meta["classes"], args.checkpoint)
-    dense = checkpoint.build()
-    engine = PruningEngine(dense, dataset.input_shape, dataset=dataset)
+    engine = PruningEngine(checkpoint.build(), dataset.input_shape, dataset=dataset)
     options = {
         "criterion": args.criterion,
         "granularity": args.granularity,
@@ -166,23 +166,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
     plan = (
         PruningPlan.load(args.plan) if args.plan else PruningPlan.uniform(engine.group_names, args.uniform, **options)
     )
-    pruned = engine.apply(plan)
-    for stage in ("pruned", "bn"):
-        if stage == "bn":
-            recalibrate_bn(pruned.model, dataset, batches=args.bn_batches)
-        for split in ("val", "test"):
-            pruned.accuracy[f"{split}_{stage}"] = evaluate(pruned.model, dataset, split).top1
-    if args.finetune_epochs > 0:
-        config = TrainConfig(
-            epochs=args.finetune_epochs,
-            lr=args.lr,
-            schedule=args.schedule,
-            warmup_epochs=0,
-            distill_weight=args.distill,
-            seed=args.seed,
-        )
-        finetune(pruned, dataset, config, teacher=dense if args.distill > 0 else None)
-        pruned.accuracy["test_finetuned"] = evaluate(pruned.model, dataset, "test").top1
+    config = TrainConfig(
+        epochs=args.finetune_epochs,
+        lr=args.lr,
+        schedule=args.schedule,
+        warmup_epochs=0,
+        distill_weight=args.distill,
+        seed=args.seed,
+    )
+    pruned = prune_and_finetune(
+        engine, plan, dataset, bn_batches=args.bn_batches, config=config, distill=args.distill > 0
+    )
     save_pruned(
         args.out,
         pruned,
@@ -340,6 +334,174 @@ def cmd_lut_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace):
+    from agents.train import TrainRunConfig
+
+    return TrainRunConfig(
+        model=args.model,
+        checkpoint=str(args.checkpoint) if args.checkpoint else None,
+        data=args.data,
+        data_root=args.data_root,
+        device=args.device,
+        budget=args.budget,
+        budget_metric=args.budget_metric,
+        reward=args.reward,
+        algo=args.algo,
+        episodes=args.episodes if args.episodes is not None else 100,
+        warmup_episodes=args.warmup_episodes,
+        seed=args.seed,
+        n_envs=args.n_envs,
+        val_images=args.val_images,
+        bn_batches=args.bn_batches,
+        finetune_steps=args.finetune_steps,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from agents.train import run_name, train_agent
+
+    _set_threads(args)
+    if args.resume is not None:
+        result = train_agent(None, args.resume, resume=True, episodes=args.episodes)
+    else:
+        config = _train_config(args)
+        out = args.out if args.out is not None else Path("runs") / run_name(config)
+        result = train_agent(config, out)
+    state = result.state
+    print(
+        f"{result.run}: {state.episodes} episodes in {result.seconds:.0f}s; best val top-1 {state.best_top1:.4f} "
+        f"(reward {state.best_reward:.4f}) at episode {state.best_episode}; best plan in "
+        f"{result.run / 'best_plan.json'}"
+    )
+    return 0
+
+
+def _finetune_config(args: argparse.Namespace):
+    from pruning_core.training import TrainConfig
+
+    return TrainConfig(epochs=args.finetune_epochs, lr=args.lr, schedule="cosine", warmup_epochs=0, seed=args.seed)
+
+
+def _print_records(records: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="pruned models")
+    for column in ("method", "cost", "latency ms", "MACs", "val (BN)", "test (BN)", "test (FT)"):
+        table.add_column(column)
+    for r in records:
+        table.add_row(
+            r["method"],
+            f"{r['cost_predicted']:.4g} / {r['dense_cost_predicted']:.4g}",
+            f"{r['latency_ms_measured']:.3f}" if "latency_ms_measured" in r else "-",
+            f"{r['macs'] / 1e6:.2f}M",
+            f"{r['val_bn']:.4f}",
+            f"{r['test_bn']:.4f}",
+            f"{r['test_finetuned']:.4f}" if "test_finetuned" in r else "-",
+        )
+    Console().print(table)
+
+
+def _env_from_args(args: argparse.Namespace, **overrides: object):
+    from envs.factory import make_env
+
+    kwargs = {
+        "model": args.model,
+        "checkpoint": args.checkpoint,
+        "data": args.data,
+        "data_root": args.data_root,
+        "device": args.device,
+        "budget": args.budget,
+        "budget_metric": args.budget_metric,
+        "progress": True,
+        **overrides,
+    }
+    return make_env(**kwargs)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from agents.apply import finish_plan, plan_from_policy
+    from agents.policy_io import load_policy
+    from envs.factory import budget_model_for
+
+    _set_threads(args)
+    policy = load_policy(args.policy)
+    trained = policy.env_settings
+    env = _env_from_args(
+        args,
+        action_mode=trained.get("action_mode", "continuous"),
+        max_sparsity=trained.get("max_sparsity", 0.8),
+        criterion=trained.get("criterion", "l1"),
+    )
+    plan, _ = plan_from_policy(policy, env)
+    _, measured = budget_model_for(args.budget_metric, args.device, env.graph, args.model)
+    result = finish_plan(
+        "policy",
+        env,
+        plan,
+        env.scorer.dataset,
+        finetune=_finetune_config(args),
+        measured=measured,
+        out=args.out,
+        base_model=args.model,
+    )
+    _print_records([result.record])
+    print(f"saved {args.out} (report.json, plan.json, weights.pt)")
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from agents.apply import finish_plan
+    from envs.factory import budget_model_for
+    from pruning_core.baselines import BudgetProblem, baseline_plan
+
+    _set_threads(args)
+    env = _env_from_args(args)
+    start = time.perf_counter()
+    plan = baseline_plan(args.method, BudgetProblem(env.engine, env.budget_model, env.target))
+    seconds = time.perf_counter() - start
+    _, measured = budget_model_for(args.budget_metric, args.device, env.graph, args.model)
+    result = finish_plan(
+        args.method,
+        env,
+        plan,
+        env.scorer.dataset,
+        finetune=_finetune_config(args),
+        measured=measured,
+        out=args.out,
+        base_model=args.model,
+        search_seconds=seconds,
+    )
+    _print_records([result.record])
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from scripts.demo import run_demo
+
+    _set_threads(args)
+    run_demo(
+        model=args.model,
+        checkpoint=args.checkpoint,
+        data=args.data,
+        data_root=args.data_root,
+        budget=args.budget,
+        episodes=args.episodes,
+        finetune_epochs=args.finetune_epochs,
+        out=args.out,
+    )
+    return 0
+
+
+def _add_target_args(parser: argparse.ArgumentParser, *, model_default: str | None = "small_cnn") -> None:
+    parser.add_argument("--model", default=model_default, required=model_default is None)
+    parser.add_argument("--checkpoint", type=Path, default=None, help="default: checkpoints/<model>_<data>.pt")
+    _add_data_args(parser)
+    parser.add_argument("--device", default="host-cpu", help="target device (see `prunegym devices`)")
+    parser.add_argument("--budget", type=float, default=0.5, help="fraction of the dense model's cost")
+    parser.add_argument("--budget-metric", default="latency", choices=["latency", "macs", "params"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunegym", description="Hardware-aware RL pruning of PyTorch models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -422,6 +584,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--rows", type=Path, default=None, help="write every variant's figures here as JSON")
     p.set_defaults(handler=cmd_lut_validate)
+
+    p = sub.add_parser("train", help="train an RL agent that searches per-layer sparsity for a device")
+    _add_target_args(p)
+    p.add_argument("--algo", default="ppo", choices=["dqn", "ppo", "sac", "td3", "ddpg"])
+    p.add_argument("--episodes", type=int, default=None, help="episodes in all (default 100)")
+    p.add_argument("--warmup-episodes", type=int, default=25, help="random episodes first (off-policy algorithms)")
+    p.add_argument("--reward", default="accuracy", choices=["accuracy", "lagrangian", "amc-flops"])
+    p.add_argument("--n-envs", type=int, default=1, help="environments in parallel processes")
+    p.add_argument("--val-images", type=int, default=1000)
+    p.add_argument("--bn-batches", type=int, default=10)
+    p.add_argument("--finetune-steps", type=int, default=0, help="short fine-tune steps inside the score")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<model>__<device>__...)")
+    p.add_argument("--resume", type=Path, default=None, help="continue the run in this folder")
+    p.set_defaults(handler=cmd_train)
+
+    for name, handler, text in (
+        ("apply", cmd_apply, "apply a learned policy to a model, fine-tune, report"),
+        ("baseline", cmd_baseline, "run a heuristic baseline at a budget, fine-tune, report"),
+    ):
+        p = sub.add_parser(name, help=text)
+        if name == "apply":
+            p.add_argument("--policy", type=Path, required=True, help="run folder of `prunegym train`")
+        else:
+            p.add_argument(
+                "--method",
+                required=True,
+                choices=["uniform-l1", "global-magnitude", "slimming", "taylor", "activation"],
+            )
+        _add_target_args(p)
+        p.add_argument("--finetune-epochs", type=int, default=0)
+        p.add_argument("--lr", type=float, default=0.01)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", type=Path, required=True)
+        p.set_defaults(handler=handler)
+
+    p = sub.add_parser("demo", help="the embedded demo: PPO vs two baselines on small_cnn/digits, host-CPU latency")
+    p.add_argument("--model", default="small_cnn")
+    p.add_argument("--checkpoint", type=Path, default=None)
+    _add_data_args(p)
+    p.add_argument("--budget", type=float, default=0.5)
+    p.add_argument("--episodes", type=int, default=60)
+    p.add_argument("--finetune-epochs", type=int, default=3)
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.set_defaults(handler=cmd_demo)
     return parser
 
 

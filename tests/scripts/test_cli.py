@@ -110,3 +110,102 @@ def test_prune_with_a_bad_plan_is_one_line(tmp_path, capsys):
         == 2
     )
     assert "sparsity for stem.0 must be in [0, 0.95]; got 1.5" in capsys.readouterr().err
+
+
+def test_train_apply_baseline(tmp_path, capsys):
+    common = ["--device", "pixel-a76", "--budget", "0.5"]
+    assert (
+        main(
+            [
+                "train",
+                "--algo",
+                "dqn",
+                "--episodes",
+                "4",
+                "--warmup-episodes",
+                "2",
+                "--val-images",
+                "100",
+                "--bn-batches",
+                "2",
+                *common,
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
+    assert "best val top-1" in capsys.readouterr().out
+    assert main(["apply", "--policy", str(tmp_path / "run"), *common, "--out", str(tmp_path / "applied")]) == 0
+    report = json.loads((tmp_path / "applied" / "report.json").read_text())
+    assert report["budget_met"] and report["method"] == "policy"
+    assert (
+        main(
+            [
+                "baseline",
+                "--method",
+                "uniform-l1",
+                *common,
+                "--finetune-epochs",
+                "1",
+                "--out",
+                str(tmp_path / "uniform"),
+            ]
+        )
+        == 0
+    )
+    report = json.loads((tmp_path / "uniform" / "report.json").read_text())
+    assert report["budget_met"] and "test_finetuned" in report
+    ratios = report["plan"]["sparsity"].values()
+    assert max(ratios) - min(ratios) < 1 / 64  # uniform, up to rounding to whole channels
+
+
+@pytest.mark.slow
+def test_train_killed_with_sigkill_resumes_losing_at_most_one_episode(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    argv = [
+        sys.executable,
+        "-m",
+        "scripts.cli",
+        "train",
+        "--algo",
+        "ppo",
+        "--episodes",
+        "40",
+        "--val-images",
+        "150",
+        "--bn-batches",
+        "2",
+        "--device",
+        "pixel-a76",
+        "--out",
+        str(run),
+    ]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_file = run / "search_state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not state_file.exists() or json.loads(state_file.read_text())["episodes"] < 5):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    saved = json.loads(state_file.read_text())["episodes"]
+    tb_rows = (run / "tb" / "progress.csv").read_text().strip().splitlines()[1:]
+    assert saved >= 5 and len(tb_rows) - saved <= 1  # what was logged but not saved is at most the episode in flight
+    assert main(["train", "--resume", str(run), "--episodes", str(saved + 3)]) == 0
+    final = json.loads(state_file.read_text())
+    assert final["episodes"] == saved + 3 and [r["episode"] for r in final["history"]] == list(range(1, saved + 4))
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    assert main(["demo", "--episodes", "6", "--finetune-epochs", "1", "--out", str(tmp_path / "demo")]) == 0
+    records = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert [r["method"] for r in records] == ["ppo", "uniform-l1", "global-magnitude"]
+    assert all(r["budget_met"] and r["latency_ms_measured"] > 0 for r in records)
+    assert (tmp_path / "demo" / "accuracy_vs_latency.png").stat().st_size > 5000

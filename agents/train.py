@@ -1,0 +1,362 @@
+"""Training an agent per target device with stable-baselines3, as it is; the search keeps its best plan.
+
+The product of a search is twofold (AMC keeps the best episode): the trained policy and the best plan found. Both are
+written to the run folder after every episode, atomically, with the resolved configuration, so a killed run loses at
+most the episode in flight and ``resume=True`` continues it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3 import DDPG, DQN, PPO, SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+
+from agents.policy_io import save_policy
+from pruning_core.data import atomic_write_bytes
+from pruning_core.errors import CheckpointError, PruneGymError
+from pruning_core.plan import PruningPlan
+
+
+@dataclass(frozen=True)
+class AlgoSpec:
+    """How one stable-baselines3 algorithm is used here."""
+
+    cls: type[BaseAlgorithm]
+    action_mode: str
+    off_policy: bool
+
+
+ALGOS: dict[str, AlgoSpec] = {
+    "dqn": AlgoSpec(DQN, "discrete", True),
+    "ppo": AlgoSpec(PPO, "continuous", False),
+    "sac": AlgoSpec(SAC, "continuous", True),
+    "td3": AlgoSpec(TD3, "continuous", True),
+    "ddpg": AlgoSpec(DDPG, "continuous", True),
+}
+
+
+@dataclass(frozen=True)
+class TrainRunConfig:
+    """Everything that defines a search run; saved as ``config.json`` in the run folder."""
+
+    model: str = "small_cnn"
+    """Model name (the checkpoint's)."""
+    checkpoint: str | None = None
+    """Dense checkpoint (default: the committed one for model and data)."""
+    data: str = "digits"
+    """Dataset name."""
+    data_root: str | None = None
+    """Dataset folder for ImageFolder datasets."""
+    device: str = "host-cpu"
+    """Target device."""
+    budget: float = 0.5
+    """Fraction of the dense model's cost on the device."""
+    budget_metric: str = "latency"
+    """latency, macs or params."""
+    reward: str = "accuracy"
+    """accuracy, lagrangian or amc-flops."""
+    algo: str = "ppo"
+    """dqn, ppo, sac, td3 or ddpg."""
+    episodes: int = 100
+    """Episodes in all, warm-up included."""
+    warmup_episodes: int = 25
+    """Random episodes before learning (off-policy algorithms; AMC used 100 of 400-800)."""
+    seed: int = 0
+    """Seed of the agent and of the environments."""
+    n_envs: int = 1
+    """Environments in parallel processes (SubprocVecEnv) when > 1."""
+    val_images: int = 1000
+    """Val images a plan is scored on."""
+    bn_batches: int = 10
+    """BN recalibration batches in the score."""
+    finetune_steps: int = 0
+    """Short fine-tune steps in the score."""
+    max_sparsity: float = 0.8
+    """Largest sparsity of one group."""
+    criterion: str = "l1"
+    """Channel importance criterion."""
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:
+            raise PruneGymError(f"algo must be one of {', '.join(ALGOS)}; got {self.algo!r}")
+        if self.episodes < 1 or self.n_envs < 1:
+            raise PruneGymError(f"episodes and n_envs must be >= 1; got {self.episodes}, {self.n_envs}")
+
+    def env_kwargs(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "checkpoint": self.checkpoint,
+            "data": self.data,
+            "data_root": self.data_root,
+            "device": self.device,
+            "budget": self.budget,
+            "budget_metric": self.budget_metric,
+            "reward": self.reward,
+            "action_mode": ALGOS[self.algo].action_mode,
+            "max_sparsity": self.max_sparsity,
+            "val_images": self.val_images,
+            "bn_batches": self.bn_batches,
+            "finetune_steps": self.finetune_steps,
+            "criterion": self.criterion,
+        }
+
+
+def run_name(config: TrainRunConfig) -> str:
+    """``{model}__{device}__{algo}__seed{seed}__{timestamp}``."""
+    device = config.device.replace("/", "_").replace(":", "_")
+    return f"{config.model}__{device}__{config.algo}__seed{config.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclass
+class SearchState:
+    """Progress of a search, saved after every episode."""
+
+    episodes: int = 0
+    best_reward: float = -float("inf")
+    best_top1: float = 0.0
+    best_episode: int = -1
+    best_plan: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
+
+
+class SearchCallback(BaseCallback):
+    """Per episode: log to TensorBoard, keep the best plan, save the run, stop at the episode budget."""
+
+    def __init__(
+        self,
+        run: Path,
+        config: TrainRunConfig,
+        state: SearchState,
+        group_names: list[str],
+        on_episode: Callable[[SearchState], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.run, self.config, self.state, self.group_names = run, config, state, group_names
+        self.on_episode = on_episode
+        self.start = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", []):
+            if "top1" not in info:
+                continue
+            self._record(info)
+            if self.state.episodes >= self.config.episodes:
+                return False
+        return True
+
+    def _record(self, info: dict[str, Any]) -> None:
+        state = self.state
+        state.episodes += 1
+        reward = float(info["reward"])
+        plan = json.loads(info["plan"])
+        row = {
+            "episode": state.episodes,
+            "reward": reward,
+            "top1": info["top1"],
+            "cost_ratio": info["cost_ratio"],
+            "macs": info["macs"],
+            "budget_met": float(info["budget_met"]),
+            "seconds": time.perf_counter() - self.start,
+        }
+        state.history.append(row)
+        if reward > state.best_reward:
+            state.best_reward, state.best_top1 = reward, float(info["top1"])
+            state.best_episode, state.best_plan = state.episodes, info["plan"]
+            _write_json(self.run / "best_plan.json", plan)
+        for key, value in (
+            ("episode/reward", reward),
+            ("accuracy/val_top1", info["top1"]),
+            ("accuracy/best_val_top1", state.best_top1),
+            ("latency/cost_ratio", info["cost_ratio"]),
+            ("latency/budget_met", float(info["budget_met"])),
+            ("prune/macs", info["macs"]),
+            ("prune/params", info["params"]),
+        ):
+            self.logger.record(key, value)
+        for name in self.group_names:
+            self.logger.record(f"prune/sparsity/{name}", plan["sparsity"].get(name, 0.0))
+        self.logger.dump(state.episodes)
+        self.model.save(self.run / "model.zip")
+        if ALGOS[self.config.algo].off_policy:
+            self.model.save_replay_buffer(self.run / "replay_buffer.pkl")  # type: ignore[attr-defined]
+        save_policy(self.run, self.model, algo=self.config.algo, env_settings=self.config.env_kwargs())
+        _write_json(self.run / "search_state.json", asdict(state))
+        if self.on_episode is not None:
+            self.on_episode(state)
+
+
+def _make_vec_env(config: TrainRunConfig) -> VecEnv:
+    from stable_baselines3.common.monitor import Monitor
+
+    from envs.factory import make_env
+
+    def factory(rank: int) -> Callable[[], Any]:
+        def build() -> Any:
+            env = Monitor(make_env(**config.env_kwargs(), seed=config.seed + rank))
+            env.reset(seed=config.seed + rank)
+            return env
+
+        return build
+
+    builders = [factory(i) for i in range(config.n_envs)]
+    return SubprocVecEnv(builders) if config.n_envs > 1 else DummyVecEnv(builders)
+
+
+def _new_model(config: TrainRunConfig, env: VecEnv, steps_per_episode: int, run: Path) -> BaseAlgorithm:
+    spec = ALGOS[config.algo]
+    kwargs: dict[str, Any] = {
+        "seed": config.seed,
+        "verbose": 0,
+        "tensorboard_log": None,
+        "device": "cpu",
+        "policy_kwargs": {"net_arch": [64, 64]},
+    }
+    if spec.off_policy:
+        kwargs.update(
+            learning_starts=config.warmup_episodes * steps_per_episode,
+            buffer_size=100_000,
+            batch_size=64,
+            train_freq=1,
+            gradient_steps=1,
+            learning_rate=1e-3,
+        )
+    if config.algo == "dqn":
+        kwargs.update(
+            exploration_fraction=0.5, exploration_final_eps=0.05, target_update_interval=max(1, steps_per_episode * 5)
+        )
+    if config.algo in ("td3", "ddpg"):
+        kwargs["action_noise"] = NormalActionNoise(np.zeros(1), 0.5 * np.ones(1))  # AMC: wide, decaying noise
+    if config.algo == "ppo":
+        n_steps = max(steps_per_episode * 4 // config.n_envs, 8)
+        kwargs.update(
+            n_steps=n_steps,
+            batch_size=min(64, n_steps * config.n_envs),
+            n_epochs=10,
+            learning_rate=3e-4,
+            gamma=1.0,
+            ent_coef=0.01,
+        )
+    return spec.cls("MlpPolicy", env, **kwargs)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished (or stopped) search produced."""
+
+    run: Path
+    state: SearchState
+    seconds: float
+
+    def state_plan(self) -> PruningPlan:
+        """The best plan the search found."""
+        if self.state.best_plan is None:
+            raise PruneGymError(f"run {self.run} has not finished an episode yet")
+        return PruningPlan.from_json(self.state.best_plan)
+
+
+def train_agent(
+    config: TrainRunConfig | None,
+    out: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    episodes: int | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Train an agent until ``config.episodes`` episodes have been scored.
+
+    Args:
+        config: The run's configuration (ignored on resume, where the saved one is used).
+        out: Run folder.
+        resume: Continue the run in ``out`` from its last saved episode (loads SB3's zip: trusted runs only).
+        episodes: On resume, a new episode total (default: the saved one).
+        progress: Show a progress bar over episodes with the best accuracy so far.
+    """
+    from stable_baselines3.common.logger import configure
+    from tqdm import tqdm
+
+    run = Path(out)
+    state = SearchState()
+    if resume:
+        saved = run / "config.json"
+        if not saved.is_file() or not (run / "model.zip").is_file():
+            raise CheckpointError(f"nothing to resume in {run}: config.json or model.zip is missing")
+        config = TrainRunConfig(**json.loads(saved.read_text()))
+        if episodes is not None:
+            config = replace(config, episodes=episodes)
+            _write_json(saved, asdict(config))
+        state = SearchState(**json.loads((run / "search_state.json").read_text()))
+    else:
+        if config is None:
+            raise PruneGymError("a new run needs a configuration")
+        if (run / "model.zip").exists():
+            raise PruneGymError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
+        run.mkdir(parents=True, exist_ok=True)
+        _write_json(run / "config.json", asdict(config))
+    env = _make_vec_env(config)
+    steps_per_episode = len(env.get_attr("groups")[0])
+    group_names = [g.name for g in env.get_attr("groups")[0]]
+    if resume:
+        model = ALGOS[config.algo].cls.load(run / "model.zip", env=env, device="cpu")
+        if ALGOS[config.algo].off_policy and (run / "replay_buffer.pkl").exists():
+            model.load_replay_buffer(run / "replay_buffer.pkl")  # type: ignore[attr-defined]
+    else:
+        model = _new_model(config, env, steps_per_episode, run)
+    model.set_logger(configure(str(run / "tb"), ["tensorboard", "csv"]))
+    if not resume:
+        _log_hparams(run, config)
+    bar = tqdm(
+        total=config.episodes,
+        initial=state.episodes,
+        desc=f"{config.algo} search",
+        unit="episode",
+        disable=not progress,
+    )
+
+    def update_bar(st: SearchState) -> None:
+        bar.update(1)
+        bar.set_postfix(best_val_top1=f"{st.best_top1:.4f}", at=st.best_episode)
+
+    callback = SearchCallback(run, config, state, group_names, on_episode=update_bar)
+    start = time.perf_counter()
+    remaining = config.episodes - state.episodes
+    if remaining > 0:
+        # Episodes are counted by the callback, which stops training; the step total is only an upper bound.
+        model.learn(
+            total_timesteps=(remaining + 2 * config.n_envs) * steps_per_episode * 2,
+            callback=callback,
+            reset_num_timesteps=not resume,
+            progress_bar=False,
+        )
+    bar.close()
+    env.close()
+    return RunResult(run, state, time.perf_counter() - start)
+
+
+def _log_hparams(run: Path, config: TrainRunConfig) -> None:
+    """Hyper-parameters once, as a Markdown table in TensorBoard (CleanRL's habit)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run / "tb"))
+    table = "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(config).items())
+    writer.add_text("hyperparameters", table)
+    writer.close()
+
+
+def best_plan(run: str | os.PathLike[str]) -> PruningPlan:
+    """The best plan a run found."""
+    return PruningPlan.load(Path(run) / "best_plan.json")

@@ -1,0 +1,99 @@
+"""Heuristic baselines: plans that meet a budget on the same layer-wise cost the agent is judged on.
+
+- ``uniform-l1``: the same sparsity in every group, L1 filter ranking (Li et al., ICLR 2017), the sparsity found by
+  bisection so the model meets the budget.
+- ``global-magnitude``, ``slimming``, ``taylor``, ``activation``: one global threshold on channel scores normalised
+  per group (their mean is 1), ranked by L1 magnitude, BatchNorm gamma (network slimming, Liu et al., ICCV 2017),
+  first-order Taylor (Molchanov et al., CVPR 2019) or feature-map activation; the threshold found by bisection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from pruning_core.engine import PruningEngine, kept_count
+from pruning_core.errors import BudgetInfeasibleError, PruneGymError
+from pruning_core.metrics import LayerwiseCost
+from pruning_core.plan import PruningPlan
+
+
+@dataclass(frozen=True)
+class BudgetProblem:
+    """A dense model, the cost the budget is judged on, and the target cost."""
+
+    engine: PruningEngine
+    cost: LayerwiseCost
+    target: float
+    max_sparsity: float = 0.9
+
+    def cost_of(self, kept: dict[str, int]) -> float:
+        return self.cost.total(self.engine.graph, kept)
+
+    def meets(self, kept: dict[str, int]) -> bool:
+        return self.cost_of(kept) <= self.target * (1 + 1e-9)
+
+
+def _bisect(meets: Callable[[float], bool], low: float, high: float, steps: int = 30) -> float:
+    """Smallest x in [low, high] with ``meets(x)`` (``meets`` monotone, ``meets(high)`` true)."""
+    if meets(low):
+        return low
+    for _ in range(steps):
+        mid = (low + high) / 2
+        low, high = (low, mid) if meets(mid) else (mid, high)
+    return high
+
+
+def uniform_plan(problem: BudgetProblem, *, criterion: str = "l1") -> PruningPlan:
+    """The least uniform sparsity that meets the budget."""
+    groups = problem.engine.groups
+
+    def kept(s: float) -> dict[str, int]:
+        return {g.name: kept_count(g.channels, s) for g in groups}
+
+    if not problem.meets(kept(problem.max_sparsity)):
+        raise BudgetInfeasibleError(f"uniform sparsity {problem.max_sparsity} does not reach the budget")
+    s = _bisect(lambda x: problem.meets(kept(x)), 0.0, problem.max_sparsity)
+    sizes = kept(s)
+    return PruningPlan(sparsity={g.name: 1 - sizes[g.name] / g.channels for g in groups}, criterion=criterion)
+
+
+def global_plan(problem: BudgetProblem, *, criterion: str = "l1") -> PruningPlan:
+    """One global threshold on per-group-normalised channel scores that meets the budget."""
+    engine = problem.engine
+    scores = {name: s / s.mean().clamp_min(1e-12) for name, s in engine.scores(criterion).items()}
+    floor = {g.name: kept_count(g.channels, problem.max_sparsity) for g in engine.groups}
+
+    def kept(threshold: float) -> dict[str, int]:
+        return {g.name: max(floor[g.name], int((scores[g.name] > threshold).sum())) for g in engine.groups}
+
+    top = float(max(float(s.max()) for s in scores.values())) + 1e-6
+    if not problem.meets(kept(top)):
+        raise BudgetInfeasibleError(f"global pruning to max sparsity {problem.max_sparsity} misses the budget")
+    threshold = _bisect(lambda t: problem.meets(kept(t)), 0.0, top)
+    sizes = kept(threshold)
+    return PruningPlan(sparsity={g.name: 1 - sizes[g.name] / g.channels for g in engine.groups}, criterion=criterion)
+
+
+BASELINES: dict[str, Callable[[BudgetProblem], PruningPlan]] = {
+    "uniform-l1": lambda p: uniform_plan(p, criterion="l1"),
+    "global-magnitude": lambda p: global_plan(p, criterion="l1"),
+    "slimming": lambda p: global_plan(p, criterion="bn"),
+    "taylor": lambda p: global_plan(p, criterion="taylor"),
+    "activation": lambda p: global_plan(p, criterion="activation"),
+}
+
+
+def baseline_plan(name: str, problem: BudgetProblem) -> PruningPlan:
+    """The plan of a heuristic baseline by name.
+
+    Raises:
+        PruneGymError: Unknown name.
+        BudgetInfeasibleError: The method cannot reach the budget.
+    """
+    if name not in BASELINES:
+        raise PruneGymError(f"baseline must be one of {', '.join(BASELINES)}; got {name!r}")
+    with torch.no_grad():
+        return BASELINES[name](problem)

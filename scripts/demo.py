@@ -1,0 +1,132 @@
+"""The embedded demo: a PPO agent against two heuristic baselines at the same host-CPU latency budget.
+
+On small_cnn/digits by default (everything ships with the installed packages). Steps: load (or train) the dense
+model, build the host latency lookup table (cached), train PPO, run uniform-L1 and global-magnitude pruning at the
+same budget, fine-tune all three with the same recipe, measure their latency, print a table and write
+``results.json``, ``accuracy_vs_latency.png`` and TensorBoard logs under the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from agents.apply import MethodResult, finish_plan
+from agents.train import TrainRunConfig, train_agent
+from envs.factory import REPO_CHECKPOINTS, budget_model_for, make_env
+from pruning_core.baselines import BudgetProblem, baseline_plan
+from pruning_core.data import atomic_write_bytes, load_dataset
+from pruning_core.models import build_model
+from pruning_core.training import TrainConfig, pretrain
+
+
+def ensure_checkpoint(model: str, data: str, data_root: str | None, checkpoint: str | os.PathLike[str] | None) -> Path:
+    """The dense checkpoint: the one given, the committed one, or one trained now (small models only)."""
+    if checkpoint is not None:
+        return Path(checkpoint)
+    committed = REPO_CHECKPOINTS / f"{model}_{data}.pt"
+    if committed.is_file():
+        return committed
+    from pruning_core.data import cache_dir
+
+    path = cache_dir() / "checkpoints" / f"{model}_{data}.pt"
+    if not path.is_file():
+        print(f"no dense {model} on {data} yet: training one (30 epochs)")
+        dataset = load_dataset(data, data_root)
+        net = build_model(model, num_classes=dataset.num_classes, in_channels=dataset.input_shape[0])
+        pretrain(net, model, dataset, TrainConfig(epochs=30, lr=0.05, batch_size=64), path)
+    return path
+
+
+def plot(records: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    dense = records[0]
+    ax.axvline(dense["dense_latency_ms_measured"], color="grey", linestyle="--", label="dense latency")
+    for r in records:
+        accuracy = r.get("test_finetuned", r["test_bn"])
+        ax.scatter(r["latency_ms_measured"], accuracy, s=60, label=r["method"])
+    ax.set_xlabel("measured latency, batch 1, 1 thread (ms)")
+    ax.set_ylabel("test top-1 after fine-tuning")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run_demo(
+    *,
+    model: str = "small_cnn",
+    checkpoint: str | os.PathLike[str] | None = None,
+    data: str = "digits",
+    data_root: str | None = None,
+    budget: float = 0.5,
+    episodes: int = 60,
+    finetune_epochs: int = 3,
+    out: str | os.PathLike[str] = "runs/demo",
+) -> list[dict]:
+    """Run the demo and return one record per method."""
+    start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = ensure_checkpoint(model, data, data_root, checkpoint)
+    dataset = load_dataset(data, data_root)
+    print("building the environment (the host latency table is built once and cached)")
+    env = make_env(
+        model=model, checkpoint=ckpt, data=data, data_root=data_root, budget=budget, dataset=dataset, progress=True
+    )
+    config = TrainRunConfig(
+        model=model, checkpoint=str(ckpt), data=data, data_root=data_root, budget=budget, algo="ppo", episodes=episodes
+    )
+    run = out / f"ppo_{time.strftime('%Y%m%d-%H%M%S')}"
+    search = train_agent(config, run)
+    _, measured = budget_model_for("latency", "host-cpu", env.graph, model)
+    finetune = TrainConfig(epochs=finetune_epochs, lr=0.01, schedule="cosine", warmup_epochs=0)
+    results: list[MethodResult] = [
+        finish_plan(
+            "ppo",
+            env,
+            search.state_plan(),
+            dataset,
+            finetune=finetune,
+            measured=measured,
+            out=out / "ppo_pruned",
+            base_model=model,
+            search_seconds=search.seconds,
+            evaluations=search.state.episodes,
+        )
+    ]
+    for method in ("uniform-l1", "global-magnitude"):
+        t = time.perf_counter()
+        plan = baseline_plan(method, BudgetProblem(env.engine, env.budget_model, env.target))
+        results.append(
+            finish_plan(
+                method,
+                env,
+                plan,
+                dataset,
+                finetune=finetune,
+                measured=measured,
+                out=out / f"{method}_pruned",
+                base_model=model,
+                search_seconds=time.perf_counter() - t,
+            )
+        )
+    records = [r.record for r in results]
+    atomic_write_bytes(out / "results.json", lambda tmp: tmp.write_text(json.dumps(records, indent=1)))
+    plot(records, out / "accuracy_vs_latency.png", f"{model} on {data}, budget {budget:g} of host latency")
+    from scripts.cli import _print_records
+
+    _print_records(records)
+    print(
+        f"demo done in {time.perf_counter() - start:.0f}s: {out / 'results.json'}, "
+        f"{out / 'accuracy_vs_latency.png'}, TensorBoard logs in {run / 'tb'}"
+    )
+    return records

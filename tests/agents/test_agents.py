@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from agents.apply import finish_plan, plan_from_policy
+from agents.policy_io import load_policy
+from agents.train import ALGOS, TrainRunConfig, train_agent
+from envs.factory import make_env
+from pruning_core.errors import CheckpointError, IncompatiblePolicyError, PruneGymError
+from pruning_core.plan import PruningPlan
+from pruning_core.serialize import load_pruned
+from pruning_core.training import TrainConfig
+
+FAST = {"val_images": 150, "bn_batches": 2, "device": "pixel-a76"}
+
+
+def _config(algo: str, episodes: int = 6) -> TrainRunConfig:
+    return TrainRunConfig(algo=algo, episodes=episodes, warmup_episodes=2, **FAST)
+
+
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+def test_every_algorithm_searches_and_saves_a_loadable_policy(algo, tmp_path):
+    result = train_agent(_config(algo), tmp_path / "run", progress=False)
+    assert result.state.episodes == 6 and 1 <= result.state.best_episode <= 6
+    assert 0 < result.state.best_top1 <= 1
+    best = json.loads((tmp_path / "run" / "best_plan.json").read_text())
+    assert json.loads(result.state.best_plan)["sparsity"] == best["sparsity"]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["algo"] == algo
+    policy = load_policy(tmp_path / "run")  # rebuilt from JSON and tensors, no unpickling
+    env = make_env(action_mode=ALGOS[algo].action_mode, **FAST)
+    plan, info = plan_from_policy(policy, env)
+    assert info["budget_met"] and set(plan.sparsity) == set(env.engine.group_names)
+    assert (tmp_path / "run" / "tb").is_dir()
+
+
+def test_resume_continues_where_the_run_stopped(tmp_path):
+    train_agent(_config("dqn", episodes=4), tmp_path / "run", progress=False)
+    resumed = train_agent(None, tmp_path / "run", resume=True, episodes=7, progress=False)
+    assert resumed.state.episodes == 7 and len(resumed.state.history) == 7
+    with pytest.raises(PruneGymError, match="already holds a run"):
+        train_agent(_config("dqn"), tmp_path / "run", progress=False)
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train_agent(None, tmp_path / "empty", resume=True, progress=False)
+
+
+def test_incompatible_policy_is_refused(tmp_path):
+    train_agent(_config("dqn", episodes=3), tmp_path / "run", progress=False)
+    policy = load_policy(tmp_path / "run")
+    continuous = make_env(action_mode="continuous", **FAST)
+    with pytest.raises(
+        IncompatiblePolicyError, match=r"action space differs: the policy expects Discrete\(9\), got Box"
+    ):
+        plan_from_policy(policy, continuous)
+
+
+def test_policy_weights_are_plain_tensors(tmp_path):
+    train_agent(_config("ppo", episodes=3), tmp_path / "run", progress=False)
+    state = torch.load(tmp_path / "run" / "policy.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_finish_plan_reports_and_saves(tmp_path, digits):
+    env = make_env(dataset=digits, **FAST)
+    plan = PruningPlan.uniform(env.engine.group_names, 0.3)
+    result = finish_plan(
+        "uniform",
+        env,
+        plan,
+        digits,
+        finetune=TrainConfig(epochs=1, lr=0.01, warmup_epochs=0),
+        measured=None,
+        out=tmp_path / "p",
+        base_model="small_cnn",
+        progress=False,
+    )
+    record = result.record
+    assert {"test_pruned", "test_bn", "test_finetuned", "macs", "cost_predicted"} <= record.keys()
+    assert record["macs"] < record["dense_macs"]
+    report = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert report["plan"]["sparsity"] == dict(plan.sparsity)
+    loaded = load_pruned(tmp_path / "p")
+    assert loaded.meta["macs"] == record["macs"] and loaded.plan == plan
