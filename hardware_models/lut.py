@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hardware_models.base import DeviceKind, LatencyStats, Variant
+from hardware_models.base import DeviceKind, Variant
 from hardware_models.measure import OrtLatency, TorchLatency, build_variant, time_callable, torch_threads
 from pruning_core.data import atomic_write_bytes
 from pruning_core.errors import PruneGymError
@@ -321,10 +321,13 @@ def build_lut(
     )
     rng = random.Random(seed)
     variants = [Variant()] + [random_variant(graph, rng) for _ in range(calibration_variants)]
-    points = []
-    for variant in tqdm(variants, desc="calibrating on whole models", disable=not progress):
-        stats: LatencyStats = measurer.measure(build_variant(graph, variant), graph.input_shape, batch_size=batch_size)
-        points.append({"table_sum_ms": lut.raw_sum(graph, variant), "measured_ms": stats.p50_ms})
+    models = [build_variant(graph, variant) for variant in variants]
+    measured_ms = measure_round_robin(
+        models, lambda m: measurer.measure(m, graph.input_shape, batch_size=batch_size).p50_ms, progress=progress
+    )
+    points = [
+        {"table_sum_ms": lut.raw_sum(graph, v), "measured_ms": ms} for v, ms in zip(variants, measured_ms, strict=True)
+    ]
     sums = np.array([p["table_sum_ms"] for p in points])
     measured = np.array([p["measured_ms"] for p in points])
     scale, overhead = np.polyfit(sums, measured, 1) if len(points) >= 3 else (0.0, 0.0)
@@ -367,6 +370,25 @@ class ValidationReport:
     rows: list[dict[str, float]]
 
 
+def measure_round_robin(
+    models: list[nn.Module], measure: Callable[[nn.Module], float], *, rounds: int = 3, progress: bool = False
+) -> list[float]:
+    """Median over ``rounds`` passes, each measuring every model once, of each model's latency.
+
+    The host's speed drifts by tens of percent over seconds; measuring a model in passes spread over the whole
+    session, rather than all at once, keeps one slow period from biasing one model.
+    """
+    from tqdm import tqdm
+
+    times: list[list[float]] = [[] for _ in models]
+    with tqdm(total=rounds * len(models), desc="measuring", disable=not progress) as bar:
+        for _ in range(rounds):
+            for i, model in enumerate(models):
+                times[i].append(measure(model))
+                bar.update(1)
+    return [float(np.median(t)) for t in times]
+
+
 def validate(
     predict: Callable[[Variant], float],
     graph: ModelGraph,
@@ -374,28 +396,29 @@ def validate(
     *,
     samples: int,
     seed: int = 0,
+    rounds: int = 3,
     progress: bool = True,
 ) -> ValidationReport:
     """Measure ``samples`` random variants and compare with ``predict`` and with MACs as a latency proxy.
 
     The MACs proxy predicts ``dense latency x variant MACs / dense MACs`` (the dense latency measured too).
+    Every model is measured in ``rounds`` passes over all of them (see :func:`measure_round_robin`).
     """
     from scipy.stats import spearmanr
-    from tqdm import tqdm
 
     from pruning_core.metrics import count_cost
 
     rng = random.Random(seed)
-    dense_ms = measure(graph.model)
-    dense_macs = graph.total_macs
+    variants = [random_variant(graph, rng) for _ in range(samples)]
+    models = [graph.model] + [build_variant(graph, v) for v in variants]
+    measured = measure_round_robin(models, measure, rounds=rounds, progress=progress)
+    dense_ms, dense_macs = measured[0], graph.total_macs
     rows = []
-    for _ in tqdm(range(samples), desc="measuring variants", disable=not progress):
-        variant = random_variant(graph, rng)
-        model = build_variant(graph, variant)
+    for variant, model, ms in zip(variants, models[1:], measured[1:], strict=True):
         macs = count_cost(model, graph.input_shape).macs
         rows.append(
             {
-                "measured_ms": measure(model),
+                "measured_ms": ms,
                 "predicted_ms": predict(variant),
                 "macs_proxy_ms": dense_ms * macs / dense_macs,
                 "macs": macs,
