@@ -493,6 +493,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from scripts.benchmark import ALL_METHODS, BenchmarkConfig, run_benchmark
+
+    _set_threads(args)
+    methods = ALL_METHODS if args.methods == ["all"] else tuple(args.methods)
+    unknown = sorted(set(methods) - set(ALL_METHODS))
+    if unknown:
+        raise PruneGymError(f"methods must be 'all' or some of {', '.join(ALL_METHODS)}; got {unknown}")
+    for budget in args.budgets:
+        if not 0 < budget <= 1:
+            raise PruneGymError(f"budgets must be in (0, 1]; got {budget:g}")
+    config = BenchmarkConfig(
+        model=args.model,
+        checkpoint=str(args.checkpoint) if args.checkpoint else None,
+        data=args.data,
+        data_root=args.data_root,
+        device=args.device,
+        budgets=tuple(args.budgets),
+        methods=methods,
+        episodes=args.episodes,
+        finetune_epochs=args.finetune_epochs,
+        seeds=args.seeds,
+        out=args.out,
+        val_images=args.val_images,
+        bn_batches=args.bn_batches,
+        transfer_from=str(args.transfer_from) if args.transfer_from else None,
+    )
+    run_benchmark(config)
+    print((args.out / "results.md").read_text())
+    return 0
+
+
 def _add_target_args(parser: argparse.ArgumentParser, *, model_default: str | None = "small_cnn") -> None:
     parser.add_argument("--model", default=model_default, required=model_default is None)
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: checkpoints/<model>_<data>.pt")
@@ -619,6 +651,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", type=Path, required=True)
         p.set_defaults(handler=handler)
+
+    p = sub.add_parser("benchmark", help="agents and baselines at several budgets and seeds; tables and plots")
+    _add_target_args(p)
+    p.add_argument("--budgets", type=float, nargs="+", default=[0.7, 0.5])
+    p.add_argument("--methods", nargs="+", default=["all"], help="'all' or names (dqn ppo uniform-l1 ...)")
+    p.add_argument("--episodes", type=int, default=100, help="episodes of each agent = evaluations of random search")
+    p.add_argument("--finetune-epochs", type=int, default=2)
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--val-images", type=int, default=1000)
+    p.add_argument("--bn-batches", type=int, default=10)
+    p.add_argument("--transfer-from", type=Path, default=None, help="also apply this run's policy (zero search)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(handler=cmd_benchmark)
 
     p = sub.add_parser("demo", help="the embedded demo: PPO vs two baselines on small_cnn/digits, host-CPU latency")
     p.add_argument("--model", default="small_cnn")

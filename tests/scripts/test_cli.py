@@ -209,3 +209,50 @@ def test_demo_runs_end_to_end(tmp_path):
     assert [r["method"] for r in records] == ["ppo", "uniform-l1", "global-magnitude"]
     assert all(r["budget_met"] and r["latency_ms_measured"] > 0 for r in records)
     assert (tmp_path / "demo" / "accuracy_vs_latency.png").stat().st_size > 5000
+
+
+def test_benchmark_writes_tables_and_resumes(tmp_path, capsys):
+    argv = [
+        "benchmark",
+        "--device",
+        "pixel-a76",
+        "--budgets",
+        "0.6",
+        "--methods",
+        "uniform-l1",
+        "random-search",
+        "dqn",
+        "--episodes",
+        "3",
+        "--finetune-epochs",
+        "0",
+        "--val-images",
+        "100",
+        "--bn-batches",
+        "2",
+        "--out",
+        str(tmp_path / "bench"),
+    ]
+    assert main(argv) == 0
+    records = json.loads((tmp_path / "bench" / "results.json").read_text())
+    required = {
+        "method",
+        "budget",
+        "seed",
+        "latency_ms_predicted",
+        "macs",
+        "params",
+        "val_top1",
+        "test_top1_pruned",
+        "test_top1_bn",
+        "test_top1_finetuned",
+        "search_seconds",
+        "evaluations",
+    }
+    assert [r["method"] for r in records] == ["uniform-l1", "random-search", "dqn"]
+    assert all(required <= r.keys() and 0 <= r["test_top1_bn"] <= 1 and r["budget_met"] for r in records)
+    assert records[1]["evaluations"] == 3 and records[0]["evaluations"] == 0
+    assert (tmp_path / "bench" / "results.csv").exists() and "| 0.6 | dqn |" in capsys.readouterr().out
+    assert (tmp_path / "bench" / "sparsity_per_layer.png").exists()
+    assert main(argv) == 0  # resumed: nothing left to compute, nothing appended
+    assert len(json.loads((tmp_path / "bench" / "results.json").read_text())) == 3

@@ -1,0 +1,136 @@
+"""Search baselines that score candidates like the agent does (same scorer, same number of evaluations).
+
+- ``random-search``: random per-group sparsities scaled to land just under the budget (EagleEye, ECCV 2020, kept
+  candidates within 0.5% of the target), each scored with adaptive BN on val; the best is kept. Random channel
+  pruning is a strong baseline (Li et al., CVPR 2022).
+- ``greedy-lut``: NetAdapt-style (ECCV 2018): repeatedly thin the group whose step costs the least val accuracy per
+  unit of cost saved, until the budget is met.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pruning_core.baselines import BudgetProblem, _bisect
+from pruning_core.engine import kept_count
+from pruning_core.plan import PruningPlan
+from pruning_core.scoring import PlanScorer
+
+
+@dataclass
+class SearchResult:
+    """The best plan a search found and what it cost."""
+
+    plan: PruningPlan
+    val_top1: float
+    evaluations: int
+    history: list[float] = field(default_factory=list)
+
+
+def _plan(problem: BudgetProblem, kept: dict[str, int], criterion: str) -> PruningPlan:
+    groups = problem.engine.groups
+    return PruningPlan(sparsity={g.name: 1 - kept[g.name] / g.channels for g in groups}, criterion=criterion)
+
+
+def random_candidate(problem: BudgetProblem, rng: random.Random) -> dict[str, int]:
+    """Random relative sparsities, scaled by bisection so the cost lands just under the target.
+
+    The result may miss the budget when the random shape cannot reach it within ``max_sparsity``; check it.
+    """
+    groups = problem.engine.groups
+    shape = {g.name: rng.random() for g in groups}
+
+    def kept(scale: float) -> dict[str, int]:
+        return {g.name: kept_count(g.channels, min(problem.max_sparsity, scale * shape[g.name])) for g in groups}
+
+    top = problem.max_sparsity / max(min(shape.values()), 1e-3)
+    if not problem.meets(kept(top)):
+        return kept(top)  # this shape cannot reach the budget; the caller skips it
+    return kept(_bisect(lambda s: problem.meets(kept(s)), 0.0, top))
+
+
+def random_search(
+    problem: BudgetProblem,
+    scorer: PlanScorer,
+    *,
+    evaluations: int,
+    seed: int = 0,
+    criterion: str = "l1",
+    on_step: Callable[[int, float], None] | None = None,
+) -> SearchResult:
+    """Best of ``evaluations`` random plans that meet the budget."""
+    rng = random.Random(seed)
+    best: SearchResult | None = None
+    history = []
+    done = attempts = 0
+    while done < evaluations and attempts < evaluations * 20:
+        attempts += 1
+        kept = random_candidate(problem, rng)
+        if not problem.meets(kept):
+            continue
+        plan = _plan(problem, kept, criterion)
+        top1 = scorer.score(plan).top1
+        done += 1
+        history.append(top1)
+        if best is None or top1 > best.val_top1:
+            best = SearchResult(plan, top1, done)
+        if on_step is not None:
+            on_step(done, best.val_top1)
+    if best is None:
+        raise RuntimeError("random search found no plan within the budget")
+    return SearchResult(best.plan, best.val_top1, done, history)
+
+
+def greedy_search(
+    problem: BudgetProblem,
+    scorer: PlanScorer,
+    *,
+    steps: int = 10,
+    criterion: str = "l1",
+    on_step: Callable[[int, float], None] | None = None,
+) -> SearchResult:
+    """NetAdapt: in each round, every group proposes the fewest channels removed that cut about 1/``steps`` of the
+    cost still to remove; the proposal that loses the least val accuracy per unit of cost saved is taken."""
+    groups = problem.engine.groups
+    floor = {g.name: kept_count(g.channels, problem.max_sparsity) for g in groups}
+    kept = {g.name: g.channels for g in groups}
+    step_size = (problem.cost_of(kept) - problem.target) / steps
+    current = scorer.score(_plan(problem, kept, criterion)).top1
+    evaluations = 1
+    history: list[float] = []
+    while not problem.meets(kept):
+        now = problem.cost_of(kept)
+        goal = max(problem.target, now - step_size)
+        best: tuple[float, dict[str, int], float] | None = None
+        for g in groups:
+            if kept[g.name] <= floor[g.name]:
+                continue
+            trial = dict(kept)
+
+            def cost_at(width: int, name: str = g.name, trial: dict[str, int] = trial) -> float:
+                trial[name] = width
+                return problem.cost_of(trial)
+
+            low, high = floor[g.name], kept[g.name]
+            if cost_at(low) <= goal:  # largest width that still reaches the goal
+                while high - low > 1:
+                    mid = (low + high) // 2
+                    low, high = (mid, high) if cost_at(mid) <= goal else (low, mid)
+            trial[g.name] = low
+            saved = now - problem.cost_of(trial)
+            if saved <= 0:
+                continue
+            top1 = scorer.score(_plan(problem, trial, criterion)).top1
+            evaluations += 1
+            loss_per_cost = (current - top1) / saved
+            if best is None or loss_per_cost < best[0]:
+                best = (loss_per_cost, dict(trial), top1)
+        if best is None:  # every group is at its floor
+            break
+        _, kept, current = best
+        history.append(current)
+        if on_step is not None:
+            on_step(evaluations, current)
+    return SearchResult(_plan(problem, kept, criterion), current, evaluations, history)

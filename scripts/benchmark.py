@@ -1,0 +1,292 @@
+"""The benchmark: agents and every baseline at every budget on the same device latency, same fine-tuning.
+
+Writes, under ``out``: ``results.json`` (one record per method x budget x seed, saved after each cell, so a killed
+run resumes where it stopped), ``results.csv``, ``results.md`` (mean and spread over seeds) and two plots:
+``accuracy_vs_latency.png`` and ``sparsity_per_layer.png`` (at the budget closest to 0.5).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agents.apply import finish_plan, plan_from_policy
+from agents.policy_io import load_policy
+from agents.train import ALGOS, TrainRunConfig, train_agent
+from envs.factory import budget_model_for, make_env
+from pruning_core.baselines import BASELINES, BudgetProblem, baseline_plan
+from pruning_core.data import atomic_write_bytes, load_dataset
+from pruning_core.errors import BudgetInfeasibleError, PruneGymError
+from pruning_core.plan import PruningPlan
+from pruning_core.search import greedy_search, random_search
+from pruning_core.training import TrainConfig
+
+SEARCHES = ("random-search", "greedy-lut")
+ALL_METHODS = ("dqn", "ppo", *BASELINES, *SEARCHES)
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """One benchmark run."""
+
+    model: str
+    checkpoint: str | None
+    data: str
+    data_root: str | None
+    device: str
+    budgets: tuple[float, ...]
+    methods: tuple[str, ...]
+    episodes: int
+    finetune_epochs: int
+    seeds: int
+    out: Path
+    val_images: int = 1000
+    bn_batches: int = 10
+    transfer_from: str | None = None
+
+
+def _record_keys(record: dict[str, Any], budget: float, seed: int) -> dict[str, Any]:
+    """The benchmark's record layout (accuracies as fractions)."""
+    return {
+        **record,
+        "budget": budget,
+        "seed": seed,
+        "latency_ms_predicted": record["cost_predicted"],
+        "val_top1": record["val_bn"],
+        "test_top1_pruned": record["test_pruned"],
+        "test_top1_bn": record["test_bn"],
+        "test_top1_finetuned": record.get("test_finetuned", record["test_bn"]),
+    }
+
+
+def _plan_for(method: str, cfg: BenchmarkConfig, env: Any, seed: int, budget: float) -> tuple[PruningPlan, int]:
+    """The plan a method proposes and the number of candidates it scored."""
+    problem = BudgetProblem(env.engine, env.budget_model, env.target)
+    if method in BASELINES:
+        return baseline_plan(method, problem), 0
+    if method == "random-search":
+        result = random_search(problem, env.scorer, evaluations=cfg.episodes, seed=seed)
+        return result.plan, result.evaluations
+    if method == "greedy-lut":
+        result = greedy_search(problem, env.scorer)
+        return result.plan, result.evaluations
+    if method in ALGOS:
+        run = cfg.out / "runs" / f"{method}_b{budget:g}_s{seed}"
+        config = TrainRunConfig(
+            model=cfg.model,
+            checkpoint=cfg.checkpoint,
+            data=cfg.data,
+            data_root=cfg.data_root,
+            device=cfg.device,
+            budget=budget,
+            algo=method,
+            episodes=cfg.episodes,
+            seed=seed,
+            val_images=cfg.val_images,
+            bn_batches=cfg.bn_batches,
+        )
+        resume = (run / "model.zip").exists()
+        search = train_agent(None if resume else config, run, resume=resume)
+        return search.state_plan(), search.state.episodes
+    if method == "transfer":
+        if cfg.transfer_from is None:
+            raise PruneGymError("method 'transfer' needs --transfer-from RUN")
+        plan, _ = plan_from_policy(load_policy(cfg.transfer_from), env)
+        return plan, 0
+    raise PruneGymError(f"method must be one of {', '.join(ALL_METHODS)} or transfer; got {method!r}")
+
+
+def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
+    """Run every missing cell, then write the tables and plots."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    results_path = cfg.out / "results.json"
+    records: list[dict[str, Any]] = json.loads(results_path.read_text()) if results_path.exists() else []
+    done = {(r["method"], r["budget"], r["seed"]) for r in records}
+    dataset = load_dataset(cfg.data, cfg.data_root)
+    finetune = TrainConfig(
+        epochs=cfg.finetune_epochs,
+        lr=0.01,
+        schedule="cosine",
+        warmup_epochs=0,
+        bf16=dataset.name != "digits",
+        channels_last=dataset.name != "digits",
+    )
+    methods = list(cfg.methods) + (["transfer"] if cfg.transfer_from else [])
+    for budget in cfg.budgets:
+        for seed in range(cfg.seeds):
+            env = None
+            for method in methods:
+                if (method, budget, seed) in done:
+                    continue
+                if env is None:
+                    env = make_env(
+                        model=cfg.model,
+                        checkpoint=cfg.checkpoint,
+                        data=cfg.data,
+                        data_root=cfg.data_root,
+                        device=cfg.device,
+                        budget=budget,
+                        val_images=cfg.val_images,
+                        bn_batches=cfg.bn_batches,
+                        dataset=dataset,
+                        progress=True,
+                    )
+                    _, measured = budget_model_for("latency", cfg.device, env.graph, cfg.model)
+                if method == "transfer":
+                    trained = load_policy(cfg.transfer_from).env_settings  # type: ignore[arg-type]
+                    method_env = make_env(
+                        model=cfg.model,
+                        checkpoint=cfg.checkpoint,
+                        data=cfg.data,
+                        data_root=cfg.data_root,
+                        device=cfg.device,
+                        budget=budget,
+                        val_images=cfg.val_images,
+                        bn_batches=cfg.bn_batches,
+                        dataset=dataset,
+                        action_mode=trained.get("action_mode", "continuous"),
+                    )
+                else:
+                    method_env = env
+                print(f"== {method} at budget {budget:g}, seed {seed}", flush=True)
+                start = time.perf_counter()
+                try:
+                    plan, evaluations = _plan_for(method, cfg, method_env, seed, budget)
+                except BudgetInfeasibleError as exc:
+                    print(f"   {method} cannot reach budget {budget:g}: {exc}")
+                    continue
+                seconds = time.perf_counter() - start
+                result = finish_plan(
+                    method,
+                    method_env,
+                    plan,
+                    dataset,
+                    finetune=finetune,
+                    measured=measured,
+                    out=None,
+                    base_model=cfg.model,
+                    search_seconds=seconds,
+                    evaluations=evaluations,
+                )
+                record = _record_keys(result.record, budget, seed)
+                record["sparsity"] = dict(plan.sparsity)
+                records.append(record)
+                atomic_write_bytes(results_path, lambda tmp: tmp.write_text(json.dumps(records, indent=1)))
+    write_tables(records, cfg.out)
+    return records
+
+
+def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and spread (population std) over seeds of each method x budget."""
+    cells: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        cells[(r["method"], r["budget"])].append(r)
+    rows = []
+    for (method, budget), rs in sorted(cells.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+        row: dict[str, Any] = {"method": method, "budget": budget, "seeds": len(rs)}
+        for key in (
+            "latency_ms_measured",
+            "latency_ms_predicted",
+            "macs",
+            "val_top1",
+            "test_top1_bn",
+            "test_top1_finetuned",
+            "search_seconds",
+            "evaluations",
+        ):
+            values = [float(r[key]) for r in rs if key in r]
+            if values:
+                row[key] = statistics.fmean(values)
+                row[key + "_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def write_tables(records: list[dict[str, Any]], out: Path) -> None:
+    """results.csv, results.md and the two plots."""
+    if not records:
+        return
+    keys = [
+        "method",
+        "budget",
+        "seed",
+        "latency_ms_measured",
+        "latency_ms_predicted",
+        "macs",
+        "params",
+        "val_top1",
+        "test_top1_pruned",
+        "test_top1_bn",
+        "test_top1_finetuned",
+        "search_seconds",
+        "evaluations",
+    ]
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
+    rows = summarise(records)
+    lines = [
+        "| budget | method | latency ms (measured) | MACs | val (BN) | test (BN) | test (FT) | search s | evals |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['budget']:g} | {r['method']} | {r.get('latency_ms_measured', float('nan')):.3f} "
+            f"| {r['macs'] / 1e6:.2f}M | {r['val_top1']:.4f} | {r['test_top1_bn']:.4f} "
+            f"| {r['test_top1_finetuned']:.4f} ± {r['test_top1_finetuned_std']:.4f} "
+            f"| {r['search_seconds']:.0f} | {r['evaluations']:.0f} |"
+        )
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    _plots(records, rows, out)
+
+
+def _plots(records: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for method in sorted({r["method"] for r in rows}):
+        mine = sorted(
+            (r for r in rows if r["method"] == method and "latency_ms_measured" in r),
+            key=lambda r: r["latency_ms_measured"],
+        )
+        ax.plot([r["latency_ms_measured"] for r in mine], [r["test_top1_finetuned"] for r in mine], "o-", label=method)
+    dense = [r["dense_latency_ms_measured"] for r in records if "dense_latency_ms_measured" in r]
+    if dense:
+        ax.axvline(statistics.median(dense), color="grey", linestyle="--", label="dense latency")
+    ax.set_xlabel("measured latency, batch 1 (ms)")
+    ax.set_ylabel("test top-1 after fine-tuning")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_latency.png")
+    plt.close(fig)
+
+    budget = min({r["budget"] for r in records}, key=lambda b: abs(b - 0.5))
+    chosen = [r for r in records if r["budget"] == budget and r["seed"] == 0 and "sparsity" in r]
+    if chosen:
+        names = list(chosen[0]["sparsity"])
+        fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.3), 4), dpi=100)
+        width = 0.8 / len(chosen)
+        for i, r in enumerate(chosen):
+            ax.bar(
+                [x + i * width for x in range(len(names))],
+                [r["sparsity"].get(n, 0) for n in names],
+                width,
+                label=r["method"],
+            )
+        ax.set_xticks([x + 0.4 for x in range(len(names))])
+        ax.set_xticklabels(names, rotation=90, fontsize=6)
+        ax.set_ylabel(f"sparsity at budget {budget:g}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "sparsity_per_layer.png")
+        plt.close(fig)

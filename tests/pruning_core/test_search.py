@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from envs.factory import make_env
+from pruning_core.baselines import BASELINES, BudgetProblem, baseline_plan
+from pruning_core.engine import kept_count
+from pruning_core.errors import BudgetInfeasibleError, PruneGymError
+from pruning_core.search import greedy_search, random_candidate, random_search
+
+
+@pytest.fixture(scope="module")
+def problem_env(digits):
+    env = make_env(device="pixel-a76", budget=0.5, val_images=150, bn_batches=2, dataset=digits)
+    return env, BudgetProblem(env.engine, env.budget_model, env.target)
+
+
+def _kept(env, plan):
+    return {g.name: kept_count(g.channels, plan.sparsity[g.name]) for g in env.engine.groups}
+
+
+@pytest.mark.parametrize("method", sorted(BASELINES))
+def test_baselines_meet_the_budget_closely(method, problem_env):
+    env, problem = problem_env
+    plan = baseline_plan(method, problem)
+    cost = problem.cost_of(_kept(env, plan))
+    assert problem.target * 0.9 < cost <= problem.target * (1 + 1e-9)
+
+
+def test_random_candidates_land_just_under_the_budget(problem_env):
+    _, problem = problem_env
+    rng = random.Random(0)
+    ratios = [
+        problem.cost_of(c) / problem.target
+        for c in (random_candidate(problem, rng) for _ in range(20))
+        if problem.meets(c)
+    ]
+    assert len(ratios) >= 15 and min(ratios) > 0.95 and max(ratios) <= 1 + 1e-9
+
+
+def test_random_search_keeps_the_best_of_its_evaluations(problem_env):
+    env, problem = problem_env
+    result = random_search(problem, env.scorer, evaluations=5, seed=1)
+    assert result.evaluations == 5 and result.val_top1 == max(result.history)
+    assert problem.meets(_kept(env, result.plan))
+
+
+def test_greedy_meets_the_budget(problem_env):
+    env, problem = problem_env
+    result = greedy_search(problem, env.scorer, steps=3)
+    assert problem.meets(_kept(env, result.plan)) and result.evaluations > 3
+
+
+def test_infeasible_and_unknown(problem_env):
+    env, _ = problem_env
+    with pytest.raises(BudgetInfeasibleError):
+        baseline_plan("uniform-l1", BudgetProblem(env.engine, env.budget_model, env.target * 0.01))
+    with pytest.raises(PruneGymError, match="baseline must be one of"):
+        baseline_plan("magic", BudgetProblem(env.engine, env.budget_model, env.target))
