@@ -146,7 +146,8 @@ def make_env(
         action_mode=action_mode,
         max_sparsity=max_sparsity,
         criterion=criterion,
-        measure_final=measured if measure_final else None,
+        measured=measured,
+        measure_final=measure_final,
         render_mode=render_mode,
         **kwargs,
     )

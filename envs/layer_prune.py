@@ -126,8 +126,9 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
     ## Arguments
     ``scorer`` (the engine and the scoring recipe), ``budget_model`` (a layer-wise cost: a latency lookup table or
     analytic profile, MACs or parameters), ``budget`` (fraction of the dense cost, in (0, 1]), ``reward``,
-    ``action_mode``, ``max_sparsity``, ``levels``, ``criterion``, ``lagrange``, ``measure_final`` (a measured
-    latency model for the final plan), ``render_mode`` (``ansi`` or ``rgb_array``).
+    ``action_mode``, ``max_sparsity``, ``levels``, ``criterion``, ``lagrange``, ``measured`` (the device's measured
+    latency model, if it has one), ``measure_final`` (measure each episode's final plan with it), ``render_mode``
+    (``ansi`` or ``rgb_array``).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
@@ -144,7 +145,8 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         levels: int = 9,
         criterion: str = "l1",
         lagrange: float = 2.0,
-        measure_final: Any | None = None,
+        measured: Any | None = None,
+        measure_final: bool = False,
         render_mode: str | None = None,
     ) -> None:
         if not 0 < budget <= 1:
@@ -172,7 +174,8 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         self.levels = levels
         self.criterion = criterion
         self.lagrange = lagrange
-        self.measure_final = measure_final
+        self.measured = measured
+        self.measure_final = measure_final and measured is not None
         self.render_mode = render_mode
 
         self._cost_memo: dict[tuple[str, int, int], float] = {}
@@ -343,9 +346,9 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
             "score_seconds": score.seconds,
             "reward": self.reward_spec.fn(context, self.lagrange),
         }
-        if self.measure_final is not None:
+        if self.measure_final:
             pruned = self.engine.apply(plan)
-            info["latency_ms_measured"] = self.measure_final.predict(pruned.model, self.graph.input_shape)
+            info["latency_ms_measured"] = self.measured.predict(pruned.model, self.graph.input_shape)
         return info
 
     @property

@@ -19,7 +19,7 @@ from typing import Any
 from agents.apply import finish_plan, plan_from_policy
 from agents.policy_io import load_policy
 from agents.train import ALGOS, TrainRunConfig, train_agent
-from envs.factory import budget_model_for, make_env
+from envs.factory import make_env
 from pruning_core.baselines import BASELINES, BudgetProblem, baseline_plan
 from pruning_core.data import atomic_write_bytes, load_dataset
 from pruning_core.errors import BudgetInfeasibleError, PruneGymError
@@ -118,6 +118,22 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
         channels_last=dataset.name != "digits",
     )
     methods = list(cfg.methods) + (["transfer"] if cfg.transfer_from else [])
+
+    def env_for(budget: float, action_mode: str = "continuous") -> Any:
+        return make_env(
+            model=cfg.model,
+            checkpoint=cfg.checkpoint,
+            data=cfg.data,
+            data_root=cfg.data_root,
+            device=cfg.device,
+            budget=budget,
+            val_images=cfg.val_images,
+            bn_batches=cfg.bn_batches,
+            dataset=dataset,
+            action_mode=action_mode,
+            progress=True,
+        )
+
     for budget in cfg.budgets:
         for seed in range(cfg.seeds):
             env = None
@@ -125,35 +141,11 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                 if (method, budget, seed) in done:
                     continue
                 if env is None:
-                    env = make_env(
-                        model=cfg.model,
-                        checkpoint=cfg.checkpoint,
-                        data=cfg.data,
-                        data_root=cfg.data_root,
-                        device=cfg.device,
-                        budget=budget,
-                        val_images=cfg.val_images,
-                        bn_batches=cfg.bn_batches,
-                        dataset=dataset,
-                        progress=True,
-                    )
-                    _, measured = budget_model_for("latency", cfg.device, env.graph, cfg.model)
+                    env = env_for(budget)
+                method_env = env
                 if method == "transfer":
                     trained = load_policy(cfg.transfer_from).env_settings  # type: ignore[arg-type]
-                    method_env = make_env(
-                        model=cfg.model,
-                        checkpoint=cfg.checkpoint,
-                        data=cfg.data,
-                        data_root=cfg.data_root,
-                        device=cfg.device,
-                        budget=budget,
-                        val_images=cfg.val_images,
-                        bn_batches=cfg.bn_batches,
-                        dataset=dataset,
-                        action_mode=trained.get("action_mode", "continuous"),
-                    )
-                else:
-                    method_env = env
+                    method_env = env_for(budget, trained.get("action_mode", "continuous"))
                 print(f"== {method} at budget {budget:g}, seed {seed}", flush=True)
                 start = time.perf_counter()
                 try:
@@ -168,7 +160,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                     plan,
                     dataset,
                     finetune=finetune,
-                    measured=measured,
+                    measured=env.measured,
                     out=None,
                     base_model=cfg.model,
                     search_seconds=seconds,

@@ -422,7 +422,6 @@ def _env_from_args(args: argparse.Namespace, **overrides: object):
 def cmd_apply(args: argparse.Namespace) -> int:
     from agents.apply import finish_plan, plan_from_policy
     from agents.policy_io import load_policy
-    from envs.factory import budget_model_for
 
     _set_threads(args)
     policy = load_policy(args.policy)
@@ -434,14 +433,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
         criterion=trained.get("criterion", "l1"),
     )
     plan, _ = plan_from_policy(policy, env)
-    _, measured = budget_model_for(args.budget_metric, args.device, env.graph, args.model)
     result = finish_plan(
         "policy",
         env,
         plan,
         env.scorer.dataset,
         finetune=_finetune_config(args),
-        measured=measured,
+        measured=env.measured,
         out=args.out,
         base_model=args.model,
     )
@@ -452,7 +450,6 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     from agents.apply import finish_plan
-    from envs.factory import budget_model_for
     from pruning_core.baselines import BudgetProblem, baseline_plan
 
     _set_threads(args)
@@ -460,14 +457,13 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     plan = baseline_plan(args.method, BudgetProblem(env.engine, env.budget_model, env.target))
     seconds = time.perf_counter() - start
-    _, measured = budget_model_for(args.budget_metric, args.device, env.graph, args.model)
     result = finish_plan(
         args.method,
         env,
         plan,
         env.scorer.dataset,
         finetune=_finetune_config(args),
-        measured=measured,
+        measured=env.measured,
         out=args.out,
         base_model=args.model,
         search_seconds=seconds,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from agents.apply import MethodResult, finish_plan
 from agents.train import TrainRunConfig, train_agent
-from envs.factory import REPO_CHECKPOINTS, budget_model_for, make_env
+from envs.factory import REPO_CHECKPOINTS, make_env
 from pruning_core.baselines import BudgetProblem, baseline_plan
 from pruning_core.data import atomic_write_bytes, load_dataset
 from pruning_core.models import build_model
@@ -87,7 +87,7 @@ def run_demo(
     )
     run = out / f"ppo_{time.strftime('%Y%m%d-%H%M%S')}"
     search = train_agent(config, run)
-    _, measured = budget_model_for("latency", "host-cpu", env.graph, model)
+    measured = env.measured
     finetune = TrainConfig(epochs=finetune_epochs, lr=0.01, schedule="cosine", warmup_epochs=0)
     results: list[MethodResult] = [
         finish_plan(
