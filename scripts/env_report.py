@@ -1,0 +1,91 @@
+"""Environment figures: step timings and random-episode statistics.
+
+Usage:
+    python -m scripts.env_report --model resnet20 --data cifar10 --budget 0.5 --episodes 200 --out runs/env_r20.json
+
+Runs ``episodes`` episodes with uniformly random actions and prints the median time of a non-terminal and of a
+terminal step, the share of episodes that met the budget, and the spread of rewards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from envs.factory import make_env
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="small_cnn")
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--device", default="host-cpu")
+    parser.add_argument("--budget", type=float, default=0.5)
+    parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--val-images", type=int, default=1000)
+    parser.add_argument("--bn-batches", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    env = make_env(
+        model=args.model,
+        checkpoint=args.checkpoint,
+        data=args.data,
+        data_root=args.data_root,
+        device=args.device,
+        budget=args.budget,
+        val_images=args.val_images,
+        bn_batches=args.bn_batches,
+        progress=True,
+    )
+    env.action_space.seed(args.seed)
+    step_ms: list[float] = []
+    terminal_ms: list[float] = []
+    rewards: list[float] = []
+    met: list[bool] = []
+    for episode in range(args.episodes):
+        env.reset(seed=args.seed + episode)
+        done = False
+        while not done:
+            action = env.action_space.sample()
+            start = time.perf_counter()
+            _, reward, done, _, info = env.step(action)
+            (terminal_ms if done else step_ms).append((time.perf_counter() - start) * 1e3)
+        rewards.append(float(reward))
+        met.append(bool(info["budget_met"]))
+        if (episode + 1) % 20 == 0:
+            print(f"{episode + 1} episodes: best reward {max(rewards):.4f}", flush=True)
+    summary = {
+        "model": args.model,
+        "data": args.data,
+        "device": args.device,
+        "budget": args.budget,
+        "episodes": args.episodes,
+        "threads": args.threads,
+        "step_ms_median": statistics.median(step_ms),
+        "terminal_ms_median": statistics.median(terminal_ms),
+        "budget_met_share": float(np.mean(met)),
+        "reward_mean": float(np.mean(rewards)),
+        "reward_std": float(np.std(rewards)),
+        "reward_min": float(np.min(rewards)),
+        "reward_max": float(np.max(rewards)),
+        "reward_p10": float(np.percentile(rewards, 10)),
+        "reward_p90": float(np.percentile(rewards, 90)),
+    }
+    print(json.dumps(summary))
+    if args.out is not None:
+        args.out.write_text(json.dumps({"summary": summary, "rewards": rewards}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

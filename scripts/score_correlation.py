@@ -1,0 +1,105 @@
+"""Does the search's cheap score rank plans the way fine-tuning will?
+
+For ``plans`` random plans just under the budget, compute each scoring option's val accuracy (adaptive BN alone;
+adaptive BN plus a short fine-tune of ``--steps`` SGD steps) and its cost in seconds, then fine-tune each plan for
+``--epochs`` epochs and record val accuracy. Prints the Spearman correlation of each option with the fine-tuned
+accuracy. Each plan's row is saved as soon as it is done; re-running resumes.
+
+Usage:
+    python -m scripts.score_correlation --model resnet20 --data cifar10 --budget 0.5 --plans 20 --out runs/corr.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from envs.factory import make_env
+from pruning_core.baselines import BudgetProblem
+from pruning_core.data import atomic_write_bytes
+from pruning_core.finetune import prune_and_finetune
+from pruning_core.scoring import PlanScorer, ScoreConfig
+from pruning_core.search import _plan, random_candidate
+from pruning_core.training import TrainConfig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="small_cnn")
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--device", default="host-cpu")
+    parser.add_argument("--budget", type=float, default=0.5)
+    parser.add_argument("--plans", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=50, help="SGD steps of the short fine-tune option")
+    parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs of the reference accuracy")
+    parser.add_argument("--val-images", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    env = make_env(
+        model=args.model,
+        checkpoint=args.checkpoint,
+        data=args.data,
+        data_root=args.data_root,
+        device=args.device,
+        budget=args.budget,
+        val_images=args.val_images,
+        progress=True,
+    )
+    dataset, engine = env.scorer.dataset, env.engine
+    problem = BudgetProblem(engine, env.budget_model, env.target)
+    options = {
+        "adaptive_bn": PlanScorer(engine, dataset, ScoreConfig(val_images=args.val_images)),
+        f"bn_plus_{args.steps}_steps": PlanScorer(
+            engine, dataset, ScoreConfig(val_images=args.val_images, finetune_steps=args.steps)
+        ),
+    }
+    rows = json.loads(args.out.read_text()) if args.out.exists() else []
+    rng = random.Random(0)
+    plans = []
+    while len(plans) < args.plans:
+        kept = random_candidate(problem, rng)
+        if problem.meets(kept):
+            plans.append(_plan(problem, kept, "l1"))
+    bf16 = dataset.name != "digits"
+    for i, plan in enumerate(plans[len(rows) :], start=len(rows)):
+        row: dict[str, float] = {"plan": i}
+        for name, scorer in options.items():
+            score = scorer.score(plan)
+            row[name], row[name + "_seconds"] = score.top1, score.seconds
+        start = time.perf_counter()
+        pruned = prune_and_finetune(
+            engine,
+            plan,
+            dataset,
+            config=TrainConfig(epochs=args.epochs, lr=0.01, warmup_epochs=0, bf16=bf16, channels_last=bf16),
+            progress=False,
+        )
+        row["finetuned_val"] = pruned.accuracy["val_finetuned"]
+        row["finetune_seconds"] = time.perf_counter() - start
+        rows.append(row)
+        atomic_write_bytes(args.out, lambda tmp: tmp.write_text(json.dumps(rows, indent=1)))
+        print(json.dumps(row), flush=True)
+    target = [r["finetuned_val"] for r in rows]
+    summary = {
+        name: {
+            "spearman": float(spearmanr([r[name] for r in rows], target).statistic),
+            "seconds_median": float(np.median([r[name + "_seconds"] for r in rows])),
+        }
+        for name in options
+    }
+    print(json.dumps({"plans": len(rows), "epochs": args.epochs, **summary}))
+
+
+if __name__ == "__main__":
+    main()
