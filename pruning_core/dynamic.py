@@ -1,0 +1,205 @@
+"""Dynamic skipping: a small gate per residual block decides, per input, whether the block runs.
+
+A gate reads the block's input (global average pooling, one linear layer, a sigmoid) and scores how much the input
+needs the block (BlockDrop, CVPR 2018; SkipNet, ECCV 2018; the reference article's gated convolution). At inference
+a block whose gate score is below its threshold is not executed: its output is its input (the identity shortcut).
+With batch size 1 the block is skipped outright; with larger batches only the inputs that need it go through it.
+A threshold of 0 never skips.
+
+Gates are trained once per base model with the backbone frozen: the forward pass uses the hard decision
+(score >= 0.5) and the backward pass the score's gradient (straight-through estimator), with a penalty on the mean
+execution rate.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pruning_core.data import ImageDataset
+from pruning_core.engine import replace_submodule
+from pruning_core.errors import PlanError
+from pruning_core.graph import skippable_blocks
+
+
+class SkipGate(nn.Module):
+    """Global average pooling, a linear layer and a sigmoid: one score in (0, 1) per input."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(channels, 1)
+        nn.init.zeros_(self.fc.weight)
+        nn.init.constant_(self.fc.bias, 3.0)  # starts by executing every block (sigmoid(3) = 0.95)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc(x.mean(dim=(2, 3)))).squeeze(1)
+
+
+class GatedBlock(nn.Module):
+    """A residual block with an identity shortcut, wrapped with a skip gate.
+
+    Args:
+        block: The block; ``block(x)`` must equal ``x`` when its residual branch is zero.
+        channels: Channels of the block's input.
+        threshold: Inputs whose gate score is below this skip the block (0: never skip).
+    """
+
+    def __init__(self, block: nn.Module, channels: int, threshold: float = 0.0) -> None:
+        super().__init__()
+        self.block = block
+        self.gate = SkipGate(channels)
+        self.threshold = float(threshold)
+        self.executed = 0  # inputs that ran the block since the last reset (eval mode)
+        self.seen = 0
+        self.last_scores: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.gate(x)
+        self.last_scores = scores
+        if self.training:
+            hard = (scores >= 0.5).float()
+            mask = (hard + scores - scores.detach()).view(-1, 1, 1, 1)  # straight-through estimator
+            return mask * self.block(x) + (1 - mask) * x
+        run = scores >= self.threshold
+        self.seen += int(x.shape[0])
+        count = int(run.sum())
+        self.executed += count
+        if count == x.shape[0]:
+            return self.block(x)
+        if count == 0:
+            return x
+        out = x.clone()
+        out[run] = self.block(x[run])
+        return out
+
+    def execution_rate(self) -> float:
+        return self.executed / max(1, self.seen)
+
+    def reset_counters(self) -> None:
+        self.executed = 0
+        self.seen = 0
+
+
+def _block_channels(block: nn.Module) -> int:
+    for module in block.modules():
+        if isinstance(module, nn.Conv2d):
+            return int(module.in_channels)
+    raise PlanError("expected a residual block with a convolution")
+
+
+def add_gates(model: nn.Module, blocks: list[str] | None = None) -> nn.Module:
+    """A copy of ``model`` with every skippable block (or the named ones) wrapped in a :class:`GatedBlock`."""
+    model = copy.deepcopy(model)
+    names = skippable_blocks(model) if blocks is None else blocks
+    for name in names:
+        block = model.get_submodule(name)
+        if isinstance(block, nn.Identity):
+            continue  # removed by layer pruning
+        replace_submodule(model, name, GatedBlock(block, _block_channels(block)))
+    return model
+
+
+def gated_blocks(model: nn.Module) -> Iterator[tuple[str, GatedBlock]]:
+    for name, module in model.named_modules():
+        if isinstance(module, GatedBlock):
+            yield name, module
+
+
+def set_thresholds(model: nn.Module, thresholds: dict[str, float]) -> None:
+    """Set each named gated block's threshold (blocks not named keep theirs)."""
+    blocks = dict(gated_blocks(model))
+    unknown = sorted(set(thresholds) - set(blocks))
+    if unknown:
+        raise PlanError(f"thresholds name blocks without gates: {unknown[:4]}; gated blocks are {list(blocks)[:4]}")
+    for name, value in thresholds.items():
+        if not 0.0 <= value <= 1.0:
+            raise PlanError(f"threshold for {name} must be in [0, 1]; got {value:g}")
+        blocks[name].threshold = float(value)
+
+
+@dataclass(frozen=True)
+class GateTrainingReport:
+    """What gate training reached on val."""
+
+    val_top1: float
+    execution_rate: dict[str, float]
+
+
+def train_gates(
+    model: nn.Module,
+    dataset: ImageDataset,
+    *,
+    epochs: int = 2,
+    lr: float = 0.01,
+    rate_penalty: float = 0.5,
+    batch_size: int = 128,
+    progress: bool = True,
+) -> GateTrainingReport:
+    """Train the gates of a gated model with the backbone frozen (BatchNorm statistics frozen too), in place.
+
+    The loss is the cross-entropy of the gated model plus ``rate_penalty`` times the mean gate score.
+    """
+    from tqdm import tqdm
+
+    from pruning_core.training import evaluate
+
+    gates = [block.gate for _, block in gated_blocks(model)]
+    if not gates:
+        raise PlanError("the model has no gated blocks; call add_gates first")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = [p for gate in gates for p in gate.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    generator = torch.Generator().manual_seed(0)
+    for epoch in range(epochs):
+        model.eval()  # frozen BatchNorm statistics; GatedBlock's training flag is set below
+        for _, block in gated_blocks(model):
+            block.train()
+            block.block.eval()
+        batches = dataset.batches("train", batch_size, shuffle=True, augment=True, generator=generator)
+        for images, labels in tqdm(batches, desc=f"gates {epoch + 1}/{epochs}", disable=not progress, leave=False):
+            logits = model(images)
+            rate = torch.stack([b.last_scores.mean() for _, b in gated_blocks(model)]).mean()  # type: ignore[union-attr]
+            loss = F.cross_entropy(logits, labels) + rate_penalty * rate
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for _, block in gated_blocks(model):
+        block.threshold = 0.5
+        block.reset_counters()
+    top1 = evaluate(model, dataset, "val").top1
+    return GateTrainingReport(top1, {name: block.execution_rate() for name, block in gated_blocks(model)})
+
+
+@torch.no_grad()
+def execution_rates(
+    model: nn.Module, dataset: ImageDataset, split: str = "val", *, limit: int | None = None
+) -> dict[str, float]:
+    """Fraction of the split's images that executed each gated block, at the current thresholds."""
+    model.eval()
+    for _, block in gated_blocks(model):
+        block.reset_counters()
+    for images, _ in dataset.batches(split, 256, limit=limit):
+        model(images)
+    return {name: block.execution_rate() for name, block in gated_blocks(model)}
+
+
+def expected_latency(static_ms: float, block_ms: dict[str, float], rates: dict[str, float], gate_ms: float) -> float:
+    """Static part + sum over gated blocks of (block latency x execution rate) + gate overhead.
+
+    ``static_ms`` is the latency of the model with every gated block removed.
+
+    >>> expected_latency(1.0, {"a": 2.0, "b": 1.0}, {"a": 0.5, "b": 1.0}, 0.1)
+    3.1
+    """
+    return static_ms + sum(block_ms[name] * rates.get(name, 1.0) for name in block_ms) + gate_ms

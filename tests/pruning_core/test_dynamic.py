@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pruning_core.checkpoint import load_checkpoint
+from pruning_core.dynamic import (
+    GatedBlock,
+    add_gates,
+    execution_rates,
+    gated_blocks,
+    set_thresholds,
+    train_gates,
+)
+from pruning_core.errors import PlanError
+from pruning_core.models import build_model
+
+
+def test_threshold_zero_never_skips_and_one_always_skips():
+    torch.manual_seed(0)
+    model = build_model("resnet20").eval()
+    gated = add_gates(model).eval()
+    assert [name for name, _ in gated_blocks(gated)] == [
+        f"layer{s}.{i}" for s in (1, 2, 3) for i in range(3) if not (s > 1 and i == 0)
+    ]
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(gated(x), model(x), atol=1e-6)
+        set_thresholds(gated, {"layer2.1": 1.0})
+        block = dict(gated_blocks(gated))["layer2.1"]
+        block.reset_counters()
+        gated(x)
+    assert block.execution_rate() == 0.0
+
+
+def test_mixed_batch_runs_the_block_only_where_needed():
+    torch.manual_seed(0)
+    inner = build_model("resnet20").layer1[1].eval()
+    gated = GatedBlock(inner, 16, threshold=0.5).eval()
+    x = torch.randn(4, 16, 8, 8)
+    with torch.no_grad():
+        torch.nn.init.zeros_(gated.gate.fc.bias)
+        gated.gate.fc.weight.copy_(torch.ones(1, 16))
+        scores = gated.gate(x)
+        out = gated(x)
+        run = scores >= 0.5
+        assert 0 < int(run.sum()) < 4  # a mixed batch
+        assert torch.allclose(out[run], inner(x[run]), atol=1e-6) and torch.equal(out[~run], x[~run])
+    assert gated.execution_rate() == pytest.approx(float(run.float().mean()))
+
+
+def test_gate_training_keeps_accuracy_and_learns_rates(digits):
+    gated = add_gates(load_checkpoint("checkpoints/small_cnn_digits.pt").build())
+    report = train_gates(gated, digits, epochs=2, batch_size=64, progress=False)
+    assert report.val_top1 > 0.9 and set(report.execution_rate) == {"block1", "block2"}
+    set_thresholds(gated, {"block1": 0.0, "block2": 1.0})
+    rates = execution_rates(gated, digits)
+    assert rates == {"block1": 1.0, "block2": 0.0}
+    with pytest.raises(PlanError, match=r"threshold for block1 must be in \[0, 1\]; got 2"):
+        set_thresholds(gated, {"block1": 2.0})
+    with pytest.raises(PlanError, match="without gates"):
+        set_thresholds(gated, {"stem": 0.5})
