@@ -40,7 +40,7 @@ def ensure_checkpoint(model: str, data: str, data_root: str | None, checkpoint: 
     return path
 
 
-def plot(records: list[dict], path: Path, title: str) -> None:
+def plot(records: list[dict], path: Path, title: str, dense_top1: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,6 +49,8 @@ def plot(records: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     dense = records[0]
     ax.axvline(dense["dense_latency_ms_measured"], color="grey", linestyle="--", label="dense latency")
+    if dense_top1 is not None:
+        ax.scatter(dense["dense_latency_ms_measured"], dense_top1, marker="*", s=150, color="black", label="dense")
     for r in records:
         accuracy = r.get("test_finetuned", r["test_bn"])
         ax.scatter(r["latency_ms_measured"], accuracy, s=60, label=r["method"])
@@ -121,7 +123,10 @@ def run_demo(
         )
     records = [r.record for r in results]
     atomic_write_bytes(out / "results.json", lambda tmp: tmp.write_text(json.dumps(records, indent=1)))
-    plot(records, out / "accuracy_vs_latency.png", f"{model} on {data}, budget {budget:g} of host latency")
+    from pruning_core.training import evaluate
+
+    dense_top1 = evaluate(env.engine.model, dataset, "test").top1
+    plot(records, out / "accuracy_vs_latency.png", f"{model} on {data}, budget {budget:g} of host latency", dense_top1)
     from scripts.cli import _print_records
 
     _print_records(records)
