@@ -3,8 +3,9 @@
 A pruned-model folder holds:
 
 - ``plan.json``: the plan that produced it;
-- ``structure.json``: base model name, classes, input shape, removed blocks and the kept channel indices of each
-  group (what is needed to rebuild the pruned architecture from the base model);
+- ``structure.json``: base model name, classes, input shape, removed blocks, the kept channel indices of each
+  group and the dynamic-skip gates with their thresholds (what is needed to rebuild the pruned architecture from
+  the base model);
 - ``weights.pt``: the state dict, a mapping of tensors that loads with ``torch.load(weights_only=True)``;
 - ``meta.json``: costs, accuracies and anything else worth reporting.
 
@@ -25,6 +26,7 @@ from torch import nn
 
 from pruning_core.checkpoint import load_torch, save_torch
 from pruning_core.data import atomic_write_bytes
+from pruning_core.dynamic import add_gates, gated_blocks, set_thresholds
 from pruning_core.engine import PrunedModel, folded_state_dict, prune_channels, remove_blocks
 from pruning_core.errors import CheckpointError, PlanError, PruneGymError
 from pruning_core.metrics import count_cost
@@ -76,6 +78,8 @@ def save_pruned(
         "input_shape": list(pruned.input_shape),
         "removed_blocks": list(pruned.plan.removed_blocks),
         "kept_channels": pruned.kept_channels,
+        # Dynamic-skip gates (added after channel pruning) and their thresholds, when the model has them.
+        "gates": {name: block.threshold for name, block in gated_blocks(pruned.model)},
     }
     meta = {
         "macs": pruned.cost.macs,
@@ -115,6 +119,10 @@ def build_pruned_architecture(structure: dict[str, Any]) -> nn.Module:
         prune_channels(model, shape, kept)
     except AttributeError as exc:
         raise CheckpointError(f"structure names a layer {structure['base_model']} does not have: {exc}") from None
+    gates = structure.get("gates") or {}
+    if gates:
+        model = add_gates(model, list(gates))
+        set_thresholds(model, {name: float(t) for name, t in gates.items()})
     return model
 
 

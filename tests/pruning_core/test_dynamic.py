@@ -60,3 +60,25 @@ def test_gate_training_keeps_accuracy_and_learns_rates(digits):
         set_thresholds(gated, {"block1": 2.0})
     with pytest.raises(PlanError, match="without gates"):
         set_thresholds(gated, {"stem": 0.5})
+
+
+def test_gated_pruned_model_round_trips(tmp_path):
+    from dataclasses import replace
+
+    from pruning_core.engine import PruningEngine
+    from pruning_core.plan import PruningPlan
+    from pruning_core.serialize import load_pruned, max_abs_difference, save_pruned
+
+    torch.manual_seed(0)
+    engine = PruningEngine(build_model("resnet20"), (3, 32, 32))
+    pruned = engine.apply(PruningPlan.uniform(engine.group_names, 0.4, removed_blocks=("layer1.2",)))
+    gated = add_gates(pruned.model)
+    torch.nn.init.normal_(dict(gated_blocks(gated))["layer2.1"].gate.fc.weight, std=5.0)
+    set_thresholds(gated, {"layer2.1": 0.5, "layer3.2": 0.3})
+    save_pruned(
+        tmp_path / "p", replace(pruned, model=gated), base_model="resnet20", classes=[str(i) for i in range(10)]
+    )
+    loaded = load_pruned(tmp_path / "p")
+    blocks = dict(gated_blocks(loaded.model))
+    assert "layer1.2" not in blocks and blocks["layer2.1"].threshold == 0.5
+    assert max_abs_difference(gated, loaded.model, torch.randn(6, 3, 32, 32)) < 1e-6
