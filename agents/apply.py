@@ -13,11 +13,12 @@ from agents.policy_io import SavedPolicy
 from envs.layer_prune import LayerPruneEnv
 from hardware_models.base import LatencyModel
 from pruning_core.data import ImageDataset, atomic_write_bytes
+from pruning_core.dynamic import gated_blocks
 from pruning_core.engine import describe
 from pruning_core.finetune import prune_and_finetune
 from pruning_core.plan import PruningPlan
 from pruning_core.serialize import save_pruned
-from pruning_core.training import TrainConfig
+from pruning_core.training import TrainConfig, evaluate
 
 
 def plan_from_policy(policy: SavedPolicy, env: LayerPruneEnv) -> tuple[PruningPlan, dict[str, Any]]:
@@ -62,6 +63,11 @@ def finish_plan(
     """Apply a plan, recalibrate, fine-tune, measure; save the pruned model and ``report.json`` under ``out``."""
     engine = env.engine
     pruned = prune_and_finetune(engine, plan, dataset, bn_batches=bn_batches, config=finetune, progress=progress)
+    exec_rate: dict[str, float] = {}
+    if plan.skip_thresholds and env.scorer.gates is not None:
+        pruned.model = env.scorer.gates.fit(pruned.model, pruned.kept_channels, dict(plan.skip_thresholds))
+        pruned.accuracy["test_gated"] = evaluate(pruned.model, dataset, "test").top1
+        exec_rate = {name: block.execution_rate() for name, block in gated_blocks(pruned.model)}
     kept = {name: len(idxs) for name, idxs in pruned.kept_channels.items()}
     predicted = env.budget_model.total(engine.graph, kept)
     record: dict[str, Any] = {
@@ -79,6 +85,14 @@ def finish_plan(
         "search_seconds": search_seconds,
         "evaluations": evaluations,
     }
+    if exec_rate:
+        layer_costs = env.budget_model.layer_costs(engine.graph, kept)
+        weighted = sum(
+            cost * next((r for b, r in exec_rate.items() if name.startswith(b + ".")), 1.0)
+            for name, cost in layer_costs.items()
+        )
+        record["exec_rate_test"] = exec_rate
+        record["cost_expected"] = env.budget_model.combine(weighted)
     if measured is not None:
         record["latency_ms_measured"] = measured.predict(pruned.model, engine.input_shape)
         record["dense_latency_ms_measured"] = measured.predict(engine.model, engine.input_shape)

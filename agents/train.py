@@ -86,6 +86,8 @@ class TrainRunConfig:
     """Largest sparsity of one group."""
     criterion: str = "l1"
     """Channel importance criterion."""
+    dynamic_skip: bool = False
+    """Also decide a gate threshold per residual block (dynamic skipping)."""
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
@@ -109,6 +111,7 @@ class TrainRunConfig:
             "bn_batches": self.bn_batches,
             "finetune_steps": self.finetune_steps,
             "criterion": self.criterion,
+            "dynamic_skip": self.dynamic_skip,
         }
 
 

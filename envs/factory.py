@@ -14,8 +14,9 @@ from hardware_models.base import LatencyModel
 from hardware_models.lut import LookupTable, build_lut
 from hardware_models.measure import OrtLatency, TorchLatency, default_threads
 from hardware_models.registry import get_latency_model
-from pruning_core.checkpoint import load_checkpoint
+from pruning_core.checkpoint import load_checkpoint, load_torch, save_torch, sha256
 from pruning_core.data import ImageDataset, cache_dir, load_dataset
+from pruning_core.dynamic import TrainedGates, add_gates, train_gates
 from pruning_core.engine import PruningEngine
 from pruning_core.errors import PruneGymError
 from pruning_core.graph import ModelGraph
@@ -79,6 +80,21 @@ def budget_model_for(
     return latency, measured
 
 
+def trained_gates(
+    engine: PruningEngine, dataset: ImageDataset, checkpoint: Path, *, epochs: int = 2, progress: bool = True
+) -> TrainedGates:
+    """Skip gates for the dense model, trained once per checkpoint and cached (tensors only)."""
+    key = sha256(checkpoint)[:16]
+    path = cache_dir() / "gates" / f"{key}-e{epochs}.pt"
+    gated = add_gates(engine.model)
+    if path.exists():
+        gated.load_state_dict(load_torch(path))
+    else:
+        train_gates(gated, dataset, epochs=epochs, progress=progress)
+        save_torch(path, gated.state_dict())
+    return TrainedGates.from_model(gated, engine.graph)
+
+
 def make_env(
     model: str = "small_cnn",
     checkpoint: str | os.PathLike[str] | None = None,
@@ -95,6 +111,8 @@ def make_env(
     finetune_steps: int = 0,
     criterion: str = "l1",
     measure_final: bool = False,
+    dynamic_skip: bool = False,
+    gate_epochs: int = 2,
     seed: int = 0,
     render_mode: str | None = None,
     dataset: ImageDataset | None = None,
@@ -119,6 +137,8 @@ def make_env(
         finetune_steps: SGD steps of the score's short fine-tune (0: adaptive BN alone).
         criterion: Channel importance criterion of the plans.
         measure_final: Measure the final plan's latency on a measured device.
+        dynamic_skip: Add a gate threshold per residual block to each action (gates trained once and cached).
+        gate_epochs: Epochs of gate training when the gates are not cached yet.
         seed: Seed recorded for reproducibility (episodes themselves are deterministic).
         render_mode: ``ansi`` or ``rgb_array``.
         dataset: An already loaded dataset (saves reloading it per environment).
@@ -127,7 +147,8 @@ def make_env(
     """
     if not 0 < budget <= 1:
         raise PruneGymError(f"budget must be in (0, 1]; got {budget:g}")
-    ckpt = load_checkpoint(checkpoint if checkpoint is not None else default_checkpoint(model, data))
+    ckpt_path = Path(checkpoint) if checkpoint is not None else default_checkpoint(model, data)
+    ckpt = load_checkpoint(ckpt_path)
     if ckpt.meta["model"] != model:
         raise PruneGymError(f"model is {model} but the checkpoint holds {ckpt.meta['model']}")
     dataset = dataset if dataset is not None else load_dataset(data, data_root, progress=progress)
@@ -135,9 +156,9 @@ def make_env(
         raise PruneGymError(f"checkpoint classes {ckpt.meta['classes'][:5]} differ from the dataset's")
     engine = PruningEngine(ckpt.build(), dataset.input_shape, dataset=dataset)
     cost, measured = budget_model_for(budget_metric, device, engine.graph, model, progress=progress)
-    scorer = PlanScorer(
-        engine, dataset, ScoreConfig(val_images=val_images, bn_batches=bn_batches, finetune_steps=finetune_steps)
-    )
+    gates = trained_gates(engine, dataset, ckpt_path, epochs=gate_epochs, progress=progress) if dynamic_skip else None
+    config = ScoreConfig(val_images=val_images, bn_batches=bn_batches, finetune_steps=finetune_steps)
+    scorer = PlanScorer(engine, dataset, config, gates=gates)
     env = LayerPruneEnv(
         scorer,
         cost,
@@ -148,6 +169,7 @@ def make_env(
         criterion=criterion,
         measured=measured,
         measure_final=measure_final,
+        dynamic_skip=dynamic_skip,
         render_mode=render_mode,
         **kwargs,
     )

@@ -87,6 +87,11 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
     ## Action Space
     ``continuous``: ``Box(-1, 1, (1,))``, mapped linearly to a sparsity in ``[0, max_sparsity]``.
     ``discrete``: ``Discrete(levels)``, sparsity ``i / (levels - 1) * max_sparsity``.
+    With ``dynamic_skip=True`` each action also picks the gate threshold of the group's residual block (groups inside
+    a block with an identity shortcut): ``Box(-1, 1, (2,))`` (second component mapped to [0, 1]) or
+    ``Discrete(levels x len(skip_levels))``. Blocks then run only for inputs whose gate score reaches the threshold;
+    the reward uses the gated model's val accuracy and the expected cost (block costs weighted by their execution
+    rates on val), and ``info["exec_rate"]`` reports the rates.
     With a reward that clips actions (``accuracy``, ``amc-flops``), each action is raised to the least sparsity that
     still lets the remaining groups reach the budget at maximum sparsity, so every finished episode meets the
     budget as the budget model predicts it. ``info["sparsity"]`` is the action asked for, ``info["clipped"]`` the one
@@ -147,6 +152,8 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         lagrange: float = 2.0,
         measured: Any | None = None,
         measure_final: bool = False,
+        dynamic_skip: bool = False,
+        skip_levels: tuple[float, ...] = (0.0, 0.5, 0.7, 0.9),
         render_mode: str | None = None,
     ) -> None:
         if not 0 < budget <= 1:
@@ -175,6 +182,12 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         self.criterion = criterion
         self.lagrange = lagrange
         self.measured = measured
+        if dynamic_skip and scorer.gates is None:
+            raise PruneGymError("dynamic_skip needs trained gates in the scorer (make_env trains them)")
+        if dynamic_skip and not self.graph.blocks:
+            raise PruneGymError("dynamic_skip needs residual blocks with identity shortcuts; the model has none")
+        self.dynamic_skip = dynamic_skip
+        self.skip_levels = tuple(skip_levels)
         self.measure_final = measure_final and measured is not None
         self.render_mode = render_mode
 
@@ -198,15 +211,18 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         }
         self._static = self._static_features()
 
+        # Dynamic skipping adds a second decision per step: the gate threshold of the group's residual block
+        # (used at groups inside a skippable block; elsewhere there is no block to gate).
         if action_mode == "continuous":
-            self.action_space: spaces.Space[Any] = spaces.Box(-1.0, 1.0, (1,), np.float32)
+            self.action_space: spaces.Space[Any] = spaces.Box(-1.0, 1.0, (2 if dynamic_skip else 1,), np.float32)
         else:
-            self.action_space = spaces.Discrete(levels)
+            self.action_space = spaces.Discrete(levels * (len(self.skip_levels) if dynamic_skip else 1))
         self.observation_space = spaces.Box(0.0, 1.0, (len(OBS_FEATURES),), np.float32)
         self._step = 0
         self._kept: dict[str, int] = {}
         self._sparsity: dict[str, float] = {}
         self._previous = 0.0
+        self._thresholds: dict[str, float] = {}
         self.last_info: dict[str, Any] = {}
 
     # Costs -------------------------------------------------------------------------------------------------------
@@ -279,18 +295,25 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         self._kept = {}
         self._sparsity = {}
         self._previous = 0.0
+        self._thresholds = {}
         self.last_info = {}
         return self._observation(), {"group": self.groups[0].name}
 
+    def decode_action(self, action: Any) -> tuple[float, float]:
+        """The sparsity an action asks for (before clipping) and its skip threshold (0 without dynamic skip)."""
+        if self.action_mode == "continuous":
+            values = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0)
+            threshold = (values[1] + 1.0) / 2.0 if self.dynamic_skip else 0.0
+            return (values[0] + 1.0) / 2.0 * self.max_sparsity, float(threshold)
+        index = int(np.asarray(action).reshape(-1)[0])
+        if not 0 <= index < self.action_space.n:  # type: ignore[attr-defined]
+            raise PruneGymError(f"discrete action must be in [0, {self.action_space.n - 1}]; got {index}")  # type: ignore[attr-defined]
+        level, skip = divmod(index, len(self.skip_levels)) if self.dynamic_skip else (index, 0)
+        return level / (self.levels - 1) * self.max_sparsity, self.skip_levels[skip] if self.dynamic_skip else 0.0
+
     def action_to_sparsity(self, action: Any) -> float:
         """The sparsity an action asks for (before clipping)."""
-        if self.action_mode == "continuous":
-            value = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
-            return (value + 1.0) / 2.0 * self.max_sparsity
-        level = int(np.asarray(action).reshape(-1)[0])
-        if not 0 <= level < self.levels:
-            raise PruneGymError(f"discrete action must be in [0, {self.levels - 1}]; got {level}")
-        return level / (self.levels - 1) * self.max_sparsity
+        return self.decode_action(action)[0]
 
     def _clip(self, group: str, wanted: int) -> int:
         """Most channels the group may keep so the rest can still meet the budget at maximum sparsity."""
@@ -313,7 +336,10 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         if self._step >= len(self.groups):
             raise PruneGymError("episode is over; call reset() first")
         group = self.groups[self._step]
-        wanted_sparsity = self.action_to_sparsity(action)
+        wanted_sparsity, threshold = self.decode_action(action)
+        if self.dynamic_skip and group.block is not None:
+            # The budget is clipped as if the block always ran: skipping can only lower the expected cost.
+            self._thresholds[group.block] = threshold
         kept = kept_count(group.channels, wanted_sparsity)
         if self.reward_spec.clips_actions:
             kept = self._clip(group.name, kept)
@@ -323,6 +349,8 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         self._previous = applied
         self._step += 1
         info: dict[str, Any] = {"group": group.name, "sparsity": wanted_sparsity, "clipped": applied, "kept": kept}
+        if self.dynamic_skip and group.block is not None:
+            info["skip_threshold"] = threshold
         if self._step < len(self.groups):
             return self._observation(), 0.0, False, False, info
         info.update(self._finish())
@@ -330,9 +358,9 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         return self._observation(), float(info["reward"]), True, False, info
 
     def _finish(self) -> dict[str, Any]:
-        plan = PruningPlan(sparsity=self._sparsity, criterion=self.criterion)
+        plan = self.plan
         score = self.scorer.score(plan)
-        cost = self._cost(self._kept)
+        cost = self._expected_cost(score.exec_rate)
         context = RewardContext(top1=score.top1, cost_ratio=cost / self.target, macs=score.macs)
         info: dict[str, Any] = {
             "plan": plan.to_json(),
@@ -346,15 +374,26 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
             "score_seconds": score.seconds,
             "reward": self.reward_spec.fn(context, self.lagrange),
         }
+        if self.dynamic_skip:
+            info["exec_rate"] = score.exec_rate
+            info["cost_static"] = self._cost(self._kept)
         if self.measure_final:
             pruned = self.engine.apply(plan)
             info["latency_ms_measured"] = self.measured.predict(pruned.model, self.graph.input_shape)
         return info
 
+    def _expected_cost(self, exec_rate: dict[str, float]) -> float:
+        """Cost of the decided widths with each gated block's layers weighted by its execution rate."""
+        raw = 0.0
+        for name in self._layers:
+            block = next((b for b in exec_rate if name.startswith(b + ".")), None)
+            raw += self._layer_cost(name, self._kept) * (exec_rate[block] if block is not None else 1.0)
+        return self.budget_model.combine(raw)
+
     @property
     def plan(self) -> PruningPlan:
         """The plan decided so far."""
-        return PruningPlan(sparsity=self._sparsity, criterion=self.criterion)
+        return PruningPlan(sparsity=self._sparsity, criterion=self.criterion, skip_thresholds=self._thresholds)
 
     def render(self) -> str | np.ndarray | None:  # type: ignore[override]
         if self.render_mode == "ansi":

@@ -38,6 +38,8 @@ class PruningPlan:
         granularity: ``channel``, ``unstructured`` or ``nm``.
         nm: ``(N, M)`` for N:M sparsity: keep N of every M consecutive input weights.
         removed_blocks: Residual blocks with an identity shortcut to remove entirely (layer pruning).
+        skip_thresholds: Dynamic skipping: gate threshold per residual block (0 never skips; see
+            ``pruning_core.dynamic``). Empty for a static plan.
         round_to: Round each group's kept channels to a multiple of this (never below it, never above the group).
         schema_version: Version of the JSON layout.
     """
@@ -47,6 +49,7 @@ class PruningPlan:
     granularity: Granularity = Granularity.CHANNEL
     nm: tuple[int, int] = (2, 4)
     removed_blocks: tuple[str, ...] = ()
+    skip_thresholds: Mapping[str, float] = field(default_factory=dict)
     round_to: int = 1
     schema_version: int = PLAN_SCHEMA_VERSION
 
@@ -59,6 +62,11 @@ class PruningPlan:
         object.__setattr__(self, "granularity", granularity)
         object.__setattr__(self, "sparsity", MappingProxyType({str(k): float(v) for k, v in self.sparsity.items()}))
         object.__setattr__(self, "removed_blocks", tuple(self.removed_blocks))
+        thresholds = MappingProxyType({str(k): float(v) for k, v in self.skip_thresholds.items()})
+        object.__setattr__(self, "skip_thresholds", thresholds)
+        for name, value in thresholds.items():
+            if not 0.0 <= value <= 1.0:
+                raise PlanError(f"skip threshold for {name} must be in [0, 1]; got {value:g}")
         object.__setattr__(self, "nm", tuple(int(x) for x in self.nm))
         for name, ratio in self.sparsity.items():
             if not 0.0 <= ratio <= MAX_SPARSITY:
@@ -95,9 +103,11 @@ class PruningPlan:
                 f"plan names groups the model does not have: {unknown[:5]}; expected names like {groups[:3]}"
             )
         blocks = list(block_names)
-        bad_blocks = sorted(set(self.removed_blocks) - set(blocks))
+        bad_blocks = sorted((set(self.removed_blocks) | set(self.skip_thresholds)) - set(blocks))
         if bad_blocks:
-            raise PlanError(f"removed blocks must be skippable residual blocks {blocks[:4]}...; got {bad_blocks[:5]}")
+            raise PlanError(
+                f"removed or gated blocks must be skippable residual blocks {blocks[:4]}...; got {bad_blocks[:5]}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -107,6 +117,7 @@ class PruningPlan:
             "nm": list(self.nm),
             "round_to": self.round_to,
             "removed_blocks": list(self.removed_blocks),
+            "skip_thresholds": dict(self.skip_thresholds),
             "sparsity": dict(self.sparsity),
         }
 
@@ -118,7 +129,16 @@ class PruningPlan:
     def from_dict(cls, data: Mapping[str, Any]) -> PruningPlan:
         if not isinstance(data, Mapping) or "sparsity" not in data:
             raise PlanError("expected a plan object with a 'sparsity' mapping")
-        known = {"schema_version", "criterion", "granularity", "nm", "round_to", "removed_blocks", "sparsity"}
+        known = {
+            "schema_version",
+            "criterion",
+            "granularity",
+            "nm",
+            "round_to",
+            "removed_blocks",
+            "sparsity",
+            "skip_thresholds",
+        }
         extra = sorted(set(data) - known)
         if extra:
             raise PlanError(f"plan has unknown keys {extra}; expected some of {sorted(known)}")

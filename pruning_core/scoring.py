@@ -6,14 +6,15 @@ are compared on equal terms. Scores of identical plans are cached.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 
 from pruning_core.data import ImageDataset
+from pruning_core.dynamic import TrainedGates, gated_blocks
 from pruning_core.engine import PrunedModel, PruningEngine, recalibrate_bn
-from pruning_core.errors import PruneGymError
+from pruning_core.errors import PlanError, PruneGymError
 from pruning_core.plan import PruningPlan
 from pruning_core.training import evaluate
 
@@ -55,6 +56,8 @@ class Score:
     params: int
     seconds: float
     cached: bool
+    exec_rate: dict[str, float] = field(default_factory=dict)
+    """Dynamic skipping: fraction of the scored images that executed each gated block."""
 
 
 class PlanScorer:
@@ -64,12 +67,20 @@ class PlanScorer:
         engine: The dense model's engine.
         dataset: Source of recalibration/fine-tune batches (train) and of the score (val).
         config: Scoring recipe.
+        gates: Trained dynamic-skip gates; plans with skip thresholds are scored with them in place.
     """
 
-    def __init__(self, engine: PruningEngine, dataset: ImageDataset, config: ScoreConfig | None = None) -> None:
+    def __init__(
+        self,
+        engine: PruningEngine,
+        dataset: ImageDataset,
+        config: ScoreConfig | None = None,
+        gates: TrainedGates | None = None,
+    ) -> None:
         self.engine = engine
         self.dataset = dataset
         self.config = config or ScoreConfig()
+        self.gates = gates
         self._cache: dict[str, Score] = {}
         self.evaluations = 0
 
@@ -87,12 +98,20 @@ class PlanScorer:
         """Val top-1 of ``plan`` after the recipe (cached for identical plans)."""
         key = plan.to_json()
         if key in self._cache:
-            hit = self._cache[key]
-            return Score(hit.top1, hit.macs, hit.params, 0.0, cached=True)
+            return replace(self._cache[key], seconds=0.0, cached=True)
         start = time.perf_counter()
         pruned = self.prune_and_adapt(plan)
-        top1 = evaluate(pruned.model, self.dataset, "val", limit=self.config.val_images).top1
-        score = Score(top1, pruned.cost.macs, pruned.cost.params, time.perf_counter() - start, cached=False)
+        model, rates = pruned.model, {}
+        if plan.skip_thresholds:
+            if self.gates is None:
+                raise PlanError("plan has skip thresholds but the scorer has no trained gates")
+            model = self.gates.fit(model, pruned.kept_channels, dict(plan.skip_thresholds))
+        top1 = evaluate(model, self.dataset, "val", limit=self.config.val_images).top1
+        if plan.skip_thresholds:
+            rates = {name: block.execution_rate() for name, block in gated_blocks(model)}
+        score = Score(
+            top1, pruned.cost.macs, pruned.cost.params, time.perf_counter() - start, cached=False, exec_rate=rates
+        )
         self._cache[key] = score
         self.evaluations += 1
         return score

@@ -354,6 +354,7 @@ def _train_config(args: argparse.Namespace):
         val_images=args.val_images,
         bn_batches=args.bn_batches,
         finetune_steps=args.finetune_steps,
+        dynamic_skip=args.dynamic_skip,
     )
 
 
@@ -431,6 +432,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         action_mode=trained.get("action_mode", "continuous"),
         max_sparsity=trained.get("max_sparsity", 0.8),
         criterion=trained.get("criterion", "l1"),
+        dynamic_skip=trained.get("dynamic_skip", False),
     )
     plan, _ = plan_from_policy(policy, env)
     result = finish_plan(
@@ -623,6 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-images", type=int, default=1000)
     p.add_argument("--bn-batches", type=int, default=10)
     p.add_argument("--finetune-steps", type=int, default=0, help="short fine-tune steps inside the score")
+    p.add_argument("--dynamic-skip", action="store_true", help="also choose a gate threshold per residual block")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<model>__<device>__...)")
     p.add_argument("--resume", type=Path, default=None, help="continue the run in this folder")

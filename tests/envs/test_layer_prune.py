@@ -120,3 +120,29 @@ def test_bad_arguments_fail_at_construction(kwargs, error, message, digits):
         args["checkpoint"] = "checkpoints/small_cnn_digits.pt"
     with pytest.raises(error, match=message):
         make_env(**args)
+
+
+@pytest.mark.parametrize("action_mode", ["continuous", "discrete"])
+def test_dynamic_skip(action_mode, digits):
+    env = gym.make(
+        envs.ENV_ID, dynamic_skip=True, action_mode=action_mode, gate_epochs=1, dataset=digits, **FAST
+    ).unwrapped
+    assert env.action_space.shape == (2,) if action_mode == "continuous" else env.action_space.n == 9 * 4
+    gym_check_env(env)
+    sb3_check_env(env)
+    always_skip = np.array([0.0, 1.0], np.float32) if action_mode == "continuous" else 4 * 4 + 3
+    _, info = _run_episode(env, [always_skip] * len(env.groups))
+    plan = json.loads(info["plan"])
+    assert set(plan["skip_thresholds"]) == {"block1", "block2"} and info["budget_met"]
+    assert set(info["exec_rate"]) == {"block1", "block2"} and info["cost"] <= info["cost_static"]
+    never_skip = np.array([0.0, -1.0], np.float32) if action_mode == "continuous" else 4 * 4
+    _, info = _run_episode(env, [never_skip] * len(env.groups))
+    assert info["exec_rate"] == {"block1": 1.0, "block2": 1.0} and info["cost"] == pytest.approx(info["cost_static"])
+
+
+def test_dynamic_skip_needs_residual_blocks(digits):
+    with pytest.raises(PruneGymError, match="dynamic_skip needs"):
+        from envs.layer_prune import LayerPruneEnv
+
+        env = make_env(dataset=digits, **FAST)
+        LayerPruneEnv(env.scorer, env.budget_model, dynamic_skip=True)

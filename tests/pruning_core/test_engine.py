@@ -165,7 +165,7 @@ def test_plan_json_round_trip_and_validation(tmp_path):
         PruningPlan(granularity="block")
     with pytest.raises(PlanError, match="plan names groups the model does not have"):
         engine_for("resnet20").apply(PruningPlan(sparsity={"layer9.conv": 0.5}))
-    with pytest.raises(PlanError, match="removed blocks must be skippable residual blocks"):
+    with pytest.raises(PlanError, match="removed or gated blocks must be skippable residual blocks"):
         engine_for("resnet20").apply(PruningPlan(removed_blocks=("layer2.0",)))  # projection shortcut
     with pytest.raises(PlanError, match="criterion 'bn' scores channels only"):
         engine_for("resnet20").apply(PruningPlan.uniform(["conv1"], 0.5, criterion="bn", granularity="unstructured"))

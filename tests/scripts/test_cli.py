@@ -256,3 +256,34 @@ def test_benchmark_writes_tables_and_resumes(tmp_path, capsys):
     assert (tmp_path / "bench" / "sparsity_per_layer.png").exists()
     assert main(argv) == 0  # resumed: nothing left to compute, nothing appended
     assert len(json.loads((tmp_path / "bench" / "results.json").read_text())) == 3
+
+
+def test_dynamic_skip_train_and_apply(tmp_path):
+    common = ["--device", "pixel-a76", "--budget", "0.6"]
+    assert (
+        main(
+            [
+                "train",
+                "--algo",
+                "ppo",
+                "--dynamic-skip",
+                "--episodes",
+                "3",
+                "--val-images",
+                "100",
+                "--bn-batches",
+                "2",
+                *common,
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
+    assert "skip_thresholds" in json.loads((tmp_path / "run" / "best_plan.json").read_text())
+    assert main(["apply", "--policy", str(tmp_path / "run"), *common, "--out", str(tmp_path / "applied")]) == 0
+    report = json.loads((tmp_path / "applied" / "report.json").read_text())
+    assert set(report["exec_rate_test"]) == {"block1", "block2"}
+    assert report["cost_expected"] <= report["cost_predicted"] * (1 + 1e-9)
+    structure = json.loads((tmp_path / "applied" / "structure.json").read_text())
+    assert set(structure["gates"]) == {"block1", "block2"}
