@@ -8,10 +8,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from pruning_core.data import ImageDataset
+
+if TYPE_CHECKING:
+    from envs.layer_prune import LayerPruneEnv
 from pruning_core.errors import PruneGymError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -403,7 +407,8 @@ def _print_records(records: list[dict]) -> None:
     Console().print(table)
 
 
-def _env_from_args(args: argparse.Namespace, **overrides: object):
+def env_from_args(args: argparse.Namespace, **overrides: object) -> LayerPruneEnv:
+    """The environment named by the target arguments (see :func:`add_target_args`)."""
     from envs.factory import make_env
 
     kwargs = {
@@ -427,7 +432,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     _set_threads(args)
     policy = load_policy(args.policy)
     trained = policy.env_settings
-    env = _env_from_args(
+    env = env_from_args(
         args,
         action_mode=trained.get("action_mode", "continuous"),
         max_sparsity=trained.get("max_sparsity", 0.8),
@@ -455,7 +460,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from pruning_core.baselines import BudgetProblem, baseline_plan
 
     _set_threads(args)
-    env = _env_from_args(args)
+    env = env_from_args(args)
     start = time.perf_counter()
     plan = baseline_plan(args.method, BudgetProblem(env.engine, env.budget_model, env.target))
     seconds = time.perf_counter() - start
@@ -523,7 +528,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_target_args(parser: argparse.ArgumentParser, *, model_default: str | None = "small_cnn") -> None:
+def add_target_args(parser: argparse.ArgumentParser, *, model_default: str | None = "small_cnn") -> None:
+    """Model, checkpoint, data, threads, device and budget arguments (shared by commands and scripts)."""
     parser.add_argument("--model", default=model_default, required=model_default is None)
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: checkpoints/<model>_<data>.pt")
     _add_data_args(parser)
@@ -616,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_lut_validate)
 
     p = sub.add_parser("train", help="train an RL agent that searches per-layer sparsity for a device")
-    _add_target_args(p)
+    add_target_args(p)
     p.add_argument("--algo", default="ppo", choices=["dqn", "ppo", "sac", "td3", "ddpg"])
     p.add_argument("--episodes", type=int, default=None, help="episodes in all (default 100)")
     p.add_argument("--warmup-episodes", type=int, default=25, help="random episodes first (off-policy algorithms)")
@@ -644,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
                 required=True,
                 choices=["uniform-l1", "global-magnitude", "slimming", "taylor", "activation"],
             )
-        _add_target_args(p)
+        add_target_args(p)
         p.add_argument("--finetune-epochs", type=int, default=0)
         p.add_argument("--lr", type=float, default=0.01)
         p.add_argument("--seed", type=int, default=0)
@@ -652,7 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
 
     p = sub.add_parser("benchmark", help="agents and baselines at several budgets and seeds; tables and plots")
-    _add_target_args(p)
+    add_target_args(p)
     p.add_argument("--budgets", type=float, nargs="+", default=[0.7, 0.5])
     p.add_argument("--methods", nargs="+", default=["all"], help="'all' or names (dqn ppo uniform-l1 ...)")
     p.add_argument("--episodes", type=int, default=100, help="episodes of each agent = evaluations of random search")

@@ -18,36 +18,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from envs.factory import make_env
+from scripts.cli import add_target_args, env_from_args
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="small_cnn")
-    parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--data", default="digits")
-    parser.add_argument("--data-root", default=None)
-    parser.add_argument("--device", default="host-cpu")
-    parser.add_argument("--budget", type=float, default=0.5)
+    add_target_args(parser)
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--val-images", type=int, default=1000)
     parser.add_argument("--bn-batches", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    env = make_env(
-        model=args.model,
-        checkpoint=args.checkpoint,
-        data=args.data,
-        data_root=args.data_root,
-        device=args.device,
-        budget=args.budget,
-        val_images=args.val_images,
-        bn_batches=args.bn_batches,
-        progress=True,
-    )
+    torch.set_num_threads(args.threads or 2)
+    env = env_from_args(args, val_images=args.val_images, bn_batches=args.bn_batches)
     env.action_space.seed(args.seed)
     step_ms: list[float] = []
     terminal_ms: list[float] = []
@@ -71,7 +55,7 @@ def main() -> None:
         "device": args.device,
         "budget": args.budget,
         "episodes": args.episodes,
-        "threads": args.threads,
+        "threads": torch.get_num_threads(),
         "step_ms_median": statistics.median(step_ms),
         "terminal_ms_median": statistics.median(terminal_ms),
         "budget_met_share": float(np.mean(met)),

@@ -21,41 +21,26 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from envs.factory import make_env
 from pruning_core.baselines import BudgetProblem
 from pruning_core.data import atomic_write_bytes
 from pruning_core.finetune import prune_and_finetune
 from pruning_core.scoring import PlanScorer, ScoreConfig
 from pruning_core.search import _plan, random_candidate
 from pruning_core.training import TrainConfig
+from scripts.cli import add_target_args, env_from_args
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="small_cnn")
-    parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--data", default="digits")
-    parser.add_argument("--data-root", default=None)
-    parser.add_argument("--device", default="host-cpu")
-    parser.add_argument("--budget", type=float, default=0.5)
+    add_target_args(parser)
     parser.add_argument("--plans", type=int, default=20)
     parser.add_argument("--steps", type=int, default=50, help="SGD steps of the short fine-tune option")
     parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs of the reference accuracy")
     parser.add_argument("--val-images", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    env = make_env(
-        model=args.model,
-        checkpoint=args.checkpoint,
-        data=args.data,
-        data_root=args.data_root,
-        device=args.device,
-        budget=args.budget,
-        val_images=args.val_images,
-        progress=True,
-    )
+    torch.set_num_threads(args.threads or 2)
+    env = env_from_args(args, val_images=args.val_images)
     dataset, engine = env.scorer.dataset, env.engine
     problem = BudgetProblem(engine, env.budget_model, env.target)
     options = {
