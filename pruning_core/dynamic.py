@@ -240,3 +240,86 @@ class TrainedGates:
                 block.gate.fc.bias.copy_(bias)
             block.threshold = float(thresholds[name])
         return gated.eval()
+
+
+@dataclass(frozen=True)
+class DynamicProfile:
+    """Batch-1 behaviour of a gated model on a split, with real skipping.
+
+    Attributes:
+        top1: Accuracy over the images timed.
+        latency_ms_measured: Mean per-image latency at batch 1.
+        latency_ms_expected: Static part + sum of (block latency x execution rate), each part measured.
+        exec_rate: Fraction of the images that executed each gated block.
+        by_blocks_used: Per number of gated blocks an image executed: images, accuracy and mean latency.
+    """
+
+    top1: float
+    latency_ms_measured: float
+    latency_ms_expected: float
+    exec_rate: dict[str, float]
+    by_blocks_used: dict[int, dict[str, float]]
+
+
+@torch.inference_mode()
+def profile_dynamic(
+    model: nn.Module, dataset: ImageDataset, split: str = "test", *, limit: int = 1000, repeats: int = 30
+) -> DynamicProfile:
+    """Time a gated model image by image (batch 1), and its parts, to compare measured with expected latency."""
+    import statistics
+    import time
+
+    from hardware_models.measure import time_callable
+
+    model.eval()
+    blocks = dict(gated_blocks(model))
+    if not blocks:
+        raise PlanError("expected a model with gated blocks; this one has none")
+    for block in blocks.values():
+        block.reset_counters()
+    rows = []
+    for images, labels in dataset.batches(split, 1, limit=limit):
+        start = time.perf_counter_ns()
+        logits = model(images)
+        elapsed = (time.perf_counter_ns() - start) / 1e6
+        used = sum(b.last_scores is not None and float(b.last_scores[0]) >= b.threshold for b in blocks.values())
+        rows.append((used, int(logits.argmax(1)[0] == labels[0]), elapsed))
+    rates = {name: block.execution_rate() for name, block in blocks.items()}
+
+    # The parts, measured on one input: every block skipped (static part, gates included), then each block alone.
+    thresholds = {name: block.threshold for name, block in blocks.items()}
+    probe_input = next(iter(dataset.batches(split, 1)))[0]
+
+    def timed() -> float:
+        return statistics.median(time_callable(lambda: model(probe_input), warmup=3, runs=repeats))
+
+    for block in blocks.values():
+        block.threshold = 2.0  # above any sigmoid score: never runs
+    static_ms = timed()
+    block_ms = {}
+    for name, block in blocks.items():
+        block.threshold = 0.0
+        block_ms[name] = max(0.0, timed() - static_ms)
+        block.threshold = 2.0
+    for name, block in blocks.items():
+        block.threshold = thresholds[name]
+        block.reset_counters()
+
+    groups: dict[int, list[tuple[int, int, float]]] = {}
+    for row in rows:
+        groups.setdefault(row[0], []).append(row)
+    by_used = {
+        used: {
+            "images": len(rs),
+            "top1": sum(r[1] for r in rs) / len(rs),
+            "latency_ms": sum(r[2] for r in rs) / len(rs),
+        }
+        for used, rs in sorted(groups.items())
+    }
+    return DynamicProfile(
+        top1=sum(r[1] for r in rows) / len(rows),
+        latency_ms_measured=sum(r[2] for r in rows) / len(rows),
+        latency_ms_expected=expected_latency(static_ms, block_ms, rates, 0.0),
+        exec_rate=rates,
+        by_blocks_used=by_used,
+    )

@@ -123,6 +123,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_classes(dataset, classes, args.checkpoint or args.pruned)
     result = evaluate(model, dataset, args.split)
     cost = count_cost(model, dataset.input_shape)
+    dynamic = _dynamic_record(model, dataset, args)
     record = {
         "top1": result.top1,
         "top5": result.top5,
@@ -132,6 +133,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "model": name,
         "split": args.split,
         "dataset": dataset.name,
+        **dynamic,
     }
     if args.json:
         print(json.dumps(record))
@@ -142,6 +144,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"MACs {cost.macs / 1e6:.2f}M  params {cost.params / 1e3:.1f}K"
         )
     return 0
+
+
+def _dynamic_record(model: torch.nn.Module, dataset: ImageDataset, args: argparse.Namespace) -> dict[str, object]:
+    """For a model with skip gates: batch-1 latency with real skipping, expected latency and execution rates."""
+    from pruning_core.dynamic import gated_blocks, profile_dynamic
+
+    if not any(True for _ in gated_blocks(model)):
+        return {}
+    with torch.no_grad():
+        profile = profile_dynamic(model, dataset, args.split, limit=args.latency_images)
+    return {
+        "latency_ms_measured": profile.latency_ms_measured,
+        "latency_ms_expected": profile.latency_ms_expected,
+        "exec_rate": profile.exec_rate,
+        "top1_timed_images": profile.top1,
+        "by_blocks_used": profile.by_blocks_used,
+    }
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -565,6 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--latency-images", type=int, default=1000, help="images timed one by one for a model with skip gates"
+    )
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser("prune", help="apply a plan (or uniform sparsity), recalibrate BN, fine-tune, save")

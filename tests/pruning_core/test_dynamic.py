@@ -82,3 +82,15 @@ def test_gated_pruned_model_round_trips(tmp_path):
     blocks = dict(gated_blocks(loaded.model))
     assert "layer1.2" not in blocks and blocks["layer2.1"].threshold == 0.5
     assert max_abs_difference(gated, loaded.model, torch.randn(6, 3, 32, 32)) < 1e-6
+
+
+def test_profile_dynamic_measures_real_skipping(digits):
+    from pruning_core.dynamic import profile_dynamic
+
+    gated = add_gates(load_checkpoint("checkpoints/small_cnn_digits.pt").build())
+    set_thresholds(gated, {"block1": 0.0, "block2": 1.0})  # block2 never runs
+    profile = profile_dynamic(gated, digits, limit=40, repeats=5)
+    assert profile.exec_rate == {"block1": 1.0, "block2": 0.0}
+    assert set(profile.by_blocks_used) == {1} and profile.by_blocks_used[1]["images"] == 40
+    assert profile.latency_ms_measured > 0 and profile.latency_ms_expected > 0
+    assert dict(gated_blocks(gated))["block2"].threshold == 1.0  # thresholds restored after timing the parts

@@ -258,7 +258,7 @@ def test_benchmark_writes_tables_and_resumes(tmp_path, capsys):
     assert len(json.loads((tmp_path / "bench" / "results.json").read_text())) == 3
 
 
-def test_dynamic_skip_train_and_apply(tmp_path):
+def test_dynamic_skip_train_apply_evaluate(tmp_path, capsys):
     common = ["--device", "pixel-a76", "--budget", "0.6"]
     assert (
         main(
@@ -287,3 +287,8 @@ def test_dynamic_skip_train_and_apply(tmp_path):
     assert report["cost_expected"] <= report["cost_predicted"] * (1 + 1e-9)
     structure = json.loads((tmp_path / "applied" / "structure.json").read_text())
     assert set(structure["gates"]) == {"block1", "block2"}
+    capsys.readouterr()
+    assert main(["evaluate", "--pruned", str(tmp_path / "applied"), "--json", "--latency-images", "30"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert {"top1", "latency_ms_measured", "latency_ms_expected", "exec_rate"} <= record.keys()
+    assert set(record["exec_rate"]) == {"block1", "block2"}
