@@ -12,6 +12,7 @@ built on any machine that has PyTorch (or ONNX Runtime) and copied back.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import platform
@@ -75,24 +76,36 @@ class LayerTable:
     out_counts: list[int]
     latency_ms: list[list[float]]  # [len(in_counts)][len(out_counts)]; depthwise: in == out, one row
 
-    def lookup(self, c_in: int, c_out: int) -> float:
-        """Bilinear interpolation on the grid (clamped to its ends)."""
-        grid = np.asarray(self.latency_ms)
-        if self.kind == "dwconv":
-            return float(np.interp(c_out, self.out_counts, grid[0]))
-        if len(self.in_counts) == 1:
-            return float(np.interp(c_out, self.out_counts, grid[0]))
+    def lookup(self, c_in: float, c_out: float) -> float:
+        """Bilinear interpolation on the grid (clamped to its ends); pure Python, as it runs at every env step."""
+        grid = self.latency_ms
+        if self.kind == "dwconv" or len(self.in_counts) == 1:
+            return _interp(c_out, self.out_counts, grid[0])
         if len(self.out_counts) == 1:
-            return float(np.interp(c_in, self.in_counts, grid[:, 0]))
-        i = int(np.clip(np.searchsorted(self.in_counts, c_in) - 1, 0, len(self.in_counts) - 2))
-        j = int(np.clip(np.searchsorted(self.out_counts, c_out) - 1, 0, len(self.out_counts) - 2))
-        x0, x1 = self.in_counts[i], self.in_counts[i + 1]
-        y0, y1 = self.out_counts[j], self.out_counts[j + 1]
-        tx = float(np.clip((c_in - x0) / (x1 - x0), 0.0, 1.0))
-        ty = float(np.clip((c_out - y0) / (y1 - y0), 0.0, 1.0))
-        top = grid[i, j] * (1 - ty) + grid[i, j + 1] * ty
-        bottom = grid[i + 1, j] * (1 - ty) + grid[i + 1, j + 1] * ty
-        return float(top * (1 - tx) + bottom * tx)
+            return _interp(c_in, self.in_counts, [row[0] for row in grid])
+        i, tx = _bracket(c_in, self.in_counts)
+        j, ty = _bracket(c_out, self.out_counts)
+        top = grid[i][j] * (1 - ty) + grid[i][j + 1] * ty
+        bottom = grid[i + 1][j] * (1 - ty) + grid[i + 1][j + 1] * ty
+        return top * (1 - tx) + bottom * tx
+
+
+def _bracket(x: float, points: list[int]) -> tuple[int, float]:
+    """Index ``i`` of the grid cell ``[points[i], points[i + 1]]`` holding ``x`` and the position inside it.
+
+    >>> _bracket(24, [8, 16, 32]), _bracket(100, [8, 16, 32])
+    ((1, 0.5), (1, 1.0))
+    """
+    i = min(max(bisect.bisect_right(points, x) - 1, 0), len(points) - 2)
+    t = (x - points[i]) / (points[i + 1] - points[i])
+    return i, min(max(t, 0.0), 1.0)
+
+
+def _interp(x: float, points: list[int], values: list[float]) -> float:
+    if len(points) == 1:
+        return values[0]
+    i, t = _bracket(x, points)
+    return values[i] * (1 - t) + values[i + 1] * t
 
 
 def _unit(kind: str, record: LayerRecord, c_in: int, c_out: int) -> tuple[nn.Module, tuple[int, ...]]:
