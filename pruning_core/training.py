@@ -58,6 +58,9 @@ class TrainConfig:
     """Linear warm-up at the start, in epochs."""
     label_smoothing: float = 0.0
     """Label smoothing of the cross-entropy."""
+    cutout: int = 0
+    """Side of the square zeroed at a random place of each normalised training image (Cutout, DeVries & Taylor
+    2017); 0 disables it."""
     distill_weight: float = 0.0
     """Weight of the KL term towards a teacher's soft labels (knowledge distillation, Hinton et al. 2015)."""
     distill_temperature: float = 4.0
@@ -127,6 +130,22 @@ def evaluate(
     if seen == 0:
         raise PruneGymError(f"split {split!r} of {dataset.name} is empty")
     return EvalResult(correct1 / seen, correct5 / seen if want_top5 else None, seen, loss_sum / seen)
+
+
+def cutout(images: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Zero one ``size`` x ``size`` square per image (centre uniform over the image, clipped at its borders).
+
+    >>> out = cutout(torch.ones(2, 1, 8, 8), 4, torch.Generator().manual_seed(0))
+    >>> bool((out == 0).any()) and out.shape == (2, 1, 8, 8)
+    True
+    """
+    b, _, h, w = images.shape
+    cy = torch.randint(0, h, (b, 1, 1), generator=generator)
+    cx = torch.randint(0, w, (b, 1, 1), generator=generator)
+    ys = torch.arange(h).view(1, h, 1) - (cy - size // 2)
+    xs = torch.arange(w).view(1, 1, w) - (cx - size // 2)
+    inside = (ys >= 0) & (ys < size) & (xs >= 0) & (xs < size)
+    return images.masked_fill(inside[:, None], 0.0)
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -230,6 +249,8 @@ def train(
             lr = config.lr_at(epoch * steps_per_epoch + i, total_steps, steps_per_epoch)
             for group in state.optimizer.param_groups:
                 group["lr"] = lr
+            if config.cutout > 0:
+                images = cutout(images, config.cutout, generator)
             images = images.contiguous(memory_format=memory_format)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
                 logits = model(images)

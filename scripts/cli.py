@@ -67,6 +67,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         warmup_epochs=args.warmup_epochs,
         label_smoothing=args.label_smoothing,
+        cutout=args.cutout,
         seed=args.seed,
         bf16=args.bf16,
         channels_last=args.channels_last,
@@ -570,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--cutout", type=int, default=0, help="Cutout square side in pixels (0: off)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on CPUs with AMX)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--seed", type=int, default=0)
