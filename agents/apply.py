@@ -11,7 +11,6 @@ from typing import Any
 
 from agents.policy_io import SavedPolicy
 from envs.layer_prune import LayerPruneEnv
-from hardware_models.base import LatencyModel
 from pruning_core.data import ImageDataset, atomic_write_bytes
 from pruning_core.dynamic import gated_blocks
 from pruning_core.engine import describe
@@ -52,7 +51,6 @@ def finish_plan(
     dataset: ImageDataset,
     *,
     finetune: TrainConfig,
-    measured: LatencyModel | None,
     out: str | os.PathLike[str] | None,
     base_model: str,
     bn_batches: int = 20,
@@ -93,9 +91,9 @@ def finish_plan(
         )
         record["exec_rate_test"] = exec_rate
         record["cost_expected"] = env.budget_model.combine(weighted)
-    if measured is not None:
-        record["latency_ms_measured"] = measured.predict(pruned.model, engine.input_shape)
-        record["dense_latency_ms_measured"] = measured.predict(engine.model, engine.input_shape)
+    if env.measured is not None:  # the device is this host: measure the pruned model there
+        record["latency_ms_measured"] = env.measured.predict(pruned.model, engine.input_shape)
+        record["dense_latency_ms_measured"] = env.dense_latency_ms_measured
     folder = None
     if out is not None:
         folder = save_pruned(

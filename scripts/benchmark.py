@@ -160,7 +160,6 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                     plan,
                     dataset,
                     finetune=finetune,
-                    measured=env.measured,
                     out=None,
                     base_model=cfg.model,
                     search_seconds=seconds,

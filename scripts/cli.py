@@ -466,7 +466,6 @@ def cmd_apply(args: argparse.Namespace) -> int:
         plan,
         env.scorer.dataset,
         finetune=_finetune_config(args),
-        measured=env.measured,
         out=args.out,
         base_model=args.model,
     )
@@ -490,7 +489,6 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         plan,
         env.scorer.dataset,
         finetune=_finetune_config(args),
-        measured=env.measured,
         out=args.out,
         base_model=args.model,
         search_seconds=seconds,

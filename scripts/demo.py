@@ -89,7 +89,6 @@ def run_demo(
     )
     run = out / f"ppo_{time.strftime('%Y%m%d-%H%M%S')}"
     search = train_agent(config, run)
-    measured = env.measured
     finetune = TrainConfig(epochs=finetune_epochs, lr=0.01, schedule="cosine", warmup_epochs=0)
     results: list[MethodResult] = [
         finish_plan(
@@ -98,7 +97,6 @@ def run_demo(
             search.state_plan(),
             dataset,
             finetune=finetune,
-            measured=measured,
             out=out / "ppo_pruned",
             base_model=model,
             search_seconds=search.seconds,
@@ -115,7 +113,6 @@ def run_demo(
                 plan,
                 dataset,
                 finetune=finetune,
-                measured=measured,
                 out=out / f"{method}_pruned",
                 base_model=model,
                 search_seconds=time.perf_counter() - t,

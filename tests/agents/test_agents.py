@@ -71,7 +71,6 @@ def test_finish_plan_reports_and_saves(tmp_path, digits):
         plan,
         digits,
         finetune=TrainConfig(epochs=1, lr=0.01, warmup_epochs=0),
-        measured=None,
         out=tmp_path / "p",
         base_model="small_cnn",
         progress=False,
