@@ -37,6 +37,8 @@ class ScoreConfig:
     """Images per short fine-tune step."""
     distill: float = 0.0
     """Weight of distillation from the dense model in the short fine-tune."""
+    bf16: bool = False
+    """Recalibrate and evaluate under bfloat16 autocast (faster on CPUs with AMX; scores shift slightly)."""
 
     def __post_init__(self) -> None:
         if self.val_images < 1:
@@ -100,13 +102,14 @@ class PlanScorer:
         if key in self._cache:
             return replace(self._cache[key], seconds=0.0, cached=True)
         start = time.perf_counter()
-        pruned = self.prune_and_adapt(plan)
-        model, rates = pruned.model, {}
-        if plan.skip_thresholds:
-            if self.gates is None:
-                raise PlanError("plan has skip thresholds but the scorer has no trained gates")
-            model = self.gates.fit(model, pruned.kept_channels, dict(plan.skip_thresholds))
-        top1 = evaluate(model, self.dataset, "val", limit=self.config.val_images).top1
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16):
+            pruned = self.prune_and_adapt(plan)
+            model, rates = pruned.model, {}
+            if plan.skip_thresholds:
+                if self.gates is None:
+                    raise PlanError("plan has skip thresholds but the scorer has no trained gates")
+                model = self.gates.fit(model, pruned.kept_channels, dict(plan.skip_thresholds))
+            top1 = evaluate(model, self.dataset, "val", limit=self.config.val_images).top1
         if plan.skip_thresholds:
             rates = {name: block.execution_rate() for name, block in gated_blocks(model)}
         score = Score(

@@ -59,3 +59,18 @@ def test_infeasible_and_unknown(problem_env):
         baseline_plan("uniform-l1", BudgetProblem(env.engine, env.budget_model, env.target * 0.01))
     with pytest.raises(PruneGymError, match="baseline must be one of"):
         baseline_plan("magic", BudgetProblem(env.engine, env.budget_model, env.target))
+
+
+def test_bf16_scoring_agrees_with_float32(problem_env):
+    from pruning_core.plan import PruningPlan
+    from pruning_core.scoring import PlanScorer, ScoreConfig
+
+    env, _ = problem_env
+    plan = PruningPlan.uniform(env.engine.group_names, 0.4)
+    scores = [
+        PlanScorer(env.engine, env.scorer.dataset, ScoreConfig(val_images=287, bn_batches=4, bf16=bf16))
+        .score(plan)
+        .top1
+        for bf16 in (False, True)
+    ]
+    assert abs(scores[0] - scores[1]) < 0.03
