@@ -29,7 +29,6 @@ from pruning_core.data import atomic_write_bytes
 from pruning_core.dynamic import add_gates, gated_blocks, set_thresholds
 from pruning_core.engine import PrunedModel, folded_state_dict, prune_channels, remove_blocks
 from pruning_core.errors import CheckpointError, PlanError, PruneGymError
-from pruning_core.metrics import count_cost
 from pruning_core.models import build_model
 from pruning_core.plan import PruningPlan
 
@@ -156,12 +155,6 @@ def load_pruned(folder: str | os.PathLike[str]) -> LoadedPruned:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"weights in {folder} do not fit the recorded structure: {first}") from None
     return LoadedPruned(model=model.eval(), plan=plan, structure=structure, meta=meta)
-
-
-def loaded_cost(loaded: LoadedPruned) -> dict[str, int]:
-    """MACs and parameters of a loaded pruned model."""
-    cost = count_cost(loaded.model, loaded.input_shape)
-    return {"macs": cost.macs, "params": cost.params}
 
 
 def max_abs_difference(a: nn.Module, b: nn.Module, inputs: torch.Tensor) -> float:

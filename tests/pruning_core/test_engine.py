@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pruning_core.checkpoint import load_checkpoint
-from pruning_core.engine import PruningEngine, kept_count, recalibrate_bn
+from pruning_core.engine import PruningEngine, apply_plan, kept_count, recalibrate_bn
 from pruning_core.errors import PlanError
 from pruning_core.graph import LayerType
 from pruning_core.models import build_model
@@ -132,6 +132,13 @@ def test_weight_sparsity(granularity, expected):
     if granularity == "nm":
         weight = pruned.model.get_submodule("layer2.0.conv1").weight  # 16 inputs: four groups of 4
         assert ((weight.movedim(1, -1).reshape(-1, 4) != 0).sum(1) <= 2).all()
+
+
+def test_apply_plan_one_shot_matches_the_engine():
+    engine = engine_for("resnet20")
+    plan = PruningPlan.uniform(engine.group_names, 0.5)
+    one_shot = apply_plan(engine.model, plan, input_shape=(3, 32, 32))
+    assert one_shot.kept_channels == engine.apply(plan).kept_channels and one_shot.cost == engine.apply(plan).cost
 
 
 def test_removing_a_block_equals_zeroing_its_branch():
