@@ -381,6 +381,8 @@ class ValidationReport:
     macs_spearman: float
     samples: int
     rows: list[dict[str, float]]
+    relative: dict[str, float] = field(default_factory=dict)
+    """The same figures for latency relative to the dense model measured just before each variant."""
 
 
 def measure_round_robin(
@@ -415,35 +417,61 @@ def validate(
     """Measure ``samples`` random variants and compare with ``predict`` and with MACs as a latency proxy.
 
     The MACs proxy predicts ``dense latency x variant MACs / dense MACs`` (the dense latency measured too).
-    Every model is measured in ``rounds`` passes over all of them (see :func:`measure_round_robin`).
+    Every model is measured in ``rounds`` passes over all of them (see :func:`measure_round_robin`), and each
+    variant measurement is paired with a measurement of the dense model right before it: the report also compares
+    latency relative to the dense model (what a budget is), which the host's speed drift cancels out of.
     """
-    from scipy.stats import spearmanr
+    from tqdm import tqdm
 
     from pruning_core.metrics import count_cost
 
     rng = random.Random(seed)
     variants = [random_variant(graph, rng) for _ in range(samples)]
-    models = [graph.model] + [build_variant(graph, v) for v in variants]
-    measured = measure_round_robin(models, measure, rounds=rounds, progress=progress)
-    dense_ms, dense_macs = measured[0], graph.total_macs
+    models = [build_variant(graph, v) for v in variants]
+    absolute: list[list[float]] = [[] for _ in models]
+    relative: list[list[float]] = [[] for _ in models]
+    dense_runs: list[float] = []
+    with tqdm(total=rounds * len(models), desc="measuring", disable=not progress) as bar:
+        for _ in range(rounds):
+            for i, model in enumerate(models):
+                dense = measure(graph.model)
+                ms = measure(model)
+                dense_runs.append(dense)
+                absolute[i].append(ms)
+                relative[i].append(ms / dense)
+                bar.update(1)
+    dense_ms, dense_macs = float(np.median(dense_runs)), graph.total_macs
+    dense_predicted = predict(Variant())
     rows = []
-    for variant, model, ms in zip(variants, models[1:], measured[1:], strict=True):
+    for variant, model, times, ratios in zip(variants, models, absolute, relative, strict=True):
         macs = count_cost(model, graph.input_shape).macs
+        predicted = predict(variant)
         rows.append(
             {
-                "measured_ms": ms,
-                "predicted_ms": predict(variant),
+                "measured_ms": float(np.median(times)),
+                "predicted_ms": predicted,
                 "macs_proxy_ms": dense_ms * macs / dense_macs,
+                "measured_ratio": float(np.median(ratios)),
+                "predicted_ratio": predicted / dense_predicted,
+                "macs_ratio": macs / dense_macs,
                 "macs": macs,
             }
         )
+    mape, within, rho = _agreement(rows, "measured_ms", "predicted_ms")
+    macs_mape, macs_within, macs_rho = _agreement(rows, "measured_ms", "macs_proxy_ms")
+    keys = ("mape", "within_10pct", "spearman")
+    relative_report = {
+        **dict(zip(keys, _agreement(rows, "measured_ratio", "predicted_ratio"), strict=True)),
+        **dict(zip(("macs_" + k for k in keys), _agreement(rows, "measured_ratio", "macs_ratio"), strict=True)),
+    }
+    return ValidationReport(mape, within, rho, macs_mape, macs_within, macs_rho, samples, rows, relative_report)
 
-    def stats(key: str) -> tuple[float, float, float]:
-        measured = np.array([r["measured_ms"] for r in rows])
-        predicted = np.array([r[key] for r in rows])
-        error = np.abs(predicted - measured) / measured
-        return float(error.mean()), float((error <= 0.10).mean()), float(spearmanr(predicted, measured).statistic)
 
-    mape, within, rho = stats("predicted_ms")
-    macs_mape, macs_within, macs_rho = stats("macs_proxy_ms")
-    return ValidationReport(mape, within, rho, macs_mape, macs_within, macs_rho, samples, rows)
+def _agreement(rows: list[dict[str, float]], truth: str, guess: str) -> tuple[float, float, float]:
+    """Mean absolute percentage error, share within 10 %, and Spearman correlation of ``guess`` against ``truth``."""
+    from scipy.stats import spearmanr
+
+    measured = np.array([r[truth] for r in rows])
+    predicted = np.array([r[guess] for r in rows])
+    error = np.abs(predicted - measured) / measured
+    return float(error.mean()), float((error <= 0.10).mean()), float(spearmanr(predicted, measured).statistic)
