@@ -333,7 +333,10 @@ def build_lut(
         else OrtLatency(threads=threads or 1, runs=40)
     )
     rng = random.Random(seed)
-    variants = [Variant()] + [random_variant(graph, rng) for _ in range(calibration_variants)]
+    # Anchor both ends of the range the search explores (dense, and every group at 80% sparsity) so the fitted
+    # per-model overhead cannot drift far from what the thinnest variants really take.
+    thinnest = Variant(kept={g.name: max(1, round(g.channels * 0.2)) for g in graph.groups})
+    variants = [Variant(), thinnest] + [random_variant(graph, rng) for _ in range(calibration_variants)]
     models = [build_variant(graph, variant) for variant in variants]
     measured_ms = measure_round_robin(
         models, lambda m: measurer.measure(m, graph.input_shape, batch_size=batch_size).p50_ms, progress=progress
