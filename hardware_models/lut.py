@@ -346,11 +346,12 @@ def build_lut(
     ]
     sums = np.array([p["table_sum_ms"] for p in points])
     measured = np.array([p["measured_ms"] for p in points])
-    scale, overhead = np.polyfit(sums, measured, 1) if len(points) >= 3 else (0.0, 0.0)
-    if overhead < 0:  # a per-model overhead cannot be negative: fit the slope alone, through the origin
+    # The table's layers and the whole models are timed seconds apart, and the host's speed drifts between the
+    # two, so the slope is fitted, not assumed to be 1. A per-model overhead cannot be negative: when the free fit
+    # says so (or has too few points), fit the slope alone, through the origin.
+    scale, overhead = np.polyfit(sums, measured, 1) if len(points) >= 3 else (0.0, -1.0)
+    if overhead < 0 or scale <= 0:
         scale, overhead = float((sums * measured).sum() / (sums**2).sum()), 0.0
-    if not 0.5 <= scale <= 2.0:  # too few or too noisy points for a slope: keep the table's scale, fit the offset
-        scale, overhead = 1.0, max(0.0, float(np.median(measured - sums)))
     lut.scale, lut.overhead_ms, lut.calibration = float(scale), float(overhead), points
     lut.meta = {
         "model": model_name,
