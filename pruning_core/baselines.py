@@ -36,7 +36,7 @@ class BudgetProblem:
         return self.cost_of(kept) <= self.target * (1 + 1e-9)
 
 
-def _bisect(meets: Callable[[float], bool], low: float, high: float, steps: int = 30) -> float:
+def bisect_smallest(meets: Callable[[float], bool], low: float, high: float, steps: int = 30) -> float:
     """Smallest x in [low, high] with ``meets(x)`` (``meets`` monotone, ``meets(high)`` true)."""
     if meets(low):
         return low
@@ -55,7 +55,7 @@ def uniform_plan(problem: BudgetProblem, *, criterion: str = "l1") -> PruningPla
 
     if not problem.meets(kept(problem.max_sparsity)):
         raise BudgetInfeasibleError(f"uniform sparsity {problem.max_sparsity} does not reach the budget")
-    s = _bisect(lambda x: problem.meets(kept(x)), 0.0, problem.max_sparsity)
+    s = bisect_smallest(lambda x: problem.meets(kept(x)), 0.0, problem.max_sparsity)
     sizes = kept(s)
     return PruningPlan(sparsity={g.name: 1 - sizes[g.name] / g.channels for g in groups}, criterion=criterion)
 
@@ -72,7 +72,7 @@ def global_plan(problem: BudgetProblem, *, criterion: str = "l1") -> PruningPlan
     top = float(max(float(s.max()) for s in scores.values())) + 1e-6
     if not problem.meets(kept(top)):
         raise BudgetInfeasibleError(f"global pruning to max sparsity {problem.max_sparsity} misses the budget")
-    threshold = _bisect(lambda t: problem.meets(kept(t)), 0.0, top)
+    threshold = bisect_smallest(lambda t: problem.meets(kept(t)), 0.0, top)
     sizes = kept(threshold)
     return PruningPlan(sparsity={g.name: 1 - sizes[g.name] / g.channels for g in engine.groups}, criterion=criterion)
 

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pruning_core.baselines import BudgetProblem, _bisect
+from pruning_core.baselines import BudgetProblem, bisect_smallest
 from pruning_core.engine import kept_count
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import PlanScorer
@@ -29,7 +29,8 @@ class SearchResult:
     history: list[float] = field(default_factory=list)
 
 
-def _plan(problem: BudgetProblem, kept: dict[str, int], criterion: str) -> PruningPlan:
+def plan_from_kept(problem: BudgetProblem, kept: dict[str, int], criterion: str) -> PruningPlan:
+    """The channel plan that keeps ``kept[group]`` channels of each group."""
     groups = problem.engine.groups
     return PruningPlan(sparsity={g.name: 1 - kept[g.name] / g.channels for g in groups}, criterion=criterion)
 
@@ -48,7 +49,7 @@ def random_candidate(problem: BudgetProblem, rng: random.Random) -> dict[str, in
     top = problem.max_sparsity / max(min(shape.values()), 1e-3)
     if not problem.meets(kept(top)):
         return kept(top)  # this shape cannot reach the budget; the caller skips it
-    return kept(_bisect(lambda s: problem.meets(kept(s)), 0.0, top))
+    return kept(bisect_smallest(lambda s: problem.meets(kept(s)), 0.0, top))
 
 
 def random_search(
@@ -70,7 +71,7 @@ def random_search(
         kept = random_candidate(problem, rng)
         if not problem.meets(kept):
             continue
-        plan = _plan(problem, kept, criterion)
+        plan = plan_from_kept(problem, kept, criterion)
         top1 = scorer.score(plan).top1
         done += 1
         history.append(top1)
@@ -97,7 +98,7 @@ def greedy_search(
     floor = {g.name: kept_count(g.channels, problem.max_sparsity) for g in groups}
     kept = {g.name: g.channels for g in groups}
     step_size = (problem.cost_of(kept) - problem.target) / steps
-    current = scorer.score(_plan(problem, kept, criterion)).top1
+    current = scorer.score(plan_from_kept(problem, kept, criterion)).top1
     evaluations = 1
     history: list[float] = []
     while not problem.meets(kept):
@@ -122,7 +123,7 @@ def greedy_search(
             saved = now - problem.cost_of(trial)
             if saved <= 0:
                 continue
-            top1 = scorer.score(_plan(problem, trial, criterion)).top1
+            top1 = scorer.score(plan_from_kept(problem, trial, criterion)).top1
             evaluations += 1
             loss_per_cost = (current - top1) / saved
             if best is None or loss_per_cost < best[0]:
@@ -133,4 +134,4 @@ def greedy_search(
         history.append(current)
         if on_step is not None:
             on_step(evaluations, current)
-    return SearchResult(_plan(problem, kept, criterion), current, evaluations, history)
+    return SearchResult(plan_from_kept(problem, kept, criterion), current, evaluations, history)

@@ -25,7 +25,7 @@ from pruning_core.baselines import BudgetProblem
 from pruning_core.data import atomic_write_bytes
 from pruning_core.finetune import prune_and_finetune
 from pruning_core.scoring import PlanScorer, ScoreConfig
-from pruning_core.search import _plan, random_candidate
+from pruning_core.search import plan_from_kept, random_candidate
 from pruning_core.training import TrainConfig
 from scripts.cli import add_target_args, env_from_args
 
@@ -55,7 +55,7 @@ def main() -> None:
     while len(plans) < args.plans:
         kept = random_candidate(problem, rng)
         if problem.meets(kept):
-            plans.append(_plan(problem, kept, "l1"))
+            plans.append(plan_from_kept(problem, kept, "l1"))
     bf16 = dataset.name != "digits"
     for i, plan in enumerate(plans[len(rows) :], start=len(rows)):
         row: dict[str, float] = {"plan": i}
