@@ -82,7 +82,7 @@ class TrainRunConfig:
     """BN recalibration batches in the score."""
     finetune_steps: int = 0
     """Short fine-tune steps in the score."""
-    max_sparsity: float = 0.8
+    max_sparsity: float = 0.9
     """Largest sparsity of one group."""
     criterion: str = "l1"
     """Channel importance criterion."""

@@ -39,7 +39,10 @@ def default_checkpoint(model: str, data: str) -> Path:
 def cached_lut(graph: ModelGraph, device: str, model_name: str, *, progress: bool = True) -> LookupTable:
     """The host lookup table for this model and device, built once and cached under the user cache directory."""
     threads = default_threads()
-    key = hashlib.sha1(f"{model_name}{graph.input_shape}{torch.__version__}{os.uname().nodename}".encode()).hexdigest()
+    granule = 8  # build_lut's default channel step, part of the key so tables built with another step are not reused
+    key = hashlib.sha1(
+        f"{model_name}{graph.input_shape}{torch.__version__}{os.uname().nodename}g{granule}w".encode()
+    ).hexdigest()
     path = cache_dir() / "luts" / f"{device}-{model_name.replace(':', '_')}-t{threads}-{key[:10]}.json"
     if path.exists():
         return LookupTable.load(path)
@@ -48,6 +51,7 @@ def cached_lut(graph: ModelGraph, device: str, model_name: str, *, progress: boo
         device=device,
         runtime=MEASURED_RUNTIMES[device],
         threads=threads,
+        granule=granule,
         progress=progress,
         model_name=model_name,
     )
@@ -105,7 +109,7 @@ def make_env(
     budget_metric: str = "latency",
     reward: str = "accuracy",
     action_mode: str = "continuous",
-    max_sparsity: float = 0.8,
+    max_sparsity: float = 0.9,
     val_images: int = 1000,
     bn_batches: int = 10,
     finetune_steps: int = 0,

@@ -12,7 +12,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from pruning_core.engine import kept_count
+from pruning_core.baselines import BudgetProblem
+from pruning_core.engine import allowed_widths, kept_count, widest_within
 from pruning_core.errors import BudgetInfeasibleError, PruneGymError
 from pruning_core.graph import LayerType
 from pruning_core.metrics import LayerwiseCost
@@ -88,6 +89,9 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
     ## Action Space
     ``continuous``: ``Box(-1, 1, (1,))``, mapped linearly to a sparsity in ``[0, max_sparsity]``.
     ``discrete``: ``Discrete(levels)``, sparsity ``i / (levels - 1) * max_sparsity``.
+    The kept width is rounded to the budget model's channel step (``granule``: a latency table's profiled step, a
+    quarter of the group at most), then clipped. ``max_sparsity`` defaults to 0.9 (AMC kept at least 20% of each
+    layer; here per-layer overhead is so large at batch 1 that half the dense latency needs more).
     With ``dynamic_skip=True`` each action also picks the gate threshold of the group's residual block (groups inside
     a block with an identity shortcut): ``Box(-1, 1, (2,))`` (second component mapped to [0, 1]) or
     ``Discrete(levels x len(skip_levels))``. Blocks then run only for inputs whose gate score reaches the threshold;
@@ -147,7 +151,7 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         budget: float = 0.5,
         reward: str = "accuracy",
         action_mode: str = "continuous",
-        max_sparsity: float = 0.8,
+        max_sparsity: float = 0.9,
         levels: int = 9,
         criterion: str = "l1",
         lagrange: float = 2.0,
@@ -195,7 +199,13 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         self._cost_memo: dict[tuple[str, int, int], float] = {}
         self._layers = list(self.graph.layer_channels())
         self._full = {g.name: g.channels for g in self.groups}
-        self._minimum = {g.name: kept_count(g.channels, max_sparsity) for g in self.groups}
+        # Kept widths are multiples of the budget model's granule (a lookup table's channel step; 1 for MACs).
+        self.granule = int(getattr(budget_model, "granule", 1))
+        self._minimum = {g.name: kept_count(g.channels, max_sparsity, self.granule) for g in self.groups}
+        self._widths_allowed = {
+            g.name: [w for w in allowed_widths(g.channels, self.granule) if w >= self._minimum[g.name]]
+            for g in self.groups
+        }
         self.dense_cost = self._cost(self._full)
         self.target = budget * self.dense_cost
         floor = self._cost(self._minimum)
@@ -325,13 +335,7 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
             widths[group] = kept
             return self.budget_model.combine(fixed + sum(self._layer_cost(n, widths) for n in self._affected[group]))
 
-        if total(wanted) <= self.target:
-            return wanted
-        low, high = self._minimum[group], wanted  # total(low) meets the budget (checked at construction)
-        while high - low > 1:
-            mid = (low + high) // 2
-            low, high = (mid, high) if total(mid) <= self.target else (low, mid)
-        return low
+        return widest_within(self._widths_allowed[group], wanted, lambda kept: total(kept) <= self.target)
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self._step >= len(self.groups):
@@ -341,7 +345,7 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         if self.dynamic_skip and group.block is not None:
             # The budget is clipped as if the block always ran: skipping can only lower the expected cost.
             self._thresholds[group.block] = threshold
-        kept = kept_count(group.channels, wanted_sparsity)
+        kept = kept_count(group.channels, wanted_sparsity, self.granule)
         if self.reward_spec.clips_actions:
             kept = self._clip(group.name, kept)
         applied = 1.0 - kept / group.channels if kept < group.channels else 0.0
@@ -396,10 +400,19 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         """The dense model's latency on the measured device (once per environment), or None without one."""
         return None if self.measured is None else self.measured.predict(self.engine.model, self.graph.input_shape)
 
+    def budget_problem(self, target: float | None = None) -> BudgetProblem:
+        """The environment's budget as a problem for the heuristic baselines: same engine, cost, target and
+        maximum sparsity (so the agent and the baselines play by the same rules)."""
+        return BudgetProblem(
+            self.engine, self.budget_model, self.target if target is None else target, self.max_sparsity
+        )
+
     @property
     def plan(self) -> PruningPlan:
         """The plan decided so far."""
-        return PruningPlan(sparsity=self._sparsity, criterion=self.criterion, skip_thresholds=self._thresholds)
+        return PruningPlan(
+            sparsity=self._sparsity, criterion=self.criterion, skip_thresholds=self._thresholds, round_to=self.granule
+        )
 
     def render(self) -> str | np.ndarray | None:  # type: ignore[override]
         if self.render_mode == "ansi":

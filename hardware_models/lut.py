@@ -8,6 +8,14 @@ the overhead and scale carry what per-layer sums miss (residual additions, pooli
 
 A table is JSON with its device, runtime, threads, batch size, library versions and schema version, so it can be
 built on any machine that has PyTorch (or ONNX Runtime) and copied back.
+
+Channel granule. CPU kernels block channels: measured here, a 3x3 conv at 32x32 costs the same for 33 and 48
+channels with PyTorch (oneDNN blocks of 16), and with ONNX Runtime 63 channels cost 50% more than 64 (widths that
+are not a multiple of 8 leave the blocked NCHWc kernels). Latency is a staircase in width, which no interpolation
+between sparse grid points follows. A table therefore profiles widths that are multiples of its ``granule`` and
+searches keep every pruned width a multiple of it (:attr:`LookupTable.granule`; a quarter of the group for narrow
+groups, whose small convolutions run unblocked and smoothly): the table is exact where the search goes, and no
+channel is pruned for a width the hardware does not run faster.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from torch import nn
 from hardware_models.base import DeviceKind, Variant
 from hardware_models.measure import OrtLatency, TorchLatency, build_variant, time_callable, torch_threads
 from pruning_core.data import atomic_write_bytes
+from pruning_core.engine import kept_count, width_step
 from pruning_core.errors import PruneGymError
 from pruning_core.graph import ModelGraph
 from pruning_core.metrics import LayerRecord, LayerwiseCost
@@ -37,13 +46,18 @@ from pruning_core.metrics import LayerRecord, LayerwiseCost
 LUT_SCHEMA_VERSION = 1
 
 
-def grid_counts(channels: int, points: int) -> list[int]:
-    """Channel counts profiled for a layer of ``channels``: ``points`` even steps, plus 1.
+def grid_counts(channels: int, points: int, granule: int = 1) -> list[int]:
+    """Channel counts profiled for a layer of ``channels``: about ``points`` even steps that are multiples of the
+    group's width step (:func:`~pruning_core.engine.width_step`), the smallest width a search keeps and the full one.
 
-    >>> grid_counts(64, 4)
-    [1, 16, 32, 48, 64]
+    >>> grid_counts(64, 4), grid_counts(64, 8, granule=8), grid_counts(144, 8, granule=8), grid_counts(16, 8, 8)
+    ([1, 16, 32, 48, 64], [8, 16, 24, 32, 40, 48, 56, 64], [8, 16, 32, 48, 64, 80, 96, 112, 128, 144], [4, 8, 12, 16])
     """
-    return sorted({1, *(max(1, round(channels * i / points)) for i in range(1, points + 1))})
+    unit = width_step(channels, granule)
+    if unit == 1:
+        return sorted({1, *(max(1, round(channels * i / points)) for i in range(1, points + 1))})
+    step = unit * max(1, round(channels / (points * unit)))
+    return sorted({unit, *range(step, channels, step), channels})
 
 
 def layer_signature(record: LayerRecord, kind: str, variable_in: bool, variable_out: bool) -> str:
@@ -131,6 +145,7 @@ class LookupTable(LayerwiseCost):
         overhead_ms: Calibration intercept: per-model time the layer sum misses.
         calibration: Whole-model measurements the calibration was fitted on.
         meta: Library versions, host, model, build time.
+        granule: Widths are profiled at multiples of this; searches keep pruned widths at multiples of it.
         schema_version: JSON layout version.
     """
 
@@ -143,6 +158,7 @@ class LookupTable(LayerwiseCost):
     overhead_ms: float = 0.0
     calibration: list[dict[str, float]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    granule: int = 1
     schema_version: int = LUT_SCHEMA_VERSION
     kind = DeviceKind.LOOKUP_TABLE
 
@@ -196,6 +212,7 @@ class LookupTable(LayerwiseCost):
             "batch_size": self.batch_size,
             "scale": self.scale,
             "overhead_ms": self.overhead_ms,
+            "granule": self.granule,
             "calibration": self.calibration,
             "meta": self.meta,
             "tables": {key: asdict(table) for key, table in self.tables.items()},
@@ -231,15 +248,16 @@ class LookupTable(LayerwiseCost):
             overhead_ms=data["overhead_ms"],
             calibration=data["calibration"],
             meta=data.get("meta", {}),
+            granule=int(data.get("granule", 1)),
             schema_version=version,
         )
         table.meta.setdefault("path", str(path))
         return table
 
 
-def random_variant(graph: ModelGraph, rng: random.Random, max_sparsity: float = 0.8) -> Variant:
-    """Per-group sparsity uniform in [0, max_sparsity], rounded to whole channels (at least one)."""
-    return Variant(kept={g.name: max(1, round(g.channels * (1 - rng.uniform(0, max_sparsity)))) for g in graph.groups})
+def random_variant(graph: ModelGraph, rng: random.Random, max_sparsity: float = 0.8, granule: int = 1) -> Variant:
+    """Per-group sparsity uniform in [0, max_sparsity], the kept width rounded to a multiple of ``granule``."""
+    return Variant(kept={g.name: kept_count(g.channels, rng.uniform(0, max_sparsity), granule) for g in graph.groups})
 
 
 def _layer_timer(runtime: str, threads: int | None, batch_size: int) -> Callable[[nn.Module, tuple[int, ...]], float]:
@@ -267,6 +285,7 @@ def build_lut(
     threads: int | None = 1,
     batch_size: int = 1,
     grid_points: int = 8,
+    granule: int = 8,
     calibration_variants: int = 8,
     seed: int = 0,
     progress: bool = True,
@@ -280,7 +299,8 @@ def build_lut(
         runtime: ``pytorch`` (eager) or ``onnxruntime``.
         threads: Threads while profiling.
         batch_size: Batch size profiled.
-        grid_points: Channel counts profiled per dimension (plus 1 channel).
+        grid_points: Channel counts profiled per dimension (about; plus the smallest and the full width).
+        granule: Profiled widths are multiples of this (see the module's notes); 1 profiles any width.
         calibration_variants: Random pruned variants measured whole, beside the dense model, for the calibration.
         seed: Seed of those variants.
         progress: Show a progress bar.
@@ -297,11 +317,11 @@ def build_lut(
         signature = layer_signature(record, kind, var_in, var_out)
         if signature in todo:
             continue
-        outs = grid_counts(record.out_channels, grid_points) if var_out else [record.out_channels]
+        outs = grid_counts(record.out_channels, grid_points, granule) if var_out else [record.out_channels]
         ins = (
             [0]
             if kind == "dwconv"
-            else (grid_counts(record.in_channels, grid_points) if var_in else [record.in_channels])
+            else (grid_counts(record.in_channels, grid_points, granule) if var_in else [record.in_channels])
         )
         todo[signature] = (kind, record, ins, outs)
     total = sum(len(ins) * len(outs) for _, _, ins, outs in todo.values())
@@ -326,21 +346,26 @@ def build_lut(
                 outs,
                 grid,
             )
-    lut = LookupTable(device=device, runtime=runtime, threads=threads, batch_size=batch_size, tables=tables)
+    lut = LookupTable(
+        device=device, runtime=runtime, threads=threads, batch_size=batch_size, tables=tables, granule=granule
+    )
     measurer = (
-        TorchLatency("cpu", threads=threads, runs=40)
+        TorchLatency("cpu", threads=threads, runs=60)
         if runtime == "pytorch"
-        else OrtLatency(threads=threads or 1, runs=40)
+        else OrtLatency(threads=threads or 1, runs=60)
     )
     rng = random.Random(seed)
     # Anchor both ends of the range the search explores (dense, and every group at 80% sparsity) so the fitted
     # per-model overhead cannot drift far from what the thinnest variants really take.
-    thinnest = Variant(kept={g.name: max(1, round(g.channels * 0.2)) for g in graph.groups})
-    variants = [Variant(), thinnest] + [random_variant(graph, rng) for _ in range(calibration_variants)]
+    thinnest = Variant(kept={g.name: kept_count(g.channels, 0.8, granule) for g in graph.groups})
+    variants = [
+        Variant(),
+        thinnest,
+        *(random_variant(graph, rng, granule=granule) for _ in range(calibration_variants)),
+    ]
     models = [build_variant(graph, variant) for variant in variants]
-    measured_ms = measure_round_robin(
-        models, lambda m: measurer.measure(m, graph.input_shape, batch_size=batch_size).p50_ms, progress=progress
-    )
+    # Timed interleaved (one call of each model per round), so a slow spell of the host hits every point alike.
+    measured_ms = [s.p50_ms for s in measurer.measure_interleaved(models, graph.input_shape, batch_size=batch_size)]
     points = [
         {"table_sum_ms": lut.raw_sum(graph, v), "measured_ms": ms} for v, ms in zip(variants, measured_ms, strict=True)
     ]
@@ -391,48 +416,32 @@ class ValidationReport:
     """The same figures for latency relative to the dense model measured just before each variant."""
 
 
-def measure_round_robin(
-    models: list[nn.Module], measure: Callable[[nn.Module], float], *, rounds: int = 3, progress: bool = False
-) -> list[float]:
-    """Median over ``rounds`` passes, each measuring every model once, of each model's latency.
-
-    The host's speed drifts by tens of percent over seconds; measuring a model in passes spread over the whole
-    session, rather than all at once, keeps one slow period from biasing one model.
-    """
-    from tqdm import tqdm
-
-    times: list[list[float]] = [[] for _ in models]
-    with tqdm(total=rounds * len(models), desc="measuring", disable=not progress) as bar:
-        for _ in range(rounds):
-            for i, model in enumerate(models):
-                times[i].append(measure(model))
-                bar.update(1)
-    return [float(np.median(t)) for t in times]
-
-
 def validate(
     predict: Callable[[Variant], float],
     graph: ModelGraph,
-    measure: Callable[[nn.Module], float],
+    measure: Callable[[list[nn.Module]], list[float]],
     *,
     samples: int,
     seed: int = 0,
+    granule: int = 1,
     rounds: int = 3,
     progress: bool = True,
 ) -> ValidationReport:
     """Measure ``samples`` random variants and compare with ``predict`` and with MACs as a latency proxy.
 
-    The MACs proxy predicts ``dense latency x variant MACs / dense MACs`` (the dense latency measured too).
-    Every model is measured in ``rounds`` passes over all of them (see :func:`measure_round_robin`), and each
-    variant measurement is paired with a measurement of the dense model right before it: the report also compares
-    latency relative to the dense model (what a budget is), which the host's speed drift cancels out of.
+    Variants keep widths that are multiples of ``granule`` (the table's, for the variants a search produces; 1 for
+    arbitrary widths). ``measure`` times a list of models interleaved (see
+    :meth:`~hardware_models.measure.TorchLatency.measure_interleaved`) and returns their latencies in ms: each
+    variant is timed together with the dense model, in ``rounds`` passes over all variants, and the report also
+    compares latency relative to the dense model (what a budget is), which the host's speed drift cancels out of.
+    The MACs proxy predicts ``dense latency x variant MACs / dense MACs``.
     """
     from tqdm import tqdm
 
     from pruning_core.metrics import count_cost
 
     rng = random.Random(seed)
-    variants = [random_variant(graph, rng) for _ in range(samples)]
+    variants = [random_variant(graph, rng, granule=granule) for _ in range(samples)]
     models = [build_variant(graph, v) for v in variants]
     absolute: list[list[float]] = [[] for _ in models]
     relative: list[list[float]] = [[] for _ in models]
@@ -440,8 +449,7 @@ def validate(
     with tqdm(total=rounds * len(models), desc="measuring", disable=not progress) as bar:
         for _ in range(rounds):
             for i, model in enumerate(models):
-                dense = measure(graph.model)
-                ms = measure(model)
+                dense, ms = measure([graph.model, model])
                 dense_runs.append(dense)
                 absolute[i].append(ms)
                 relative[i].append(ms / dense)

@@ -1,14 +1,17 @@
 """Latency measured on this host: PyTorch eager (CPU or CUDA) and ONNX Runtime (CPU).
 
 Timing on a shared machine is noisy: with 2 threads, batch-1 medians of the same model drift by up to 50% here,
-with 1 thread by about 3%. So CPU latency is measured with an explicit thread count (1 by default), after a
-warm-up, over many runs, and reported as a median with its spread.
+with 1 thread by about 3%, and over minutes the whole host slows and speeds up by up to 2x. So CPU latency is
+measured with an explicit thread count (1 by default), after a warm-up, over many runs, and reported as a median
+with its spread; and models that are compared are timed interleaved (:meth:`TorchLatency.measure_interleaved`:
+one call of each in turn), so a slow spell of the host falls on all of them alike and their ratio stays true.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import tempfile
 import time
@@ -66,6 +69,24 @@ def time_callable(
     return samples
 
 
+def time_interleaved(
+    fns: list[Callable[[], object]], *, warmup: int, runs: int, sync: Callable[[], None] | None = None
+) -> list[list[float]]:
+    """Milliseconds per call of each of ``fns``, timed in turn (one call of each per round) for ``runs`` rounds."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(runs):
+        for fn, times in zip(fns, samples, strict=True):
+            start = time.perf_counter_ns()
+            fn()
+            if sync is not None:
+                sync()
+            times.append((time.perf_counter_ns() - start) / 1e6)
+    return samples
+
+
 def build_variant(graph: ModelGraph, variant: Variant) -> nn.Module:
     """A real pruned copy of ``graph.model`` with the variant's widths (the first channels of each group kept)."""
     model = copy.deepcopy(graph.model)
@@ -94,6 +115,18 @@ class _MeasuredBase:
 
     def predict_variant(self, graph: ModelGraph, variant: Variant, *, batch_size: int = 1) -> float:
         return self.predict(build_variant(graph, variant), graph.input_shape, batch_size=batch_size)
+
+    def measure_interleaved(
+        self, models: list[nn.Module], input_shape: tuple[int, ...], *, batch_size: int = 1
+    ) -> list[LatencyStats]:
+        """Several models timed in turn, one call of each per round, so host-speed drift hits them alike."""
+        raise NotImplementedError
+
+    def _stats(self, samples: list[float], batch_size: int) -> LatencyStats:
+        threads = getattr(self, "threads", None)
+        return LatencyStats.from_samples(
+            samples, device=self.device, runtime=self.runtime, threads=threads, batch_size=batch_size
+        )
 
 
 class TorchLatency(_MeasuredBase):
@@ -137,9 +170,18 @@ class TorchLatency(_MeasuredBase):
                 samples = time_callable(
                     lambda: model(inputs), warmup=self.warmup, runs=self.runs, min_seconds=self.min_seconds
                 )
-        return LatencyStats.from_samples(
-            samples, device=self.device, runtime=self.runtime, threads=self.threads, batch_size=batch_size
-        )
+        return self._stats(samples, batch_size)
+
+    def measure_interleaved(
+        self, models: list[nn.Module], input_shape: tuple[int, ...], *, batch_size: int = 1
+    ) -> list[LatencyStats]:
+        inputs = torch.randn(batch_size, *input_shape, device=self.torch_device)
+        models = [m.eval().to(self.torch_device) for m in models]
+        sync = torch.cuda.synchronize if self.torch_device.type == "cuda" else None
+        with torch_threads(self.threads), torch.inference_mode():
+            fns: list[Callable[[], object]] = [functools.partial(m, inputs) for m in models]
+            samples = time_interleaved(fns, warmup=self.warmup, runs=self.runs, sync=sync)
+        return [self._stats(s, batch_size) for s in samples]
 
     def _time_cuda(self, model: nn.Module, inputs: torch.Tensor) -> list[float]:
         """CUDA events around each call, synchronised, so asynchronous launches are not mistaken for speed."""
@@ -188,7 +230,8 @@ class OrtLatency(_MeasuredBase):
     def __init__(self, *, threads: int = 1, warmup: int = 10, runs: int = 50, min_seconds: float = 0.0) -> None:
         self.threads, self.warmup, self.runs, self.min_seconds = threads, warmup, runs, min_seconds
 
-    def measure(self, model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int = 1) -> LatencyStats:
+    def _runner(self, model: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> Callable[[], object]:
+        """One inference of ``model`` in an ONNX Runtime session."""
         from pruning_core.export import ort_session
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -200,12 +243,18 @@ class OrtLatency(_MeasuredBase):
             .standard_normal((batch_size, *input_shape))
             .astype(np.float32)
         }
-        samples = time_callable(
-            lambda: session.run(None, feed), warmup=self.warmup, runs=self.runs, min_seconds=self.min_seconds
-        )
-        return LatencyStats.from_samples(
-            samples, device=self.device, runtime=self.runtime, threads=self.threads, batch_size=batch_size
-        )
+        return lambda: session.run(None, feed)
+
+    def measure(self, model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int = 1) -> LatencyStats:
+        run = self._runner(model, input_shape, batch_size)
+        samples = time_callable(run, warmup=self.warmup, runs=self.runs, min_seconds=self.min_seconds)
+        return self._stats(samples, batch_size)
+
+    def measure_interleaved(
+        self, models: list[nn.Module], input_shape: tuple[int, ...], *, batch_size: int = 1
+    ) -> list[LatencyStats]:
+        fns = [self._runner(m, input_shape, batch_size) for m in models]
+        return [self._stats(s, batch_size) for s in time_interleaved(fns, warmup=self.warmup, runs=self.runs)]
 
 
 def default_threads() -> int:

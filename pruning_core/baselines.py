@@ -29,6 +29,11 @@ class BudgetProblem:
     target: float
     max_sparsity: float = 0.9
 
+    @property
+    def granule(self) -> int:
+        """Kept widths are multiples of this (the cost's granule, see :class:`LayerwiseCost`)."""
+        return int(getattr(self.cost, "granule", 1))
+
     def cost_of(self, kept: dict[str, int]) -> float:
         return self.cost.total(self.engine.graph, kept)
 
@@ -51,30 +56,40 @@ def uniform_plan(problem: BudgetProblem, *, criterion: str = "l1") -> PruningPla
     groups = problem.engine.groups
 
     def kept(s: float) -> dict[str, int]:
-        return {g.name: kept_count(g.channels, s) for g in groups}
+        return {g.name: kept_count(g.channels, s, problem.granule) for g in groups}
 
     if not problem.meets(kept(problem.max_sparsity)):
         raise BudgetInfeasibleError(f"uniform sparsity {problem.max_sparsity} does not reach the budget")
     s = bisect_smallest(lambda x: problem.meets(kept(x)), 0.0, problem.max_sparsity)
-    sizes = kept(s)
-    return PruningPlan(sparsity={g.name: 1 - sizes[g.name] / g.channels for g in groups}, criterion=criterion)
+    return plan_from_kept(problem, kept(s), criterion)
+
+
+def plan_from_kept(problem: BudgetProblem, kept: dict[str, int], criterion: str) -> PruningPlan:
+    """The channel plan that keeps ``kept[group]`` channels of each group (widths at the problem's granule)."""
+    groups = problem.engine.groups
+    return PruningPlan(
+        sparsity={g.name: 1 - kept[g.name] / g.channels for g in groups}, criterion=criterion, round_to=problem.granule
+    )
 
 
 def global_plan(problem: BudgetProblem, *, criterion: str = "l1") -> PruningPlan:
     """One global threshold on per-group-normalised channel scores that meets the budget."""
     engine = problem.engine
     scores = {name: s / s.mean().clamp_min(1e-12) for name, s in engine.scores(criterion).items()}
-    floor = {g.name: kept_count(g.channels, problem.max_sparsity) for g in engine.groups}
+    floor = {g.name: kept_count(g.channels, problem.max_sparsity, problem.granule) for g in engine.groups}
 
     def kept(threshold: float) -> dict[str, int]:
-        return {g.name: max(floor[g.name], int((scores[g.name] > threshold).sum())) for g in engine.groups}
+        above = {g.name: int((scores[g.name] > threshold).sum()) for g in engine.groups}
+        return {
+            g.name: max(floor[g.name], kept_count(g.channels, 1 - above[g.name] / g.channels, problem.granule))
+            for g in engine.groups
+        }
 
     top = float(max(float(s.max()) for s in scores.values())) + 1e-6
     if not problem.meets(kept(top)):
         raise BudgetInfeasibleError(f"global pruning to max sparsity {problem.max_sparsity} misses the budget")
     threshold = bisect_smallest(lambda t: problem.meets(kept(t)), 0.0, top)
-    sizes = kept(threshold)
-    return PruningPlan(sparsity={g.name: 1 - sizes[g.name] / g.channels for g in engine.groups}, criterion=criterion)
+    return plan_from_kept(problem, kept(threshold), criterion)
 
 
 BASELINES: dict[str, Callable[[BudgetProblem], PruningPlan]] = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,15 +70,54 @@ class PrunedModel:
         return self.cost.params / self.base_cost.params
 
 
+def width_step(channels: int, round_to: int = 1) -> int:
+    """The multiple a group's kept width is rounded to: ``round_to``, but at most a quarter of the group, so a narrow
+    group keeps a choice of widths.
+
+    >>> width_step(64, 8), width_step(16, 8), width_step(3, 8), width_step(64)
+    (8, 4, 1, 1)
+    """
+    return max(1, min(round_to, channels // 4))
+
+
 def kept_count(channels: int, sparsity: float, round_to: int = 1) -> int:
-    """Channels kept when ``sparsity`` of ``channels`` is removed: rounded, at least one, at most all.
+    """Channels kept when ``sparsity`` of ``channels`` is removed: rounded to a multiple of
+    :func:`width_step` (``round_to``, at most a quarter of the group), at least one step, at most all.
 
     >>> kept_count(64, 0.5), kept_count(16, 0.95), kept_count(64, 0.4, round_to=8), kept_count(12, 0.9, round_to=8)
-    (32, 1, 40, 8)
+    (32, 1, 40, 3)
     """
-    keep = channels * (1.0 - sparsity)
-    keep = math.floor(keep / round_to + 0.5) * round_to if round_to > 1 else math.floor(keep + 0.5)
-    return int(min(channels, max(round_to, keep)))
+    step = width_step(channels, round_to)
+    keep = math.floor(channels * (1.0 - sparsity) / step + 0.5) * step
+    return int(min(channels, max(step, keep)))
+
+
+def allowed_widths(channels: int, granule: int = 1) -> list[int]:
+    """Widths a group of ``channels`` may keep: the multiples of its :func:`width_step` below it, and all of it.
+
+    >>> allowed_widths(20, 8), allowed_widths(4), allowed_widths(16, 8)
+    ([5, 10, 15, 20], [1, 2, 3, 4], [4, 8, 12, 16])
+    """
+    step = width_step(channels, granule)
+    return [*range(step, channels, step), channels]
+
+
+def widest_within(widths: list[int], limit: int, fits: Callable[[int], bool]) -> int:
+    """Largest of the sorted ``widths`` not above ``limit`` for which ``fits`` holds, else the smallest width.
+
+    ``fits`` must be monotone (true up to some width, false above it); found by bisection.
+
+    >>> widest_within([8, 16, 24, 32], 30, lambda w: w <= 20), widest_within([8, 16], 16, lambda w: False)
+    (16, 8)
+    """
+    candidates = [w for w in widths if w <= limit] or widths[:1]
+    if fits(candidates[-1]):
+        return candidates[-1]
+    low, high = 0, len(candidates) - 1  # candidates[high] does not fit
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(candidates[mid]) else (low, mid)
+    return candidates[low]
 
 
 def zero_fraction(model: nn.Module) -> float:

@@ -122,7 +122,13 @@ class LayerwiseCost:
     Subclasses give ``layer_cost``; ``combine`` maps the raw sum to the final figure (a lookup table's calibration,
     for instance). Because only the layers touching a group change when that group's width changes, a search can
     re-cost one decision without re-costing the model.
+
+    Attributes:
+        granule: Searches keep pruned widths at multiples of this (a lookup table's profiled channel step, where the
+            hardware's blocked kernels make other widths no faster); 1 for any width.
     """
+
+    granule: int = 1
 
     def layer_cost(self, graph: ModelGraph, name: str, c_in: int, c_out: int) -> float:
         raise NotImplementedError

@@ -40,7 +40,8 @@ class PruningPlan:
         removed_blocks: Residual blocks with an identity shortcut to remove entirely (layer pruning).
         skip_thresholds: Dynamic skipping: gate threshold per residual block (0 never skips; see
             ``pruning_core.dynamic``). Empty for a static plan.
-        round_to: Round each group's kept channels to a multiple of this (never below it, never above the group).
+        round_to: Round each group's kept channels to a multiple of this, or of a quarter of the group when that is
+            smaller (never below one multiple, never above the group; see ``engine.width_step``).
         schema_version: Version of the JSON layout.
     """
 

@@ -13,8 +13,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pruning_core.baselines import BudgetProblem, bisect_smallest
-from pruning_core.engine import kept_count
+from pruning_core.baselines import BudgetProblem, bisect_smallest, plan_from_kept
+from pruning_core.engine import allowed_widths, kept_count, widest_within
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import PlanScorer
 
@@ -29,12 +29,6 @@ class SearchResult:
     history: list[float] = field(default_factory=list)
 
 
-def plan_from_kept(problem: BudgetProblem, kept: dict[str, int], criterion: str) -> PruningPlan:
-    """The channel plan that keeps ``kept[group]`` channels of each group."""
-    groups = problem.engine.groups
-    return PruningPlan(sparsity={g.name: 1 - kept[g.name] / g.channels for g in groups}, criterion=criterion)
-
-
 def random_candidate(problem: BudgetProblem, rng: random.Random) -> dict[str, int]:
     """Random relative sparsities, scaled by bisection so the cost lands just under the target.
 
@@ -44,7 +38,10 @@ def random_candidate(problem: BudgetProblem, rng: random.Random) -> dict[str, in
     shape = {g.name: rng.random() for g in groups}
 
     def kept(scale: float) -> dict[str, int]:
-        return {g.name: kept_count(g.channels, min(problem.max_sparsity, scale * shape[g.name])) for g in groups}
+        return {
+            g.name: kept_count(g.channels, min(problem.max_sparsity, scale * shape[g.name]), problem.granule)
+            for g in groups
+        }
 
     top = problem.max_sparsity / max(min(shape.values()), 1e-3)
     if not problem.meets(kept(top)):
@@ -95,7 +92,8 @@ def greedy_search(
     """NetAdapt: in each round, every group proposes the fewest channels removed that cut about 1/``steps`` of the
     cost still to remove; the proposal that loses the least val accuracy per unit of cost saved is taken."""
     groups = problem.engine.groups
-    floor = {g.name: kept_count(g.channels, problem.max_sparsity) for g in groups}
+    floor = {g.name: kept_count(g.channels, problem.max_sparsity, problem.granule) for g in groups}
+    widths = {g.name: [w for w in allowed_widths(g.channels, problem.granule) if w >= floor[g.name]] for g in groups}
     kept = {g.name: g.channels for g in groups}
     step_size = (problem.cost_of(kept) - problem.target) / steps
     current = scorer.score(plan_from_kept(problem, kept, criterion)).top1
@@ -110,16 +108,13 @@ def greedy_search(
                 continue
             trial = dict(kept)
 
-            def cost_at(width: int, name: str = g.name, trial: dict[str, int] = trial) -> float:
+            def reaches(width: int, name: str = g.name, trial: dict[str, int] = trial, goal: float = goal) -> bool:
                 trial[name] = width
-                return problem.cost_of(trial)
+                return problem.cost_of(trial) <= goal
 
-            low, high = floor[g.name], kept[g.name]
-            if cost_at(low) <= goal:  # largest width that still reaches the goal
-                while high - low > 1:
-                    mid = (low + high) // 2
-                    low, high = (mid, high) if cost_at(mid) <= goal else (low, mid)
-            trial[g.name] = low
+            below = [w for w in widths[g.name] if w < kept[g.name]]
+            # the largest width below the current one that reaches the goal (the floor when none does)
+            trial[g.name] = widest_within(below, below[-1], reaches)
             saved = now - problem.cost_of(trial)
             if saved <= 0:
                 continue

@@ -20,7 +20,7 @@ from agents.apply import finish_plan, plan_from_policy
 from agents.policy_io import load_policy
 from agents.train import ALGOS, TrainRunConfig, train_agent
 from envs.factory import make_env
-from pruning_core.baselines import BASELINES, BudgetProblem, baseline_plan
+from pruning_core.baselines import BASELINES, baseline_plan
 from pruning_core.data import atomic_write_bytes, load_dataset
 from pruning_core.errors import BudgetInfeasibleError, PruneGymError
 from pruning_core.plan import PruningPlan
@@ -67,7 +67,7 @@ def _record_keys(record: dict[str, Any], budget: float, seed: int) -> dict[str, 
 
 def _plan_for(method: str, cfg: BenchmarkConfig, env: Any, seed: int, budget: float) -> tuple[PruningPlan, int]:
     """The plan a method proposes and the number of candidates it scored."""
-    problem = BudgetProblem(env.engine, env.budget_model, env.target)
+    problem = env.budget_problem()
     if method in BASELINES:
         return baseline_plan(method, problem), 0
     if method == "random-search":

@@ -309,12 +309,14 @@ def cmd_lut_build(args: argparse.Namespace) -> int:
         threads=args.threads,
         batch_size=args.batch_size,
         grid_points=args.grid_points,
+        granule=args.granule,
         calibration_variants=args.calibration_variants,
         model_name=args.model,
     )
     lut.save(args.out)
     print(
-        f"{args.out}: {lut.meta['entries']} entries in {lut.meta['build_seconds']:.1f}s; calibration "
+        f"{args.out}: {lut.meta['entries']} entries (widths in steps of {lut.granule}) in "
+        f"{lut.meta['build_seconds']:.1f}s; calibration "
         f"latency = {lut.scale:.3f} x layer sum + {lut.overhead_ms:.3f} ms"
     )
     return 0
@@ -335,12 +337,16 @@ def cmd_lut_validate(args: argparse.Namespace) -> int:
     def predict(variant: Variant) -> float:
         return lut.predict_variant(graph, variant, batch_size=lut.batch_size)
 
+    def measure(models: list[torch.nn.Module]) -> list[float]:
+        return [s.p50_ms for s in measurer.measure_interleaved(models, graph.input_shape, batch_size=lut.batch_size)]
+
     report = validate(
         predict,
         graph,
-        lambda m: measurer.predict(m, graph.input_shape, batch_size=lut.batch_size),
+        measure,
         samples=args.samples,
         seed=args.seed,
+        granule=lut.granule if args.granule is None else args.granule,
         progress=not args.json,
     )
     record = {k: v for k, v in asdict(report).items() if k != "rows"}
@@ -459,7 +465,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     env = env_from_args(
         args,
         action_mode=trained.get("action_mode", "continuous"),
-        max_sparsity=trained.get("max_sparsity", 0.8),
+        max_sparsity=trained.get("max_sparsity", 0.9),
         criterion=trained.get("criterion", "l1"),
         dynamic_skip=trained.get("dynamic_skip", False),
     )
@@ -480,12 +486,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     from agents.apply import finish_plan
-    from pruning_core.baselines import BudgetProblem, baseline_plan
+    from pruning_core.baselines import baseline_plan
 
     _set_threads(args)
     env = env_from_args(args)
     start = time.perf_counter()
-    plan = baseline_plan(args.method, BudgetProblem(env.engine, env.budget_model, env.target))
+    plan = baseline_plan(args.method, env.budget_problem())
     seconds = time.perf_counter() - start
     result = finish_plan(
         args.method,
@@ -634,6 +640,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--grid-points", type=int, default=8, help="channel counts profiled per dimension")
+    p.add_argument(
+        "--granule",
+        type=int,
+        default=8,
+        help="profile widths in multiples of this; searches then keep pruned widths at multiples of it (1: any)",
+    )
     p.add_argument("--calibration-variants", type=int, default=8, help="whole pruned models measured to calibrate")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(handler=cmd_lut_build)
@@ -643,6 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", default=None)
     p.add_argument("--samples", type=int, default=50)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--granule", type=int, default=None, help="variants' widths in multiples of this (default: the table's)"
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--rows", type=Path, default=None, help="write every variant's figures here as JSON")
     p.set_defaults(handler=cmd_lut_validate)

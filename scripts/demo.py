@@ -16,7 +16,7 @@ from pathlib import Path
 from agents.apply import MethodResult, finish_plan
 from agents.train import TrainRunConfig, train_agent
 from envs.factory import REPO_CHECKPOINTS, make_env
-from pruning_core.baselines import BudgetProblem, baseline_plan
+from pruning_core.baselines import baseline_plan
 from pruning_core.data import atomic_write_bytes, load_dataset
 from pruning_core.models import build_model
 from pruning_core.training import TrainConfig, pretrain
@@ -105,7 +105,7 @@ def run_demo(
     ]
     for method in ("uniform-l1", "global-magnitude"):
         t = time.perf_counter()
-        plan = baseline_plan(method, BudgetProblem(env.engine, env.budget_model, env.target))
+        plan = baseline_plan(method, env.budget_problem())
         results.append(
             finish_plan(
                 method,

@@ -1,7 +1,8 @@
 """Does the search's cheap score rank plans the way fine-tuning will?
 
 For ``plans`` random plans just under the budget, compute each scoring option's val accuracy (adaptive BN alone;
-adaptive BN plus a short fine-tune of ``--steps`` SGD steps) and its cost in seconds, then fine-tune each plan for
+adaptive BN plus a short fine-tune of ``--steps`` SGD steps, plain or distilled from the dense model) and its cost
+in seconds, then fine-tune each plan for
 ``--epochs`` epochs and record val accuracy. Prints the Spearman correlation of each option with the fine-tuned
 accuracy. Each plan's row is saved as soon as it is done; re-running resumes.
 
@@ -21,11 +22,11 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from pruning_core.baselines import BudgetProblem
+from pruning_core.baselines import plan_from_kept
 from pruning_core.data import atomic_write_bytes
 from pruning_core.finetune import prune_and_finetune
 from pruning_core.scoring import PlanScorer, ScoreConfig
-from pruning_core.search import plan_from_kept, random_candidate
+from pruning_core.search import random_candidate
 from pruning_core.training import TrainConfig
 from scripts.cli import add_target_args, env_from_args
 
@@ -42,11 +43,14 @@ def main() -> None:
     torch.set_num_threads(args.threads or 2)
     env = env_from_args(args, val_images=args.val_images)
     dataset, engine = env.scorer.dataset, env.engine
-    problem = BudgetProblem(engine, env.budget_model, env.target)
+    problem = env.budget_problem()
     options = {
         "adaptive_bn": PlanScorer(engine, dataset, ScoreConfig(val_images=args.val_images)),
         f"bn_plus_{args.steps}_steps": PlanScorer(
             engine, dataset, ScoreConfig(val_images=args.val_images, finetune_steps=args.steps)
+        ),
+        f"bn_plus_{args.steps}_steps_distilled": PlanScorer(
+            engine, dataset, ScoreConfig(val_images=args.val_images, finetune_steps=args.steps, distill=0.5)
         ),
     }
     rows = json.loads(args.out.read_text()) if args.out.exists() else []

@@ -10,6 +10,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs
 from envs.factory import make_env
+from pruning_core.engine import width_step
 from pruning_core.errors import BudgetInfeasibleError, PruneGymError
 
 # An analytic device keeps the budget arithmetic deterministic; one test below uses the measured host table.
@@ -35,7 +36,11 @@ def test_registered_and_default_construction_on_the_host_table():
     assert obs.shape == (len(envs.OBS_FEATURES),) and info["group"] == "stem.0"
     for _ in env.unwrapped.groups:
         obs, reward, terminated, _, info = env.step(env.action_space.sample())
+        # the host table profiles widths in steps of 8 (a quarter of narrow groups); every kept width is one of them
+        group = env.unwrapped.groups[[g.name for g in env.unwrapped.groups].index(info["group"])]
+        assert info["kept"] % width_step(group.channels, 8) == 0 or info["kept"] == group.channels
     assert terminated and info["budget_met"] and 0 <= reward <= 1
+    assert env.unwrapped.granule == 8 and json.loads(info["plan"])["round_to"] == 8
 
 
 def _run_episode(env, actions):

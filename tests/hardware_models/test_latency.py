@@ -35,12 +35,12 @@ def resnet_graph() -> ModelGraph:
 def test_measured_latency_sees_pruning(runtime_model, resnet_graph):
     assert isinstance(runtime_model, LatencyModel) and runtime_model.kind is DeviceKind.MEASURED
     dense = runtime_model.measure(resnet_graph.model, (3, 32, 32))
-    slim = runtime_model.measure(
-        build_variant(resnet_graph, Variant(kept={g.name: max(1, g.channels // 4) for g in resnet_graph.groups})),
-        (3, 32, 32),
-    )
     assert dense.runs >= 20 and dense.threads == 1 and dense.p90_ms >= dense.p50_ms >= dense.min_ms > 0
-    assert slim.p50_ms < dense.p50_ms
+    # timed in turn (the host's speed drifts by tens of percent between separate measurements), a model with a
+    # quarter of the channels is faster than the dense one measured alongside it
+    slim = build_variant(resnet_graph, Variant(kept={g.name: max(1, g.channels // 4) for g in resnet_graph.groups}))
+    together = runtime_model.measure_interleaved([resnet_graph.model, slim], (3, 32, 32))
+    assert [s.runs for s in together] == [20, 20] and together[1].p50_ms < together[0].p50_ms
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -97,7 +97,9 @@ def test_validate_reports_lut_and_macs(small_graph):
     def channels(variant):
         return sum(variant.kept.get(g.name, g.channels) for g in small_graph.groups)
 
-    report = validate(channels, small_graph, fake_measure, samples=6, rounds=2, progress=False)
+    report = validate(
+        channels, small_graph, lambda models: [fake_measure(m) for m in models], samples=6, rounds=2, progress=False
+    )
     assert report.macs_mape == pytest.approx(0.0, abs=1e-9) and report.macs_within_10pct == 1.0
     assert report.relative["macs_mape"] == pytest.approx(0.0, abs=1e-9) and report.relative["macs_spearman"] == 1.0
     assert report.samples == 6 and report.mape > 0.05

@@ -5,16 +5,17 @@ import random
 import pytest
 
 from envs.factory import make_env
-from pruning_core.baselines import BASELINES, BudgetProblem, baseline_plan
-from pruning_core.engine import kept_count
+from pruning_core.baselines import BASELINES, BudgetProblem, baseline_plan, plan_from_kept
+from pruning_core.engine import kept_count, width_step
 from pruning_core.errors import BudgetInfeasibleError, PruneGymError
+from pruning_core.metrics import MacsCost
 from pruning_core.search import greedy_search, random_candidate, random_search
 
 
 @pytest.fixture(scope="module")
 def problem_env(digits):
     env = make_env(device="pixel-a76", budget=0.5, val_images=150, bn_batches=2, dataset=digits)
-    return env, BudgetProblem(env.engine, env.budget_model, env.target)
+    return env, env.budget_problem()
 
 
 def _kept(env, plan):
@@ -56,9 +57,9 @@ def test_greedy_meets_the_budget(problem_env):
 def test_infeasible_and_unknown(problem_env):
     env, _ = problem_env
     with pytest.raises(BudgetInfeasibleError):
-        baseline_plan("uniform-l1", BudgetProblem(env.engine, env.budget_model, env.target * 0.01))
+        baseline_plan("uniform-l1", env.budget_problem(env.target * 0.01))
     with pytest.raises(PruneGymError, match="baseline must be one of"):
-        baseline_plan("magic", BudgetProblem(env.engine, env.budget_model, env.target))
+        baseline_plan("magic", env.budget_problem())
 
 
 def test_bf16_scoring_agrees_with_float32(problem_env):
@@ -74,3 +75,25 @@ def test_bf16_scoring_agrees_with_float32(problem_env):
         for bf16 in (False, True)
     ]
     assert abs(scores[0] - scores[1]) < 0.03
+
+
+class _MacsInSteps(MacsCost):
+    granule = 8
+
+
+@pytest.mark.parametrize("method", ["uniform-l1", "slimming", "random"])
+def test_plans_keep_widths_at_the_cost_granule(method, problem_env):
+    env, _ = problem_env
+    cost = _MacsInSteps()
+    problem = BudgetProblem(env.engine, cost, 0.5 * cost.total(env.engine.graph))
+    if method == "random":
+        kept = random_candidate(problem, random.Random(0))
+        plan = plan_from_kept(problem, kept, "l1")
+    else:
+        plan = baseline_plan(method, problem)
+    widths = {g.name: kept_count(g.channels, plan.sparsity[g.name], plan.round_to) for g in env.engine.groups}
+    assert plan.round_to == 8 and problem.meets(widths)
+    assert all(
+        widths[g.name] % width_step(g.channels, 8) == 0 or widths[g.name] == g.channels for g in env.engine.groups
+    )
+    assert env.engine.apply(plan).cost.macs <= problem.target * (1 + 1e-9)
