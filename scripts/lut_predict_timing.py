@@ -25,7 +25,7 @@ def main() -> None:
     shape = tuple(lut.meta.get("input_shape", (3, 32, 32)))
     graph = ModelGraph(build_model(args.model, in_channels=shape[0]), shape)
     rng = random.Random(0)
-    variants = [random_variant(graph, rng) for _ in range(args.calls)]
+    variants = [random_variant(graph, rng, granule=lut.granule) for _ in range(args.calls)]
     lut.predict_variant(graph, variants[0])  # maps layers to tables once per graph
     times = []
     for variant in variants:
