@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--val-images", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bf16", action="store_true", help="recalibrate and evaluate under bfloat16 autocast")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -54,9 +55,10 @@ def main() -> None:
         start = time.perf_counter()
         pruned = engine.apply(plan)
         t_apply = time.perf_counter()
-        recalibrate_bn(pruned.model, dataset, batches=args.bn_batches, batch_size=args.bn_batch_size)
-        t_bn = time.perf_counter()
-        top1 = evaluate(pruned.model, dataset, "val", limit=args.val_images).top1
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):  # as ScoreConfig(bf16=True) does
+            recalibrate_bn(pruned.model, dataset, batches=args.bn_batches, batch_size=args.bn_batch_size)
+            t_bn = time.perf_counter()
+            top1 = evaluate(pruned.model, dataset, "val", limit=args.val_images).top1
         t_eval = time.perf_counter()
         if run == 0:
             continue
@@ -79,6 +81,7 @@ def main() -> None:
             "bn_batches": args.bn_batches,
             "bn_batch_size": args.bn_batch_size,
             "val_images": args.val_images,
+            "bf16": args.bf16,
         }
     )
     print("median " + json.dumps(summary))

@@ -151,3 +151,10 @@ def test_dynamic_skip_needs_residual_blocks(digits):
 
         env = make_env(dataset=digits, **FAST)
         LayerPruneEnv(env.scorer, env.budget_model, dynamic_skip=True)
+
+
+def test_bf16_scoring_option_reaches_the_scorer(digits):
+    env = make_env(dataset=digits, score_bf16=True, **FAST)
+    assert env.scorer.config.bf16
+    _, info = _run_episode(env, [np.array([0.0], np.float32)] * len(env.groups))
+    assert info["budget_met"] and 0 < info["top1"] <= 1
