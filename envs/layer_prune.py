@@ -200,12 +200,9 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         self._layers = list(self.graph.layer_channels())
         self._full = {g.name: g.channels for g in self.groups}
         # Kept widths are multiples of the budget model's granule (a lookup table's channel step; 1 for MACs).
-        self.granule = int(getattr(budget_model, "granule", 1))
-        self._minimum = {g.name: kept_count(g.channels, max_sparsity, self.granule) for g in self.groups}
-        self._widths_allowed = {
-            g.name: [w for w in allowed_widths(g.channels, self.granule) if w >= self._minimum[g.name]]
-            for g in self.groups
-        }
+        self.granule = budget_model.granule
+        self._widths_allowed = {g.name: allowed_widths(g.channels, self.granule, max_sparsity) for g in self.groups}
+        self._minimum = {name: widths[0] for name, widths in self._widths_allowed.items()}
         self.dense_cost = self._cost(self._full)
         self.target = budget * self.dense_cost
         floor = self._cost(self._minimum)

@@ -44,6 +44,8 @@ from pruning_core.graph import ModelGraph
 from pruning_core.metrics import LayerRecord, LayerwiseCost
 
 LUT_SCHEMA_VERSION = 1
+DEFAULT_GRANULE = 8
+"""Channel step of a table unless told otherwise (see the module's notes)."""
 
 
 def grid_counts(channels: int, points: int, granule: int = 1) -> list[int]:
@@ -285,7 +287,7 @@ def build_lut(
     threads: int | None = 1,
     batch_size: int = 1,
     grid_points: int = 8,
-    granule: int = 8,
+    granule: int = DEFAULT_GRANULE,
     calibration_variants: int = 8,
     seed: int = 0,
     progress: bool = True,

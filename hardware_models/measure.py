@@ -54,30 +54,27 @@ def time_callable(
     sync: Callable[[], None] | None = None,
 ) -> list[float]:
     """Milliseconds per call of ``fn``: ``warmup`` untimed calls, then at least ``runs`` (and ``min_seconds``)."""
-    for _ in range(warmup):
-        fn()
-    if sync is not None:
-        sync()
-    samples: list[float] = []
-    deadline = time.perf_counter() + min_seconds
-    while len(samples) < runs or time.perf_counter() < deadline:
-        start = time.perf_counter_ns()
-        fn()
-        if sync is not None:
-            sync()
-        samples.append((time.perf_counter_ns() - start) / 1e6)
-    return samples
+    return time_interleaved([fn], warmup=warmup, runs=runs, min_seconds=min_seconds, sync=sync)[0]
 
 
 def time_interleaved(
-    fns: list[Callable[[], object]], *, warmup: int, runs: int, sync: Callable[[], None] | None = None
+    fns: list[Callable[[], object]],
+    *,
+    warmup: int,
+    runs: int,
+    min_seconds: float = 0.0,
+    sync: Callable[[], None] | None = None,
 ) -> list[list[float]]:
-    """Milliseconds per call of each of ``fns``, timed in turn (one call of each per round) for ``runs`` rounds."""
+    """Milliseconds per call of each of ``fns``, timed in turn (one call of each per round): ``warmup`` untimed
+    calls of each, then at least ``runs`` rounds (and ``min_seconds``)."""
     for fn in fns:
         for _ in range(warmup):
             fn()
+    if sync is not None:
+        sync()
     samples: list[list[float]] = [[] for _ in fns]
-    for _ in range(runs):
+    deadline = time.perf_counter() + min_seconds
+    while len(samples[0]) < runs or time.perf_counter() < deadline:
         for fn, times in zip(fns, samples, strict=True):
             start = time.perf_counter_ns()
             fn()
@@ -106,6 +103,7 @@ class _MeasuredBase:
     kind = DeviceKind.MEASURED
     device: str
     runtime: str
+    threads: int | None
 
     def measure(self, model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int = 1) -> LatencyStats:
         raise NotImplementedError
@@ -123,9 +121,8 @@ class _MeasuredBase:
         raise NotImplementedError
 
     def _stats(self, samples: list[float], batch_size: int) -> LatencyStats:
-        threads = getattr(self, "threads", None)
         return LatencyStats.from_samples(
-            samples, device=self.device, runtime=self.runtime, threads=threads, batch_size=batch_size
+            samples, device=self.device, runtime=self.runtime, threads=self.threads, batch_size=batch_size
         )
 
 
@@ -226,6 +223,7 @@ class OrtLatency(_MeasuredBase):
 
     device = "host-cpu-ort"
     runtime = "onnxruntime"
+    threads: int
 
     def __init__(self, *, threads: int = 1, warmup: int = 10, runs: int = 50, min_seconds: float = 0.0) -> None:
         self.threads, self.warmup, self.runs, self.min_seconds = threads, warmup, runs, min_seconds

@@ -32,7 +32,7 @@ class BudgetProblem:
     @property
     def granule(self) -> int:
         """Kept widths are multiples of this (the cost's granule, see :class:`LayerwiseCost`)."""
-        return int(getattr(self.cost, "granule", 1))
+        return self.cost.granule
 
     def cost_of(self, kept: dict[str, int]) -> float:
         return self.cost.total(self.engine.graph, kept)

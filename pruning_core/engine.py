@@ -92,14 +92,16 @@ def kept_count(channels: int, sparsity: float, round_to: int = 1) -> int:
     return int(min(channels, max(step, keep)))
 
 
-def allowed_widths(channels: int, granule: int = 1) -> list[int]:
-    """Widths a group of ``channels`` may keep: the multiples of its :func:`width_step` below it, and all of it.
+def allowed_widths(channels: int, granule: int = 1, max_sparsity: float = 1.0) -> list[int]:
+    """Widths a group of ``channels`` may keep, narrowest first: the multiples of its :func:`width_step` from the
+    floor ``kept_count(channels, max_sparsity, granule)`` up, and all of it.
 
-    >>> allowed_widths(20, 8), allowed_widths(4), allowed_widths(16, 8)
-    ([5, 10, 15, 20], [1, 2, 3, 4], [4, 8, 12, 16])
+    >>> allowed_widths(20, 8), allowed_widths(4), allowed_widths(16, 8), allowed_widths(64, 8, max_sparsity=0.8)
+    ([5, 10, 15, 20], [1, 2, 3, 4], [4, 8, 12, 16], [16, 24, 32, 40, 48, 56, 64])
     """
     step = width_step(channels, granule)
-    return [*range(step, channels, step), channels]
+    floor = kept_count(channels, max_sparsity, granule)
+    return [*range(floor, channels, step), channels]
 
 
 def widest_within(widths: list[int], limit: int, fits: Callable[[int], bool]) -> int:

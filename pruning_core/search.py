@@ -92,8 +92,7 @@ def greedy_search(
     """NetAdapt: in each round, every group proposes the fewest channels removed that cut about 1/``steps`` of the
     cost still to remove; the proposal that loses the least val accuracy per unit of cost saved is taken."""
     groups = problem.engine.groups
-    floor = {g.name: kept_count(g.channels, problem.max_sparsity, problem.granule) for g in groups}
-    widths = {g.name: [w for w in allowed_widths(g.channels, problem.granule) if w >= floor[g.name]] for g in groups}
+    widths = {g.name: allowed_widths(g.channels, problem.granule, problem.max_sparsity) for g in groups}
     kept = {g.name: g.channels for g in groups}
     step_size = (problem.cost_of(kept) - problem.target) / steps
     current = scorer.score(plan_from_kept(problem, kept, criterion)).top1
@@ -104,7 +103,7 @@ def greedy_search(
         goal = max(problem.target, now - step_size)
         best: tuple[float, dict[str, int], float] | None = None
         for g in groups:
-            if kept[g.name] <= floor[g.name]:
+            if kept[g.name] <= widths[g.name][0]:  # at its floor
                 continue
             trial = dict(kept)
 

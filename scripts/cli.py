@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from hardware_models.lut import DEFAULT_GRANULE
 from pruning_core.data import ImageDataset
 
 if TYPE_CHECKING:
@@ -643,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--granule",
         type=int,
-        default=8,
+        default=DEFAULT_GRANULE,
         help="profile widths in multiples of this; searches then keep pruned widths at multiples of it (1: any)",
     )
     p.add_argument("--calibration-variants", type=int, default=8, help="whole pruned models measured to calibrate")
