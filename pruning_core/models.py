@@ -74,6 +74,44 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+def deepen_cifar_resnet(shallow: CifarResNet, deep: CifarResNet) -> CifarResNet:
+    """Initialise a deeper CIFAR ResNet from a trained shallower one (Net2DeeperNet, Chen et al., ICLR 2016).
+
+    The stem, the classifier and the ``n`` blocks of each stage of ``shallow`` are copied, in order, into evenly
+    spaced blocks of each stage of ``deep`` (the first block of a stage, which changes the shape, always receives the
+    first). Every other block of ``deep`` keeps its zero-initialised last BatchNorm, so it computes the identity and
+    the deep model starts with exactly the shallow model's function; training then puts the new blocks to use.
+
+    Args:
+        shallow: The trained model to copy from.
+        deep: A freshly built model with the same classes and at least as many blocks per stage (changed in place).
+
+    Returns:
+        ``deep``.
+
+    Raises:
+        UnsupportedModelError: ``deep`` has fewer blocks per stage or a different stem or classifier.
+    """
+    n_src, n_dst = len(shallow.layer1), len(deep.layer1)
+    if n_dst < n_src:
+        raise UnsupportedModelError(
+            f"expected a deeper ResNet to initialise; got {n_dst} blocks per stage from {n_src}"
+        )
+    if shallow.fc.weight.shape != deep.fc.weight.shape or shallow.conv1.weight.shape != deep.conv1.weight.shape:
+        raise UnsupportedModelError(
+            f"expected the same stem and classifier; got fc {tuple(shallow.fc.weight.shape)} and "
+            f"{tuple(deep.fc.weight.shape)}, stem {tuple(shallow.conv1.weight.shape)} and "
+            f"{tuple(deep.conv1.weight.shape)}"
+        )
+    for name in ("conv1", "bn1", "fc"):
+        getattr(deep, name).load_state_dict(getattr(shallow, name).state_dict())
+    for stage in ("layer1", "layer2", "layer3"):
+        src, dst = getattr(shallow, stage), getattr(deep, stage)
+        for j, block in enumerate(src):
+            dst[j * n_dst // n_src].load_state_dict(block.state_dict())
+    return deep
+
+
 VGG_CONFIGS: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],

@@ -74,6 +74,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
     )
     model = build_model(args.model, num_classes=dataset.num_classes, in_channels=dataset.input_shape[0])
+    extra_meta: dict[str, object] = {}
+    if args.init_from is not None:  # a resumed run overwrites these weights but keeps the record
+        extra_meta["init_from"] = _init_from(model, args.init_from, dataset.classes)
     command = "prunegym " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("prunegym") else None
     _, meta = pretrain(
         model,
@@ -82,13 +85,33 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         config,
         args.out,
         resume=args.resume,
-        extra_meta={"command": command} if command else None,
+        extra_meta={**extra_meta, **({"command": command} if command else {})},
     )
     print(
         f"{args.model} on {dataset.name}: test top-1 {meta['test_top1']:.4f} on {meta['test_n']} images; "
         f"saved {args.out}"
     )
     return 0
+
+
+def _init_from(model: torch.nn.Module, path: Path, classes: Sequence[str]) -> dict[str, str]:
+    """Start ``model`` from a trained checkpoint: the same architecture's weights, or a shallower CIFAR ResNet's."""
+    from pruning_core.checkpoint import load_checkpoint, sha256
+    from pruning_core.models import CifarResNet, deepen_cifar_resnet
+
+    source = load_checkpoint(path)
+    if list(source.meta["classes"]) != list(classes):
+        raise PruneGymError(f"--init-from {path} was trained on classes {source.meta['classes']}; got {list(classes)}")
+    trained = source.build()
+    if isinstance(model, CifarResNet) and isinstance(trained, CifarResNet) and len(trained.layer1) < len(model.layer1):
+        deepen_cifar_resnet(trained, model)
+    elif type(trained) is type(model):
+        model.load_state_dict(trained.state_dict())
+    else:
+        raise PruneGymError(
+            f"--init-from expected the same model or a shallower CIFAR ResNet; got {source.meta['model']}"
+        )
+    return {"checkpoint": str(path), "model": str(source.meta["model"]), "sha256": sha256(path)}
 
 
 def _load_model_for_eval(args: argparse.Namespace) -> tuple[torch.nn.Module, str, list[str]]:
@@ -586,6 +609,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
     p.add_argument("--resume", action="store_true", help="continue from <out>.resume")
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="start from this checkpoint: the same model, or a shallower CIFAR ResNet (its blocks are copied and "
+        "the extra blocks start as identities)",
+    )
     p.set_defaults(handler=cmd_pretrain)
 
     p = sub.add_parser("evaluate", help="top-1 accuracy, MACs and parameters of a checkpoint or pruned model")

@@ -5,7 +5,7 @@ import torch
 
 from pruning_core.errors import UnsupportedModelError
 from pruning_core.metrics import count_cost
-from pruning_core.models import MODELS, build_model
+from pruning_core.models import MODELS, build_model, deepen_cifar_resnet
 
 
 @pytest.mark.parametrize("name", [*MODELS, "tv:resnet18", "tv:mobilenet_v3_small"])
@@ -33,3 +33,19 @@ def test_resnet_depths_match_the_paper():
 def test_unknown_models_are_refused(name, message):
     with pytest.raises(UnsupportedModelError, match=message):
         build_model(name)
+
+
+def test_deepened_resnet_computes_the_shallow_function():
+    torch.manual_seed(0)
+    shallow = build_model("resnet20")
+    for m in shallow.modules():  # a trained-looking model: non-trivial BN statistics and residual branches
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(m.running_var, 0.5, 2.0)
+            torch.nn.init.normal_(m.running_mean, 0.0, 0.1)
+    deep = deepen_cifar_resnet(shallow.eval(), build_model("resnet56")).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(deep(x), shallow(x), atol=1e-5)
+    with pytest.raises(UnsupportedModelError, match="expected a deeper ResNet"):
+        deepen_cifar_resnet(build_model("resnet56"), build_model("resnet20"))
