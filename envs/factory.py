@@ -22,6 +22,7 @@ from pruning_core.errors import PruneGymError
 from pruning_core.graph import ModelGraph
 from pruning_core.metrics import LayerwiseCost, MacsCost, ParamsCost
 from pruning_core.scoring import PlanScorer, ScoreConfig
+from pruning_core.training import bf16_is_fast
 
 REPO_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 BUDGET_METRICS = ("latency", "macs", "params")
@@ -113,7 +114,7 @@ def make_env(
     val_images: int = 1000,
     bn_batches: int = 10,
     finetune_steps: int = 0,
-    score_bf16: bool = False,
+    score_bf16: bool | None = None,
     criterion: str = "l1",
     measure_final: bool = False,
     dynamic_skip: bool = False,
@@ -140,7 +141,8 @@ def make_env(
         val_images: Val images a plan is scored on.
         bn_batches: Training batches of BN recalibration in the score.
         finetune_steps: SGD steps of the score's short fine-tune (0: adaptive BN alone).
-        score_bf16: Recalibrate and evaluate under bfloat16 autocast (faster on CPUs with AMX).
+        score_bf16: Recalibrate and evaluate under bfloat16 autocast; ``None`` turns it on where the CPU runs
+            bfloat16 natively (AMX, AVX512-BF16), where it is about twice as fast.
         criterion: Channel importance criterion of the plans.
         measure_final: Measure the final plan's latency on a measured device.
         dynamic_skip: Add a gate threshold per residual block to each action (gates trained once and cached).
@@ -163,6 +165,8 @@ def make_env(
     engine = PruningEngine(ckpt.build(), dataset.input_shape, dataset=dataset)
     cost, measured = budget_model_for(budget_metric, device, engine.graph, model, progress=progress)
     gates = trained_gates(engine, dataset, ckpt_path, epochs=gate_epochs, progress=progress) if dynamic_skip else None
+    if score_bf16 is None:
+        score_bf16 = bf16_is_fast()
     config = ScoreConfig(val_images=val_images, bn_batches=bn_batches, finetune_steps=finetune_steps, bf16=score_bf16)
     scorer = PlanScorer(engine, dataset, config, gates=gates)
     env = LayerPruneEnv(

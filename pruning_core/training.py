@@ -38,6 +38,18 @@ class EvalResult:
     loss: float
 
 
+def bf16_is_fast() -> bool:
+    """Whether this CPU runs bfloat16 matrix work natively (AMX or AVX512-BF16), so autocast speeds it up.
+
+    Reads the CPU flags of ``/proc/cpuinfo``; elsewhere (no such file) the answer is ``False``.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of one training or fine-tuning run."""

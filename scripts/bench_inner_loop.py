@@ -1,5 +1,7 @@
 """Time the search's inner loop: apply a plan, recalibrate BatchNorm on K batches, evaluate on N val images.
 
+It times the environment's own scorer (:class:`pruning_core.scoring.PlanScorer`), step by step.
+
 Usage:
     python -m scripts.bench_inner_loop --model resnet56 --checkpoint C --data cifar10 [--runs 10] [--threads 2]
 
@@ -12,17 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from pruning_core.checkpoint import load_checkpoint
 from pruning_core.data import load_dataset
-from pruning_core.engine import PruningEngine, recalibrate_bn
+from pruning_core.engine import PruningEngine
 from pruning_core.models import build_model
 from pruning_core.plan import PruningPlan
-from pruning_core.training import evaluate
+from pruning_core.scoring import PlanScorer, ScoreConfig
+from pruning_core.training import bf16_is_fast
 
 
 def main() -> None:
@@ -37,7 +39,15 @@ def main() -> None:
     parser.add_argument("--val-images", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--bf16", action="store_true", help="recalibrate and evaluate under bfloat16 autocast")
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="recalibrate and evaluate under bfloat16 autocast (default: where the CPU runs it natively, as the env)",
+    )
+    parser.add_argument(
+        "--channels-last", action=argparse.BooleanOptionalAction, default=True, help="score in channels-last"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -47,28 +57,33 @@ def main() -> None:
     else:
         model = build_model(args.model, num_classes=dataset.num_classes, in_channels=dataset.input_shape[0])
     engine = PruningEngine(model, dataset.input_shape)
+    bf16 = bf16_is_fast() if args.bf16 is None else args.bf16
+    scorer = PlanScorer(
+        engine,
+        dataset,
+        ScoreConfig(
+            val_images=args.val_images,
+            bn_batches=args.bn_batches,
+            bn_batch_size=args.bn_batch_size,
+            bf16=bf16,
+            channels_last=args.channels_last,
+        ),
+    )
     generator = torch.Generator().manual_seed(0)
     timings = []
     for run in range(args.runs + 1):  # the first run warms caches and is not counted
         ratios = (torch.rand(len(engine.groups), generator=generator) * 2 * args.sparsity).clamp(max=0.9)
         plan = PruningPlan(sparsity=dict(zip(engine.group_names, ratios.tolist(), strict=True)))
-        start = time.perf_counter()
-        pruned = engine.apply(plan)
-        t_apply = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):  # as ScoreConfig(bf16=True) does
-            recalibrate_bn(pruned.model, dataset, batches=args.bn_batches, batch_size=args.bn_batch_size)
-            t_bn = time.perf_counter()
-            top1 = evaluate(pruned.model, dataset, "val", limit=args.val_images).top1
-        t_eval = time.perf_counter()
+        score = scorer.score(plan)
         if run == 0:
             continue
         row = {
-            "apply_s": t_apply - start,
-            "bn_s": t_bn - t_apply,
-            "eval_s": t_eval - t_bn,
-            "total_s": t_eval - start,
-            "macs_ratio": pruned.macs_ratio,
-            "val_top1": top1,
+            "apply_s": score.timings["apply"],
+            "bn_s": score.timings["adapt"],
+            "eval_s": score.timings["evaluate"],
+            "total_s": score.seconds,
+            "macs_ratio": score.macs / engine.base_cost.macs,
+            "val_top1": score.top1,
         }
         timings.append(row)
         print(" ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
@@ -81,7 +96,8 @@ def main() -> None:
             "bn_batches": args.bn_batches,
             "bn_batch_size": args.bn_batch_size,
             "val_images": args.val_images,
-            "bf16": args.bf16,
+            "bf16": bf16,
+            "channels_last": args.channels_last,
         }
     )
     print("median " + json.dumps(summary))

@@ -29,7 +29,12 @@ def main() -> None:
     parser.add_argument("--val-images", type=int, default=1000)
     parser.add_argument("--bn-batches", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--score-bf16", action="store_true", help="score plans under bfloat16 autocast")
+    parser.add_argument(
+        "--score-bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="score plans under bfloat16 autocast (default: where the CPU runs it natively)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads or 2)
@@ -67,7 +72,7 @@ def main() -> None:
         "budget": args.budget,
         "episodes": args.episodes,
         "threads": torch.get_num_threads(),
-        "score_bf16": args.score_bf16,
+        "score_bf16": env.scorer.config.bf16,
         "step_ms_median": statistics.median(step_ms),
         "terminal_ms_median": statistics.median(terminal_ms),
         "terminal_scored": len(terminal_ms),

@@ -77,6 +77,23 @@ def test_bf16_scoring_agrees_with_float32(problem_env):
     assert abs(scores[0] - scores[1]) < 0.03
 
 
+def test_channels_last_scoring_matches_and_reports_its_timings(problem_env):
+    from pruning_core.plan import PruningPlan
+    from pruning_core.scoring import PlanScorer, ScoreConfig
+
+    env, _ = problem_env
+    plan = PruningPlan.uniform(env.engine.group_names, 0.4)
+    scores = [
+        PlanScorer(env.engine, env.scorer.dataset, ScoreConfig(val_images=287, bn_batches=4, channels_last=cl)).score(
+            plan
+        )
+        for cl in (False, True)
+    ]
+    assert abs(scores[0].top1 - scores[1].top1) <= 1 / 287
+    assert set(scores[1].timings) == {"apply", "adapt", "evaluate"}
+    assert sum(scores[1].timings.values()) <= scores[1].seconds
+
+
 class _MacsInSteps(MacsCost):
     granule = 8
 
