@@ -21,6 +21,7 @@ channel is pruned for a width the hardware does not run faster.
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import os
 import platform
@@ -262,21 +263,50 @@ def random_variant(graph: ModelGraph, rng: random.Random, max_sparsity: float = 
     return Variant(kept={g.name: kept_count(g.channels, rng.uniform(0, max_sparsity), granule) for g in graph.groups})
 
 
-def _layer_timer(runtime: str, threads: int | None, batch_size: int) -> Callable[[nn.Module, tuple[int, ...]], float]:
-    """A function that times one unit module (median ms) with the table's runtime."""
+def profile_units(
+    units: list[tuple[nn.Module, tuple[int, ...]]],
+    *,
+    runtime: str,
+    threads: int | None,
+    batch_size: int,
+    sweeps: int = 5,
+    runs: int = 5,
+    min_seconds: float = 0.004,
+    progress: Callable[[], None] | None = None,
+) -> list[float]:
+    """Median milliseconds of each unit module, timed in ``sweeps`` round-robin passes over all of them.
+
+    The host's speed drifts over seconds (see ``scripts/latency_noise.py``). Timing each unit once, one after the
+    other, would hand a slow spell to whichever layers were being profiled then, and bias every variant that keeps
+    those layers wide. Timing all units in several passes and taking each unit's median over the passes spreads
+    a spell over every unit alike.
+
+    Args:
+        units: Modules and the shape of one input.
+        runtime: ``pytorch`` (eager) or ``onnxruntime``.
+        threads: Threads while timing.
+        batch_size: Inputs per call.
+        sweeps: Passes over all units.
+        runs: Timed calls of a unit per pass (at least; and at least ``min_seconds``).
+        min_seconds: Time of a unit per pass, at least.
+        progress: Called once per unit and pass.
+    """
     if runtime == "pytorch":
-
-        def time_torch(module: nn.Module, shape: tuple[int, ...]) -> float:
-            inputs = torch.randn(batch_size, *shape)
-            with torch_threads(threads), torch.inference_mode():
-                samples = time_callable(lambda: module(inputs), warmup=3, runs=15, min_seconds=0.01)
-            return float(np.median(samples))
-
-        return time_torch
-    if runtime == "onnxruntime":
-        ort = OrtLatency(threads=threads or 1, warmup=3, runs=15, min_seconds=0.01)
-        return lambda module, shape: ort.measure(module, shape, batch_size=batch_size).p50_ms
-    raise PruneGymError(f"runtime must be pytorch or onnxruntime; got {runtime!r}")
+        fns = [functools.partial(module.eval(), torch.randn(batch_size, *shape)) for module, shape in units]
+    elif runtime == "onnxruntime":
+        ort = OrtLatency(threads=threads or 1)
+        fns = [ort.runner(module, shape, batch_size) for module, shape in units]
+    else:
+        raise PruneGymError(f"runtime must be pytorch or onnxruntime; got {runtime!r}")
+    medians: list[list[float]] = [[] for _ in fns]
+    with torch_threads(threads), torch.inference_mode():
+        for sweep in range(sweeps):
+            for fn, unit_medians in zip(fns, medians, strict=True):
+                samples = time_callable(fn, warmup=3 if sweep == 0 else 1, runs=runs, min_seconds=min_seconds)
+                unit_medians.append(float(np.median(samples)))
+                if progress is not None:
+                    progress()
+    return [float(np.median(m)) for m in medians]
 
 
 def build_lut(
@@ -289,6 +319,7 @@ def build_lut(
     grid_points: int = 8,
     granule: int = DEFAULT_GRANULE,
     calibration_variants: int = 8,
+    sweeps: int = 5,
     seed: int = 0,
     progress: bool = True,
     model_name: str | None = None,
@@ -304,6 +335,7 @@ def build_lut(
         grid_points: Channel counts profiled per dimension (about; plus the smallest and the full width).
         granule: Profiled widths are multiples of this (see the module's notes); 1 profiles any width.
         calibration_variants: Random pruned variants measured whole, beside the dense model, for the calibration.
+        sweeps: Round-robin passes over all layer entries (see :func:`profile_units`).
         seed: Seed of those variants.
         progress: Show a progress bar.
         model_name: Name recorded in the table's metadata.
@@ -311,7 +343,6 @@ def build_lut(
     from tqdm import tqdm
 
     start = time.perf_counter()
-    time_unit = _layer_timer(runtime, threads, batch_size)
     todo: dict[str, tuple[str, LayerRecord, list[int], list[int]]] = {}
     for name, record in graph.layers.items():
         kind = _layer_kind(graph, name)
@@ -326,28 +357,33 @@ def build_lut(
             else (grid_counts(record.in_channels, grid_points, granule) if var_in else [record.in_channels])
         )
         todo[signature] = (kind, record, ins, outs)
-    total = sum(len(ins) * len(outs) for _, _, ins, outs in todo.values())
+    entries = [
+        (signature, c_in, c_out) for signature, (_, _, ins, outs) in todo.items() for c_in in ins for c_out in outs
+    ]
+    units = []
+    for signature, c_in, c_out in entries:
+        kind, record = todo[signature][:2]
+        units.append(_unit(kind, record, c_out if kind == "dwconv" else c_in, c_out))
+    with tqdm(
+        total=len(units) * sweeps, desc=f"profiling layers on {device}", unit="entry", disable=not progress
+    ) as bar:
+        times = profile_units(
+            units, runtime=runtime, threads=threads, batch_size=batch_size, sweeps=sweeps, progress=bar.update
+        )
+    measured_entries = dict(zip(entries, times, strict=True))
     tables: dict[str, LayerTable] = {}
-    with tqdm(total=total, desc=f"profiling layers on {device}", unit="entry", disable=not progress) as bar:
-        for signature, (kind, record, ins, outs) in todo.items():
-            grid = []
-            for c_in in ins:
-                row = []
-                for c_out in outs:
-                    module, shape = _unit(kind, record, c_out if kind == "dwconv" else c_in, c_out)
-                    row.append(time_unit(module, shape))
-                    bar.update(1)
-                grid.append(row)
-            tables[signature] = LayerTable(
-                kind,
-                record.kernel,
-                record.stride,
-                record.input_hw,
-                record.output_hw,
-                outs if kind == "dwconv" else ins,
-                outs,
-                grid,
-            )
+    for signature, (kind, record, ins, outs) in todo.items():
+        tables[signature] = LayerTable(
+            kind,
+            record.kernel,
+            record.stride,
+            record.input_hw,
+            record.output_hw,
+            outs if kind == "dwconv" else ins,
+            outs,
+            [[measured_entries[(signature, c_in, c_out)] for c_out in outs] for c_in in ins],
+        )
+    total = len(entries)
     lut = LookupTable(
         device=device, runtime=runtime, threads=threads, batch_size=batch_size, tables=tables, granule=granule
     )
@@ -391,6 +427,7 @@ def build_lut(
         "model": model_name,
         "input_shape": list(graph.input_shape),
         "entries": total,
+        "sweeps": sweeps,
         "build_seconds": time.perf_counter() - start,
         "host": platform.node(),
         "processor": platform.processor() or platform.machine(),

@@ -228,7 +228,7 @@ class OrtLatency(_MeasuredBase):
     def __init__(self, *, threads: int = 1, warmup: int = 10, runs: int = 50, min_seconds: float = 0.0) -> None:
         self.threads, self.warmup, self.runs, self.min_seconds = threads, warmup, runs, min_seconds
 
-    def _runner(self, model: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> Callable[[], object]:
+    def runner(self, model: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> Callable[[], object]:
         """One inference of ``model`` in an ONNX Runtime session."""
         from pruning_core.export import ort_session
 
@@ -244,14 +244,14 @@ class OrtLatency(_MeasuredBase):
         return lambda: session.run(None, feed)
 
     def measure(self, model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int = 1) -> LatencyStats:
-        run = self._runner(model, input_shape, batch_size)
+        run = self.runner(model, input_shape, batch_size)
         samples = time_callable(run, warmup=self.warmup, runs=self.runs, min_seconds=self.min_seconds)
         return self._stats(samples, batch_size)
 
     def measure_interleaved(
         self, models: list[nn.Module], input_shape: tuple[int, ...], *, batch_size: int = 1
     ) -> list[LatencyStats]:
-        fns = [self._runner(m, input_shape, batch_size) for m in models]
+        fns = [self.runner(m, input_shape, batch_size) for m in models]
         return [self._stats(s, batch_size) for s in time_interleaved(fns, warmup=self.warmup, runs=self.runs)]
 
 

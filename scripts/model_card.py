@@ -33,6 +33,14 @@ def render(checkpoint: Path, data: str, data_root: str | None) -> str:
         f"- MACs (batch 1): {cost.macs:,}; parameters: {cost.params:,}",
         f"- Epochs: {meta['epochs']}, seed {meta['seed']}",
         f"- Trained with: `{meta.get('command') or 'prunegym pretrain (command not recorded)'}`",
+        *(
+            [
+                f"- Initialised from `{meta['init_from']['checkpoint']}` ({meta['init_from']['model']}, sha256 "
+                f"`{meta['init_from']['sha256']}`): its blocks copied, every other block starting as the identity"
+            ]
+            if "init_from" in meta
+            else []
+        ),
         f"- Recipe: `{json.dumps(meta.get('config', {}))}`",
         f"- Library versions: `{json.dumps(meta.get('versions', {}))}`",
         "",

@@ -7,7 +7,7 @@ import torch
 
 from hardware_models import DeviceKind, LatencyModel, Variant, get_latency_model, list_devices
 from hardware_models.analytic import PROFILES, AnalyticLatency
-from hardware_models.lut import LayerTable, LookupTable, build_lut, random_variant, validate
+from hardware_models.lut import LayerTable, LookupTable, build_lut, profile_units, random_variant, validate
 from hardware_models.measure import OrtLatency, TorchLatency, build_variant
 from pruning_core.errors import PruneGymError
 from pruning_core.graph import ModelGraph
@@ -70,6 +70,18 @@ def test_layer_table_interpolates_between_grid_points():
     assert table.lookup(1, 1) == 1.0 and table.lookup(2, 3) == 4.0
     assert table.lookup(1.5, 2) == pytest.approx(2.5)
     assert table.lookup(10, 10) == 4.0  # clamped at the grid's end
+
+
+@pytest.mark.parametrize("runtime", ["pytorch", "onnxruntime"])
+def test_profile_units_times_every_unit_in_sweeps(runtime):
+    units = [(torch.nn.Conv2d(c, c, 3, padding=1), (c, 32, 32)) for c in (4, 64)]
+    calls = []
+    thin, wide = profile_units(
+        units, runtime=runtime, threads=1, batch_size=1, sweeps=2, progress=lambda: calls.append(1)
+    )
+    assert len(calls) == 4 and 0 < thin < wide  # 256 times the multiply-adds
+    with pytest.raises(PruneGymError, match="runtime must be pytorch or onnxruntime; got 'tvm'"):
+        profile_units(units, runtime="tvm", threads=1, batch_size=1)
 
 
 def test_lut_build_save_load_predict(small_graph, tmp_path):
