@@ -291,6 +291,7 @@ def profile_units(
         min_seconds: Time of a unit per pass, at least.
         progress: Called once per unit and pass.
     """
+    fns: list[Callable[[], object]]
     if runtime == "pytorch":
         fns = [functools.partial(module.eval(), torch.randn(batch_size, *shape)) for module, shape in units]
     elif runtime == "onnxruntime":

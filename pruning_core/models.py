@@ -92,7 +92,7 @@ def deepen_cifar_resnet(shallow: CifarResNet, deep: CifarResNet) -> CifarResNet:
     Raises:
         UnsupportedModelError: ``deep`` has fewer blocks per stage or a different stem or classifier.
     """
-    n_src, n_dst = len(shallow.layer1), len(deep.layer1)
+    n_src, n_dst = len(list(shallow.layer1.children())), len(list(deep.layer1.children()))
     if n_dst < n_src:
         raise UnsupportedModelError(
             f"expected a deeper ResNet to initialise; got {n_dst} blocks per stage from {n_src}"
@@ -106,8 +106,8 @@ def deepen_cifar_resnet(shallow: CifarResNet, deep: CifarResNet) -> CifarResNet:
     for name in ("conv1", "bn1", "fc"):
         getattr(deep, name).load_state_dict(getattr(shallow, name).state_dict())
     for stage in ("layer1", "layer2", "layer3"):
-        src, dst = getattr(shallow, stage), getattr(deep, stage)
-        for j, block in enumerate(src):
+        dst = list(getattr(deep, stage).children())
+        for j, block in enumerate(getattr(shallow, stage).children()):
             dst[j * n_dst // n_src].load_state_dict(block.state_dict())
     return deep
 

@@ -23,9 +23,9 @@ from envs.factory import make_env
 from pruning_core.baselines import BASELINES, baseline_plan
 from pruning_core.data import atomic_write_bytes, load_dataset
 from pruning_core.errors import BudgetInfeasibleError, PruneGymError
+from pruning_core.finetune import finetune_recipe
 from pruning_core.plan import PruningPlan
 from pruning_core.search import greedy_search, random_search
-from pruning_core.training import TrainConfig
 
 SEARCHES = ("random-search", "greedy-lut")
 ALL_METHODS = ("dqn", "ppo", *BASELINES, *SEARCHES)
@@ -109,14 +109,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = json.loads(results_path.read_text()) if results_path.exists() else []
     done = {(r["method"], r["budget"], r["seed"]) for r in records}
     dataset = load_dataset(cfg.data, cfg.data_root)
-    finetune = TrainConfig(
-        epochs=cfg.finetune_epochs,
-        lr=0.01,
-        schedule="cosine",
-        warmup_epochs=0,
-        bf16=dataset.name != "digits",
-        channels_last=dataset.name != "digits",
-    )
+    finetune = finetune_recipe(cfg.finetune_epochs)
     methods = list(cfg.methods) + (["transfer"] if cfg.transfer_from else [])
 
     def env_for(budget: float, action_mode: str = "continuous") -> Any:

@@ -436,9 +436,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _finetune_config(args: argparse.Namespace):
-    from pruning_core.training import TrainConfig
+    from pruning_core.finetune import finetune_recipe
 
-    return TrainConfig(epochs=args.finetune_epochs, lr=args.lr, schedule="cosine", warmup_epochs=0, seed=args.seed)
+    return finetune_recipe(args.finetune_epochs, lr=args.lr, seed=args.seed)
 
 
 def _print_records(records: list[dict]) -> None:

@@ -19,10 +19,10 @@ import torch
 from pruning_core.checkpoint import load_checkpoint
 from pruning_core.data import atomic_write_bytes, load_dataset
 from pruning_core.engine import PruningEngine, recalibrate_bn
-from pruning_core.finetune import finetune
+from pruning_core.finetune import finetune, finetune_recipe
 from pruning_core.importance import CRITERIA
 from pruning_core.plan import PruningPlan
-from pruning_core.training import TrainConfig, evaluate
+from pruning_core.training import evaluate
 
 
 def markdown(rows: list[dict[str, float | str]]) -> str:
@@ -72,9 +72,7 @@ def main() -> None:
         }
         recalibrate_bn(pruned.model, dataset, batches=args.bn_batches)
         row["test_top1_bn"] = evaluate(pruned.model, dataset, "test").top1
-        config = TrainConfig(
-            epochs=args.finetune_epochs, lr=args.lr, schedule="cosine", warmup_epochs=0, bf16=True, channels_last=True
-        )
+        config = finetune_recipe(args.finetune_epochs, lr=args.lr)
         finetune(pruned, dataset, config)
         row["val_top1_finetuned"] = pruned.accuracy["val_finetuned"]
         row["test_top1_finetuned"] = evaluate(pruned.model, dataset, "test").top1

@@ -18,6 +18,7 @@ from agents.train import TrainRunConfig, train_agent
 from envs.factory import REPO_CHECKPOINTS, make_env
 from pruning_core.baselines import baseline_plan
 from pruning_core.data import atomic_write_bytes, load_dataset
+from pruning_core.finetune import finetune_recipe
 from pruning_core.models import build_model
 from pruning_core.training import TrainConfig, pretrain
 
@@ -89,7 +90,7 @@ def run_demo(
     )
     run = out / f"ppo_{time.strftime('%Y%m%d-%H%M%S')}"
     search = train_agent(config, run)
-    finetune = TrainConfig(epochs=finetune_epochs, lr=0.01, schedule="cosine", warmup_epochs=0)
+    finetune = finetune_recipe(finetune_epochs)
     results: list[MethodResult] = [
         finish_plan(
             "ppo",

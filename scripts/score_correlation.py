@@ -24,10 +24,9 @@ from scipy.stats import spearmanr
 
 from pruning_core.baselines import plan_from_kept
 from pruning_core.data import atomic_write_bytes
-from pruning_core.finetune import prune_and_finetune
+from pruning_core.finetune import finetune_recipe, prune_and_finetune
 from pruning_core.scoring import PlanScorer, ScoreConfig
 from pruning_core.search import random_candidate
-from pruning_core.training import TrainConfig
 from scripts.cli import add_target_args, env_from_args
 
 
@@ -60,7 +59,6 @@ def main() -> None:
         kept = random_candidate(problem, rng)
         if problem.meets(kept):
             plans.append(plan_from_kept(problem, kept, "l1"))
-    bf16 = dataset.name != "digits"
     for i, plan in enumerate(plans[len(rows) :], start=len(rows)):
         row: dict[str, float] = {"plan": i}
         for name, scorer in options.items():
@@ -71,7 +69,7 @@ def main() -> None:
             engine,
             plan,
             dataset,
-            config=TrainConfig(epochs=args.epochs, lr=0.01, warmup_epochs=0, bf16=bf16, channels_last=bf16),
+            config=finetune_recipe(args.epochs),
             progress=False,
         )
         row["finetuned_val"] = pruned.accuracy["val_finetuned"]
