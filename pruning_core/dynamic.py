@@ -14,6 +14,8 @@ execution rate.
 from __future__ import annotations
 
 import copy
+import statistics
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -262,13 +264,32 @@ class DynamicProfile:
 
 
 @torch.inference_mode()
+def time_per_image(
+    model: nn.Module, dataset: ImageDataset, split: str = "test", *, limit: int = 1000
+) -> list[tuple[int, int, float]]:
+    """Run ``model`` image by image (batch 1) over a split, as a deployed model sees its inputs.
+
+    Returns:
+        Per image: the number of gated blocks it executed (0 for a model without gates), whether its top-1
+        prediction was right (1 or 0), and the milliseconds it took.
+    """
+    model.eval()
+    blocks = [block for _, block in gated_blocks(model)]
+    rows = []
+    for images, labels in dataset.batches(split, 1, limit=limit):
+        start = time.perf_counter_ns()
+        logits = model(images)
+        elapsed = (time.perf_counter_ns() - start) / 1e6
+        used = sum(b.last_scores is not None and float(b.last_scores[0]) >= b.threshold for b in blocks)
+        rows.append((used, int(logits.argmax(1)[0] == labels[0]), elapsed))
+    return rows
+
+
+@torch.inference_mode()
 def profile_dynamic(
     model: nn.Module, dataset: ImageDataset, split: str = "test", *, limit: int = 1000, repeats: int = 30
 ) -> DynamicProfile:
     """Time a gated model image by image (batch 1), and its parts, to compare measured with expected latency."""
-    import statistics
-    import time
-
     from hardware_models.measure import time_callable
 
     model.eval()
@@ -277,13 +298,7 @@ def profile_dynamic(
         raise PlanError("expected a model with gated blocks; this one has none")
     for block in blocks.values():
         block.reset_counters()
-    rows = []
-    for images, labels in dataset.batches(split, 1, limit=limit):
-        start = time.perf_counter_ns()
-        logits = model(images)
-        elapsed = (time.perf_counter_ns() - start) / 1e6
-        used = sum(b.last_scores is not None and float(b.last_scores[0]) >= b.threshold for b in blocks.values())
-        rows.append((used, int(logits.argmax(1)[0] == labels[0]), elapsed))
+    rows = time_per_image(model, dataset, split, limit=limit)
     rates = {name: block.execution_rate() for name, block in blocks.items()}
 
     # The parts, measured on one input: every block skipped (static part, gates included), then each block alone.

@@ -1,0 +1,186 @@
+"""Static pruning alone against static pruning plus dynamic block skipping, image by image at batch 1.
+
+One static plan (``--plan PLAN.json``, or ``--uniform RATIO``; 0 keeps the dense model) is applied, its BatchNorm
+recalibrated and the model fine-tuned with the shared recipe. That model is timed image by image on the test split
+(one thread). Then skip gates are added to it and trained with its backbone frozen, and for each gate threshold of
+``--thresholds`` the gated model is timed the same way, with real skipping: accuracy, measured mean latency, the
+expected latency from its parts, per-block execution rates, and accuracy and latency by the number of blocks an
+image used. The static model, the gates and each row are saved as soon as they exist; re-running resumes.
+
+Usage:
+    python -m scripts.dynamic_report --model resnet56 --checkpoint C --data cifar10 --uniform 0.3 \\
+        --finetune-epochs 2 --thresholds 0.3 0.5 0.7 --out runs/dynamic_resnet56
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hardware_models.measure import torch_threads
+from pruning_core.checkpoint import load_torch, save_torch
+from pruning_core.data import atomic_write_bytes
+from pruning_core.dynamic import (
+    add_gates,
+    gated_blocks,
+    profile_dynamic,
+    set_thresholds,
+    time_per_image,
+    train_gates,
+)
+from pruning_core.finetune import finetune_recipe, prune_and_finetune
+from pruning_core.plan import PruningPlan
+from pruning_core.serialize import load_pruned, save_pruned
+from scripts.cli import add_target_args, env_from_args
+
+
+def _static_row(model: torch.nn.Module, dataset: Any, limit: int) -> dict[str, Any]:
+    rows = time_per_image(model, dataset, "test", limit=limit)
+    return {
+        "top1": sum(r[1] for r in rows) / len(rows),
+        "latency_ms_measured": sum(r[2] for r in rows) / len(rows),
+        "images": len(rows),
+    }
+
+
+def _table(report: dict[str, Any]) -> str:
+    static = report["static"]
+    lines = [
+        "| model | threshold | test top-1 | mean latency ms (measured) | expected ms | mean exec rate | vs static |",
+        "|---|---|---|---|---|---|---|",
+        f"| static only | - | {static['top1']:.4f} | {static['latency_ms_measured']:.3f} | - | 1.000 | - |",
+    ]
+    for row in report["dynamic"]:
+        change = row["latency_ms_measured"] / static["latency_ms_measured"] - 1
+        lines.append(
+            f"| static + dynamic | {row['threshold']:.2f} | {row['top1']:.4f} | {row['latency_ms_measured']:.3f} | "
+            f"{row['latency_ms_expected']:.3f} | {row['mean_exec_rate']:.3f} | {change:+.1%} |"
+        )
+    close = [r for r in report["dynamic"] if r["top1"] >= static["top1"] - 0.005]
+    if close:
+        best = min(close, key=lambda r: r["latency_ms_measured"])
+        lines += [
+            "",
+            f"Fastest setting within 0.5 points of static-only accuracy: threshold {best['threshold']:.2f}, "
+            f"{1 - best['latency_ms_measured'] / static['latency_ms_measured']:.1%} lower measured mean latency; "
+            f"measured/expected {best['latency_ms_measured'] / best['latency_ms_expected']:.3f}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    static = report["static"]
+    ax.scatter([static["latency_ms_measured"]], [static["top1"]], marker="s", color="black", label="static only")
+    rows = report["dynamic"]
+    ax.plot(
+        [r["latency_ms_measured"] for r in rows], [r["top1"] for r in rows], "o-", label="static + dynamic (measured)"
+    )
+    ax.plot(
+        [r["latency_ms_expected"] for r in rows], [r["top1"] for r in rows], "x--", label="static + dynamic (expected)"
+    )
+    for r in rows:
+        ax.annotate(f"t={r['threshold']:.2f}", (r["latency_ms_measured"], r["top1"]), fontsize=7)
+    ax.set_xlabel("mean batch-1 latency per test image (ms, 1 thread)")
+    ax.set_ylabel("test top-1")
+    ax.set_title(f"{report['model']}: dynamic skipping on top of static pruning")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_target_args(parser)
+    parser.add_argument("--plan", type=Path, default=None, help="static plan (JSON)")
+    parser.add_argument("--uniform", type=float, default=None, help="uniform channel sparsity of the static plan")
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--gate-epochs", type=int, default=2)
+    parser.add_argument("--rate-penalty", type=float, default=0.5, help="weight of the execution-rate penalty")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.6, 0.7, 0.8])
+    parser.add_argument("--latency-images", type=int, default=2000, help="test images timed one by one")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    if (args.plan is None) == (args.uniform is None):
+        parser.error("expected exactly one of --plan PLAN.json or --uniform RATIO")
+    torch.set_num_threads(args.threads or 2)
+    env = env_from_args(args)
+    engine, dataset = env.engine, env.scorer.dataset
+    args.out.mkdir(parents=True, exist_ok=True)
+    report_path = args.out / "report.json"
+    report: dict[str, Any] = json.loads(report_path.read_text()) if report_path.exists() else {"dynamic": []}
+
+    def save() -> None:
+        atomic_write_bytes(report_path, lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
+
+    static_dir = args.out / "static"
+    if (static_dir / "structure.json").exists():
+        model = load_pruned(static_dir).model
+    else:
+        plan = (
+            PruningPlan.load(args.plan)
+            if args.plan
+            else PruningPlan.uniform(engine.group_names, args.uniform, round_to=env.granule)
+        )
+        pruned = prune_and_finetune(engine, plan, dataset, config=finetune_recipe(args.finetune_epochs))
+        save_pruned(static_dir, pruned, base_model=args.model, classes=list(dataset.classes))
+        report.update(
+            model=args.model,
+            plan=json.loads(plan.to_json()),
+            macs_ratio=pruned.macs_ratio,
+            accuracy=pruned.accuracy,
+            finetune_epochs=args.finetune_epochs,
+        )
+        model = pruned.model
+    model.eval()
+    if "static" not in report:
+        with torch_threads(1):
+            report["static"] = _static_row(model, dataset, args.latency_images)
+        save()
+
+    gates_path = args.out / "gates.pt"
+    gated = add_gates(model)
+    if gates_path.exists():
+        gated.load_state_dict(load_torch(gates_path))
+    else:
+        trained = train_gates(gated, dataset, epochs=args.gate_epochs, rate_penalty=args.rate_penalty)
+        save_torch(gates_path, gated.state_dict())
+        report["gate_training"] = asdict(trained)
+        save()
+    done = {row["threshold"] for row in report["dynamic"]}
+    names = [name for name, _ in gated_blocks(gated)]
+    for threshold in args.thresholds:
+        if threshold in done:
+            continue
+        set_thresholds(gated, dict.fromkeys(names, threshold))
+        with torch_threads(1):
+            profile = profile_dynamic(gated, dataset, "test", limit=args.latency_images)
+        row = {"threshold": threshold, **asdict(profile)}
+        row["mean_exec_rate"] = sum(profile.exec_rate.values()) / len(profile.exec_rate)
+        report["dynamic"].append(row)
+        report["dynamic"].sort(key=lambda r: r["threshold"])
+        save()
+        print(
+            f"threshold {threshold:.2f}: top-1 {profile.top1:.4f}, {profile.latency_ms_measured:.3f} ms measured, "
+            f"{profile.latency_ms_expected:.3f} ms expected",
+            flush=True,
+        )
+    table = _table(report)
+    (args.out / "table.md").write_text(table)
+    _plot(report, args.out / "latency_accuracy.png")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
