@@ -15,6 +15,26 @@ from pruning_core.metrics import count_cost
 from pruning_core.training import evaluate
 
 
+def _init_line(meta: dict) -> str:
+    source = meta["init_from"]
+    how = (
+        "a warm start from its weights"
+        if source["model"] == meta["model"]
+        else "its blocks copied into this deeper network, every other block starting as the identity"
+    )
+    line = f"- Initialised from `{source['checkpoint']}` ({source['model']}, sha256 `{source['sha256']}`): {how}"
+    path = Path(source["checkpoint"])
+    if path.is_file() and sha256(path) == source["sha256"]:  # the earlier stage is at hand: say how it was trained
+        earlier = load_checkpoint(path).meta
+        line += (
+            f". That checkpoint: {earlier['epochs']} epochs, test top-1 {earlier['test_top1']:.4f}, trained with "
+            f"`{earlier.get('command') or 'command not recorded'}`"
+        )
+        if "init_from" in earlier:
+            line += "\n  " + _init_line(earlier)
+    return line
+
+
 def render(checkpoint: Path, data: str, data_root: str | None) -> str:
     """Evaluate ``checkpoint`` on the test split and return its card as Markdown."""
     ckpt = load_checkpoint(checkpoint)
@@ -33,14 +53,7 @@ def render(checkpoint: Path, data: str, data_root: str | None) -> str:
         f"- MACs (batch 1): {cost.macs:,}; parameters: {cost.params:,}",
         f"- Epochs: {meta['epochs']}, seed {meta['seed']}",
         f"- Trained with: `{meta.get('command') or 'prunegym pretrain (command not recorded)'}`",
-        *(
-            [
-                f"- Initialised from `{meta['init_from']['checkpoint']}` ({meta['init_from']['model']}, sha256 "
-                f"`{meta['init_from']['sha256']}`): its blocks copied, every other block starting as the identity"
-            ]
-            if "init_from" in meta
-            else []
-        ),
+        *([_init_line(meta)] if "init_from" in meta else []),
         f"- Recipe: `{json.dumps(meta.get('config', {}))}`",
         f"- Library versions: `{json.dumps(meta.get('versions', {}))}`",
         "",
