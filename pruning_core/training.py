@@ -236,7 +236,7 @@ def train(
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
     if teacher is not None:
-        teacher.eval()
+        teacher.eval().to(memory_format=memory_format)
     steps_per_epoch = math.ceil(len(dataset.train) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     generator = torch.Generator()
@@ -297,6 +297,8 @@ def train(
         if on_epoch_end is not None:
             on_epoch_end(state)
     model.to(memory_format=torch.contiguous_format)
+    if teacher is not None:
+        teacher.to(memory_format=torch.contiguous_format)
     return state
 
 
@@ -314,6 +316,7 @@ def pretrain(
     out: str | os.PathLike[str],
     *,
     resume: bool = False,
+    teacher: nn.Module | None = None,
     progress: bool = True,
     extra_meta: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -321,7 +324,8 @@ def pretrain(
 
     The resumable state (weights, optimizer, epochs done, history) goes to ``<out>.resume`` after every epoch,
     atomically; ``resume=True`` continues from it. The final checkpoint holds weights and metadata only, and
-    replaces the resume state when the run completes.
+    replaces the resume state when the run completes. With a ``teacher`` and ``config.distill_weight > 0`` the
+    model also learns the teacher's soft labels (knowledge distillation).
 
     Returns:
         The trained model (eval mode) and the checkpoint's metadata.
@@ -360,7 +364,7 @@ def pretrain(
         )
 
     start = time.perf_counter()
-    train(state, dataset, config, on_epoch_end=save_partial, progress=progress)
+    train(state, dataset, config, teacher=teacher, on_epoch_end=save_partial, progress=progress)
     test = evaluate(model, dataset, "test")
     meta: dict[str, Any] = {
         "model": model_name,

@@ -72,11 +72,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         seed=args.seed,
         bf16=args.bf16,
         channels_last=args.channels_last,
+        distill_weight=args.distill_weight if args.distill_from is not None else 0.0,
+        distill_temperature=args.distill_temperature,
     )
     model = build_model(args.model, num_classes=dataset.num_classes, in_channels=dataset.input_shape[0])
     extra_meta: dict[str, object] = {}
     if args.init_from is not None:  # a resumed run overwrites these weights but keeps the record
-        extra_meta["init_from"] = _init_from(model, args.init_from, dataset.classes)
+        extra_meta["init_from"] = _init_from(model, args.model, args.init_from, dataset.classes)
+    teacher = None
+    if args.distill_from is not None:
+        teacher, extra_meta["distilled_from"] = _teacher(args.distill_from, dataset.classes)
     command = "prunegym " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("prunegym") else None
     _, meta = pretrain(
         model,
@@ -85,6 +90,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         config,
         args.out,
         resume=args.resume,
+        teacher=teacher,
         extra_meta={**extra_meta, **({"command": command} if command else {})},
     )
     print(
@@ -94,7 +100,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _init_from(model: torch.nn.Module, path: Path, classes: Sequence[str]) -> dict[str, str]:
+def _init_from(model: torch.nn.Module, name: str, path: Path, classes: Sequence[str]) -> dict[str, str]:
     """Start ``model`` from a trained checkpoint: the same architecture's weights, or a shallower CIFAR ResNet's."""
     from pruning_core.checkpoint import load_checkpoint, sha256
     from pruning_core.models import CifarResNet, deepen_cifar_resnet
@@ -109,9 +115,25 @@ def _init_from(model: torch.nn.Module, path: Path, classes: Sequence[str]) -> di
         model.load_state_dict(trained.state_dict())
     else:
         raise PruneGymError(
-            f"--init-from expected the same model or a shallower CIFAR ResNet; got {source.meta['model']}"
+            f"--init-from expected a {name} checkpoint or a shallower CIFAR ResNet; got {source.meta['model']}"
         )
     return {"checkpoint": str(path), "model": str(source.meta["model"]), "sha256": sha256(path)}
+
+
+def _teacher(path: Path, classes: Sequence[str]) -> tuple[torch.nn.Module, dict[str, object]]:
+    """A trained teacher for distillation and the record of where it came from."""
+    from pruning_core.checkpoint import load_checkpoint, sha256
+
+    source = load_checkpoint(path)
+    if list(source.meta["classes"]) != list(classes):
+        raise PruneGymError(f"--distill-from {path} was trained on classes {source.meta['classes']}; got {classes}")
+    record = {
+        "checkpoint": str(path),
+        "model": str(source.meta["model"]),
+        "sha256": sha256(path),
+        "test_top1": source.meta.get("test_top1"),
+    }
+    return source.build(), record
 
 
 def _load_model_for_eval(args: argparse.Namespace) -> tuple[torch.nn.Module, str, list[str]]:
@@ -616,6 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from this checkpoint: the same model, or a shallower CIFAR ResNet (its blocks are copied and "
         "the extra blocks start as identities)",
     )
+    p.add_argument("--distill-from", type=Path, default=None, help="teacher checkpoint (knowledge distillation)")
+    p.add_argument("--distill-weight", type=float, default=0.5, help="weight of the teacher's soft labels")
+    p.add_argument("--distill-temperature", type=float, default=4.0)
     p.set_defaults(handler=cmd_pretrain)
 
     p = sub.add_parser("evaluate", help="top-1 accuracy, MACs and parameters of a checkpoint or pruned model")

@@ -54,6 +54,14 @@ def render(checkpoint: Path, data: str, data_root: str | None) -> str:
         f"- Epochs: {meta['epochs']}, seed {meta['seed']}",
         f"- Trained with: `{meta.get('command') or 'prunegym pretrain (command not recorded)'}`",
         *([_init_line(meta)] if "init_from" in meta else []),
+        *(
+            [
+                f"- Distilled from `{meta['distilled_from']['checkpoint']}` ({meta['distilled_from']['model']}, "
+                f"test top-1 {meta['distilled_from']['test_top1']}, sha256 `{meta['distilled_from']['sha256']}`)"
+            ]
+            if "distilled_from" in meta
+            else []
+        ),
         f"- Recipe: `{json.dumps(meta.get('config', {}))}`",
         f"- Library versions: `{json.dumps(meta.get('versions', {}))}`",
         "",

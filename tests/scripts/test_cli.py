@@ -36,6 +36,21 @@ def test_pretrain_then_evaluate_json(tmp_path, capsys):
     assert 0.5 < record["top1"] <= 1 and record["n"] == 359 and record["macs"] > record["params"] > 0
 
 
+def test_pretrain_from_a_checkpoint_with_a_teacher_records_both(tmp_path, capsys):
+    from pruning_core.checkpoint import load_checkpoint
+
+    trained = "checkpoints/small_cnn_digits.pt"
+    out = tmp_path / "student.pt"
+    argv = ["pretrain", "--model", "small_cnn", "--data", "digits", "--epochs", "1", "--lr", "0.01"]
+    assert main([*argv, "--init-from", trained, "--distill-from", trained, "--out", str(out)]) == 0
+    meta = load_checkpoint(out).meta
+    assert meta["init_from"]["model"] == meta["distilled_from"]["model"] == "small_cnn"
+    assert meta["config"]["distill_weight"] == 0.5 and meta["test_top1"] > 0.9  # started from a trained model
+    capsys.readouterr()
+    assert main(["pretrain", "--model", "resnet20", "--data", "digits", "--init-from", trained, "--out", "x.pt"]) != 0
+    assert "expected a resnet20 checkpoint or a shallower CIFAR ResNet; got small_cnn" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
