@@ -105,7 +105,8 @@ class PlanScorer:
             pruned.model.to(memory_format=torch.channels_last)
         applied = time.perf_counter()
         if cfg.bn_batches > 0:
-            recalibrate_bn(pruned.model, self.dataset, batches=cfg.bn_batches, batch_size=cfg.bn_batch_size)
+            with self._autocast():
+                recalibrate_bn(pruned.model, self.dataset, batches=cfg.bn_batches, batch_size=cfg.bn_batch_size)
         if cfg.finetune_steps > 0:
             self._short_finetune(pruned)
         if timings is not None:
@@ -119,9 +120,9 @@ class PlanScorer:
             return replace(self._cache[key], seconds=0.0, cached=True, timings={})
         start = time.perf_counter()
         timings: dict[str, float] = {}
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16):
-            pruned = self.prune_and_adapt(plan, timings)
-            adapted = time.perf_counter()
+        pruned = self.prune_and_adapt(plan, timings)
+        adapted = time.perf_counter()
+        with self._autocast():
             model, rates = pruned.model, {}
             if plan.skip_thresholds:
                 if self.gates is None:
@@ -144,6 +145,14 @@ class PlanScorer:
         self.evaluations += 1
         return score
 
+    def _autocast(self) -> torch.autocast:
+        """bfloat16 autocast when the recipe asks for it.
+
+        Each region must end before the weights change: autocast keeps its bfloat16 copies of the weights until
+        the outermost region exits, so a training step inside a longer region would not see its own updates.
+        """
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16)
+
     def _short_finetune(self, pruned: PrunedModel) -> None:
         cfg = self.config
         model = pruned.model
@@ -160,13 +169,14 @@ class PlanScorer:
         )
         model.train()
         for images, labels in batches:
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels)
-            if teacher is not None:
-                with torch.no_grad():
-                    soft = teacher(images)
-                kd = F.kl_div(F.log_softmax(logits / 4, 1), F.softmax(soft / 4, 1), reduction="batchmean") * 16
-                loss = (1 - cfg.distill) * loss + cfg.distill * kd
+            with self._autocast():  # one region per step (see _autocast)
+                logits = model(images).float()
+                loss = F.cross_entropy(logits, labels)
+                if teacher is not None:
+                    with torch.no_grad():
+                        soft = teacher(images).float()
+                    kd = F.kl_div(F.log_softmax(logits / 4, 1), F.softmax(soft / 4, 1), reduction="batchmean") * 16
+                    loss = (1 - cfg.distill) * loss + cfg.distill * kd
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
