@@ -5,6 +5,7 @@ are compared on equal terms. Scores of identical plans are cached.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, replace
 
@@ -32,7 +33,7 @@ class ScoreConfig:
     finetune_steps: int = 0
     """SGD steps of a short fine-tune after recalibration (0: adaptive BN alone)."""
     finetune_lr: float = 0.01
-    """Learning rate of the short fine-tune."""
+    """Peak learning rate of the short fine-tune (SGD with momentum, cosine decay over its steps)."""
     finetune_batch_size: int = 64
     """Images per short fine-tune step."""
     distill: float = 0.0
@@ -168,7 +169,9 @@ class PlanScorer:
             generator=generator,
         )
         model.train()
-        for images, labels in batches:
+        for step, (images, labels) in enumerate(batches):
+            for group in optimizer.param_groups:  # cosine decay over the steps: the last ones settle, not jolt
+                group["lr"] = 0.5 * cfg.finetune_lr * (1 + math.cos(math.pi * step / cfg.finetune_steps))
             with self._autocast():  # one region per step (see _autocast)
                 logits = model(images).float()
                 loss = F.cross_entropy(logits, labels)
