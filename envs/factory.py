@@ -22,7 +22,7 @@ from pruning_core.errors import PruneGymError
 from pruning_core.graph import ModelGraph
 from pruning_core.metrics import LayerwiseCost, MacsCost, ParamsCost
 from pruning_core.scoring import PlanScorer, ScoreConfig
-from pruning_core.training import bf16_is_fast
+from pruning_core.training import resolve_bf16
 
 REPO_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 BUDGET_METRICS = ("latency", "macs", "params")
@@ -165,9 +165,9 @@ def make_env(
     engine = PruningEngine(ckpt.build(), dataset.input_shape, dataset=dataset)
     cost, measured = budget_model_for(budget_metric, device, engine.graph, model, progress=progress)
     gates = trained_gates(engine, dataset, ckpt_path, epochs=gate_epochs, progress=progress) if dynamic_skip else None
-    if score_bf16 is None:
-        score_bf16 = bf16_is_fast()
-    config = ScoreConfig(val_images=val_images, bn_batches=bn_batches, finetune_steps=finetune_steps, bf16=score_bf16)
+    config = ScoreConfig(
+        val_images=val_images, bn_batches=bn_batches, finetune_steps=finetune_steps, bf16=resolve_bf16(score_bf16)
+    )
     scorer = PlanScorer(engine, dataset, config, gates=gates)
     env = LayerPruneEnv(
         scorer,

@@ -9,7 +9,7 @@ from torch import nn
 from pruning_core.data import ImageDataset
 from pruning_core.engine import PrunedModel, PruningEngine, recalibrate_bn
 from pruning_core.plan import PruningPlan
-from pruning_core.training import Schedule, TrainConfig, TrainState, bf16_is_fast, evaluate, make_state, train
+from pruning_core.training import Schedule, TrainConfig, TrainState, evaluate, make_state, resolve_bf16, train
 
 
 def finetune_recipe(
@@ -20,9 +20,14 @@ def finetune_recipe(
     SGD with momentum from ``lr``, no warm-up, cosine decay (or constant); channels-last, and bfloat16 autocast
     where the CPU runs it natively (``bf16=None``), which halves the time of an epoch there.
     """
-    fast = bf16_is_fast() if bf16 is None else bf16
     return TrainConfig(
-        epochs=epochs, lr=lr, schedule=Schedule(schedule), warmup_epochs=0, seed=seed, bf16=fast, channels_last=True
+        epochs=epochs,
+        lr=lr,
+        schedule=Schedule(schedule),
+        warmup_epochs=0,
+        seed=seed,
+        bf16=resolve_bf16(bf16),
+        channels_last=True,
     )
 
 

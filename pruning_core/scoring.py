@@ -5,7 +5,6 @@ are compared on equal terms. Scores of identical plans are cached.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field, replace
 
@@ -17,7 +16,7 @@ from pruning_core.dynamic import TrainedGates, gated_blocks
 from pruning_core.engine import PrunedModel, PruningEngine, recalibrate_bn
 from pruning_core.errors import PlanError, PruneGymError
 from pruning_core.plan import PruningPlan
-from pruning_core.training import evaluate
+from pruning_core.training import TrainConfig, distill_loss, evaluate
 
 
 @dataclass(frozen=True)
@@ -169,17 +168,18 @@ class PlanScorer:
             generator=generator,
         )
         model.train()
+        # cosine decay over the steps (the last ones settle, not jolt), as a one-epoch run of the training schedule
+        schedule = TrainConfig(epochs=1, lr=cfg.finetune_lr, warmup_epochs=0)
         for step, (images, labels) in enumerate(batches):
-            for group in optimizer.param_groups:  # cosine decay over the steps: the last ones settle, not jolt
-                group["lr"] = 0.5 * cfg.finetune_lr * (1 + math.cos(math.pi * step / cfg.finetune_steps))
+            for group in optimizer.param_groups:
+                group["lr"] = schedule.lr_at(step, cfg.finetune_steps, cfg.finetune_steps)
             with self._autocast():  # one region per step (see _autocast)
                 logits = model(images).float()
                 loss = F.cross_entropy(logits, labels)
                 if teacher is not None:
                     with torch.no_grad():
                         soft = teacher(images).float()
-                    kd = F.kl_div(F.log_softmax(logits / 4, 1), F.softmax(soft / 4, 1), reduction="batchmean") * 16
-                    loss = (1 - cfg.distill) * loss + cfg.distill * kd
+                    loss = (1 - cfg.distill) * loss + cfg.distill * distill_loss(logits, soft, temperature=4.0)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -50,6 +50,11 @@ def bf16_is_fast() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def resolve_bf16(bf16: bool | None) -> bool:
+    """``bf16`` as asked, or, when ``None``, whether this CPU runs it natively (:func:`bf16_is_fast`)."""
+    return bf16_is_fast() if bf16 is None else bf16
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of one training or fine-tuning run."""
@@ -199,7 +204,8 @@ def make_state(model: nn.Module, config: TrainConfig) -> TrainState:
     return TrainState(model=model, optimizer=optimizer)
 
 
-def _distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Knowledge distillation (Hinton et al. 2015): KL divergence of the softened outputs, times ``temperature**2``."""
     t = temperature
     return F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1), reduction="batchmean") * t * t
 
@@ -270,7 +276,7 @@ def train(
                 if teacher is not None and config.distill_weight > 0:
                     with torch.no_grad():
                         soft = teacher(images).float()
-                    loss = (1 - config.distill_weight) * loss + config.distill_weight * _distill_loss(
+                    loss = (1 - config.distill_weight) * loss + config.distill_weight * distill_loss(
                         logits.float(), soft, config.distill_temperature
                     )
             state.optimizer.zero_grad(set_to_none=True)

@@ -24,7 +24,7 @@ from pruning_core.engine import PruningEngine
 from pruning_core.models import build_model
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import PlanScorer, ScoreConfig
-from pruning_core.training import bf16_is_fast
+from pruning_core.training import resolve_bf16
 
 
 def main() -> None:
@@ -57,7 +57,7 @@ def main() -> None:
     else:
         model = build_model(args.model, num_classes=dataset.num_classes, in_channels=dataset.input_shape[0])
     engine = PruningEngine(model, dataset.input_shape)
-    bf16 = bf16_is_fast() if args.bf16 is None else args.bf16
+    bf16 = resolve_bf16(args.bf16)
     scorer = PlanScorer(
         engine,
         dataset,

@@ -17,6 +17,7 @@ from pruning_core.data import ImageDataset
 
 if TYPE_CHECKING:
     from envs.layer_prune import LayerPruneEnv
+    from pruning_core.checkpoint import Checkpoint
 from pruning_core.errors import PruneGymError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -81,7 +82,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         extra_meta["init_from"] = _init_from(model, args.model, args.init_from, dataset.classes)
     teacher = None
     if args.distill_from is not None:
-        teacher, extra_meta["distilled_from"] = _teacher(args.distill_from, dataset.classes)
+        source, extra_meta["distilled_from"] = _trained_source(args.distill_from, dataset.classes, "--distill-from")
+        teacher = source.build()
     command = "prunegym " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("prunegym") else None
     _, meta = pretrain(
         model,
@@ -100,40 +102,39 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _init_from(model: torch.nn.Module, name: str, path: Path, classes: Sequence[str]) -> dict[str, str]:
-    """Start ``model`` from a trained checkpoint: the same architecture's weights, or a shallower CIFAR ResNet's."""
-    from pruning_core.checkpoint import load_checkpoint, sha256
-    from pruning_core.models import CifarResNet, deepen_cifar_resnet
-
-    source = load_checkpoint(path)
-    if list(source.meta["classes"]) != list(classes):
-        raise PruneGymError(f"--init-from {path} was trained on classes {source.meta['classes']}; got {list(classes)}")
-    trained = source.build()
-    if isinstance(model, CifarResNet) and isinstance(trained, CifarResNet) and len(trained.layer1) < len(model.layer1):
-        deepen_cifar_resnet(trained, model)
-    elif type(trained) is type(model):
-        model.load_state_dict(trained.state_dict())
-    else:
-        raise PruneGymError(
-            f"--init-from expected a {name} checkpoint or a shallower CIFAR ResNet; got {source.meta['model']}"
-        )
-    return {"checkpoint": str(path), "model": str(source.meta["model"]), "sha256": sha256(path)}
-
-
-def _teacher(path: Path, classes: Sequence[str]) -> tuple[torch.nn.Module, dict[str, object]]:
-    """A trained teacher for distillation and the record of where it came from."""
+def _trained_source(path: Path, classes: Sequence[str], flag: str) -> tuple[Checkpoint, dict[str, object]]:
+    """A checkpoint another run starts from or learns from, checked against the classes, and its record."""
     from pruning_core.checkpoint import load_checkpoint, sha256
 
     source = load_checkpoint(path)
     if list(source.meta["classes"]) != list(classes):
-        raise PruneGymError(f"--distill-from {path} was trained on classes {source.meta['classes']}; got {classes}")
+        raise PruneGymError(f"{flag} {path} was trained on classes {source.meta['classes']}; got {list(classes)}")
     record = {
         "checkpoint": str(path),
         "model": str(source.meta["model"]),
         "sha256": sha256(path),
         "test_top1": source.meta.get("test_top1"),
     }
-    return source.build(), record
+    return source, record
+
+
+def _init_from(model: torch.nn.Module, name: str, path: Path, classes: Sequence[str]) -> dict[str, object]:
+    """Start ``model`` from a trained checkpoint: the same model's weights, or a shallower CIFAR ResNet's."""
+    from pruning_core.models import CifarResNet, deepen_cifar_resnet
+
+    source, record = _trained_source(path, classes, "--init-from")
+    trained = source.build()
+    if record["model"] == name:
+        model.load_state_dict(trained.state_dict())
+    elif (
+        isinstance(model, CifarResNet) and isinstance(trained, CifarResNet) and len(trained.layer1) < len(model.layer1)
+    ):
+        deepen_cifar_resnet(trained, model)
+    else:
+        raise PruneGymError(
+            f"--init-from expected a {name} checkpoint or a shallower CIFAR ResNet; got {record['model']}"
+        )
+    return record
 
 
 def _load_model_for_eval(args: argparse.Namespace) -> tuple[torch.nn.Module, str, list[str]]:

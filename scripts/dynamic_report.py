@@ -142,6 +142,7 @@ def main() -> None:
             accuracy=pruned.accuracy,
             finetune_epochs=args.finetune_epochs,
         )
+        save()
         model = pruned.model
     model.eval()
     if "static" not in report:
