@@ -11,7 +11,7 @@ import torch
 
 from envs.layer_prune import LayerPruneEnv
 from hardware_models.base import LatencyModel
-from hardware_models.lut import DEFAULT_GRANULE, LookupTable, build_lut
+from hardware_models.lut import BUILD_METHOD, DEFAULT_GRANULE, LookupTable, build_lut
 from hardware_models.measure import OrtLatency, TorchLatency, default_threads
 from hardware_models.registry import get_latency_model
 from pruning_core.checkpoint import load_checkpoint, load_torch, save_torch, sha256
@@ -40,9 +40,10 @@ def default_checkpoint(model: str, data: str) -> Path:
 def cached_lut(graph: ModelGraph, device: str, model_name: str, *, progress: bool = True) -> LookupTable:
     """The host lookup table for this model and device, built once and cached under the user cache directory."""
     threads = default_threads()
-    # the channel step is part of the key, so tables profiled at another step are not reused
+    # the channel step and the build method are part of the key: tables built otherwise are not reused
     key = hashlib.sha1(
-        f"{model_name}{graph.input_shape}{torch.__version__}{os.uname().nodename}g{DEFAULT_GRANULE}w".encode()
+        f"{model_name}{graph.input_shape}{torch.__version__}{os.uname().nodename}g{DEFAULT_GRANULE}w"
+        f"m{BUILD_METHOD}".encode()
     ).hexdigest()
     path = cache_dir() / "luts" / f"{device}-{model_name.replace(':', '_')}-t{threads}-{key[:10]}.json"
     if path.exists():

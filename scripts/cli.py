@@ -364,7 +364,7 @@ def cmd_lut_build(args: argparse.Namespace) -> int:
     print(
         f"{args.out}: {lut.meta['entries']} entries (widths in steps of {lut.granule}) in "
         f"{lut.meta['build_seconds']:.1f}s; calibration "
-        f"latency = {lut.scale:.3f} x layer sum + {lut.overhead_ms:.3f} ms"
+        f"latency = {lut.curvature:.4f} x sum^2 + {lut.scale:.3f} x sum + {lut.overhead_ms:.3f} ms (sum: layer sum)"
     )
     return 0
 
@@ -394,6 +394,7 @@ def cmd_lut_validate(args: argparse.Namespace) -> int:
         samples=args.samples,
         seed=args.seed,
         granule=lut.granule if args.granule is None else args.granule,
+        rounds=args.rounds,
         progress=not args.json,
     )
     record = {k: v for k, v in asdict(report).items() if k != "rows"}
@@ -410,6 +411,12 @@ def cmd_lut_validate(args: argparse.Namespace) -> int:
             f"{report.relative['spearman']:.3f}; MACs MAPE {report.relative['macs_mape']:.1%}, within 10% "
             f"{report.relative['macs_within_10pct']:.0%}, Spearman {report.relative['macs_spearman']:.3f}"
         )
+        if report.repeatability:
+            r = report.repeatability
+            print(
+                f"  the host's own noise (first pass against last): MAPE {r['mape']:.1%}, within 10% "
+                f"{r['within_10pct']:.0%}, Spearman {r['spearman']:.3f}"
+            )
     if args.rows is not None:
         args.rows.write_text(json.dumps(report.rows, indent=1))
     return 0
@@ -703,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_GRANULE,
         help="profile widths in multiples of this; searches then keep pruned widths at multiples of it (1: any)",
     )
-    p.add_argument("--calibration-variants", type=int, default=8, help="whole pruned models measured to calibrate")
+    p.add_argument("--calibration-variants", type=int, default=24, help="whole pruned models measured to calibrate")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(handler=cmd_lut_build)
     p = lut_sub.add_parser("validate", help="compare a table with measurements of random pruned variants")
@@ -715,6 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--granule", type=int, default=None, help="variants' widths in multiples of this (default: the table's)"
     )
+    p.add_argument("--rounds", type=int, default=3, help="passes over all variants (each timed beside dense)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--rows", type=Path, default=None, help="write every variant's figures here as JSON")
     p.set_defaults(handler=cmd_lut_validate)

@@ -2,12 +2,21 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
 from hardware_models import DeviceKind, LatencyModel, Variant, get_latency_model, list_devices
 from hardware_models.analytic import PROFILES, AnalyticLatency
-from hardware_models.lut import LayerTable, LookupTable, build_lut, profile_units, random_variant, validate
+from hardware_models.lut import (
+    LayerTable,
+    LookupTable,
+    build_lut,
+    fit_calibration,
+    profile_units,
+    random_variant,
+    validate,
+)
 from hardware_models.measure import OrtLatency, TorchLatency, build_variant
 from pruning_core.errors import PruneGymError
 from pruning_core.graph import ModelGraph
@@ -102,6 +111,28 @@ def test_lut_build_save_load_predict(small_graph, tmp_path):
         loaded.predict_variant(small_graph, Variant(), batch_size=4)
 
 
+def test_fit_calibration_follows_a_concave_curve_and_refuses_a_decreasing_one():
+    sums = np.linspace(2.0, 6.0, 12)
+    concave = -0.05 * sums**2 + 1.9 * sums + 0.3  # what whole models measured here look like against layer sums
+    curvature, scale, overhead = fit_calibration(sums, concave)
+    assert (curvature, scale, overhead) == pytest.approx((-0.05, 1.9, 0.3), abs=1e-6)
+    # a fit that would turn down inside the range is refused (a thinner model must never be predicted slower)
+    curvature, scale, _ = fit_calibration(sums, 6.0 - (sums - 4.0) ** 2)
+    assert curvature == 0.0 and scale > 0
+    # a negative intercept is kept while every calibrated model stays positive
+    assert fit_calibration(sums[:4], 1.5 * sums[:4] - 1.0) == pytest.approx((0.0, 1.5, -1.0), abs=1e-6)
+    with pytest.raises(PruneGymError, match="expected as many sums as measurements"):
+        fit_calibration(sums, concave[:3])
+
+
+def test_lut_combine_applies_the_quadratic_calibration(small_graph, tmp_path):
+    table = LookupTable(device="d", runtime="pytorch", threads=1, batch_size=1, tables={}, scale=2.0, overhead_ms=0.5)
+    table.curvature = -0.1
+    assert table.combine(3.0) == pytest.approx(-0.9 + 6.0 + 0.5)
+    table.save(tmp_path / "t.json")
+    assert LookupTable.load(tmp_path / "t.json").combine(3.0) == pytest.approx(5.6)
+
+
 def test_validate_reports_lut_and_macs(small_graph):
     def fake_measure(model):  # latency proportional to MACs: the MACs proxy must be exact, a constant must not
         return count_cost(model, small_graph.input_shape).macs / 1e6
@@ -115,6 +146,7 @@ def test_validate_reports_lut_and_macs(small_graph):
     assert report.macs_mape == pytest.approx(0.0, abs=1e-9) and report.macs_within_10pct == 1.0
     assert report.relative["macs_mape"] == pytest.approx(0.0, abs=1e-9) and report.relative["macs_spearman"] == 1.0
     assert report.samples == 6 and report.mape > 0.05
+    assert report.repeatability["mape"] == 0.0 and report.repeatability["within_10pct"] == 1.0  # a noiseless host
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))
