@@ -26,6 +26,7 @@ from agents.policy_io import save_policy
 from pruning_core.data import atomic_write_bytes
 from pruning_core.errors import CheckpointError, PruneGymError
 from pruning_core.plan import PruningPlan
+from pruning_core.scoring import DEFAULT_FINETUNE_STEPS
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class TrainRunConfig:
     """Val images a plan is scored on."""
     bn_batches: int = 10
     """BN recalibration batches in the score."""
-    finetune_steps: int = 0
+    finetune_steps: int = DEFAULT_FINETUNE_STEPS
     """Short fine-tune steps in the score."""
     max_sparsity: float = 0.9
     """Largest sparsity of one group."""

@@ -21,7 +21,7 @@ from pruning_core.engine import PruningEngine
 from pruning_core.errors import PruneGymError
 from pruning_core.graph import ModelGraph
 from pruning_core.metrics import LayerwiseCost, MacsCost, ParamsCost
-from pruning_core.scoring import PlanScorer, ScoreConfig
+from pruning_core.scoring import DEFAULT_FINETUNE_STEPS, PlanScorer, ScoreConfig
 from pruning_core.training import resolve_bf16
 
 REPO_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -114,7 +114,7 @@ def make_env(
     max_sparsity: float = 0.9,
     val_images: int = 1000,
     bn_batches: int = 10,
-    finetune_steps: int = 0,
+    finetune_steps: int = DEFAULT_FINETUNE_STEPS,
     score_bf16: bool | None = None,
     criterion: str = "l1",
     measure_final: bool = False,
@@ -141,7 +141,8 @@ def make_env(
         max_sparsity: Largest sparsity of one group.
         val_images: Val images a plan is scored on.
         bn_batches: Training batches of BN recalibration in the score.
-        finetune_steps: SGD steps of the score's short fine-tune (0: adaptive BN alone).
+        finetune_steps: SGD steps of the score's short fine-tune (0: adaptive BN alone; the default was chosen by
+            measurement, see :data:`pruning_core.scoring.DEFAULT_FINETUNE_STEPS`).
         score_bf16: Recalibrate and evaluate under bfloat16 autocast; ``None`` turns it on where the CPU runs
             bfloat16 natively (AMX, AVX512-BF16), where it is about twice as fast.
         criterion: Channel importance criterion of the plans.

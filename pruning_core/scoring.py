@@ -18,6 +18,12 @@ from pruning_core.errors import PlanError, PruneGymError
 from pruning_core.plan import PruningPlan
 from pruning_core.training import TrainConfig, distill_loss, evaluate
 
+DEFAULT_FINETUNE_STEPS = 50
+"""SGD steps of the score's short fine-tune unless told otherwise, chosen by measurement (``scripts/score_correlation``,
+resnet20 on CIFAR-10 at 0.5 of dense host-CPU latency, 20 random plans at the budget): Spearman correlation with val
+accuracy after 2 fine-tuning epochs -0.16 for adaptive BN alone (its scores sit at chance there), 0.51 with 50 steps,
+0.32 with 50 distilled steps; 0.6 s, 4.6 s and 8.3 s a plan on one thread."""
+
 
 @dataclass(frozen=True)
 class ScoreConfig:
@@ -29,8 +35,8 @@ class ScoreConfig:
     """Training batches for adaptive BatchNorm recalibration (EagleEye)."""
     bn_batch_size: int = 64
     """Images per recalibration batch."""
-    finetune_steps: int = 0
-    """SGD steps of a short fine-tune after recalibration (0: adaptive BN alone)."""
+    finetune_steps: int = DEFAULT_FINETUNE_STEPS
+    """SGD steps of a short fine-tune after recalibration (0: adaptive BN alone; see ``DEFAULT_FINETUNE_STEPS``)."""
     finetune_lr: float = 0.01
     """Peak learning rate of the short fine-tune (SGD with momentum, cosine decay over its steps)."""
     finetune_batch_size: int = 64

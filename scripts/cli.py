@@ -14,6 +14,7 @@ import torch
 
 from hardware_models.lut import DEFAULT_GRANULE
 from pruning_core.data import ImageDataset
+from pruning_core.scoring import DEFAULT_FINETUNE_STEPS
 
 if TYPE_CHECKING:
     from envs.layer_prune import LayerPruneEnv
@@ -736,7 +737,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-envs", type=int, default=1, help="environments in parallel processes")
     p.add_argument("--val-images", type=int, default=1000)
     p.add_argument("--bn-batches", type=int, default=10)
-    p.add_argument("--finetune-steps", type=int, default=0, help="short fine-tune steps inside the score")
+    p.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=DEFAULT_FINETUNE_STEPS,
+        help="short fine-tune steps inside the score (0: adaptive BN alone)",
+    )
     p.add_argument("--dynamic-skip", action="store_true", help="also choose a gate threshold per residual block")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<model>__<device>__...)")

@@ -44,7 +44,7 @@ def main() -> None:
     dataset, engine = env.scorer.dataset, env.engine
     problem = env.budget_problem()
     options = {
-        "adaptive_bn": PlanScorer(engine, dataset, ScoreConfig(val_images=args.val_images)),
+        "adaptive_bn": PlanScorer(engine, dataset, ScoreConfig(val_images=args.val_images, finetune_steps=0)),
         f"bn_plus_{args.steps}_steps": PlanScorer(
             engine, dataset, ScoreConfig(val_images=args.val_images, finetune_steps=args.steps)
         ),

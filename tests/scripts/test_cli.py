@@ -197,6 +197,8 @@ def test_train_killed_with_sigkill_resumes_losing_at_most_one_episode(tmp_path):
         "150",
         "--bn-batches",
         "2",
+        "--finetune-steps",
+        "0",  # the mechanics of kill and resume, not the score: keep episodes fast
         "--device",
         "pixel-a76",
         "--out",
