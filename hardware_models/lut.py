@@ -498,8 +498,8 @@ class ValidationReport:
     """The same figures for latency relative to the dense model measured just before each variant."""
     repeatability: dict[str, float] = field(default_factory=dict)
     """The measurement against itself: the first round's relative latencies as a "prediction" of the last round's
-    (``mape``, ``within_10pct``, ``spearman``). No predictor can agree with one measurement better than the next
-    measurement does, so this is the ceiling the host's noise sets on the figures above."""
+    (``mape``, ``within_10pct``, ``spearman``). This is the host's noise: a predictor that agrees with the measured
+    medians about as well as one round agrees with another is as good as this host can show."""
 
 
 def validate(
