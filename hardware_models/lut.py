@@ -51,6 +51,8 @@ from pruning_core.metrics import LayerRecord, LayerwiseCost
 LUT_SCHEMA_VERSION = 1
 DEFAULT_GRANULE = 8
 """Channel step of a table unless told otherwise (see the module's notes)."""
+DEFAULT_CALIBRATION_VARIANTS = 24
+"""Random pruned variants measured whole for a table's calibration, beside the dense and the thinnest model."""
 BUILD_METHOD = 3
 """Version of how tables are profiled and calibrated (3: round-robin sweeps, quadratic calibration on 26 models);
 caches of built tables include it in their key, so a better method replaces tables built by an older one."""
@@ -331,7 +333,7 @@ def build_lut(
     batch_size: int = 1,
     grid_points: int = 8,
     granule: int = DEFAULT_GRANULE,
-    calibration_variants: int = 24,
+    calibration_variants: int = DEFAULT_CALIBRATION_VARIANTS,
     sweeps: int = 5,
     seed: int = 0,
     progress: bool = True,

@@ -37,7 +37,13 @@ def main() -> None:
     parser.add_argument("--bn-batches", type=int, default=10)
     parser.add_argument("--bn-batch-size", type=int, default=64)
     parser.add_argument("--val-images", type=int, default=1000)
-    parser.add_argument("--finetune-steps", type=int, default=0, help="SGD steps of the score's short fine-tune")
+    parser.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=0,
+        help="SGD steps of the score's short fine-tune (default 0: apply + BN + evaluation alone; the environment's "
+        "score adds pruning_core.scoring.DEFAULT_FINETUNE_STEPS)",
+    )
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(

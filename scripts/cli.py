@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from hardware_models.lut import DEFAULT_GRANULE
+from hardware_models.lut import DEFAULT_CALIBRATION_VARIANTS, DEFAULT_GRANULE
 from pruning_core.data import ImageDataset
 from pruning_core.scoring import DEFAULT_FINETUNE_STEPS
 
@@ -711,7 +711,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_GRANULE,
         help="profile widths in multiples of this; searches then keep pruned widths at multiples of it (1: any)",
     )
-    p.add_argument("--calibration-variants", type=int, default=24, help="whole pruned models measured to calibrate")
+    p.add_argument(
+        "--calibration-variants",
+        type=int,
+        default=DEFAULT_CALIBRATION_VARIANTS,
+        help="random pruned models measured whole to calibrate (beside the dense and the thinnest)",
+    )
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(handler=cmd_lut_build)
     p = lut_sub.add_parser("validate", help="compare a table with measurements of random pruned variants")

@@ -125,9 +125,10 @@ def test_fit_calibration_follows_a_concave_curve_and_refuses_a_decreasing_one():
         fit_calibration(sums, concave[:3])
 
 
-def test_lut_combine_applies_the_quadratic_calibration(small_graph, tmp_path):
-    table = LookupTable(device="d", runtime="pytorch", threads=1, batch_size=1, tables={}, scale=2.0, overhead_ms=0.5)
-    table.curvature = -0.1
+def test_lut_combine_applies_the_quadratic_calibration(tmp_path):
+    table = LookupTable(
+        device="d", runtime="pytorch", threads=1, batch_size=1, tables={}, scale=2.0, overhead_ms=0.5, curvature=-0.1
+    )
     assert table.combine(3.0) == pytest.approx(-0.9 + 6.0 + 0.5)
     table.save(tmp_path / "t.json")
     assert LookupTable.load(tmp_path / "t.json").combine(3.0) == pytest.approx(5.6)
