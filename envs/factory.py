@@ -12,7 +12,7 @@ import torch
 from envs.layer_prune import LayerPruneEnv
 from hardware_models.base import LatencyModel
 from hardware_models.lut import BUILD_METHOD, DEFAULT_GRANULE, LookupTable, build_lut
-from hardware_models.measure import OrtLatency, TorchLatency, default_threads
+from hardware_models.measure import MEASURED_DEVICES, default_threads, measurer_for
 from hardware_models.registry import get_latency_model
 from pruning_core.checkpoint import load_checkpoint, load_torch, save_torch, sha256
 from pruning_core.data import ImageDataset, cache_dir, load_dataset
@@ -26,7 +26,6 @@ from pruning_core.training import resolve_bf16
 
 REPO_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 BUDGET_METRICS = ("latency", "macs", "params")
-MEASURED_RUNTIMES = {"host-cpu": "pytorch", "host-cpu-ort": "onnxruntime"}
 
 
 def default_checkpoint(model: str, data: str) -> Path:
@@ -51,7 +50,6 @@ def cached_lut(graph: ModelGraph, device: str, model_name: str, *, progress: boo
     lut = build_lut(
         graph,
         device=device,
-        runtime=MEASURED_RUNTIMES[device],
         threads=threads,
         granule=DEFAULT_GRANULE,
         progress=progress,
@@ -68,17 +66,13 @@ def budget_model_for(
     if metric not in BUDGET_METRICS:
         raise PruneGymError(f"budget_metric must be one of {', '.join(BUDGET_METRICS)}; got {metric!r}")
     measured: LatencyModel | None = None
-    if device in MEASURED_RUNTIMES:
-        measured = (
-            TorchLatency("cpu", threads=default_threads())
-            if device == "host-cpu"
-            else OrtLatency(threads=default_threads())
-        )
+    if device in MEASURED_DEVICES:
+        measured = measurer_for(device)
     if metric == "macs":
         return MacsCost(), measured
     if metric == "params":
         return ParamsCost(), measured
-    if device in MEASURED_RUNTIMES:
+    if device in MEASURED_DEVICES:
         return cached_lut(graph, device, model_name, progress=progress), measured
     latency = get_latency_model(device)
     if not isinstance(latency, LayerwiseCost):
@@ -133,7 +127,7 @@ def make_env(
         checkpoint: Dense checkpoint (default: the committed ``checkpoints/<model>_<data>.pt``).
         data: Dataset name.
         data_root: Dataset folder (ImageFolder datasets).
-        device: Target device (``host-cpu``, ``host-cpu-ort``, an analytic profile, ``lut:PATH``).
+        device: Target device (``host-cpu``, ``host-cpu-ort``, ``cuda``, an analytic profile, ``lut:PATH``).
         budget: Fraction of the dense model's cost to reach, in (0, 1].
         budget_metric: ``latency`` on the device, ``macs`` or ``params``.
         reward: ``accuracy``, ``lagrangian`` or ``amc-flops``.

@@ -41,7 +41,14 @@ import torch
 from torch import nn
 
 from hardware_models.base import DeviceKind, Variant
-from hardware_models.measure import OrtLatency, TorchLatency, build_variant, time_callable, torch_threads
+from hardware_models.measure import (
+    MEASURED_DEVICES,
+    OrtLatency,
+    build_variant,
+    measurer_for,
+    time_callable,
+    torch_threads,
+)
 from pruning_core.data import atomic_write_bytes
 from pruning_core.engine import kept_count, width_step
 from pruning_core.errors import PruneGymError
@@ -283,6 +290,7 @@ def profile_units(
     runtime: str,
     threads: int | None,
     batch_size: int,
+    device: str = "cpu",
     sweeps: int = 5,
     runs: int = 5,
     min_seconds: float = 0.004,
@@ -300,14 +308,22 @@ def profile_units(
         runtime: ``pytorch`` (eager) or ``onnxruntime``.
         threads: Threads while timing.
         batch_size: Inputs per call.
+        device: Torch device of the ``pytorch`` runtime (``cpu`` or ``cuda``; on ``cuda`` every call is timed to
+            its synchronisation, so asynchronous launches are not mistaken for speed).
         sweeps: Passes over all units.
         runs: Timed calls of a unit per pass (at least; and at least ``min_seconds``).
         min_seconds: Time of a unit per pass, at least.
         progress: Called once per unit and pass.
     """
     fns: list[Callable[[], object]]
+    sync: Callable[[], None] | None = None
     if runtime == "pytorch":
-        fns = [functools.partial(module.eval(), torch.randn(batch_size, *shape)) for module, shape in units]
+        fns = [
+            functools.partial(module.eval().to(device), torch.randn(batch_size, *shape, device=device))
+            for module, shape in units
+        ]
+        if torch.device(device).type == "cuda":
+            sync = torch.cuda.synchronize
     elif runtime == "onnxruntime":
         ort = OrtLatency(threads=threads or 1)
         fns = [ort.runner(module, shape, batch_size) for module, shape in units]
@@ -317,7 +333,9 @@ def profile_units(
     with torch_threads(threads), torch.inference_mode():
         for sweep in range(sweeps):
             for fn, unit_medians in zip(fns, medians, strict=True):
-                samples = time_callable(fn, warmup=3 if sweep == 0 else 1, runs=runs, min_seconds=min_seconds)
+                samples = time_callable(
+                    fn, warmup=3 if sweep == 0 else 1, runs=runs, min_seconds=min_seconds, sync=sync
+                )
                 unit_medians.append(float(np.median(samples)))
                 if progress is not None:
                     progress()
@@ -328,7 +346,6 @@ def build_lut(
     graph: ModelGraph,
     *,
     device: str,
-    runtime: str = "pytorch",
     threads: int | None = 1,
     batch_size: int = 1,
     grid_points: int = 8,
@@ -343,9 +360,9 @@ def build_lut(
 
     Args:
         graph: The dense model's graph.
-        device: Name recorded in the table.
-        runtime: ``pytorch`` (eager) or ``onnxruntime``.
-        threads: Threads while profiling.
+        device: ``host-cpu`` (PyTorch eager), ``host-cpu-ort`` (ONNX Runtime) or ``cuda`` (PyTorch eager on this
+            host's GPU); recorded in the table.
+        threads: CPU threads while profiling (ignored on ``cuda``).
         batch_size: Batch size profiled.
         grid_points: Channel counts profiled per dimension (about; plus the smallest and the full width).
         granule: Profiled widths are multiples of this (see the module's notes); 1 profiles any width.
@@ -357,6 +374,14 @@ def build_lut(
     """
     from tqdm import tqdm
 
+    if device not in MEASURED_DEVICES:
+        raise PruneGymError(f"device must be one of {', '.join(MEASURED_DEVICES)}; got {device!r}")
+    runtime = MEASURED_DEVICES[device]
+    torch_device = "cuda" if device == "cuda" else "cpu"
+    if device == "cuda":
+        threads = None
+    # the measurer checks the device first: a table for a GPU this host lacks fails before any profiling
+    measurer = measurer_for(device, threads=threads, runs=60)
     start = time.perf_counter()
     todo: dict[str, tuple[str, LayerRecord, list[int], list[int]]] = {}
     for name, record in graph.layers.items():
@@ -383,7 +408,13 @@ def build_lut(
         total=len(units) * sweeps, desc=f"profiling layers on {device}", unit="entry", disable=not progress
     ) as bar:
         times = profile_units(
-            units, runtime=runtime, threads=threads, batch_size=batch_size, sweeps=sweeps, progress=bar.update
+            units,
+            runtime=runtime,
+            threads=threads,
+            batch_size=batch_size,
+            device=torch_device,
+            sweeps=sweeps,
+            progress=bar.update,
         )
     measured_entries = dict(zip(entries, times, strict=True))
     tables: dict[str, LayerTable] = {}
@@ -401,11 +432,6 @@ def build_lut(
     total = len(entries)
     lut = LookupTable(
         device=device, runtime=runtime, threads=threads, batch_size=batch_size, tables=tables, granule=granule
-    )
-    measurer = (
-        TorchLatency("cpu", threads=threads, runs=60)
-        if runtime == "pytorch"
-        else OrtLatency(threads=threads or 1, runs=60)
     )
     rng = random.Random(seed)
     # Anchor both ends of the range the search explores (dense, and every group at 80% sparsity) so the fitted
@@ -442,6 +468,7 @@ def build_lut(
         "host": platform.node(),
         "processor": platform.processor() or platform.machine(),
         "versions": _versions(runtime),
+        **({"gpu": torch.cuda.get_device_name()} if device == "cuda" else {}),
         "built": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     return lut

@@ -155,9 +155,15 @@ class TorchLatency(_MeasuredBase):
         self.threads = threads if device == "cpu" else None
         self.warmup, self.runs, self.min_seconds = warmup, runs, min_seconds
 
+    def _on_device(self, model: nn.Module) -> nn.Module:
+        """The model in eval mode on the timed device; a copy there when that is the GPU, so the caller's model
+        stays where it was."""
+        model = model.eval()
+        return copy.deepcopy(model).to(self.torch_device) if self.torch_device.type == "cuda" else model
+
     def measure(self, model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int = 1) -> LatencyStats:
         """Median and spread of ``runs`` timed forward passes under ``torch.inference_mode()``."""
-        model = model.eval().to(self.torch_device)
+        model = self._on_device(model)
         inputs = torch.randn(batch_size, *input_shape, device=self.torch_device)
         cuda = self.torch_device.type == "cuda"
         with torch_threads(self.threads), torch.inference_mode():
@@ -173,7 +179,7 @@ class TorchLatency(_MeasuredBase):
         self, models: list[nn.Module], input_shape: tuple[int, ...], *, batch_size: int = 1
     ) -> list[LatencyStats]:
         inputs = torch.randn(batch_size, *input_shape, device=self.torch_device)
-        models = [m.eval().to(self.torch_device) for m in models]
+        models = [self._on_device(m) for m in models]
         sync = torch.cuda.synchronize if self.torch_device.type == "cuda" else None
         with torch_threads(self.threads), torch.inference_mode():
             fns: list[Callable[[], object]] = [functools.partial(m, inputs) for m in models]
@@ -258,3 +264,25 @@ class OrtLatency(_MeasuredBase):
 def default_threads() -> int:
     """Threads for host measurement: ``$PRUNEGYM_LATENCY_THREADS`` or 1 (the only setting that is stable here)."""
     return int(os.environ.get("PRUNEGYM_LATENCY_THREADS", "1"))
+
+
+# The devices this host can time, and the runtime each is timed with.
+MEASURED_DEVICES: dict[str, str] = {"host-cpu": "pytorch", "host-cpu-ort": "onnxruntime", "cuda": "pytorch"}
+
+
+def measurer_for(device: str, *, threads: int | None = None, runs: int = 50) -> TorchLatency | OrtLatency:
+    """The measured latency model of a device this host can time.
+
+    Args:
+        device: ``host-cpu``, ``host-cpu-ort`` or ``cuda``.
+        threads: CPU threads while timing (:func:`default_threads` when None; ignored on ``cuda``).
+        runs: Timed calls per measurement, at least.
+    """
+    threads = default_threads() if threads is None else threads
+    if device == "host-cpu":
+        return TorchLatency("cpu", threads=threads, runs=runs)
+    if device == "host-cpu-ort":
+        return OrtLatency(threads=threads, runs=runs)
+    if device == "cuda":
+        return TorchLatency("cuda", runs=runs)
+    raise PruneGymError(f"measured device must be one of {', '.join(MEASURED_DEVICES)}; got {device!r}")

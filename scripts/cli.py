@@ -346,14 +346,10 @@ def cmd_devices(args: argparse.Namespace) -> int:
 def cmd_lut_build(args: argparse.Namespace) -> int:
     from hardware_models.lut import build_lut
 
-    runtimes = {"host-cpu": "pytorch", "host-cpu-ort": "onnxruntime"}
-    if args.device == "cuda":
-        raise PruneGymError("lookup tables are built for CPU runtimes here; time CUDA directly with --device cuda")
     graph = _graph_for(args)
     lut = build_lut(
         graph,
         device=args.device,
-        runtime=runtimes[args.device],
         threads=args.threads,
         batch_size=args.batch_size,
         grid_points=args.grid_points,
@@ -375,12 +371,18 @@ def cmd_lut_validate(args: argparse.Namespace) -> int:
 
     from hardware_models.base import Variant
     from hardware_models.lut import LookupTable, validate
-    from hardware_models.measure import OrtLatency, TorchLatency
+    from hardware_models.measure import MEASURED_DEVICES, measurer_for
 
     lut = LookupTable.load(args.lut)
+    if lut.device not in MEASURED_DEVICES:
+        raise PruneGymError(
+            f"a table is validated on the device it was built for; expected one of {', '.join(MEASURED_DEVICES)}, "
+            f"got a table for {lut.device!r}"
+        )
     graph = _graph_for(args)
     threads = lut.threads or 1
-    measurer = TorchLatency("cpu", threads=threads) if lut.runtime == "pytorch" else OrtLatency(threads=threads)
+    measurer = measurer_for(lut.device, threads=threads)
+    where = lut.meta.get("gpu", "GPU") if lut.device == "cuda" else f"{threads} thread(s)"
 
     def predict(variant: Variant) -> float:
         return lut.predict_variant(graph, variant, batch_size=lut.batch_size)
@@ -403,7 +405,7 @@ def cmd_lut_validate(args: argparse.Namespace) -> int:
         print(json.dumps(record))
     else:
         print(
-            f"LUT ({lut.device}, {lut.runtime}, {threads} thread(s)) on {args.model}, {report.samples} variants:\n"
+            f"LUT ({lut.device}, {lut.runtime}, {where}) on {args.model}, {report.samples} variants:\n"
             f"  LUT : MAPE {report.mape:.1%}  within 10% {report.within_10pct:.0%}  Spearman {report.spearman:.3f}\n"
             f"  MACs: MAPE {report.macs_mape:.1%}  within 10% {report.macs_within_10pct:.0%}  "
             f"Spearman {report.macs_spearman:.3f}" + "\n"

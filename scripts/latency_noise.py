@@ -1,6 +1,7 @@
 """How noisy is latency measurement on this host? Repeat the same measurement of one model and report the spread.
 
-Usage: python -m scripts.latency_noise --model resnet56 --repeats 10 [--threads 1] [--runtime pytorch|onnxruntime]
+Usage: python -m scripts.latency_noise --model resnet56 --repeats 10 [--threads 1] [--device host-cpu|host-cpu-ort|cuda]
+       [--batch-size 1]
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import statistics
 
 import torch
 
-from hardware_models.measure import OrtLatency, TorchLatency
+from hardware_models.measure import MEASURED_DEVICES, measurer_for
 from pruning_core.models import build_model
 
 
@@ -21,18 +22,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--runtime", default="pytorch", choices=["pytorch", "onnxruntime"])
+    parser.add_argument("--device", default="host-cpu", choices=list(MEASURED_DEVICES))
+    parser.add_argument("--batch-size", type=int, default=1)
     args = parser.parse_args()
     torch.manual_seed(0)
     model = build_model(args.model).eval()
-    measurer = (
-        TorchLatency("cpu", threads=args.threads, runs=args.runs)
-        if args.runtime == "pytorch"
-        else OrtLatency(threads=args.threads, runs=args.runs)
-    )
+    measurer = measurer_for(args.device, threads=args.threads, runs=args.runs)
     medians = []
     for _ in range(args.repeats):
-        stats = measurer.measure(model, (3, 32, 32))
+        stats = measurer.measure(model, (3, 32, 32), batch_size=args.batch_size)
         medians.append(stats.p50_ms)
         print(
             f"median {stats.p50_ms:.3f} ms  p90 {stats.p90_ms:.3f}  min {stats.min_ms:.3f}  "
@@ -43,8 +41,10 @@ def main() -> None:
         json.dumps(
             {
                 "model": args.model,
-                "runtime": args.runtime,
-                "threads": args.threads,
+                "device": args.device,
+                "runtime": MEASURED_DEVICES[args.device],
+                "threads": None if args.device == "cuda" else args.threads,
+                "batch_size": args.batch_size,
                 "runs": args.runs,
                 "medians_ms": [round(m, 3) for m in medians],
                 "min_median_ms": min(medians),

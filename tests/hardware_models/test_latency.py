@@ -58,11 +58,27 @@ def test_cuda_latency(resnet_graph):
     assert stats.device == "cuda" and stats.p50_ms > 0
 
 
-def test_cuda_is_refused_without_a_gpu():
+def test_cuda_is_refused_without_a_gpu(small_graph):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(PruneGymError, match="needs a CUDA GPU"):
         TorchLatency("cuda")
+    with pytest.raises(PruneGymError, match="needs a CUDA GPU"):
+        build_lut(small_graph, device="cuda", progress=False)
+
+
+def test_lut_build_refuses_a_device_it_cannot_time(small_graph):
+    with pytest.raises(PruneGymError, match="device must be one of host-cpu, host-cpu-ort, cuda; got 'jetson'"):
+        build_lut(small_graph, device="jetson", progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_lut_build_on_cuda(small_graph):
+    lut = build_lut(small_graph, device="cuda", grid_points=3, calibration_variants=3, progress=False)
+    assert lut.runtime == "pytorch" and lut.threads is None and lut.meta["gpu"]
+    dense = lut.predict_variant(small_graph, Variant())
+    slim = lut.predict_variant(small_graph, Variant(kept={g.name: 1 for g in small_graph.groups}))
+    assert 0 < slim <= dense
 
 
 def test_variant_widths_match_the_description(resnet_graph):
