@@ -9,10 +9,13 @@ import torch
 from hardware_models import DeviceKind, LatencyModel, Variant, get_latency_model, list_devices
 from hardware_models.analytic import PROFILES, AnalyticLatency
 from hardware_models.lut import (
+    TABLE_FIT_WEIGHTS,
     LayerTable,
     LookupTable,
     build_lut,
     fit_calibration,
+    fit_layer_grid,
+    leave_one_out_error,
     profile_units,
     random_variant,
     validate,
@@ -114,6 +117,8 @@ def test_lut_build_save_load_predict(small_graph, tmp_path):
         small_graph, device="host-cpu", grid_points=3, calibration_variants=3, progress=False, model_name="small_cnn"
     )
     assert lut.meta["entries"] > 10 and len(lut.calibration) == 5  # dense, thinnest, three random variants
+    assert lut.meta["table_fit"]["weight"] in TABLE_FIT_WEIGHTS
+    assert set(lut.meta["table_fit"]["leave_one_out_rel_rmse"]) == {str(w) for w in TABLE_FIT_WEIGHTS}
     lut.save(tmp_path / "lut.json")
     loaded = get_latency_model(f"lut:{tmp_path / 'lut.json'}")
     assert isinstance(loaded, LookupTable) and loaded.kind is DeviceKind.LOOKUP_TABLE
@@ -125,6 +130,30 @@ def test_lut_build_save_load_predict(small_graph, tmp_path):
         loaded.predict(build_model("resnet20"), (3, 32, 32))
     with pytest.raises(PruneGymError, match="batch size 1; got 4"):
         loaded.predict_variant(small_graph, Variant(), batch_size=4)
+
+
+def test_fit_layer_grid_smooths_a_noisy_measurement_and_keeps_it():
+    ins, outs = [8, 16, 24, 32], [8, 16, 24, 32]
+    exact = [[0.1 + 0.001 * i * o + 0.002 * o for o in outs] for i in ins]
+    noisy = [row[:] for row in exact]
+    noisy[2][1] *= 1.5  # one slow spell while one grid point was timed
+    table = LayerTable("conv", 3, 1, (8, 8), (8, 8), ins, outs, noisy)
+    fitted = np.array(fit_layer_grid(table))
+    assert abs(fitted[2][1] - exact[2][1]) < 0.5 * abs(noisy[2][1] - exact[2][1])
+    table.measured_ms, table.latency_ms = noisy, fitted.tolist()
+    np.testing.assert_allclose(fit_layer_grid(table), fitted)  # always fitted to the measurement
+    dw = LayerTable("dwconv", 3, 1, (8, 8), (8, 8), outs, outs, [[0.1, 0.2, 0.3, 0.4]])
+    np.testing.assert_allclose(fit_layer_grid(dw), [[0.1, 0.2, 0.3, 0.4]])
+
+
+def test_leave_one_out_error_prefers_the_sums_that_predict_whole_models():
+    rng = np.random.default_rng(0)
+    true = np.linspace(2.0, 6.0, 12)
+    measured = 1.2 * true + 0.3
+    assert leave_one_out_error(true, measured) < 1e-9
+    assert leave_one_out_error(true * rng.uniform(0.9, 1.1, 12), measured) > 0.01
+    with pytest.raises(PruneGymError, match="at least 3 calibration models"):
+        leave_one_out_error(true[:2], measured[:2])
 
 
 def test_fit_calibration_follows_a_concave_curve_and_refuses_a_decreasing_one():
