@@ -50,6 +50,8 @@ def plot(records: list[dict], path: Path, title: str, dense_top1: float | None =
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     dense = records[0]
     ax.axvline(dense["dense_latency_ms_measured"], color="grey", linestyle="--", label="dense latency")
+    budget_ms = dense["budget"] * dense["dense_latency_ms_measured"]
+    ax.axvline(budget_ms, color="tab:red", linestyle=":", label=f"budget ({dense['budget']:g} x dense)")
     if dense_top1 is not None:
         ax.scatter(dense["dense_latency_ms_measured"], dense_top1, marker="*", s=150, color="black", label="dense")
     for r in records:
