@@ -53,6 +53,7 @@ from hardware_models.measure import (
     MEASURED_DEVICES,
     OrtLatency,
     build_variant,
+    default_threads,
     measurer_for,
     time_callable,
     torch_threads,
@@ -63,7 +64,8 @@ from pruning_core.errors import PruneGymError
 from pruning_core.graph import ModelGraph
 from pruning_core.metrics import LayerRecord, LayerwiseCost
 
-LUT_SCHEMA_VERSION = 1
+LUT_SCHEMA_VERSION = 2
+"""2: layer tables may carry ``measured_ms`` beside a blended ``latency_ms``; version 1 tables still load."""
 DEFAULT_GRANULE = 8
 """Channel step of a table unless told otherwise (see the module's notes)."""
 DEFAULT_CALIBRATION_VARIANTS = 24
@@ -109,7 +111,8 @@ def _layer_kind(graph: ModelGraph, name: str) -> str:
 
 @dataclass
 class LayerTable:
-    """Measured latency (ms) of one layer shape over a grid of (input, output) channel counts."""
+    """Latency (ms) of one layer shape over a grid of (input, output) channel counts: as measured, or blended with
+    its fitted cost model (then ``measured_ms`` holds the measurement)."""
 
     kind: str
     kernel: int
@@ -139,7 +142,8 @@ class LayerTable:
 def fit_layer_grid(table: LayerTable) -> list[list[float]]:
     """The layer's grid as a least-squares cost model: ``a + b * c_in * c_out + c * c_in + d * c_out`` (depthwise
     and one-dimensional grids: ``a + b * c``), which follows MACs and per-channel memory traffic but not the noise of
-    single measurements.
+    single measurements. The channel terms are bounded at zero, so a thinner layer is never fitted slower (the
+    budget guarantee relies on it), also where a launch-bound grid is flat or noisy.
 
     >>> exact = [[0.76, 1.24], [1.16, 1.96], [1.56, 2.68]]  # 0.2 + 0.005 c_in c_out + 0.01 c_in + 0.02 c_out
     >>> t = LayerTable("conv", 3, 1, (8, 8), (8, 8), [8, 16, 24], [8, 16], exact)
@@ -159,7 +163,10 @@ def fit_layer_grid(table: LayerTable) -> list[list[float]]:
     design = np.stack([f.ravel() for f in features] + [np.ones(grid.size)], axis=1)
     if grid.size <= design.shape[1]:
         return grid.tolist()  # too few points to fit: keep the measurement
-    coefs, *_ = np.linalg.lstsq(design, grid.ravel(), rcond=None)
+    from scipy.optimize import lsq_linear
+
+    lower = [0.0] * (design.shape[1] - 1) + [-np.inf]  # channel terms >= 0, the intercept free
+    coefs = lsq_linear(design, grid.ravel(), bounds=(lower, np.inf)).x
     return (design @ coefs).reshape(grid.shape).tolist()
 
 
@@ -402,7 +409,8 @@ def build_lut(
         graph: The dense model's graph.
         device: ``host-cpu`` (PyTorch eager), ``host-cpu-ort`` (ONNX Runtime) or ``cuda`` (PyTorch eager on this
             host's GPU); recorded in the table.
-        threads: CPU threads while profiling (ignored on ``cuda``).
+        threads: CPU threads while profiling and calibrating (:func:`~hardware_models.measure.default_threads` when
+            None; ignored on ``cuda``).
         batch_size: Batch size profiled.
         grid_points: Channel counts profiled per dimension (about; plus the smallest and the full width).
         granule: Profiled widths are multiples of this (see the module's notes); 1 profiles any width.
@@ -416,12 +424,12 @@ def build_lut(
 
     if device not in MEASURED_DEVICES:
         raise PruneGymError(f"device must be one of {', '.join(MEASURED_DEVICES)}; got {device!r}")
-    if calibration_variants < 1:
-        raise PruneGymError(f"calibration_variants must be >= 1; got {calibration_variants}")
-    runtime = MEASURED_DEVICES[device]
+    if calibration_variants < 2:
+        raise PruneGymError(f"calibration_variants must be >= 2; got {calibration_variants}")
+    runtime = MEASURED_DEVICES[device].runtime
     torch_device = "cuda" if device == "cuda" else "cpu"
-    if device == "cuda":
-        threads = None
+    # profiling and calibration run with the same threads, and the table records them
+    threads = (default_threads() if threads is None else threads) if MEASURED_DEVICES[device].uses_threads else None
     # the measurer checks the device first: a table for a GPU this host lacks fails before any profiling
     measurer = measurer_for(device, threads=threads, runs=60)
     start = time.perf_counter()
@@ -494,17 +502,7 @@ def build_lut(
     ]
     dense_ms = float(np.median([dense for dense, _ in pairs]))
     measured = np.array([dense_ms] + [dense_ms * ms / dense for dense, ms in pairs])
-    # Single layer measurements carry the host's noise into every variant that uses them, where a fitted cost model
-    # per layer shape does not (but misses real steps, as ONNX Runtime's kernel choices). Which blend of the two
-    # predicts whole models best is decided on the calibration models themselves, each left out of its own fit.
-    measured_grids = {signature: table.latency_ms for signature, table in tables.items()}
-    fitted_grids = {signature: fit_layer_grid(table) for signature, table in tables.items()}
-    errors: dict[float, float] = {}
-    for weight in TABLE_FIT_WEIGHTS:
-        _blend_grids(tables, measured_grids, fitted_grids, weight)
-        errors[weight] = leave_one_out_error(np.array([lut.raw_sum(graph, v) for v in variants]), measured)
-    weight = min(errors, key=lambda w: errors[w])
-    _blend_grids(tables, measured_grids, fitted_grids, weight)
+    weight, errors = choose_table_fit(lut, graph, variants, measured)
     sums = np.array([lut.raw_sum(graph, v) for v in variants])
     lut.curvature, lut.scale, lut.overhead_ms = fit_calibration(sums, measured)
     lut.calibration = [
@@ -526,18 +524,36 @@ def build_lut(
     return lut
 
 
-def _blend_grids(
-    tables: dict[str, LayerTable],
-    measured: dict[str, list[list[float]]],
-    fitted: dict[str, list[list[float]]],
-    weight: float,
-) -> None:
-    """Set each table's grid to ``weight * fitted + (1 - weight) * measured``, keeping the measurement beside it."""
-    for signature, table in tables.items():
-        table.latency_ms = (
-            weight * np.asarray(fitted[signature]) + (1 - weight) * np.asarray(measured[signature])
-        ).tolist()
-        table.measured_ms = measured[signature] if weight > 0 else None
+def choose_table_fit(
+    lut: LookupTable, graph: ModelGraph, variants: list[Variant], measured: np.ndarray
+) -> tuple[float, dict[float, float]]:
+    """Blend ``lut``'s layer grids with their fitted cost models (:func:`fit_layer_grid`) at the weight of
+    :data:`TABLE_FIT_WEIGHTS` that predicts the ``measured`` whole-model latencies of ``variants`` best, each left
+    out of its own calibration (:func:`leave_one_out_error`); ties go to the measured grids.
+
+    Single layer measurements carry the host's noise into every variant that uses them, where a fitted cost model
+    per layer shape does not (but misses real steps, as ONNX Runtime's kernel choices): which predicts whole models
+    better is decided on whole models. Returns the weight and the error of every weight tried.
+    """
+    measured_grids = {
+        signature: table.latency_ms if table.measured_ms is None else table.measured_ms
+        for signature, table in lut.tables.items()
+    }
+    fitted_grids = {signature: fit_layer_grid(table) for signature, table in lut.tables.items()}
+
+    def blend(weight: float) -> None:
+        for signature, table in lut.tables.items():
+            grid = weight * np.asarray(fitted_grids[signature]) + (1 - weight) * np.asarray(measured_grids[signature])
+            table.latency_ms = grid.tolist()
+            table.measured_ms = measured_grids[signature] if weight > 0 else None
+
+    errors: dict[float, float] = {}
+    for weight in TABLE_FIT_WEIGHTS:
+        blend(weight)
+        errors[weight] = leave_one_out_error(np.array([lut.raw_sum(graph, v) for v in variants]), measured)
+    best = min(TABLE_FIT_WEIGHTS, key=lambda w: errors[w])
+    blend(best)
+    return best, errors
 
 
 def leave_one_out_error(sums: np.ndarray, measured: np.ndarray) -> float:
@@ -547,8 +563,8 @@ def leave_one_out_error(sums: np.ndarray, measured: np.ndarray) -> float:
     >>> round(leave_one_out_error(sums, 2 * sums + 1), 6)
     0.0
     """
-    if len(sums) < 3:
-        raise PruneGymError(f"expected at least 3 calibration models to leave one out; got {len(sums)}")
+    if len(sums) < 4:
+        raise PruneGymError(f"expected at least 4 calibration models to leave one out; got {len(sums)}")
     errors = []
     for i in range(len(sums)):
         keep = np.arange(len(sums)) != i

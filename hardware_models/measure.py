@@ -17,6 +17,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -159,7 +160,9 @@ class TorchLatency(_MeasuredBase):
         """The model in eval mode on the timed device; a copy there when that is the GPU, so the caller's model
         stays where it was."""
         model = model.eval()
-        return copy.deepcopy(model).to(self.torch_device) if self.torch_device.type == "cuda" else model
+        if self.torch_device.type != "cuda" or next(model.parameters()).device.type == "cuda":
+            return model
+        return copy.deepcopy(model).to(self.torch_device)
 
     def measure(self, model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int = 1) -> LatencyStats:
         """Median and spread of ``runs`` timed forward passes under ``torch.inference_mode()``."""
@@ -266,23 +269,31 @@ def default_threads() -> int:
     return int(os.environ.get("PRUNEGYM_LATENCY_THREADS", "1"))
 
 
-# The devices this host can time, and the runtime each is timed with.
-MEASURED_DEVICES: dict[str, str] = {"host-cpu": "pytorch", "host-cpu-ort": "onnxruntime", "cuda": "pytorch"}
+@dataclass(frozen=True)
+class MeasuredDevice:
+    """A device this host can time: its runtime, and how to build its measurer from a thread count and runs."""
+
+    runtime: str
+    factory: Callable[[int, int], TorchLatency | OrtLatency]
+    uses_threads: bool = True
+
+
+MEASURED_DEVICES: dict[str, MeasuredDevice] = {
+    "host-cpu": MeasuredDevice("pytorch", lambda threads, runs: TorchLatency("cpu", threads=threads, runs=runs)),
+    "host-cpu-ort": MeasuredDevice("onnxruntime", lambda threads, runs: OrtLatency(threads=threads, runs=runs)),
+    "cuda": MeasuredDevice("pytorch", lambda threads, runs: TorchLatency("cuda", runs=runs), uses_threads=False),
+}
+"""The devices this host can time (``host-cpu``, ``host-cpu-ort``, ``cuda``)."""
 
 
 def measurer_for(device: str, *, threads: int | None = None, runs: int = 50) -> TorchLatency | OrtLatency:
     """The measured latency model of a device this host can time.
 
     Args:
-        device: ``host-cpu``, ``host-cpu-ort`` or ``cuda``.
+        device: A key of :data:`MEASURED_DEVICES`.
         threads: CPU threads while timing (:func:`default_threads` when None; ignored on ``cuda``).
         runs: Timed calls per measurement, at least.
     """
-    threads = default_threads() if threads is None else threads
-    if device == "host-cpu":
-        return TorchLatency("cpu", threads=threads, runs=runs)
-    if device == "host-cpu-ort":
-        return OrtLatency(threads=threads, runs=runs)
-    if device == "cuda":
-        return TorchLatency("cuda", runs=runs)
-    raise PruneGymError(f"measured device must be one of {', '.join(MEASURED_DEVICES)}; got {device!r}")
+    if device not in MEASURED_DEVICES:
+        raise PruneGymError(f"measured device must be one of {', '.join(MEASURED_DEVICES)}; got {device!r}")
+    return MEASURED_DEVICES[device].factory(default_threads() if threads is None else threads, runs)

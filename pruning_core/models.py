@@ -225,6 +225,17 @@ def model_names() -> list[str]:
     return [*MODELS, f"{TORCHVISION_PREFIX}<name>"]
 
 
+def default_input_shape(name: str, in_channels: int | None = None) -> tuple[int, int, int]:
+    """The input shape (C, H, W) a model name is built for by default: 8x8 digits for ``small_cnn``, else 32x32
+    colour images; ``in_channels`` overrides C.
+
+    >>> default_input_shape("small_cnn"), default_input_shape("resnet56")
+    ((1, 8, 8), (3, 32, 32))
+    """
+    channels, size = (1, 8) if name == "small_cnn" else (3, 32)
+    return (channels if in_channels is None else in_channels, size, size)
+
+
 def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """Build an untrained model by name.
 

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from hardware_models.lut import DEFAULT_CALIBRATION_VARIANTS, DEFAULT_GRANULE
+from hardware_models.measure import MEASURED_DEVICES
 from pruning_core.data import ImageDataset
+from pruning_core.models import default_input_shape
 from pruning_core.scoring import DEFAULT_FINETUNE_STEPS
 
 if TYPE_CHECKING:
@@ -316,7 +318,7 @@ def _input_shape(args: argparse.Namespace) -> tuple[int, ...]:
         if len(shape) != 3 or min(shape) < 1:
             raise PruneGymError(f"--input-shape must be C,H,W (e.g. 3,32,32); got {args.input_shape!r}")
         return shape
-    return (1, 8, 8) if args.model == "small_cnn" else (3, 32, 32)
+    return default_input_shape(args.model)
 
 
 def _graph_for(args: argparse.Namespace):
@@ -371,7 +373,7 @@ def cmd_lut_validate(args: argparse.Namespace) -> int:
 
     from hardware_models.base import Variant
     from hardware_models.lut import LookupTable, validate
-    from hardware_models.measure import MEASURED_DEVICES, measurer_for
+    from hardware_models.measure import measurer_for
 
     lut = LookupTable.load(args.lut)
     if lut.device not in MEASURED_DEVICES:
@@ -701,7 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     lut = sub.add_parser("lut", help="build or validate a per-layer latency lookup table")
     lut_sub = lut.add_subparsers(dest="lut_command", required=True)
     p = lut_sub.add_parser("build", help="profile every layer shape of a model on this host")
-    p.add_argument("--device", required=True, choices=["host-cpu", "host-cpu-ort", "cuda"])
+    p.add_argument("--device", required=True, choices=list(MEASURED_DEVICES))
     p.add_argument("--model", required=True)
     p.add_argument("--input-shape", default=None, help="C,H,W (default: 1,8,8 for small_cnn, else 3,32,32)")
     p.add_argument("--threads", type=int, default=1)

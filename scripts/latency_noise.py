@@ -42,8 +42,8 @@ def main() -> None:
             {
                 "model": args.model,
                 "device": args.device,
-                "runtime": MEASURED_DEVICES[args.device],
-                "threads": None if args.device == "cuda" else args.threads,
+                "runtime": MEASURED_DEVICES[args.device].runtime,
+                "threads": args.threads if MEASURED_DEVICES[args.device].uses_threads else None,
                 "batch_size": args.batch_size,
                 "runs": args.runs,
                 "medians_ms": [round(m, 3) for m in medians],

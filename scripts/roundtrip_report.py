@@ -16,6 +16,7 @@ import torch
 from pruning_core.checkpoint import load_checkpoint
 from pruning_core.engine import PruningEngine
 from pruning_core.errors import CheckpointError
+from pruning_core.models import default_input_shape
 from pruning_core.plan import PruningPlan
 from pruning_core.serialize import load_pruned, max_abs_difference, save_pruned
 
@@ -34,8 +35,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     checkpoint = load_checkpoint(args.checkpoint)
     dense = checkpoint.build()
-    in_channels = int(checkpoint.meta["in_channels"])
-    input_shape = (in_channels, 8, 8) if checkpoint.meta["model"] == "small_cnn" else (in_channels, 32, 32)
+    input_shape = default_input_shape(checkpoint.meta["model"], int(checkpoint.meta["in_channels"]))
     engine = PruningEngine(dense, input_shape)
     pruned = engine.apply(PruningPlan.uniform(engine.group_names, args.sparsity))
     torch.manual_seed(0)

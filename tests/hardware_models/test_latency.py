@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+import json
 import random
 
 import numpy as np
@@ -13,6 +15,7 @@ from hardware_models.lut import (
     LayerTable,
     LookupTable,
     build_lut,
+    choose_table_fit,
     fit_calibration,
     fit_layer_grid,
     leave_one_out_error,
@@ -73,6 +76,23 @@ def test_cuda_is_refused_without_a_gpu(small_graph):
 def test_lut_build_refuses_a_device_it_cannot_time(small_graph):
     with pytest.raises(PruneGymError, match="device must be one of host-cpu, host-cpu-ort, cuda; got 'jetson'"):
         build_lut(small_graph, device="jetson", progress=False)
+    with pytest.raises(PruneGymError, match="calibration_variants must be >= 2; got 1"):
+        build_lut(small_graph, device="host-cpu", calibration_variants=1, progress=False)
+
+
+def test_lut_keeps_measured_grids_and_loads_a_version_1_table(small_graph, tmp_path):
+    table = LayerTable(
+        "conv", 3, 1, (8, 8), (8, 8), [8, 16], [8, 16], [[1.0, 2.0], [2.0, 4.0]], [[1.1, 2.0], [2.0, 4.0]]
+    )
+    lut = LookupTable(device="host-cpu", runtime="pytorch", threads=1, batch_size=1, tables={"t": table})
+    lut.save(tmp_path / "v2.json")
+    assert LookupTable.load(tmp_path / "v2.json").tables["t"].measured_ms == [[1.1, 2.0], [2.0, 4.0]]
+    old = json.loads((tmp_path / "v2.json").read_text())
+    old["schema_version"] = 1
+    del old["tables"]["t"]["measured_ms"]
+    (tmp_path / "v1.json").write_text(json.dumps(old))
+    loaded = LookupTable.load(tmp_path / "v1.json")
+    assert loaded.tables["t"].measured_ms is None and loaded.tables["t"].lookup(16, 16) == 4.0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -117,7 +137,6 @@ def test_lut_build_save_load_predict(small_graph, tmp_path):
         small_graph, device="host-cpu", grid_points=3, calibration_variants=3, progress=False, model_name="small_cnn"
     )
     assert lut.meta["entries"] > 10 and len(lut.calibration) == 5  # dense, thinnest, three random variants
-    assert lut.meta["table_fit"]["weight"] in TABLE_FIT_WEIGHTS
     assert set(lut.meta["table_fit"]["leave_one_out_rel_rmse"]) == {str(w) for w in TABLE_FIT_WEIGHTS}
     lut.save(tmp_path / "lut.json")
     loaded = get_latency_model(f"lut:{tmp_path / 'lut.json'}")
@@ -144,6 +163,36 @@ def test_fit_layer_grid_smooths_a_noisy_measurement_and_keeps_it():
     np.testing.assert_allclose(fit_layer_grid(table), fitted)  # always fitted to the measurement
     dw = LayerTable("dwconv", 3, 1, (8, 8), (8, 8), outs, outs, [[0.1, 0.2, 0.3, 0.4]])
     np.testing.assert_allclose(fit_layer_grid(dw), [[0.1, 0.2, 0.3, 0.4]])
+    column = LayerTable("conv", 3, 1, (8, 8), (8, 8), ins, [10], [[0.1], [0.2], [0.3], [0.4]])
+    np.testing.assert_allclose(fit_layer_grid(column), [[0.1], [0.2], [0.3], [0.4]])
+
+
+def test_fit_layer_grid_never_makes_a_thinner_layer_slower():
+    # launch-bound: flat until the work outgrows the launch, then linear (as on a GPU at batch 1); an unbounded fit
+    # of this grid slopes down along c_out for narrow inputs
+    ins, outs = [8, 16, 32, 64, 128], [8, 16, 32, 64, 128]
+    grid = [[max(0.05, 2e-5 * i * o) for o in outs] for i in ins]
+    fitted = np.array(fit_layer_grid(LayerTable("conv", 3, 1, (8, 8), (8, 8), ins, outs, grid)))
+    assert (np.diff(fitted, axis=0) >= -1e-12).all() and (np.diff(fitted, axis=1) >= -1e-12).all()
+
+
+def test_choose_table_fit_prefers_the_fit_where_single_measurements_are_noisy(small_graph):
+    rng = random.Random(0)
+    lut = build_lut(small_graph, device="host-cpu", grid_points=4, calibration_variants=2, progress=False)
+    exact = {}
+    for signature, table in lut.tables.items():  # a smooth truth, and a table that measured it with noise
+        ins, outs = np.meshgrid(table.in_counts, table.out_counts, indexing="ij")
+        exact[signature] = (0.01 + 1e-4 * ins * outs + 1e-3 * outs)[: len(table.latency_ms)]
+        table.latency_ms = (exact[signature] * np.exp(np.random.default_rng(1).normal(0, 0.3, ins.shape))).tolist()
+        table.measured_ms = None
+    variants = [Variant(), *(random_variant(small_graph, rng, granule=lut.granule) for _ in range(15))]
+    truth = LookupTable(device="d", runtime="pytorch", threads=1, batch_size=1, tables=copy.deepcopy(lut.tables))
+    for signature, table in truth.tables.items():
+        table.latency_ms = exact[signature].tolist()
+    measured = np.array([truth.raw_sum(small_graph, v) for v in variants]) + 0.1
+    weight, errors = choose_table_fit(lut, small_graph, variants, measured)
+    assert weight == 1.0 and errors[1.0] < errors[0.0]
+    assert all(t.measured_ms is not None for t in lut.tables.values())  # the measurement is kept beside the fit
 
 
 def test_leave_one_out_error_prefers_the_sums_that_predict_whole_models():
@@ -152,8 +201,8 @@ def test_leave_one_out_error_prefers_the_sums_that_predict_whole_models():
     measured = 1.2 * true + 0.3
     assert leave_one_out_error(true, measured) < 1e-9
     assert leave_one_out_error(true * rng.uniform(0.9, 1.1, 12), measured) > 0.01
-    with pytest.raises(PruneGymError, match="at least 3 calibration models"):
-        leave_one_out_error(true[:2], measured[:2])
+    with pytest.raises(PruneGymError, match="at least 4 calibration models"):
+        leave_one_out_error(true[:3], measured[:3])
 
 
 def test_fit_calibration_follows_a_concave_curve_and_refuses_a_decreasing_one():
