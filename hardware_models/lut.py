@@ -70,10 +70,11 @@ DEFAULT_GRANULE = 8
 """Channel step of a table unless told otherwise (see the module's notes)."""
 DEFAULT_CALIBRATION_VARIANTS = 24
 """Random pruned variants measured whole for a table's calibration, beside the dense and the thinnest model."""
-BUILD_METHOD = 4
+BUILD_METHOD = 5
 """Version of how tables are profiled and calibrated (3: round-robin sweeps, quadratic calibration on 26 models;
-4: layer grids blended with their fitted cost model, the blend chosen on the calibration models); caches of built
-tables include it in their key, so a better method replaces tables built by an older one."""
+4: layer grids blended with their fitted cost model, the blend chosen on the calibration models; 5: the fit's
+channel terms bounded at zero); caches of built tables include it in their key, so a better method replaces tables
+built by an older one."""
 TABLE_FIT_WEIGHTS = (0.0, 0.5, 1.0)
 """Blends of the measured layer grids with their fitted cost models that a build chooses among (0: as measured)."""
 
