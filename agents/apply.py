@@ -92,8 +92,12 @@ def finish_plan(
         record["exec_rate_test"] = exec_rate
         record["cost_expected"] = env.budget_model.combine(weighted)
     if env.measured is not None:  # the device is this host: measure the pruned model there
-        record["latency_ms_measured"] = env.measured.predict(pruned.model, engine.input_shape)
-        record["dense_latency_ms_measured"] = env.dense_latency_ms_measured
+        # side by side with the dense model (one call of each in turn): the host's speed drifts over the minutes of
+        # fine-tuning, so a dense figure measured before it would not compare
+        dense_stats, pruned_stats = env.measured.measure_interleaved([engine.model, pruned.model], engine.input_shape)
+        record["latency_ms_measured"] = pruned_stats.p50_ms
+        record["dense_latency_ms_measured"] = dense_stats.p50_ms
+        record["latency_ratio_measured"] = pruned_stats.p50_ms / dense_stats.p50_ms
     folder = None
     if out is not None:
         folder = save_pruned(

@@ -176,6 +176,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"method": method, "budget": budget, "seeds": len(rs)}
         for key in (
             "latency_ms_measured",
+            "latency_ratio_measured",
             "latency_ms_predicted",
             "macs",
             "val_top1",
@@ -201,6 +202,8 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> None:
         "budget",
         "seed",
         "latency_ms_measured",
+        "dense_latency_ms_measured",
+        "latency_ratio_measured",
         "latency_ms_predicted",
         "macs",
         "params",
@@ -217,12 +220,14 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> None:
         writer.writerows(records)
     rows = summarise(records)
     lines = [
-        "| budget | method | latency ms (measured) | MACs | val (BN) | test (BN) | test (FT) | search s | evals |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| budget | method | measured / dense | latency ms (measured) | MACs | val (BN) | test (BN) | test (FT) "
+        "| search s | evals |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['budget']:g} | {r['method']} | {r.get('latency_ms_measured', float('nan')):.3f} "
+            f"| {r['budget']:g} | {r['method']} | {r.get('latency_ratio_measured', float('nan')):.3f} "
+            f"| {r.get('latency_ms_measured', float('nan')):.3f} "
             f"| {r['macs'] / 1e6:.2f}M | {r['val_top1']:.4f} | {r['test_top1_bn']:.4f} "
             f"| {r['test_top1_finetuned']:.4f} ± {r['test_top1_finetuned_std']:.4f} "
             f"| {r['search_seconds']:.0f} | {r['evaluations']:.0f} |"
@@ -238,16 +243,19 @@ def _plots(records: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    # latency as a fraction of the dense model timed side by side with each pruned one: the host's speed drifts
+    # over a benchmark's hours, so absolute milliseconds of different cells do not compare
     for method in sorted({r["method"] for r in rows}):
         mine = sorted(
-            (r for r in rows if r["method"] == method and "latency_ms_measured" in r),
-            key=lambda r: r["latency_ms_measured"],
+            (r for r in rows if r["method"] == method and "latency_ratio_measured" in r),
+            key=lambda r: r["latency_ratio_measured"],
         )
-        ax.plot([r["latency_ms_measured"] for r in mine], [r["test_top1_finetuned"] for r in mine], "o-", label=method)
-    dense = [r["dense_latency_ms_measured"] for r in records if "dense_latency_ms_measured" in r]
-    if dense:
-        ax.axvline(statistics.median(dense), color="grey", linestyle="--", label="dense latency")
-    ax.set_xlabel("measured latency, batch 1 (ms)")
+        ax.plot(
+            [r["latency_ratio_measured"] for r in mine], [r["test_top1_finetuned"] for r in mine], "o-", label=method
+        )
+    for budget in sorted({r["budget"] for r in records}):
+        ax.axvline(budget, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("measured latency / dense, batch 1 (dotted: the budgets)")
     ax.set_ylabel("test top-1 after fine-tuning")
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -480,14 +480,18 @@ def _print_records(records: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="pruned models")
-    for column in ("method", "cost", "latency ms", "MACs", "val (BN)", "test (BN)", "test (FT)"):
+    table = Table(
+        title="pruned models (cost: the budget model's prediction; measured: side by side with the dense model)"
+    )
+    for column in ("method", "cost / dense", "measured / dense", "MACs", "val (BN)", "test (BN)", "test (FT)"):
         table.add_column(column)
     for r in records:
         table.add_row(
             r["method"],
-            f"{r['cost_predicted']:.4g} / {r['dense_cost_predicted']:.4g}",
-            f"{r['latency_ms_measured']:.3f}" if "latency_ms_measured" in r else "-",
+            f"{r['cost_predicted'] / r['dense_cost_predicted']:.3f}",
+            f"{r['latency_ratio_measured']:.3f} ({r['latency_ms_measured']:.2f} ms)"
+            if "latency_ms_measured" in r
+            else "-",
             f"{r['macs'] / 1e6:.2f}M",
             f"{r['val_bn']:.4f}",
             f"{r['test_bn']:.4f}",

@@ -229,6 +229,10 @@ def test_demo_runs_end_to_end(tmp_path):
     records = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert [r["method"] for r in records] == ["ppo", "uniform-l1", "global-magnitude"]
     assert all(r["budget_met"] and r["latency_ms_measured"] > 0 for r in records)
+    # each pruned model measured side by side with the dense one: the ratio is of the two figures reported
+    for r in records:
+        assert r["latency_ratio_measured"] == r["latency_ms_measured"] / r["dense_latency_ms_measured"]
+        assert 0 < r["latency_ratio_measured"] < 1
     assert (tmp_path / "demo" / "accuracy_vs_latency.png").stat().st_size > 5000
 
 
