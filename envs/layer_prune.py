@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -391,11 +390,6 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
             block = next((b for b in exec_rate if name.startswith(b + ".")), None)
             raw += self._layer_cost(name, self._kept) * (exec_rate[block] if block is not None else 1.0)
         return self.budget_model.combine(raw)
-
-    @functools.cached_property
-    def dense_latency_ms_measured(self) -> float | None:
-        """The dense model's latency on the measured device (once per environment), or None without one."""
-        return None if self.measured is None else self.measured.predict(self.engine.model, self.graph.input_shape)
 
     def budget_problem(self, target: float | None = None) -> BudgetProblem:
         """The environment's budget as a problem for the heuristic baselines: same engine, cost, target and

@@ -160,7 +160,8 @@ class TorchLatency(_MeasuredBase):
         """The model in eval mode on the timed device; a copy there when that is the GPU, so the caller's model
         stays where it was."""
         model = model.eval()
-        if self.torch_device.type != "cuda" or next(model.parameters()).device.type == "cuda":
+        first = next(model.parameters(), None)
+        if self.torch_device.type != "cuda" or (first is not None and first.device.type == "cuda"):
             return model
         return copy.deepcopy(model).to(self.torch_device)
 
