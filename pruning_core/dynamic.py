@@ -8,12 +8,14 @@ A threshold of 0 never skips.
 
 Gates are trained once per base model with the backbone frozen: the forward pass uses the hard decision
 (score >= 0.5) and the backward pass the score's gradient (straight-through estimator), with a penalty on the mean
-execution rate.
+execution rate. Optionally the backbone is then fine-tuned jointly with the gates, so that the blocks that still run
+learn to do without the ones that are skipped (BlockDrop's joint fine-tuning stage).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
 from collections.abc import Iterator
@@ -45,10 +47,15 @@ class SkipGate(nn.Module):
 class GatedBlock(nn.Module):
     """A residual block with an identity shortcut, wrapped with a skip gate.
 
+    In eval mode the gate decides on its logit against the threshold's logit (the same decision as score against
+    threshold, without the sigmoid), a threshold of 0 does not run the gate at all, and batch size 1 takes a path of
+    three tensor operations: at batch 1 on a CPU the gate's per-operation overhead is what dynamic skipping has to
+    win back.
+
     Args:
         block: The block; ``block(x)`` must equal ``x`` when its residual branch is zero.
         channels: Channels of the block's input.
-        threshold: Inputs whose gate score is below this skip the block (0: never skip).
+        threshold: Inputs whose gate score is below this skip the block (0: never skip; 1: always skip).
     """
 
     def __init__(self, block: nn.Module, channels: int, threshold: float = 0.0) -> None:
@@ -58,20 +65,49 @@ class GatedBlock(nn.Module):
         self.threshold = float(threshold)
         self.executed = 0  # inputs that ran the block since the last reset (eval mode)
         self.seen = 0
-        self.last_scores: torch.Tensor | None = None
+        self.last_scores: torch.Tensor | None = None  # gate scores of the last training batch
+
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self._threshold = float(value)
+        if value <= 0.0:
+            self._cut = -math.inf
+        elif value >= 1.0:
+            self._cut = math.inf
+        else:
+            self._cut = math.log(value / (1.0 - value))  # sigmoid(z) >= t  <=>  z >= logit(t)
+
+    def force(self, run: bool) -> None:
+        """Ask the gate as usual but then always run (or always skip) the block: to time the parts of a model."""
+        self._threshold = 0.5
+        self._cut = -math.inf if run else math.inf
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scores = self.gate(x)
-        self.last_scores = scores
         if self.training:
+            scores = self.gate(x)
+            self.last_scores = scores
             hard = (scores >= 0.5).float()
             mask = (hard + scores - scores.detach()).view(-1, 1, 1, 1)  # straight-through estimator
             return mask * self.block(x) + (1 - mask) * x
-        run = scores >= self.threshold
-        self.seen += int(x.shape[0])
+        n = int(x.shape[0])
+        self.seen += n
+        if self._threshold <= 0.0:  # never skips: no need to ask the gate
+            self.executed += n
+            return self.block(x)
+        logits = F.linear(x.mean(dim=(2, 3)), self.gate.fc.weight, self.gate.fc.bias)
+        if n == 1:
+            if logits.item() >= self._cut:
+                self.executed += 1
+                return self.block(x)
+            return x
+        run = logits.squeeze(1) >= self._cut
         count = int(run.sum())
         self.executed += count
-        if count == x.shape[0]:
+        if count == n:
             return self.block(x)
         if count == 0:
             return x
@@ -132,6 +168,15 @@ class GateTrainingReport:
     execution_rate: dict[str, float]
 
 
+def _gate_loss(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, rate_penalty: float, bf16: bool
+) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(images)
+        rate = torch.stack([b.last_scores.mean() for _, b in gated_blocks(model)]).mean()  # type: ignore[union-attr]
+    return F.cross_entropy(logits.float(), labels) + rate_penalty * rate.float()
+
+
 def train_gates(
     model: nn.Module,
     dataset: ImageDataset,
@@ -140,25 +185,50 @@ def train_gates(
     lr: float = 0.01,
     rate_penalty: float = 0.5,
     batch_size: int = 128,
+    joint_epochs: int = 0,
+    joint_lr: float = 0.01,
+    bf16: bool | None = None,
     progress: bool = True,
 ) -> GateTrainingReport:
-    """Train the gates of a gated model with the backbone frozen (BatchNorm statistics frozen too), in place.
+    """Train the gates of a gated model, in place: first with the backbone frozen, then optionally jointly.
 
-    The loss is the cross-entropy of the gated model plus ``rate_penalty`` times the mean gate score.
+    The loss is the cross-entropy of the gated model plus ``rate_penalty`` times the mean gate score. In the first
+    ``epochs`` only the gates learn (Adam, ``lr``) and the backbone's BatchNorm statistics stay frozen. In the
+    following ``joint_epochs`` the whole model learns (SGD with momentum, ``joint_lr`` decayed by a cosine, weight
+    decay 5e-4), BatchNorm included, with the gates deciding hard in the forward pass.
+
+    Args:
+        model: A model with gated blocks (see :func:`add_gates`).
+        dataset: Training images (``train``) and the split reported on (``val``).
+        epochs: Epochs with the backbone frozen.
+        lr: Learning rate of the gates while the backbone is frozen.
+        rate_penalty: Weight of the mean execution score in the loss.
+        batch_size: Images per step.
+        joint_epochs: Epochs of joint fine-tuning after the frozen ones (0: none).
+        joint_lr: Peak learning rate of joint fine-tuning.
+        bf16: bfloat16 autocast (None: where the CPU runs it natively, as the fine-tuning recipe does).
+        progress: Show a progress bar.
+
+    Returns:
+        Val accuracy and per-block execution rates at threshold 0.5.
     """
+
     from tqdm import tqdm
 
-    from pruning_core.training import evaluate
+    from pruning_core.training import evaluate, resolve_bf16
 
+    if epochs < 0 or joint_epochs < 0:
+        raise PlanError(f"expected epochs >= 0 and joint_epochs >= 0; got {epochs} and {joint_epochs}")
     gates = [block.gate for _, block in gated_blocks(model)]
     if not gates:
         raise PlanError("the model has no gated blocks; call add_gates first")
+    bf16 = resolve_bf16(bf16)
     for p in model.parameters():
         p.requires_grad_(False)
     params = [p for gate in gates for p in gate.parameters()]
     for p in params:
         p.requires_grad_(True)
-    optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(0)
     for epoch in range(epochs):
         model.eval()  # frozen BatchNorm statistics; GatedBlock's training flag is set below
@@ -167,15 +237,27 @@ def train_gates(
             block.block.eval()
         batches = dataset.batches("train", batch_size, shuffle=True, augment=True, generator=generator)
         for images, labels in tqdm(batches, desc=f"gates {epoch + 1}/{epochs}", disable=not progress, leave=False):
-            logits = model(images)
-            rate = torch.stack([b.last_scores.mean() for _, b in gated_blocks(model)]).mean()  # type: ignore[union-attr]
-            loss = F.cross_entropy(logits, labels) + rate_penalty * rate
+            loss = _gate_loss(model, images, labels, rate_penalty, bf16)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
+    if joint_epochs:
+        optimizer = torch.optim.SGD(model.parameters(), lr=joint_lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+        steps = joint_epochs * math.ceil(len(dataset.train) / batch_size)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
+        model.train()
+        for epoch in range(joint_epochs):
+            batches = dataset.batches("train", batch_size, shuffle=True, augment=True, generator=generator)
+            desc = f"gates+backbone {epoch + 1}/{joint_epochs}"
+            for images, labels in tqdm(batches, desc=desc, disable=not progress, leave=False):
+                loss = _gate_loss(model, images, labels, rate_penalty, bf16)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+    model.eval()
     for _, block in gated_blocks(model):
         block.threshold = 0.5
         block.reset_counters()
@@ -277,10 +359,11 @@ def time_per_image(
     blocks = [block for _, block in gated_blocks(model)]
     rows = []
     for images, labels in dataset.batches(split, 1, limit=limit):
+        before = sum(b.executed for b in blocks)
         start = time.perf_counter_ns()
         logits = model(images)
         elapsed = (time.perf_counter_ns() - start) / 1e6
-        used = sum(b.last_scores is not None and float(b.last_scores[0]) >= b.threshold for b in blocks)
+        used = sum(b.executed for b in blocks) - before
         rows.append((used, int(logits.argmax(1)[0] == labels[0]), elapsed))
     return rows
 
@@ -301,21 +384,23 @@ def profile_dynamic(
     rows = time_per_image(model, dataset, split, limit=limit)
     rates = {name: block.execution_rate() for name, block in blocks.items()}
 
-    # The parts, measured on one input: every block skipped (static part, gates included), then each block alone.
+    # The parts, measured on one input. Static part: every block that may skip is skipped (its gate still asked);
+    # blocks at threshold 0 ask no gate and always run, so they belong to it. Then each skippable block alone.
     thresholds = {name: block.threshold for name, block in blocks.items()}
+    skippable = {name: block for name, block in blocks.items() if block.threshold > 0.0}
     probe_input = next(iter(dataset.batches(split, 1)))[0]
 
     def timed() -> float:
         return statistics.median(time_callable(lambda: model(probe_input), warmup=3, runs=repeats))
 
-    for block in blocks.values():
-        block.threshold = 2.0  # above any sigmoid score: never runs
+    for block in skippable.values():
+        block.force(run=False)
     static_ms = timed()
     block_ms = {}
-    for name, block in blocks.items():
-        block.threshold = 0.0
+    for name, block in skippable.items():
+        block.force(run=True)  # the gate is asked too, as it is for every input at a threshold above 0
         block_ms[name] = max(0.0, timed() - static_ms)
-        block.threshold = 2.0
+        block.force(run=False)
     for name, block in blocks.items():
         block.threshold = thresholds[name]
         block.reset_counters()

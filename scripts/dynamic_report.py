@@ -2,19 +2,21 @@
 
 One static plan (``--plan PLAN.json``, or ``--uniform RATIO``; 0 keeps the dense model) is applied, its BatchNorm
 recalibrated and the model fine-tuned with the shared recipe. That model is timed image by image on the test split
-(one thread). Then skip gates are added to it and trained with its backbone frozen, and for each gate threshold of
-``--thresholds`` the gated model is timed the same way, with real skipping: accuracy, measured mean latency, the
-expected latency from its parts, per-block execution rates, and accuracy and latency by the number of blocks an
-image used. The static model, the gates and each row are saved as soon as they exist; re-running resumes.
+(one thread). Then skip gates are added to it and trained with its backbone frozen (``--gate-epochs``), then
+optionally jointly with the backbone (``--joint-epochs``). For each gate threshold of ``--thresholds`` the gated
+model is timed the same way, with real skipping: accuracy, measured mean latency, the expected latency from its
+parts, per-block execution rates, and accuracy and latency by the number of blocks an image used. The static model,
+the gates and each row are saved as soon as they exist; re-running resumes.
 
 Usage:
     python -m scripts.dynamic_report --model resnet56 --checkpoint C --data cifar10 --uniform 0.3 \\
-        --finetune-epochs 2 --thresholds 0.3 0.5 0.7 --out runs/dynamic_resnet56
+        --finetune-epochs 2 --joint-epochs 2 --thresholds 0.3 0.5 0.7 --out runs/dynamic_resnet56
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -36,6 +38,7 @@ from pruning_core.dynamic import (
 from pruning_core.finetune import finetune_recipe, prune_and_finetune
 from pruning_core.plan import PruningPlan
 from pruning_core.serialize import load_pruned, save_pruned
+from pruning_core.training import make_state, train
 from scripts.cli import add_target_args, env_from_args
 
 
@@ -55,18 +58,27 @@ def _table(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
         f"| static only | - | {static['top1']:.4f} | {static['latency_ms_measured']:.3f} | - | 1.000 | - |",
     ]
+    if "static_equal" in report:
+        equal = report["static_equal"]
+        change = equal["latency_ms_measured"] / static["latency_ms_measured"] - 1
+        lines.append(
+            f"| static only, +{equal['extra_epochs']} fine-tuning epochs (as many as the joint ones) | - | "
+            f"{equal['top1']:.4f} | {equal['latency_ms_measured']:.3f} | - | 1.000 | {change:+.1%} |"
+        )
     for row in report["dynamic"]:
         change = row["latency_ms_measured"] / static["latency_ms_measured"] - 1
         lines.append(
             f"| static + dynamic | {row['threshold']:.2f} | {row['top1']:.4f} | {row['latency_ms_measured']:.3f} | "
             f"{row['latency_ms_expected']:.3f} | {row['mean_exec_rate']:.3f} | {change:+.1%} |"
         )
-    close = [r for r in report["dynamic"] if r["top1"] >= static["top1"] - 0.005]
+    reference = max(static["top1"], report.get("static_equal", {}).get("top1", 0.0))  # the harder bar
+    close = [r for r in report["dynamic"] if r["top1"] >= reference - 0.005]
     if close:
         best = min(close, key=lambda r: r["latency_ms_measured"])
         lines += [
             "",
-            f"Fastest setting within 0.5 points of static-only accuracy: threshold {best['threshold']:.2f}, "
+            f"Fastest setting within 0.5 points of the better static-only accuracy ({reference:.4f}): "
+            f"threshold {best['threshold']:.2f}, "
             f"{1 - best['latency_ms_measured'] / static['latency_ms_measured']:.1%} lower measured mean latency; "
             f"measured/expected {best['latency_ms_measured'] / best['latency_ms_expected']:.3f}.",
         ]
@@ -107,6 +119,8 @@ def main() -> None:
     parser.add_argument("--uniform", type=float, default=None, help="uniform channel sparsity of the static plan")
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--gate-epochs", type=int, default=2)
+    parser.add_argument("--joint-epochs", type=int, default=0, help="then fine-tune backbone and gates jointly")
+    parser.add_argument("--joint-lr", type=float, default=0.01)
     parser.add_argument("--rate-penalty", type=float, default=0.5, help="weight of the execution-rate penalty")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.6, 0.7, 0.8])
     parser.add_argument("--latency-images", type=int, default=2000, help="test images timed one by one")
@@ -150,14 +164,39 @@ def main() -> None:
             report["static"] = _static_row(model, dataset, args.latency_images)
         save()
 
+    if args.joint_epochs and "static_equal" not in report:
+        # Joint fine-tuning trains the backbone further; the static model gets as many more epochs, for a fair row.
+        equal = copy.deepcopy(model)
+        config = finetune_recipe(args.joint_epochs, lr=args.joint_lr)
+        train(make_state(equal, config), dataset, config)
+        equal.eval()
+        with torch_threads(1):
+            report["static_equal"] = {
+                **_static_row(equal, dataset, args.latency_images),
+                "extra_epochs": args.joint_epochs,
+            }
+        save()
+
     gates_path = args.out / "gates.pt"
     gated = add_gates(model)
     if gates_path.exists():
         gated.load_state_dict(load_torch(gates_path))
     else:
-        trained = train_gates(gated, dataset, epochs=args.gate_epochs, rate_penalty=args.rate_penalty)
+        trained = train_gates(
+            gated,
+            dataset,
+            epochs=args.gate_epochs,
+            rate_penalty=args.rate_penalty,
+            joint_epochs=args.joint_epochs,
+            joint_lr=args.joint_lr,
+        )
         save_torch(gates_path, gated.state_dict())
-        report["gate_training"] = asdict(trained)
+        report["gate_training"] = {
+            **asdict(trained),
+            "epochs": args.gate_epochs,
+            "joint_epochs": args.joint_epochs,
+            "rate_penalty": args.rate_penalty,
+        }
         save()
     done = {row["threshold"] for row in report["dynamic"]}
     names = [name for name, _ in gated_blocks(gated)]

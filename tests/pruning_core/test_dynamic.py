@@ -49,6 +49,25 @@ def test_mixed_batch_runs_the_block_only_where_needed():
     assert gated.execution_rate() == pytest.approx(float(run.float().mean()))
 
 
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+def test_batch_one_decides_as_the_score_against_the_threshold(threshold):
+    torch.manual_seed(1)
+    inner = build_model("resnet20").layer1[1].eval()
+    gated = GatedBlock(inner, 16, threshold=threshold).eval()
+    torch.nn.init.normal_(gated.gate.fc.weight, std=2.0)
+    torch.nn.init.zeros_(gated.gate.fc.bias)
+    x = torch.randn(16, 16, 8, 8)
+    with torch.no_grad():
+        expected = gated.gate(x) >= threshold
+        ran = []
+        for i in range(16):
+            before = gated.executed
+            out = gated(x[i : i + 1])
+            ran.append(gated.executed > before)
+            assert torch.allclose(out, inner(x[i : i + 1]) if ran[-1] else x[i : i + 1], atol=1e-6)
+    assert ran == expected.tolist() and 0 < sum(ran) < 16
+
+
 def test_gate_training_keeps_accuracy_and_learns_rates(digits):
     gated = add_gates(load_checkpoint("checkpoints/small_cnn_digits.pt").build())
     report = train_gates(gated, digits, epochs=2, batch_size=64, progress=False)
@@ -60,6 +79,20 @@ def test_gate_training_keeps_accuracy_and_learns_rates(digits):
         set_thresholds(gated, {"block1": 2.0})
     with pytest.raises(PlanError, match="without gates"):
         set_thresholds(gated, {"stem": 0.5})
+
+
+def test_joint_fine_tuning_trains_the_backbone_with_the_gates(digits):
+    base = load_checkpoint("checkpoints/small_cnn_digits.pt").build()
+    gated = add_gates(base)
+    before = {k: v.clone() for k, v in gated.state_dict().items() if ".gate." not in k}
+    report = train_gates(gated, digits, epochs=1, joint_epochs=1, batch_size=64, rate_penalty=2.0, progress=False)
+    after = gated.state_dict()
+    changed = [k for k, v in before.items() if v.is_floating_point() and not torch.equal(v, after[k])]
+    assert any(k.startswith("stem.") for k in changed)  # the backbone learned too
+    assert report.val_top1 > 0.85
+    assert all(p.requires_grad for p in gated.parameters())
+    with pytest.raises(PlanError, match="expected epochs >= 0 and joint_epochs >= 0; got 1 and -1"):
+        train_gates(gated, digits, epochs=1, joint_epochs=-1)
 
 
 def test_gated_pruned_model_round_trips(tmp_path):
