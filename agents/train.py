@@ -63,6 +63,9 @@ class TrainRunConfig:
     """Target device."""
     budget: float = 0.5
     """Fraction of the dense model's cost on the device."""
+    budget_range: tuple[float, float] | None = None
+    """Draw each episode's budget uniformly from ``(low, high)`` instead: a policy for any budget in the range, to
+    apply to new models. Plans at different budgets do not compare, so such a run keeps no best plan."""
     budget_metric: str = "latency"
     """latency, macs or params."""
     reward: str = "accuracy"
@@ -95,6 +98,13 @@ class TrainRunConfig:
             raise PruneGymError(f"algo must be one of {', '.join(ALGOS)}; got {self.algo!r}")
         if self.episodes < 1 or self.n_envs < 1:
             raise PruneGymError(f"episodes and n_envs must be >= 1; got {self.episodes}, {self.n_envs}")
+        if self.budget_range is not None:
+            low, high = (float(b) for b in self.budget_range)  # a list when read back from config.json
+            if not 0 < low <= high <= 1:
+                raise PruneGymError(
+                    f"budget_range must be (low, high) with 0 < low <= high <= 1; got {self.budget_range}"
+                )
+            object.__setattr__(self, "budget_range", (low, high))
 
     def env_kwargs(self) -> dict[str, Any]:
         return {
@@ -113,6 +123,7 @@ class TrainRunConfig:
             "finetune_steps": self.finetune_steps,
             "criterion": self.criterion,
             "dynamic_skip": self.dynamic_skip,
+            **({"budget_range": self.budget_range} if self.budget_range is not None else {}),
         }
 
 
@@ -174,11 +185,12 @@ class SearchCallback(BaseCallback):
             "top1": info["top1"],
             "cost_ratio": info["cost_ratio"],
             "macs": info["macs"],
+            "budget": info["budget"],
             "budget_met": float(info["budget_met"]),
             "seconds": time.perf_counter() - self.start,
         }
         state.history.append(row)
-        if reward > state.best_reward:
+        if reward > state.best_reward and self.config.budget_range is None:
             state.best_reward, state.best_top1 = reward, float(info["top1"])
             state.best_episode, state.best_plan = state.episodes, info["plan"]
             _write_json(self.run / "best_plan.json", plan)
@@ -333,7 +345,10 @@ def train_agent(
 
     def update_bar(st: SearchState) -> None:
         bar.update(1)
-        bar.set_postfix(best_val_top1=f"{st.best_top1:.4f}", at=st.best_episode)
+        if config.budget_range is None:
+            bar.set_postfix(best_val_top1=f"{st.best_top1:.4f}", at=st.best_episode)
+        else:  # no best plan over a budget range: show the last episode
+            bar.set_postfix(val_top1=f"{st.history[-1]['top1']:.4f}", budget=f"{st.history[-1]['budget']:.2f}")
 
     callback = SearchCallback(run, config, state, group_names, on_episode=update_bar)
     start = time.perf_counter()

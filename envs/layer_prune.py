@@ -126,18 +126,21 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
     (top-1 - lambda * max(0, cost / target - 1), no clipping), ``amc-flops`` (-error * log(MACs)).
 
     ## Starting State
-    The first group, nothing pruned. ``reset(seed=...)`` seeds the action space; episodes are deterministic.
+    The first group, nothing pruned. ``reset(seed=...)`` seeds the environment; episodes are deterministic given
+    their budget. ``reset(options={"budget": B})`` sets the episode's budget. With ``budget_range=(low, high)`` each
+    reset without that option draws the budget uniformly from the range, so one policy learns to answer any budget
+    in it (the observation's ``budget_left`` tells it which): that is the policy to apply to new models and budgets.
 
     ## Episode End
     Terminates after the last group. ``info`` then holds ``plan`` (JSON), ``top1``, ``cost``, ``cost_ratio``,
-    ``budget_met``, ``macs``, ``params`` and, with a measured device, ``latency_ms_measured``.
+    ``budget``, ``budget_met``, ``macs``, ``params`` and, with a measured device, ``latency_ms_measured``.
 
     ## Arguments
     ``scorer`` (the engine and the scoring recipe), ``budget_model`` (a layer-wise cost: a latency lookup table or
     analytic profile, MACs or parameters), ``budget`` (fraction of the dense cost, in (0, 1]), ``reward``,
     ``action_mode``, ``max_sparsity``, ``levels``, ``criterion``, ``lagrange``, ``measured`` (the device's measured
-    latency model, if it has one), ``measure_final`` (measure each episode's final plan with it), ``render_mode``
-    (``ansi`` or ``rgb_array``).
+    latency model, if it has one), ``measure_final`` (measure each episode's final plan with it), ``budget_range``
+    (draw each episode's budget from it), ``render_mode`` (``ansi`` or ``rgb_array``).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
@@ -158,10 +161,13 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         measure_final: bool = False,
         dynamic_skip: bool = False,
         skip_levels: tuple[float, ...] = (0.0, 0.5, 0.7, 0.9),
+        budget_range: tuple[float, float] | None = None,
         render_mode: str | None = None,
     ) -> None:
         if not 0 < budget <= 1:
             raise PruneGymError(f"budget must be in (0, 1]; got {budget:g}")
+        if budget_range is not None and not 0 < budget_range[0] <= budget_range[1] <= 1:
+            raise PruneGymError(f"budget_range must be (low, high) with 0 < low <= high <= 1; got {budget_range}")
         if reward not in REWARDS:
             raise PruneGymError(f"reward must be one of {', '.join(REWARDS)}; got {reward!r}")
         if action_mode not in ("continuous", "discrete"):
@@ -203,13 +209,11 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         self._widths_allowed = {g.name: allowed_widths(g.channels, self.granule, max_sparsity) for g in self.groups}
         self._minimum = {name: widths[0] for name, widths in self._widths_allowed.items()}
         self.dense_cost = self._cost(self._full)
-        self.target = budget * self.dense_cost
-        floor = self._cost(self._minimum)
-        if floor > self.target:
-            raise BudgetInfeasibleError(
-                f"budget {budget:g} is below what max_sparsity {max_sparsity:g} reaches "
-                f"({floor / self.dense_cost:.3f} of the dense cost); raise the budget or max_sparsity"
-            )
+        self._floor = self._cost(self._minimum)
+        self.budget_range = None if budget_range is None else (float(budget_range[0]), float(budget_range[1]))
+        if self.budget_range is not None:
+            self._check_feasible(self.budget_range[0])
+        self.set_budget(budget)
         self._affected = {
             g.name: [
                 n for n in self._layers if self.graph.out_group.get(n) == g.name or self.graph.in_group.get(n) == g.name
@@ -231,6 +235,21 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         self._previous = 0.0
         self._thresholds: dict[str, float] = {}
         self.last_info: dict[str, Any] = {}
+
+    def _check_feasible(self, budget: float) -> None:
+        if self._floor > budget * self.dense_cost:
+            raise BudgetInfeasibleError(
+                f"budget {budget:g} is below what max_sparsity {self.max_sparsity:g} reaches "
+                f"({self._floor / self.dense_cost:.3f} of the dense cost); raise the budget or max_sparsity"
+            )
+
+    def set_budget(self, budget: float) -> None:
+        """Aim at ``budget`` (a fraction of the dense cost) from the next decision on; normally set at reset."""
+        if not 0 < budget <= 1:
+            raise PruneGymError(f"budget must be in (0, 1]; got {budget:g}")
+        self._check_feasible(budget)
+        self.budget = float(budget)
+        self.target = self.budget * self.dense_cost
 
     # Costs -------------------------------------------------------------------------------------------------------
     def _layer_cost(self, name: str, widths: dict[str, int]) -> float:
@@ -297,14 +316,26 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
 
     # Gymnasium API -----------------------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        """Start an episode at the first group.
+
+        Args:
+            seed: Seed of the environment's generator (which draws the budget of a ``budget_range``).
+            options: ``{"budget": B}`` sets this episode's budget; otherwise an environment with a
+                ``budget_range`` draws it uniformly from the range, and one without keeps its budget.
+        """
         super().reset(seed=seed)
+        budget = (options or {}).get("budget")
+        if budget is None and self.budget_range is not None:
+            budget = float(self.np_random.uniform(*self.budget_range))
+        if budget is not None:
+            self.set_budget(float(budget))
         self._step = 0
         self._kept = {}
         self._sparsity = {}
         self._previous = 0.0
         self._thresholds = {}
         self.last_info = {}
-        return self._observation(), {"group": self.groups[0].name}
+        return self._observation(), {"group": self.groups[0].name, "budget": self.budget}
 
     def decode_action(self, action: Any) -> tuple[float, float]:
         """The sparsity an action asks for (before clipping) and its skip threshold (0 without dynamic skip)."""
@@ -369,6 +400,7 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
             "cost": cost,
             "cost_ratio": cost / self.target,
             "dense_cost": self.dense_cost,
+            "budget": self.budget,
             "budget_met": cost <= self.target * (1 + 1e-9),
             "macs": score.macs,
             "params": score.params,

@@ -437,6 +437,7 @@ def _train_config(args: argparse.Namespace):
         data_root=args.data_root,
         device=args.device,
         budget=args.budget,
+        budget_range=tuple(args.budget_range) if args.budget_range else None,
         budget_metric=args.budget_metric,
         reward=args.reward,
         algo=args.algo,
@@ -462,6 +463,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = args.out if args.out is not None else Path("runs") / run_name(config)
         result = train_agent(config, out)
     state = result.state
+    if state.best_plan is None:  # a run over a budget range keeps its policy only
+        print(
+            f"{result.run}: {state.episodes} episodes in {result.seconds:.0f}s; policy saved: "
+            f"`prunegym apply --policy {result.run} --budget B` applies it"
+        )
+        return 0
     print(
         f"{result.run}: {state.episodes} episodes in {result.seconds:.0f}s; best val top-1 {state.best_top1:.4f} "
         f"(reward {state.best_reward:.4f}) at episode {state.best_episode}; best plan in "
@@ -757,6 +764,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="short fine-tune steps inside the score (0: adaptive BN alone)",
     )
     p.add_argument("--dynamic-skip", action="store_true", help="also choose a gate threshold per residual block")
+    p.add_argument(
+        "--budget-range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=None,
+        help="draw each episode's budget from [LOW, HIGH]: one policy for any budget (to apply to new models)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<model>__<device>__...)")
     p.add_argument("--resume", type=Path, default=None, help="continue the run in this folder")

@@ -46,6 +46,23 @@ def test_resume_continues_where_the_run_stopped(tmp_path):
         train_agent(None, tmp_path / "empty", resume=True, progress=False)
 
 
+def test_a_run_over_a_budget_range_learns_one_policy_for_every_budget(tmp_path):
+    config = TrainRunConfig(algo="ppo", episodes=5, budget_range=(0.5, 0.9), **FAST)
+    result = train_agent(config, tmp_path / "run", progress=False)
+    budgets = [row["budget"] for row in result.state.history]
+    assert len(set(budgets)) == 5 and all(0.5 <= b <= 0.9 for b in budgets)
+    assert result.state.best_plan is None and not (tmp_path / "run" / "best_plan.json").exists()
+    resumed = train_agent(None, tmp_path / "run", resume=True, episodes=6, progress=False)  # config.json: a list
+    assert resumed.state.episodes == 6 and 0.5 <= resumed.state.history[-1]["budget"] <= 0.9
+    policy = load_policy(tmp_path / "run")
+    assert policy.env_settings["budget_range"] == [0.5, 0.9]
+    for budget in (0.55, 0.85):
+        plan, info = plan_from_policy(policy, make_env(budget=budget, **FAST))
+        assert info["budget"] == budget and info["budget_met"]
+    with pytest.raises(PruneGymError, match=r"budget_range must be \(low, high\)"):
+        TrainRunConfig(budget_range=(0.9, 0.5))
+
+
 def test_incompatible_policy_is_refused(tmp_path):
     train_agent(_config("dqn", episodes=3), tmp_path / "run", progress=False)
     policy = load_policy(tmp_path / "run")

@@ -63,6 +63,24 @@ def test_random_episodes_always_meet_the_budget(budget, digits):
         assert reward == info["top1"] and 0 <= reward <= 1
 
 
+def test_budget_range_draws_each_episode_budget_and_options_set_it(digits):
+    env = make_env(budget=0.5, budget_range=(0.4, 0.9), dataset=digits, **FAST)
+    budgets, rng = [], np.random.default_rng(0)
+    for episode in range(6):
+        obs, start = env.reset(seed=episode)
+        # budget_left is what the policy is told about the budget: with nothing pruned yet, 1 - budget
+        assert obs[envs.OBS_FEATURES.index("budget_left")] == pytest.approx(1 - start["budget"], abs=1e-6)
+        for _ in env.groups:
+            _, _, terminated, _, info = env.step(rng.uniform(-1, 1, 1).astype(np.float32))
+        assert terminated and info["budget"] == start["budget"] and info["budget_met"]
+        budgets.append(start["budget"])
+    assert all(0.4 <= b <= 0.9 for b in budgets) and len(set(budgets)) == 6
+    _, start = env.reset(seed=0, options={"budget": 0.75})
+    assert start["budget"] == 0.75 and env.target == pytest.approx(0.75 * env.dense_cost)
+    fixed = make_env(budget=0.6, dataset=digits, **FAST)
+    assert {fixed.reset(seed=s)[1]["budget"] for s in range(3)} == {0.6}
+
+
 def test_no_pruning_is_clipped_to_meet_the_budget(digits_env):
     _, info = _run_episode(digits_env, [np.array([-1.0], np.float32)] * len(digits_env.groups))
     assert info["budget_met"] and info["cost_ratio"] <= 1.0
@@ -117,6 +135,8 @@ def test_render_modes(digits):
         ({"device": "tpu"}, PruneGymError, "device must be one of"),
         ({"model": "resnet20"}, PruneGymError, "checkpoint holds small_cnn"),
         ({"action_mode": "binary"}, PruneGymError, "action_mode must be continuous or discrete"),
+        ({"budget_range": (0.8, 0.6)}, PruneGymError, r"budget_range must be \(low, high\)"),
+        ({"budget_range": (0.01, 0.6)}, BudgetInfeasibleError, "budget 0.01 is below what max_sparsity"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, error, message, digits):
