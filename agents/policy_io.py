@@ -71,6 +71,18 @@ class SavedPolicy:
     def env_settings(self) -> dict[str, Any]:
         return dict(self.description.get("env", {}))
 
+    def action_settings(self) -> dict[str, Any]:
+        """Environment settings that give the policy's actions the meaning they had in training (to pass to
+        ``make_env`` when the policy is applied to another model, budget or device)."""
+        trained = self.env_settings
+        return {
+            "action_mode": trained.get("action_mode", "continuous"),
+            "max_sparsity": trained.get("max_sparsity", 0.9),
+            "criterion": trained.get("criterion", "l1"),
+            "dynamic_skip": trained.get("dynamic_skip", False),
+            "centre_on_uniform": trained.get("centre_on_uniform", False),
+        }
+
     def check_compatible(self, observation_space: spaces.Space[Any], action_space: spaces.Space[Any]) -> None:
         """Refuse an environment whose spaces differ from the ones the policy was trained on."""
         for what, saved, actual in (

@@ -92,6 +92,8 @@ class TrainRunConfig:
     """Channel importance criterion."""
     dynamic_skip: bool = False
     """Also decide a gate threshold per residual block (dynamic skipping)."""
+    centre_on_uniform: bool = False
+    """Centre the action range on the uniform sparsity that meets the episode's budget."""
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
@@ -123,6 +125,7 @@ class TrainRunConfig:
             "finetune_steps": self.finetune_steps,
             "criterion": self.criterion,
             "dynamic_skip": self.dynamic_skip,
+            "centre_on_uniform": self.centre_on_uniform,
             **({"budget_range": self.budget_range} if self.budget_range is not None else {}),
         }
 

@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from pruning_core.baselines import BudgetProblem
+from pruning_core.baselines import BudgetProblem, uniform_sparsity
 from pruning_core.engine import allowed_widths, kept_count, widest_within
 from pruning_core.errors import BudgetInfeasibleError, PruneGymError
 from pruning_core.graph import LayerType
@@ -88,6 +88,9 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
     ## Action Space
     ``continuous``: ``Box(-1, 1, (1,))``, mapped linearly to a sparsity in ``[0, max_sparsity]``.
     ``discrete``: ``Discrete(levels)``, sparsity ``i / (levels - 1) * max_sparsity``.
+    With ``centre_on_uniform=True`` the middle of either range is instead the uniform sparsity that meets the
+    episode's budget (the ``uniform-l1`` baseline's), linear from 0 to it and from it to ``max_sparsity``: a new
+    policy starts near the strongest simple plan and learns where to depart from it, at any budget and on any model.
     The kept width is rounded to the budget model's channel step (``granule``: a latency table's profiled step, a
     quarter of the group at most), then clipped. ``max_sparsity`` defaults to 0.9 (AMC kept at least 20% of each
     layer; here per-layer overhead is so large at batch 1 that half the dense latency needs more).
@@ -140,7 +143,7 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
     analytic profile, MACs or parameters), ``budget`` (fraction of the dense cost, in (0, 1]), ``reward``,
     ``action_mode``, ``max_sparsity``, ``levels``, ``criterion``, ``lagrange``, ``measured`` (the device's measured
     latency model, if it has one), ``measure_final`` (measure each episode's final plan with it), ``budget_range``
-    (draw each episode's budget from it), ``render_mode`` (``ansi`` or ``rgb_array``).
+    (draw each episode's budget from it), ``centre_on_uniform``, ``render_mode`` (``ansi`` or ``rgb_array``).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
@@ -162,6 +165,7 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         dynamic_skip: bool = False,
         skip_levels: tuple[float, ...] = (0.0, 0.5, 0.7, 0.9),
         budget_range: tuple[float, float] | None = None,
+        centre_on_uniform: bool = False,
         render_mode: str | None = None,
     ) -> None:
         if not 0 < budget <= 1:
@@ -210,6 +214,8 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         self._minimum = {name: widths[0] for name, widths in self._widths_allowed.items()}
         self.dense_cost = self._cost(self._full)
         self._floor = self._cost(self._minimum)
+        self.centre_on_uniform = centre_on_uniform
+        self.uniform_sparsity = max_sparsity / 2  # the middle of the action range; see set_budget
         self.budget_range = None if budget_range is None else (float(budget_range[0]), float(budget_range[1]))
         if self.budget_range is not None:
             self._check_feasible(self.budget_range[0])
@@ -250,6 +256,8 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         self._check_feasible(budget)
         self.budget = float(budget)
         self.target = self.budget * self.dense_cost
+        if self.centre_on_uniform:
+            self.uniform_sparsity = uniform_sparsity(self.budget_problem())
 
     # Costs -------------------------------------------------------------------------------------------------------
     def _layer_cost(self, name: str, widths: dict[str, int]) -> float:
@@ -337,17 +345,28 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         self.last_info = {}
         return self._observation(), {"group": self.groups[0].name, "budget": self.budget}
 
+    def _sparsity_at(self, fraction: float) -> float:
+        """Sparsity at ``fraction`` in [0, 1] of the action range: linear from 0 to ``max_sparsity``, or, centred on
+        uniform, linear from 0 to the budget's uniform sparsity on the lower half and from it to ``max_sparsity``
+        on the upper half."""
+        if not self.centre_on_uniform:
+            return fraction * self.max_sparsity
+        centre = self.uniform_sparsity
+        if fraction <= 0.5:
+            return 2.0 * fraction * centre
+        return centre + (2.0 * fraction - 1.0) * (self.max_sparsity - centre)
+
     def decode_action(self, action: Any) -> tuple[float, float]:
         """The sparsity an action asks for (before clipping) and its skip threshold (0 without dynamic skip)."""
         if self.action_mode == "continuous":
             values = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0)
             threshold = (values[1] + 1.0) / 2.0 if self.dynamic_skip else 0.0
-            return (values[0] + 1.0) / 2.0 * self.max_sparsity, float(threshold)
+            return self._sparsity_at((values[0] + 1.0) / 2.0), float(threshold)
         index = int(np.asarray(action).reshape(-1)[0])
         if not 0 <= index < self.action_space.n:  # type: ignore[attr-defined]
             raise PruneGymError(f"discrete action must be in [0, {self.action_space.n - 1}]; got {index}")  # type: ignore[attr-defined]
         level, skip = divmod(index, len(self.skip_levels)) if self.dynamic_skip else (index, 0)
-        return level / (self.levels - 1) * self.max_sparsity, self.skip_levels[skip] if self.dynamic_skip else 0.0
+        return self._sparsity_at(level / (self.levels - 1)), self.skip_levels[skip] if self.dynamic_skip else 0.0
 
     def action_to_sparsity(self, action: Any) -> float:
         """The sparsity an action asks for (before clipping)."""

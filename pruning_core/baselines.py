@@ -51,17 +51,24 @@ def bisect_smallest(meets: Callable[[float], bool], low: float, high: float, ste
     return high
 
 
+def _uniform_kept(problem: BudgetProblem, sparsity: float) -> dict[str, int]:
+    return {g.name: kept_count(g.channels, sparsity, problem.granule) for g in problem.engine.groups}
+
+
+def uniform_sparsity(problem: BudgetProblem) -> float:
+    """The least sparsity that, applied to every group, meets the budget.
+
+    Raises:
+        BudgetInfeasibleError: Not even ``max_sparsity`` everywhere meets it.
+    """
+    if not problem.meets(_uniform_kept(problem, problem.max_sparsity)):
+        raise BudgetInfeasibleError(f"uniform sparsity {problem.max_sparsity} does not reach the budget")
+    return bisect_smallest(lambda x: problem.meets(_uniform_kept(problem, x)), 0.0, problem.max_sparsity)
+
+
 def uniform_plan(problem: BudgetProblem, *, criterion: str = "l1") -> PruningPlan:
     """The least uniform sparsity that meets the budget."""
-    groups = problem.engine.groups
-
-    def kept(s: float) -> dict[str, int]:
-        return {g.name: kept_count(g.channels, s, problem.granule) for g in groups}
-
-    if not problem.meets(kept(problem.max_sparsity)):
-        raise BudgetInfeasibleError(f"uniform sparsity {problem.max_sparsity} does not reach the budget")
-    s = bisect_smallest(lambda x: problem.meets(kept(x)), 0.0, problem.max_sparsity)
-    return plan_from_kept(problem, kept(s), criterion)
+    return plan_from_kept(problem, _uniform_kept(problem, uniform_sparsity(problem)), criterion)
 
 
 def plan_from_kept(problem: BudgetProblem, kept: dict[str, int], criterion: str) -> PruningPlan:

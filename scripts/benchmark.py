@@ -112,7 +112,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
     finetune = finetune_recipe(cfg.finetune_epochs)
     methods = list(cfg.methods) + (["transfer"] if cfg.transfer_from else [])
 
-    def env_for(budget: float, action_mode: str = "continuous") -> Any:
+    def env_for(budget: float, **settings: Any) -> Any:
         return make_env(
             model=cfg.model,
             checkpoint=cfg.checkpoint,
@@ -123,8 +123,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
             val_images=cfg.val_images,
             bn_batches=cfg.bn_batches,
             dataset=dataset,
-            action_mode=action_mode,
             progress=True,
+            **settings,
         )
 
     for budget in cfg.budgets:
@@ -137,8 +137,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                     env = env_for(budget)
                 method_env = env
                 if method == "transfer":
-                    trained = load_policy(cfg.transfer_from).env_settings  # type: ignore[arg-type]
-                    method_env = env_for(budget, trained.get("action_mode", "continuous"))
+                    method_env = env_for(budget, **load_policy(cfg.transfer_from).action_settings())  # type: ignore[arg-type]
                 print(f"== {method} at budget {budget:g}, seed {seed}", flush=True)
                 start = time.perf_counter()
                 try:

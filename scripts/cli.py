@@ -449,6 +449,7 @@ def _train_config(args: argparse.Namespace):
         bn_batches=args.bn_batches,
         finetune_steps=args.finetune_steps,
         dynamic_skip=args.dynamic_skip,
+        centre_on_uniform=args.centre_on_uniform,
     )
 
 
@@ -531,14 +532,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     _set_threads(args)
     policy = load_policy(args.policy)
-    trained = policy.env_settings
-    env = env_from_args(
-        args,
-        action_mode=trained.get("action_mode", "continuous"),
-        max_sparsity=trained.get("max_sparsity", 0.9),
-        criterion=trained.get("criterion", "l1"),
-        dynamic_skip=trained.get("dynamic_skip", False),
-    )
+    env = env_from_args(args, **policy.action_settings())
     plan, _ = plan_from_policy(policy, env)
     result = finish_plan(
         "policy",
@@ -764,6 +758,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="short fine-tune steps inside the score (0: adaptive BN alone)",
     )
     p.add_argument("--dynamic-skip", action="store_true", help="also choose a gate threshold per residual block")
+    p.add_argument(
+        "--centre-on-uniform",
+        action="store_true",
+        help="the middle of the action range is the uniform sparsity that meets the budget (0 and max at the ends)",
+    )
     p.add_argument(
         "--budget-range",
         type=float,

@@ -57,7 +57,7 @@ def test_a_run_over_a_budget_range_learns_one_policy_for_every_budget(tmp_path):
     policy = load_policy(tmp_path / "run")
     assert policy.env_settings["budget_range"] == [0.5, 0.9]
     for budget in (0.55, 0.85):
-        plan, info = plan_from_policy(policy, make_env(budget=budget, **FAST))
+        _, info = plan_from_policy(policy, make_env(budget=budget, **policy.action_settings(), **FAST))
         assert info["budget"] == budget and info["budget_met"]
     with pytest.raises(PruneGymError, match=r"budget_range must be \(low, high\)"):
         TrainRunConfig(budget_range=(0.9, 0.5))

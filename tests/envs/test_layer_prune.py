@@ -81,6 +81,24 @@ def test_budget_range_draws_each_episode_budget_and_options_set_it(digits):
     assert {fixed.reset(seed=s)[1]["budget"] for s in range(3)} == {0.6}
 
 
+@pytest.mark.parametrize("budget", [0.45, 0.7])
+def test_centred_actions_put_uniform_in_the_middle(budget, digits):
+    from pruning_core.baselines import uniform_plan
+
+    env = make_env(budget=budget, centre_on_uniform=True, dataset=digits, **FAST)
+    _, info = _run_episode(env, [np.array([0.0], np.float32)] * len(env.groups))
+    uniform = uniform_plan(env.budget_problem())
+    assert json.loads(info["plan"])["sparsity"] == pytest.approx(uniform.sparsity, abs=1e-9)
+    assert info["budget_met"] and 0 < env.uniform_sparsity < env.max_sparsity
+    assert env.decode_action(np.array([-1.0]))[0] == 0.0
+    assert env.decode_action(np.array([1.0]))[0] == pytest.approx(env.max_sparsity)
+    assert env.decode_action(np.array([-0.5]))[0] == pytest.approx(env.uniform_sparsity / 2)
+    discrete = make_env(budget=budget, centre_on_uniform=True, action_mode="discrete", dataset=digits, **FAST)
+    assert discrete.decode_action(4)[0] == pytest.approx(discrete.uniform_sparsity)  # the middle of 9 levels
+    env.reset(seed=0, options={"budget": 0.9})
+    assert env.uniform_sparsity < discrete.uniform_sparsity  # a looser budget (0.9), a lower centre
+
+
 def test_no_pruning_is_clipped_to_meet_the_budget(digits_env):
     _, info = _run_episode(digits_env, [np.array([-1.0], np.float32)] * len(digits_env.groups))
     assert info["budget_met"] and info["cost_ratio"] <= 1.0
