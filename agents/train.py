@@ -94,12 +94,18 @@ class TrainRunConfig:
     """Also decide a gate threshold per residual block (dynamic skipping)."""
     centre_on_uniform: bool = False
     """Centre the action range on the uniform sparsity that meets the episode's budget."""
+    action_std: float | None = None
+    """Initial exploration of the continuous algorithms, in units of the action range [-1, 1]: the policy's standard
+    deviation (PPO, SAC) or the action noise (TD3, DDPG). None: 1.0 for PPO and SAC (Stable-Baselines3's default), 0.5
+    for TD3 and DDPG (AMC's wide noise). Centred on uniform, a narrower start (0.3-0.5) searches near that plan."""
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
             raise PruneGymError(f"algo must be one of {', '.join(ALGOS)}; got {self.algo!r}")
         if self.episodes < 1 or self.n_envs < 1:
             raise PruneGymError(f"episodes and n_envs must be >= 1; got {self.episodes}, {self.n_envs}")
+        if self.action_std is not None and not self.action_std > 0:
+            raise PruneGymError(f"action_std must be > 0; got {self.action_std}")
         if self.budget_range is not None:
             low, high = (float(b) for b in self.budget_range)  # a list when read back from config.json
             if not 0 < low <= high <= 1:
@@ -259,7 +265,10 @@ def _new_model(config: TrainRunConfig, env: VecEnv, steps_per_episode: int, run:
             exploration_fraction=0.5, exploration_final_eps=0.05, target_update_interval=max(1, steps_per_episode * 5)
         )
     if config.algo in ("td3", "ddpg"):
-        kwargs["action_noise"] = NormalActionNoise(np.zeros(1), 0.5 * np.ones(1))  # AMC: wide, decaying noise
+        sigma = 0.5 if config.action_std is None else config.action_std  # AMC: wide noise
+        kwargs["action_noise"] = NormalActionNoise(np.zeros(1), sigma * np.ones(1))
+    if config.algo in ("ppo", "sac") and config.action_std is not None:
+        kwargs["policy_kwargs"]["log_std_init"] = float(np.log(config.action_std))
     if config.algo == "ppo":
         n_steps = max(steps_per_episode * 4 // config.n_envs, 8)
         kwargs.update(

@@ -49,6 +49,10 @@ class BenchmarkConfig:
     val_images: int = 1000
     bn_batches: int = 10
     transfer_from: str | None = None
+    centre_on_uniform: bool = False
+    """Agents' action range centred on the uniform plan (see ``LayerPruneEnv``)."""
+    action_std: float | None = None
+    """Agents' initial exploration (see ``TrainRunConfig.action_std``)."""
 
 
 def _record_keys(record: dict[str, Any], budget: float, seed: int) -> dict[str, Any]:
@@ -90,6 +94,8 @@ def _plan_for(method: str, cfg: BenchmarkConfig, env: Any, seed: int, budget: fl
             seed=seed,
             val_images=cfg.val_images,
             bn_batches=cfg.bn_batches,
+            centre_on_uniform=cfg.centre_on_uniform,
+            action_std=cfg.action_std,
         )
         resume = (run / "model.zip").exists()
         search = train_agent(None if resume else config, run, resume=resume)

@@ -450,6 +450,7 @@ def _train_config(args: argparse.Namespace):
         finetune_steps=args.finetune_steps,
         dynamic_skip=args.dynamic_skip,
         centre_on_uniform=args.centre_on_uniform,
+        action_std=args.action_std,
     )
 
 
@@ -614,6 +615,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         val_images=args.val_images,
         bn_batches=args.bn_batches,
         transfer_from=str(args.transfer_from) if args.transfer_from else None,
+        centre_on_uniform=args.centre_on_uniform,
+        action_std=args.action_std,
     )
     run_benchmark(config)
     print((args.out / "results.md").read_text())
@@ -628,6 +631,21 @@ def add_target_args(parser: argparse.ArgumentParser, *, model_default: str | Non
     parser.add_argument("--device", default="host-cpu", help="target device (see `prunegym devices`)")
     parser.add_argument("--budget", type=float, default=0.5, help="fraction of the dense model's cost")
     parser.add_argument("--budget-metric", default="latency", choices=["latency", "macs", "params"])
+
+
+def _add_agent_args(parser: argparse.ArgumentParser) -> None:
+    """How the agents act and explore (train and benchmark)."""
+    parser.add_argument(
+        "--centre-on-uniform",
+        action="store_true",
+        help="the middle of the action range is the uniform sparsity that meets the budget (0 and max at the ends)",
+    )
+    parser.add_argument(
+        "--action-std",
+        type=float,
+        default=None,
+        help="initial exploration of continuous agents, in action-range units (default 1.0 PPO/SAC, 0.5 TD3/DDPG)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -758,11 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="short fine-tune steps inside the score (0: adaptive BN alone)",
     )
     p.add_argument("--dynamic-skip", action="store_true", help="also choose a gate threshold per residual block")
-    p.add_argument(
-        "--centre-on-uniform",
-        action="store_true",
-        help="the middle of the action range is the uniform sparsity that meets the budget (0 and max at the ends)",
-    )
+    _add_agent_args(p)
     p.add_argument(
         "--budget-range",
         type=float,
@@ -806,6 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-images", type=int, default=1000)
     p.add_argument("--bn-batches", type=int, default=10)
     p.add_argument("--transfer-from", type=Path, default=None, help="also apply this run's policy (zero search)")
+    _add_agent_args(p)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(handler=cmd_benchmark)
 

@@ -63,6 +63,23 @@ def test_a_run_over_a_budget_range_learns_one_policy_for_every_budget(tmp_path):
         TrainRunConfig(budget_range=(0.9, 0.5))
 
 
+@pytest.mark.parametrize("algo", ["ppo", "td3"])
+def test_action_std_sets_the_initial_exploration(algo, tmp_path):
+    import numpy as np
+    from stable_baselines3 import PPO, TD3
+
+    config = TrainRunConfig(algo=algo, episodes=2, warmup_episodes=1, action_std=0.3, centre_on_uniform=True, **FAST)
+    run = train_agent(config, tmp_path / "run", progress=False).run
+    if algo == "ppo":
+        model = PPO.load(run / "model.zip", device="cpu")
+        assert np.exp(model.policy.log_std.detach().numpy()) == pytest.approx(0.3, rel=0.05)  # two updates at most
+    else:
+        model = TD3.load(run / "model.zip", device="cpu")
+        assert model.action_noise._sigma == pytest.approx(np.array([0.3]))
+    with pytest.raises(PruneGymError, match="action_std must be > 0; got 0"):
+        TrainRunConfig(action_std=0.0)
+
+
 def test_incompatible_policy_is_refused(tmp_path):
     train_agent(_config("dqn", episodes=3), tmp_path / "run", progress=False)
     policy = load_policy(tmp_path / "run")
