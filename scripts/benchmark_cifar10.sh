@@ -1,11 +1,23 @@
 #!/usr/bin/env bash
-# The headline benchmark: resnet56 on CIFAR-10, host-CPU latency budgets 0.7 and 0.5, every method, 3 seeds.
-# Resumable: run it again after an interruption and finished cells are kept. Needs checkpoints/resnet56_cifar10.pt
-# and the shared CIFAR-10 copy. Usage: bash scripts/benchmark_cifar10.sh [OUT]
+# The headline benchmark: resnet56 on CIFAR-10, host-CPU latency budgets 0.7 and 0.5, every method, 3 seeds, plus
+# the amortisation rows: a policy trained on resnet20 over a range of budgets, applied to resnet56 with no search.
+# Resumable: run it again after an interruption and finished cells (and the finished transfer policy) are kept.
+# Needs checkpoints/resnet56_cifar10.pt, checkpoints/resnet20_cifar10.pt and the shared CIFAR-10 copy.
+# Usage: bash scripts/benchmark_cifar10.sh [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-runs/benchmark_resnet56}"
 export PRUNEGYM_CIFAR10="${PRUNEGYM_CIFAR10:-$(cd .. && pwd)/shared/data/cifar10}"
+agents=(--centre-on-uniform --action-std 0.4)
+policy="$out/transfer_policy_resnet20"
+mkdir -p "$out"
+if [ ! -f "$policy/search_state.json" ]; then
+    .venv/bin/prunegym train --model resnet20 --checkpoint checkpoints/resnet20_cifar10.pt --data cifar10 \
+        --device host-cpu --budget-range 0.45 0.85 --algo ppo --episodes 300 "${agents[@]}" --threads 2 \
+        --out "$policy"
+elif [ "$(.venv/bin/python -c "import json; print(json.load(open('$policy/search_state.json'))['episodes'])")" -lt 300 ]; then
+    .venv/bin/prunegym train --resume "$policy" --episodes 300 --threads 2
+fi
 .venv/bin/prunegym benchmark --model resnet56 --checkpoint checkpoints/resnet56_cifar10.pt --data cifar10 \
     --device host-cpu --budgets 0.7 0.5 --methods all --episodes 100 --finetune-epochs 2 --seeds 3 --threads 2 \
-    --out "$out"
+    "${agents[@]}" --transfer-from "$policy" --out "$out"
