@@ -3,6 +3,10 @@
 Writes, under ``out``: ``results.json`` (one record per method x budget x seed, saved after each cell, so a killed
 run resumes where it stopped), ``results.csv``, ``results.md`` (mean and spread over seeds) and two plots:
 ``accuracy_vs_latency.png`` and ``sparsity_per_layer.png`` (at the budget closest to 0.5).
+
+Seeds vary what a seed can: the agents' and random search's exploration, and every method's fine-tuning (data order
+and augmentation). A method whose plan does not depend on the seed (the heuristics, greedy-lut, the transferred
+policy) is searched once per budget; its plan and search cost are saved under ``plans/`` and fine-tuned per seed.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from pruning_core.search import greedy_search, random_search
 
 SEARCHES = ("random-search", "greedy-lut")
 ALL_METHODS = ("dqn", "ppo", *BASELINES, *SEARCHES)
+DETERMINISTIC = (*BASELINES, "greedy-lut", "transfer")
+"""Methods whose plan does not depend on the seed: searched once per budget (the plan and its search cost saved under
+``plans/``), then fine-tuned with every seed."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,6 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = json.loads(results_path.read_text()) if results_path.exists() else []
     done = {(r["method"], r["budget"], r["seed"]) for r in records}
     dataset = load_dataset(cfg.data, cfg.data_root)
-    finetune = finetune_recipe(cfg.finetune_epochs)
     methods = list(cfg.methods) + (["transfer"] if cfg.transfer_from else [])
 
     def env_for(budget: float, **settings: Any) -> Any:
@@ -145,19 +151,29 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                 if method == "transfer":
                     method_env = env_for(budget, **load_policy(cfg.transfer_from).action_settings())  # type: ignore[arg-type]
                 print(f"== {method} at budget {budget:g}, seed {seed}", flush=True)
-                start = time.perf_counter()
-                try:
-                    plan, evaluations = _plan_for(method, cfg, method_env, seed, budget)
-                except BudgetInfeasibleError as exc:
-                    print(f"   {method} cannot reach budget {budget:g}: {exc}")
-                    continue
-                seconds = time.perf_counter() - start
+                cached = cfg.out / "plans" / f"{method}_b{budget:g}.json"
+                if method in DETERMINISTIC and cached.exists():
+                    saved = json.loads(cached.read_text())
+                    plan = PruningPlan.from_json(saved["plan"])
+                    evaluations, seconds = saved["evaluations"], saved["search_seconds"]
+                else:
+                    start = time.perf_counter()
+                    try:
+                        plan, evaluations = _plan_for(method, cfg, method_env, seed, budget)
+                    except BudgetInfeasibleError as exc:
+                        print(f"   {method} cannot reach budget {budget:g}: {exc}")
+                        continue
+                    seconds = time.perf_counter() - start
+                    if method in DETERMINISTIC:
+                        saved = {"plan": plan.to_json(), "evaluations": evaluations, "search_seconds": seconds}
+                        cached.parent.mkdir(exist_ok=True)
+                        atomic_write_bytes(cached, lambda tmp, saved=saved: tmp.write_text(json.dumps(saved)))
                 result = finish_plan(
                     method,
                     method_env,
                     plan,
                     dataset,
-                    finetune=finetune,
+                    finetune=finetune_recipe(cfg.finetune_epochs, seed=seed),
                     out=None,
                     base_model=cfg.model,
                     search_seconds=seconds,

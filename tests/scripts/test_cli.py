@@ -281,6 +281,12 @@ def test_benchmark_writes_tables_and_resumes(tmp_path, capsys):
     assert (tmp_path / "bench" / "sparsity_per_layer.png").exists()
     assert main(argv) == 0  # resumed: nothing left to compute, nothing appended
     assert len(json.loads((tmp_path / "bench" / "results.json").read_text())) == 3
+    plans = tmp_path / "bench" / "plans"
+    assert [f.name for f in plans.iterdir()] == ["uniform-l1_b0.6.json"]  # searched once per budget, not per seed
+    start = argv.index("--methods")
+    assert main([*argv[: start + 1], "uniform-l1", *argv[start + 4 :], "--seeds", "2"]) == 0
+    uniform = [r for r in json.loads((tmp_path / "bench" / "results.json").read_text()) if r["method"] == "uniform-l1"]
+    assert [r["seed"] for r in uniform] == [0, 1] and uniform[0]["sparsity"] == uniform[1]["sparsity"]
 
 
 def test_dynamic_skip_train_apply_evaluate(tmp_path, capsys):
