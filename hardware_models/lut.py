@@ -400,6 +400,7 @@ def build_lut(
     granule: int = DEFAULT_GRANULE,
     calibration_variants: int = DEFAULT_CALIBRATION_VARIANTS,
     sweeps: int = 5,
+    calibration_runs: int = 60,
     seed: int = 0,
     progress: bool = True,
     model_name: str | None = None,
@@ -417,6 +418,7 @@ def build_lut(
         granule: Profiled widths are multiples of this (see the module's notes); 1 profiles any width.
         calibration_variants: Random pruned variants measured whole, beside the dense model, for the calibration.
         sweeps: Round-robin passes over all layer entries (see :func:`profile_units`).
+        calibration_runs: Timed calls of each calibration model (interleaved with the dense model's).
         seed: Seed of those variants.
         progress: Show a progress bar.
         model_name: Name recorded in the table's metadata.
@@ -427,12 +429,14 @@ def build_lut(
         raise PruneGymError(f"device must be one of {', '.join(MEASURED_DEVICES)}; got {device!r}")
     if calibration_variants < 2:
         raise PruneGymError(f"calibration_variants must be >= 2; got {calibration_variants}")
+    if sweeps < 1 or calibration_runs < 1:
+        raise PruneGymError(f"sweeps and calibration_runs must be >= 1; got {sweeps} and {calibration_runs}")
     runtime = MEASURED_DEVICES[device].runtime
     torch_device = "cuda" if device == "cuda" else "cpu"
     # profiling and calibration run with the same threads, and the table records them
     threads = (default_threads() if threads is None else threads) if MEASURED_DEVICES[device].uses_threads else None
     # the measurer checks the device first: a table for a GPU this host lacks fails before any profiling
-    measurer = measurer_for(device, threads=threads, runs=60)
+    measurer = measurer_for(device, threads=threads, runs=calibration_runs)
     start = time.perf_counter()
     todo: dict[str, tuple[str, LayerRecord, list[int], list[int]]] = {}
     for name, record in graph.layers.items():
@@ -514,6 +518,7 @@ def build_lut(
         "input_shape": list(graph.input_shape),
         "entries": total,
         "sweeps": sweeps,
+        "calibration_runs": calibration_runs,
         "build_seconds": time.perf_counter() - start,
         "host": platform.node(),
         "processor": platform.processor() or platform.machine(),

@@ -357,6 +357,8 @@ def cmd_lut_build(args: argparse.Namespace) -> int:
         grid_points=args.grid_points,
         granule=args.granule,
         calibration_variants=args.calibration_variants,
+        sweeps=args.sweeps,
+        calibration_runs=args.calibration_runs,
         model_name=args.model,
     )
     lut.save(args.out)
@@ -744,6 +746,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CALIBRATION_VARIANTS,
         help="random pruned models measured whole to calibrate (beside the dense and the thinnest)",
     )
+    p.add_argument("--sweeps", type=int, default=5, help="round-robin passes over all layer entries (median kept)")
+    p.add_argument("--calibration-runs", type=int, default=60, help="timed calls of each calibration model")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(handler=cmd_lut_build)
     p = lut_sub.add_parser("validate", help="compare a table with measurements of random pruned variants")

@@ -78,6 +78,8 @@ def test_lut_build_refuses_a_device_it_cannot_time(small_graph):
         build_lut(small_graph, device="jetson", progress=False)
     with pytest.raises(PruneGymError, match="calibration_variants must be >= 2; got 1"):
         build_lut(small_graph, device="host-cpu", calibration_variants=1, progress=False)
+    with pytest.raises(PruneGymError, match="sweeps and calibration_runs must be >= 1; got 5 and 0"):
+        build_lut(small_graph, device="host-cpu", calibration_runs=0, progress=False)
 
 
 def test_lut_keeps_measured_grids_and_loads_a_version_1_table(small_graph, tmp_path):
