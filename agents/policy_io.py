@@ -72,8 +72,10 @@ class SavedPolicy:
         return dict(self.description.get("env", {}))
 
     def action_settings(self) -> dict[str, Any]:
-        """Environment settings that give the policy's actions the meaning they had in training (to pass to
-        ``make_env`` when the policy is applied to another model, budget or device)."""
+        """Environment settings that give the policy's actions the meaning they had in training.
+
+        Pass them to ``make_env`` when the policy is applied to another model, budget or device.
+        """
         trained = self.env_settings
         return {
             "action_mode": trained.get("action_mode", "continuous"),

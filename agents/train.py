@@ -96,8 +96,9 @@ class TrainRunConfig:
     """Centre the action range on the uniform sparsity that meets the episode's budget."""
     action_std: float | None = None
     """Initial exploration of the continuous algorithms, in units of the action range [-1, 1]: the policy's standard
-    deviation (PPO, SAC) or the action noise (TD3, DDPG). None: 1.0 for PPO and SAC (Stable-Baselines3's default), 0.5
-    for TD3 and DDPG (AMC's wide noise). Centred on uniform, a narrower start (0.3-0.5) searches near that plan."""
+    deviation (PPO; SAC's before its tanh squashing, so roughly) or the action noise (TD3, DDPG). None: 1.0 for PPO
+    and SAC (Stable-Baselines3's default), 0.5 for TD3 and DDPG (AMC's wide noise). Centred on uniform, a narrower
+    start (0.3-0.5) searches near that plan."""
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
@@ -106,7 +107,11 @@ class TrainRunConfig:
             raise PruneGymError(f"episodes and n_envs must be >= 1; got {self.episodes}, {self.n_envs}")
         if self.action_std is not None and not self.action_std > 0:
             raise PruneGymError(f"action_std must be > 0; got {self.action_std}")
+        if self.action_std is not None and ALGOS[self.algo].action_mode != "continuous":
+            raise PruneGymError(f"action_std applies to continuous algorithms; got algo {self.algo!r}")
         if self.budget_range is not None:
+            if len(self.budget_range) != 2:
+                raise PruneGymError(f"budget_range must be (low, high); got {self.budget_range}")
             low, high = (float(b) for b in self.budget_range)  # a list when read back from config.json
             if not 0 < low <= high <= 1:
                 raise PruneGymError(
@@ -199,14 +204,16 @@ class SearchCallback(BaseCallback):
             "seconds": time.perf_counter() - self.start,
         }
         state.history.append(row)
-        if reward > state.best_reward and self.config.budget_range is None:
-            state.best_reward, state.best_top1 = reward, float(info["top1"])
-            state.best_episode, state.best_plan = state.episodes, info["plan"]
-            _write_json(self.run / "best_plan.json", plan)
+        if self.config.budget_range is None:  # plans at different budgets do not compare: no best plan then
+            if reward > state.best_reward:
+                state.best_reward, state.best_top1 = reward, float(info["top1"])
+                state.best_episode, state.best_plan = state.episodes, info["plan"]
+                _write_json(self.run / "best_plan.json", plan)
+            self.logger.record("accuracy/best_val_top1", state.best_top1)
         for key, value in (
             ("episode/reward", reward),
             ("accuracy/val_top1", info["top1"]),
-            ("accuracy/best_val_top1", state.best_top1),
+            ("latency/budget", info["budget"]),
             ("latency/cost_ratio", info["cost_ratio"]),
             ("latency/budget_met", float(info["budget_met"])),
             ("prune/macs", info["macs"]),
@@ -293,7 +300,10 @@ class RunResult:
     def state_plan(self) -> PruningPlan:
         """The best plan the search found."""
         if self.state.best_plan is None:
-            raise PruneGymError(f"run {self.run} has not finished an episode yet")
+            raise PruneGymError(
+                f"run {self.run} has no best plan: it has not finished an episode, or it was trained over a budget "
+                "range (it keeps a policy: apply it at a budget)"
+            )
         return PruningPlan.from_json(self.state.best_plan)
 
 

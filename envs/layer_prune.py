@@ -132,7 +132,8 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
     The first group, nothing pruned. ``reset(seed=...)`` seeds the environment; episodes are deterministic given
     their budget. ``reset(options={"budget": B})`` sets the episode's budget. With ``budget_range=(low, high)`` each
     reset without that option draws the budget uniformly from the range, so one policy learns to answer any budget
-    in it (the observation's ``budget_left`` tells it which): that is the policy to apply to new models and budgets.
+    in it (the observation's ``budget_left`` says how much cost is still to remove): that is the policy to apply to
+    new models and budgets.
 
     ## Episode End
     Terminates after the last group. ``info`` then holds ``plan`` (JSON), ``top1``, ``cost``, ``cost_ratio``,
@@ -170,7 +171,7 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
     ) -> None:
         if not 0 < budget <= 1:
             raise PruneGymError(f"budget must be in (0, 1]; got {budget:g}")
-        if budget_range is not None and not 0 < budget_range[0] <= budget_range[1] <= 1:
+        if budget_range is not None and not (len(budget_range) == 2 and 0 < budget_range[0] <= budget_range[1] <= 1):
             raise PruneGymError(f"budget_range must be (low, high) with 0 < low <= high <= 1; got {budget_range}")
         if reward not in REWARDS:
             raise PruneGymError(f"reward must be one of {', '.join(REWARDS)}; got {reward!r}")
@@ -219,6 +220,8 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         self.budget_range = None if budget_range is None else (float(budget_range[0]), float(budget_range[1]))
         if self.budget_range is not None:
             self._check_feasible(self.budget_range[0])
+            low, high = self.budget_range
+            budget = budget if low <= budget <= high else low  # until the first reset draws one
         self.set_budget(budget)
         self._affected = {
             g.name: [

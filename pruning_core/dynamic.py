@@ -193,9 +193,11 @@ def train_gates(
     """Train the gates of a gated model, in place: first with the backbone frozen, then optionally jointly.
 
     The loss is the cross-entropy of the gated model plus ``rate_penalty`` times the mean gate score. In the first
-    ``epochs`` only the gates learn (Adam, ``lr``) and the backbone's BatchNorm statistics stay frozen. In the
-    following ``joint_epochs`` the whole model learns (SGD with momentum, ``joint_lr`` decayed by a cosine, weight
-    decay 5e-4), BatchNorm included, with the gates deciding hard in the forward pass.
+    ``epochs`` only the gates learn (Adam, ``lr``, in float32) and the backbone's BatchNorm statistics stay frozen.
+    In the following ``joint_epochs`` the whole model learns, BatchNorm included, with the gates deciding hard in the
+    forward pass, under the shared fine-tuning recipe (:func:`~pruning_core.finetune.finetune_recipe`: SGD with
+    momentum from ``joint_lr``, cosine decay, no weight decay on BatchNorm and biases, per-epoch seeded batches),
+    so a static model fine-tuned as many epochs with that recipe is a fair comparison.
 
     Args:
         model: A model with gated blocks (see :func:`add_gates`).
@@ -206,29 +208,28 @@ def train_gates(
         batch_size: Images per step.
         joint_epochs: Epochs of joint fine-tuning after the frozen ones (0: none).
         joint_lr: Peak learning rate of joint fine-tuning.
-        bf16: bfloat16 autocast (None: where the CPU runs it natively, as the fine-tuning recipe does).
+        bf16: bfloat16 autocast in joint fine-tuning (None: where the CPU runs it natively, as the recipe does).
         progress: Show a progress bar.
 
     Returns:
         Val accuracy and per-block execution rates at threshold 0.5.
     """
-
     from tqdm import tqdm
 
-    from pruning_core.training import evaluate, resolve_bf16
+    from pruning_core.finetune import finetune_recipe
+    from pruning_core.training import evaluate, make_state
 
     if epochs < 0 or joint_epochs < 0:
         raise PlanError(f"expected epochs >= 0 and joint_epochs >= 0; got {epochs} and {joint_epochs}")
     gates = [block.gate for _, block in gated_blocks(model)]
     if not gates:
         raise PlanError("the model has no gated blocks; call add_gates first")
-    bf16 = resolve_bf16(bf16)
     for p in model.parameters():
         p.requires_grad_(False)
     params = [p for gate in gates for p in gate.parameters()]
     for p in params:
         p.requires_grad_(True)
-    optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(0)
     for epoch in range(epochs):
         model.eval()  # frozen BatchNorm statistics; GatedBlock's training flag is set below
@@ -237,26 +238,29 @@ def train_gates(
             block.block.eval()
         batches = dataset.batches("train", batch_size, shuffle=True, augment=True, generator=generator)
         for images, labels in tqdm(batches, desc=f"gates {epoch + 1}/{epochs}", disable=not progress, leave=False):
-            loss = _gate_loss(model, images, labels, rate_penalty, bf16)
+            loss = _gate_loss(model, images, labels, rate_penalty, bf16=False)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
     for p in model.parameters():
         p.requires_grad_(True)
     if joint_epochs:
-        optimizer = torch.optim.SGD(model.parameters(), lr=joint_lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-        steps = joint_epochs * math.ceil(len(dataset.train) / batch_size)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
+        config = finetune_recipe(joint_epochs, lr=joint_lr, bf16=bf16)
+        state = make_state(model, config)
+        steps_per_epoch = math.ceil(len(dataset.train) / batch_size)
         model.train()
         for epoch in range(joint_epochs):
+            generator.manual_seed(config.seed * 100_003 + epoch)
             batches = dataset.batches("train", batch_size, shuffle=True, augment=True, generator=generator)
             desc = f"gates+backbone {epoch + 1}/{joint_epochs}"
-            for images, labels in tqdm(batches, desc=desc, disable=not progress, leave=False):
-                loss = _gate_loss(model, images, labels, rate_penalty, bf16)
-                optimizer.zero_grad(set_to_none=True)
+            for i, (images, labels) in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False)):
+                lr_now = config.lr_at(epoch * steps_per_epoch + i, joint_epochs * steps_per_epoch, steps_per_epoch)
+                for group in state.optimizer.param_groups:
+                    group["lr"] = lr_now
+                loss = _gate_loss(model, images, labels, rate_penalty, bf16=config.bf16)
+                state.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                optimizer.step()
-                schedule.step()
+                state.optimizer.step()
     model.eval()
     for _, block in gated_blocks(model):
         block.threshold = 0.5
@@ -393,17 +397,19 @@ def profile_dynamic(
     def timed() -> float:
         return statistics.median(time_callable(lambda: model(probe_input), warmup=3, runs=repeats))
 
-    for block in skippable.values():
-        block.force(run=False)
-    static_ms = timed()
-    block_ms = {}
-    for name, block in skippable.items():
-        block.force(run=True)  # the gate is asked too, as it is for every input at a threshold above 0
-        block_ms[name] = max(0.0, timed() - static_ms)
-        block.force(run=False)
-    for name, block in blocks.items():
-        block.threshold = thresholds[name]
-        block.reset_counters()
+    try:
+        for block in skippable.values():
+            block.force(run=False)
+        static_ms = timed()
+        block_ms = {}
+        for name, block in skippable.items():
+            block.force(run=True)  # the gate is asked too, as it is for every input at a threshold above 0
+            block_ms[name] = max(0.0, timed() - static_ms)
+            block.force(run=False)
+    finally:
+        for name, block in blocks.items():
+            block.threshold = thresholds[name]
+            block.reset_counters()
 
     groups: dict[int, list[tuple[int, int, float]]] = {}
     for row in rows:

@@ -6,7 +6,9 @@ run resumes where it stopped), ``results.csv``, ``results.md`` (mean and spread 
 
 Seeds vary what a seed can: the agents' and random search's exploration, and every method's fine-tuning (data order
 and augmentation). A method whose plan does not depend on the seed (the heuristics, greedy-lut, the transferred
-policy) is searched once per budget; its plan and search cost are saved under ``plans/`` and fine-tuned per seed.
+policy) is searched once per budget; its plan and search cost are saved under ``plans/`` with what the plan depends
+on (model, checkpoint, device, scoring, the policy's weights), and fine-tuned per seed. (Before 2026-11-28 every
+seed was fine-tuned with seed 0: do not resume an older ``results.json`` with several seeds.)
 """
 
 from __future__ import annotations
@@ -115,6 +117,22 @@ def _plan_for(method: str, cfg: BenchmarkConfig, env: Any, seed: int, budget: fl
     raise PruneGymError(f"method must be one of {', '.join(ALL_METHODS)} or transfer; got {method!r}")
 
 
+def _plan_inputs(cfg: BenchmarkConfig, method: str) -> dict[str, Any]:
+    """What a deterministic method's plan depends on besides the budget: a saved plan is reused only if they match."""
+    from pruning_core.checkpoint import sha256
+
+    inputs: dict[str, Any] = {
+        "model": cfg.model,
+        "checkpoint": cfg.checkpoint,
+        "device": cfg.device,
+        "val_images": cfg.val_images,
+        "bn_batches": cfg.bn_batches,
+    }
+    if method == "transfer" and cfg.transfer_from is not None:
+        inputs["policy"] = sha256(Path(cfg.transfer_from) / "policy.pt")
+    return inputs
+
+
 def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
     """Run every missing cell, then write the tables and plots."""
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -152,8 +170,9 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                     method_env = env_for(budget, **load_policy(cfg.transfer_from).action_settings())  # type: ignore[arg-type]
                 print(f"== {method} at budget {budget:g}, seed {seed}", flush=True)
                 cached = cfg.out / "plans" / f"{method}_b{budget:g}.json"
-                if method in DETERMINISTIC and cached.exists():
-                    saved = json.loads(cached.read_text())
+                inputs = _plan_inputs(cfg, method)
+                saved = json.loads(cached.read_text()) if method in DETERMINISTIC and cached.exists() else None
+                if saved is not None and saved.get("inputs") == inputs:
                     plan = PruningPlan.from_json(saved["plan"])
                     evaluations, seconds = saved["evaluations"], saved["search_seconds"]
                 else:
@@ -165,7 +184,12 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                         continue
                     seconds = time.perf_counter() - start
                     if method in DETERMINISTIC:
-                        saved = {"plan": plan.to_json(), "evaluations": evaluations, "search_seconds": seconds}
+                        saved = {
+                            "plan": plan.to_json(),
+                            "evaluations": evaluations,
+                            "search_seconds": seconds,
+                            "inputs": inputs,
+                        }
                         cached.parent.mkdir(exist_ok=True)
                         atomic_write_bytes(cached, lambda tmp, saved=saved: tmp.write_text(json.dumps(saved)))
                 result = finish_plan(

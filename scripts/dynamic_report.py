@@ -134,6 +134,25 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     report_path = args.out / "report.json"
     report: dict[str, Any] = json.loads(report_path.read_text()) if report_path.exists() else {"dynamic": []}
+    settings = {
+        "model": args.model,
+        "checkpoint": str(args.checkpoint),
+        "plan": str(args.plan) if args.plan else None,
+        "uniform": args.uniform,
+        "finetune_epochs": args.finetune_epochs,
+        "gate_epochs": args.gate_epochs,
+        "joint_epochs": args.joint_epochs,
+        "joint_lr": args.joint_lr,
+        "rate_penalty": args.rate_penalty,
+        "latency_images": args.latency_images,
+    }
+    saved = report.setdefault("settings", settings)
+    if saved != settings:  # resuming with other settings would mix rows of two experiments
+        changed = sorted(k for k in settings if saved.get(k) != settings[k])
+        raise SystemExit(
+            f"{args.out} holds a report made with other settings ({', '.join(changed)}); expected the same as before, "
+            f"got {', '.join(f'{k}={settings[k]}' for k in changed)}: use another --out"
+        )
 
     def save() -> None:
         atomic_write_bytes(report_path, lambda tmp: tmp.write_text(json.dumps(report, indent=1)))

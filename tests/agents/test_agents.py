@@ -78,6 +78,8 @@ def test_action_std_sets_the_initial_exploration(algo, tmp_path):
         assert model.action_noise._sigma == pytest.approx(np.array([0.3]))
     with pytest.raises(PruneGymError, match="action_std must be > 0; got 0"):
         TrainRunConfig(action_std=0.0)
+    with pytest.raises(PruneGymError, match="action_std applies to continuous algorithms; got algo 'dqn'"):
+        TrainRunConfig(algo="dqn", action_std=0.5)
 
 
 def test_incompatible_policy_is_refused(tmp_path):

@@ -68,6 +68,32 @@ def test_batch_one_decides_as_the_score_against_the_threshold(threshold):
     assert ran == expected.tolist() and 0 < sum(ran) < 16
 
 
+def test_threshold_zero_does_not_ask_the_gate():
+    torch.manual_seed(0)
+    inner = build_model("resnet20").layer1[1].eval()
+    gated = GatedBlock(inner, 16, threshold=0.0).eval()
+    with torch.no_grad():
+        gated.gate.fc.weight.fill_(float("nan"))  # a gate that was asked would poison the decision
+        x = torch.randn(3, 16, 8, 8)
+        assert torch.allclose(gated(x), inner(x), atol=1e-6) and torch.allclose(gated(x[:1]), inner(x[:1]), atol=1e-6)
+    assert gated.execution_rate() == 1.0
+
+
+def test_profile_counts_blocks_used_and_restores_thresholds(digits):
+    from pruning_core.dynamic import profile_dynamic
+
+    gated = add_gates(load_checkpoint("checkpoints/small_cnn_digits.pt").build()).eval()
+    blocks = dict(gated_blocks(gated))
+    with torch.no_grad():
+        blocks["block1"].gate.fc.bias.fill_(-5.0)  # never reaches 0.5: always skipped
+    set_thresholds(gated, {"block1": 0.5, "block2": 0.0})
+    profile = profile_dynamic(gated, digits, "test", limit=20, repeats=3)
+    assert profile.exec_rate == {"block1": 0.0, "block2": 1.0}
+    assert profile.by_blocks_used.keys() == {1} and profile.by_blocks_used[1]["images"] == 20
+    assert {name: b.threshold for name, b in blocks.items()} == {"block1": 0.5, "block2": 0.0}
+    assert profile.latency_ms_measured > 0 and profile.latency_ms_expected > 0
+
+
 def test_gate_training_keeps_accuracy_and_learns_rates(digits):
     gated = add_gates(load_checkpoint("checkpoints/small_cnn_digits.pt").build())
     report = train_gates(gated, digits, epochs=2, batch_size=64, progress=False)
