@@ -586,6 +586,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         budget=args.budget,
         episodes=args.episodes,
         finetune_epochs=args.finetune_epochs,
+        centre_on_uniform=args.centre_on_uniform,
+        action_std=args.action_std,
         out=args.out,
     )
     return 0
@@ -835,6 +837,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, default=0.5)
     p.add_argument("--episodes", type=int, default=60)
     p.add_argument("--finetune-epochs", type=int, default=3)
+    _add_agent_args(p)
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.set_defaults(handler=cmd_demo)
     return parser

@@ -73,9 +73,11 @@ def run_demo(
     budget: float = 0.5,
     episodes: int = 60,
     finetune_epochs: int = 3,
+    centre_on_uniform: bool = False,
+    action_std: float | None = None,
     out: str | os.PathLike[str] = "runs/demo",
 ) -> list[dict]:
-    """Run the demo and return one record per method."""
+    """Run the demo and return one record per method (``centre_on_uniform`` and ``action_std``: the agent's)."""
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,7 +88,15 @@ def run_demo(
         model=model, checkpoint=ckpt, data=data, data_root=data_root, budget=budget, dataset=dataset, progress=True
     )
     config = TrainRunConfig(
-        model=model, checkpoint=str(ckpt), data=data, data_root=data_root, budget=budget, algo="ppo", episodes=episodes
+        model=model,
+        checkpoint=str(ckpt),
+        data=data,
+        data_root=data_root,
+        budget=budget,
+        algo="ppo",
+        episodes=episodes,
+        centre_on_uniform=centre_on_uniform,
+        action_std=action_std,
     )
     run = out / f"ppo_{time.strftime('%Y%m%d-%H%M%S')}"
     search = train_agent(config, run)
