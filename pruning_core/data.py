@@ -334,6 +334,12 @@ def load_imagefolder_dataset(
         raise DataError(f"train images are {train_x.shape[1:]} but test images are {test_x.shape[1:]}")
     val_size = min(val_size, len(train_y) // 5)
     keep, val = _stratified_split(train_y, val_size, seed)
+    # An image folder is read class by class; val and test are stored in a seeded mixed order, so that their first
+    # N images (the search scores plans on the first val_images of val) are a sample of every class.
+    mix = np.random.default_rng(seed + 2)
+    val = mix.permutation(val)
+    test_order = mix.permutation(len(test_y))
+    test_x, test_y = test_x[test_order], test_y[test_order]
     if mean is None or std is None:
         sample = train_x[keep[:: max(1, len(keep) // 5000)]].astype(np.float64) / 255.0
         mean = tuple(float(m) for m in sample.mean(axis=(0, 2, 3)))

@@ -55,6 +55,7 @@ def test_imagefolder_loads_and_caches(tmp_path):
     first = load_dataset("imagefolder", root, progress=False)
     assert first.classes == ("cat", "dog") and first.input_shape == (3, 12, 12)
     assert len(first.train) + len(first.val) == 12 and len(first.test) == 12
+    assert first.test.labels[:6].tolist() != [0] * 6  # stored mixed, not class by class as the folder is read
     (root / "train" / "cat" / "000.png").unlink()  # a changed tree is decoded again, not read from a stale cache
     second = load_dataset("imagefolder", root, progress=False)
     assert len(second.train) + len(second.val) == 11
@@ -103,5 +104,7 @@ def test_cifar10_shared_copy(cifar10_root):
     data = load_dataset("cifar10", cifar10_root, progress=False)
     assert (len(data.train), len(data.val), len(data.test)) == (45000, 5000, 5000)
     assert torch.bincount(data.val.labels).tolist() == [500] * 10
+    for split in (data.val, data.test):  # stored mixed: the first 1,000 images (a search's val sample) hold every class
+        assert torch.bincount(split.labels[:1000], minlength=10).min() >= 60
     x, _ = next(data.batches("train", 256, augment=True, shuffle=True))
     assert x.shape == (256, 3, 32, 32) and abs(float(x.mean())) < 0.3
