@@ -23,6 +23,7 @@ from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from agents.policy_io import save_policy
+from envs.layer_prune import checked_budget_range
 from pruning_core.data import atomic_write_bytes
 from pruning_core.errors import CheckpointError, PruneGymError
 from pruning_core.plan import PruningPlan
@@ -109,15 +110,8 @@ class TrainRunConfig:
             raise PruneGymError(f"action_std must be > 0; got {self.action_std}")
         if self.action_std is not None and ALGOS[self.algo].action_mode != "continuous":
             raise PruneGymError(f"action_std applies to continuous algorithms; got algo {self.algo!r}")
-        if self.budget_range is not None:
-            if len(self.budget_range) != 2:
-                raise PruneGymError(f"budget_range must be (low, high); got {self.budget_range}")
-            low, high = (float(b) for b in self.budget_range)  # a list when read back from config.json
-            if not 0 < low <= high <= 1:
-                raise PruneGymError(
-                    f"budget_range must be (low, high) with 0 < low <= high <= 1; got {self.budget_range}"
-                )
-            object.__setattr__(self, "budget_range", (low, high))
+        if self.budget_range is not None:  # a list when read back from config.json
+            object.__setattr__(self, "budget_range", checked_budget_range(self.budget_range))
 
     def env_kwargs(self) -> dict[str, Any]:
         return {

@@ -45,6 +45,21 @@ OBS_FEATURES = (
 )
 
 
+def checked_budget_range(budget_range: Any) -> tuple[float, float]:
+    """``(low, high)`` as floats, from any pair (a JSON list too), with ``0 < low <= high <= 1``.
+
+    Raises:
+        PruneGymError: Not such a pair.
+    """
+    try:
+        low, high = (float(b) for b in budget_range)
+    except (TypeError, ValueError):
+        low = high = math.nan
+    if not 0 < low <= high <= 1:
+        raise PruneGymError(f"budget_range must be (low, high) with 0 < low <= high <= 1; got {budget_range}")
+    return low, high
+
+
 @dataclass(frozen=True)
 class RewardContext:
     """What a reward function sees at the end of an episode."""
@@ -171,8 +186,6 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
     ) -> None:
         if not 0 < budget <= 1:
             raise PruneGymError(f"budget must be in (0, 1]; got {budget:g}")
-        if budget_range is not None and not (len(budget_range) == 2 and 0 < budget_range[0] <= budget_range[1] <= 1):
-            raise PruneGymError(f"budget_range must be (low, high) with 0 < low <= high <= 1; got {budget_range}")
         if reward not in REWARDS:
             raise PruneGymError(f"reward must be one of {', '.join(REWARDS)}; got {reward!r}")
         if action_mode not in ("continuous", "discrete"):
@@ -216,8 +229,9 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         self.dense_cost = self._cost(self._full)
         self._floor = self._cost(self._minimum)
         self.centre_on_uniform = centre_on_uniform
-        self.uniform_sparsity = max_sparsity / 2  # the middle of the action range; see set_budget
-        self.budget_range = None if budget_range is None else (float(budget_range[0]), float(budget_range[1]))
+        self.centre_sparsity = max_sparsity / 2
+        """Sparsity in the middle of the action range: the budget's uniform sparsity when centred on uniform."""
+        self.budget_range = None if budget_range is None else checked_budget_range(budget_range)
         if self.budget_range is not None:
             self._check_feasible(self.budget_range[0])
             low, high = self.budget_range
@@ -260,7 +274,7 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         self.budget = float(budget)
         self.target = self.budget * self.dense_cost
         if self.centre_on_uniform:
-            self.uniform_sparsity = uniform_sparsity(self.budget_problem())
+            self.centre_sparsity = uniform_sparsity(self.budget_problem())
 
     # Costs -------------------------------------------------------------------------------------------------------
     def _layer_cost(self, name: str, widths: dict[str, int]) -> float:
@@ -349,12 +363,9 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         return self._observation(), {"group": self.groups[0].name, "budget": self.budget}
 
     def _sparsity_at(self, fraction: float) -> float:
-        """Sparsity at ``fraction`` in [0, 1] of the action range: linear from 0 to ``max_sparsity``, or, centred on
-        uniform, linear from 0 to the budget's uniform sparsity on the lower half and from it to ``max_sparsity``
-        on the upper half."""
-        if not self.centre_on_uniform:
-            return fraction * self.max_sparsity
-        centre = self.uniform_sparsity
+        """Sparsity at ``fraction`` in [0, 1] of the action range: linear from 0 to :attr:`centre_sparsity` on the
+        lower half and from it to ``max_sparsity`` on the upper half (one line when the centre is the midpoint)."""
+        centre = self.centre_sparsity
         if fraction <= 0.5:
             return 2.0 * fraction * centre
         return centre + (2.0 * fraction - 1.0) * (self.max_sparsity - centre)

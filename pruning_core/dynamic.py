@@ -82,8 +82,8 @@ class GatedBlock(nn.Module):
             self._cut = math.log(value / (1.0 - value))  # sigmoid(z) >= t  <=>  z >= logit(t)
 
     def force(self, run: bool) -> None:
-        """Ask the gate as usual but then always run (or always skip) the block: to time the parts of a model."""
-        self._threshold = 0.5
+        """Ask the gate as usual but then always run (or always skip) the block, until the threshold is set again:
+        to time the parts of a model. Only for a block whose threshold is above 0 (one at 0 asks no gate)."""
         self._cut = -math.inf if run else math.inf
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

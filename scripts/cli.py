@@ -638,7 +638,7 @@ def add_target_args(parser: argparse.ArgumentParser, *, model_default: str | Non
 
 
 def _add_agent_args(parser: argparse.ArgumentParser) -> None:
-    """How the agents act and explore (train and benchmark)."""
+    """How the agents act and explore (train, benchmark and demo)."""
     parser.add_argument(
         "--centre-on-uniform",
         action="store_true",

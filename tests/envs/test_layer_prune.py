@@ -89,14 +89,14 @@ def test_centred_actions_put_uniform_in_the_middle(budget, digits):
     _, info = _run_episode(env, [np.array([0.0], np.float32)] * len(env.groups))
     uniform = uniform_plan(env.budget_problem())
     assert json.loads(info["plan"])["sparsity"] == pytest.approx(uniform.sparsity, abs=1e-9)
-    assert info["budget_met"] and 0 < env.uniform_sparsity < env.max_sparsity
+    assert info["budget_met"] and 0 < env.centre_sparsity < env.max_sparsity
     assert env.decode_action(np.array([-1.0]))[0] == 0.0
     assert env.decode_action(np.array([1.0]))[0] == pytest.approx(env.max_sparsity)
-    assert env.decode_action(np.array([-0.5]))[0] == pytest.approx(env.uniform_sparsity / 2)
+    assert env.decode_action(np.array([-0.5]))[0] == pytest.approx(env.centre_sparsity / 2)
     discrete = make_env(budget=budget, centre_on_uniform=True, action_mode="discrete", dataset=digits, **FAST)
-    assert discrete.decode_action(4)[0] == pytest.approx(discrete.uniform_sparsity)  # the middle of 9 levels
+    assert discrete.decode_action(4)[0] == pytest.approx(discrete.centre_sparsity)  # the middle of 9 levels
     env.reset(seed=0, options={"budget": 0.9})
-    assert env.uniform_sparsity < discrete.uniform_sparsity  # a looser budget (0.9), a lower centre
+    assert env.centre_sparsity < discrete.centre_sparsity  # a looser budget (0.9), a lower centre
 
 
 def test_no_pruning_is_clipped_to_meet_the_budget(digits_env):
