@@ -31,28 +31,27 @@ def finetune_recipe(
     )
 
 
-def finetune(
-    pruned: PrunedModel,
+def finetune_model(
+    model: nn.Module,
     dataset: ImageDataset,
     config: TrainConfig,
     *,
     teacher: nn.Module | None = None,
     eval_split: str = "val",
     progress: bool = True,
-) -> PrunedModel:
-    """Fine-tune ``pruned.model`` in place and keep the weights of its best epoch on ``eval_split``.
+) -> float:
+    """Fine-tune ``model`` in place, load the weights of its best epoch on ``eval_split`` and return that accuracy.
 
-    Pruning masks (unstructured, N:M) stay in force during fine-tuning, so zeros stay zeros.
+    The starting weights count as epoch 0, so fine-tuning never leaves a model worse on ``eval_split``.
 
     Args:
-        pruned: The pruned model; its ``accuracy`` gains ``{eval_split}_finetuned``.
+        model: Any classifier (pruned, gated or dense).
         dataset: Training data (``train`` split) and the split that picks the best epoch.
         config: Learning rate, schedule (``cosine`` or ``constant``), epochs, distillation weight.
         teacher: Dense model to distil from when ``config.distill_weight > 0``.
         eval_split: Split that selects the best epoch (``val``: the test split is for reporting only).
         progress: Show progress bars.
     """
-    model = pruned.model
     best_top1 = evaluate(model, dataset, eval_split).top1
     best_state = copy.deepcopy(model.state_dict())
 
@@ -74,7 +73,25 @@ def finetune(
         )
     model.load_state_dict(best_state)
     model.eval()
-    pruned.accuracy[f"{eval_split}_finetuned"] = best_top1
+    return best_top1
+
+
+def finetune(
+    pruned: PrunedModel,
+    dataset: ImageDataset,
+    config: TrainConfig,
+    *,
+    teacher: nn.Module | None = None,
+    eval_split: str = "val",
+    progress: bool = True,
+) -> PrunedModel:
+    """Fine-tune ``pruned.model`` in place (see `finetune_model`); ``accuracy`` gains ``{eval_split}_finetuned``.
+
+    Pruning masks (unstructured, N:M) stay in force during fine-tuning, so zeros stay zeros.
+    """
+    pruned.accuracy[f"{eval_split}_finetuned"] = finetune_model(
+        pruned.model, dataset, config, teacher=teacher, eval_split=eval_split, progress=progress
+    )
     return pruned
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.apply import finish_plan, plan_from_policy
-from agents.policy_io import load_policy
+from agents.policy_io import SavedPolicy, load_policy
 from agents.train import ALGOS, TrainRunConfig, train_agent
 from envs.factory import make_env
 from pruning_core.baselines import BASELINES, baseline_plan
@@ -78,7 +78,9 @@ def _record_keys(record: dict[str, Any], budget: float, seed: int) -> dict[str, 
     }
 
 
-def _plan_for(method: str, cfg: BenchmarkConfig, env: Any, seed: int, budget: float) -> tuple[PruningPlan, int]:
+def _plan_for(
+    method: str, cfg: BenchmarkConfig, env: Any, seed: int, budget: float, policy: SavedPolicy | None
+) -> tuple[PruningPlan, int]:
     """The plan a method proposes and the number of candidates it scored."""
     problem = env.budget_problem()
     if method in BASELINES:
@@ -110,9 +112,9 @@ def _plan_for(method: str, cfg: BenchmarkConfig, env: Any, seed: int, budget: fl
         search = train_agent(None if resume else config, run, resume=resume)
         return search.state_plan(), search.state.episodes
     if method == "transfer":
-        if cfg.transfer_from is None:
+        if policy is None:
             raise PruneGymError("method 'transfer' needs --transfer-from RUN")
-        plan, _ = plan_from_policy(load_policy(cfg.transfer_from), env)
+        plan, _ = plan_from_policy(policy, env)
         return plan, 0
     raise PruneGymError(f"method must be one of {', '.join(ALL_METHODS)} or transfer; got {method!r}")
 
@@ -131,6 +133,29 @@ def _plan_inputs(cfg: BenchmarkConfig, method: str) -> dict[str, Any]:
     if method == "transfer" and cfg.transfer_from is not None:
         inputs["policy"] = sha256(Path(cfg.transfer_from) / "policy.pt")
     return inputs
+
+
+@dataclass(frozen=True)
+class _PlanCache:
+    """A deterministic method's plan for one budget, saved with what it depends on (see `_plan_inputs`)."""
+
+    path: Path
+    inputs: dict[str, Any]
+
+    def load(self) -> tuple[PruningPlan, int, float] | None:
+        """The saved plan, its evaluations and search seconds; None when absent or made from other inputs."""
+        if not self.path.exists():
+            return None
+        saved = json.loads(self.path.read_text())
+        if saved.get("inputs") != self.inputs:
+            return None
+        return PruningPlan.from_json(saved["plan"]), saved["evaluations"], saved["search_seconds"]
+
+    def save(self, plan: PruningPlan, evaluations: int, seconds: float) -> None:
+        """Write the plan atomically."""
+        saved = {"plan": plan.to_json(), "evaluations": evaluations, "search_seconds": seconds, "inputs": self.inputs}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.path, lambda tmp: tmp.write_text(json.dumps(saved)))
 
 
 def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
@@ -157,41 +182,32 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
             **settings,
         )
 
+    policy = load_policy(cfg.transfer_from) if cfg.transfer_from else None
     for budget in cfg.budgets:
+        envs: dict[str, Any] = {}  # one per action mapping, built when a cell needs it and kept across seeds
         for seed in range(cfg.seeds):
-            env = None
             for method in methods:
                 if (method, budget, seed) in done:
                     continue
-                if env is None:
-                    env = env_for(budget)
-                method_env = env
-                if method == "transfer":
-                    method_env = env_for(budget, **load_policy(cfg.transfer_from).action_settings())  # type: ignore[arg-type]
+                key = "transfer" if method == "transfer" else "default"
+                if key not in envs:
+                    envs[key] = env_for(budget, **(policy.action_settings() if key == "transfer" and policy else {}))
+                method_env = envs[key]
                 print(f"== {method} at budget {budget:g}, seed {seed}", flush=True)
-                cached = cfg.out / "plans" / f"{method}_b{budget:g}.json"
-                inputs = _plan_inputs(cfg, method)
-                saved = json.loads(cached.read_text()) if method in DETERMINISTIC and cached.exists() else None
-                if saved is not None and saved.get("inputs") == inputs:
-                    plan = PruningPlan.from_json(saved["plan"])
-                    evaluations, seconds = saved["evaluations"], saved["search_seconds"]
+                cache = _PlanCache(cfg.out / "plans" / f"{method}_b{budget:g}.json", _plan_inputs(cfg, method))
+                cached = cache.load() if method in DETERMINISTIC else None
+                if cached is not None:
+                    plan, evaluations, seconds = cached
                 else:
                     start = time.perf_counter()
                     try:
-                        plan, evaluations = _plan_for(method, cfg, method_env, seed, budget)
+                        plan, evaluations = _plan_for(method, cfg, method_env, seed, budget, policy)
                     except BudgetInfeasibleError as exc:
                         print(f"   {method} cannot reach budget {budget:g}: {exc}")
                         continue
                     seconds = time.perf_counter() - start
                     if method in DETERMINISTIC:
-                        saved = {
-                            "plan": plan.to_json(),
-                            "evaluations": evaluations,
-                            "search_seconds": seconds,
-                            "inputs": inputs,
-                        }
-                        cached.parent.mkdir(exist_ok=True)
-                        atomic_write_bytes(cached, lambda tmp, saved=saved: tmp.write_text(json.dumps(saved)))
+                        cache.save(plan, evaluations, seconds)
                 result = finish_plan(
                     method,
                     method_env,

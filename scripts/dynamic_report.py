@@ -35,10 +35,9 @@ from pruning_core.dynamic import (
     time_per_image,
     train_gates,
 )
-from pruning_core.finetune import finetune_recipe, prune_and_finetune
+from pruning_core.finetune import finetune_model, finetune_recipe, prune_and_finetune
 from pruning_core.plan import PruningPlan
 from pruning_core.serialize import load_pruned, save_pruned
-from pruning_core.training import make_state, train
 from scripts.cli import add_target_args, env_from_args
 
 
@@ -187,8 +186,7 @@ def main() -> None:
         # Joint fine-tuning trains the backbone further; the static model gets as many more epochs, for a fair row.
         equal = copy.deepcopy(model)
         config = finetune_recipe(args.joint_epochs, lr=args.joint_lr)
-        train(make_state(equal, config), dataset, config)
-        equal.eval()
+        finetune_model(equal, dataset, config)  # best val epoch, as the static model was fine-tuned
         with torch_threads(1):
             report["static_equal"] = {
                 **_static_row(equal, dataset, args.latency_images),

@@ -290,6 +290,21 @@ def test_benchmark_writes_tables_and_resumes(tmp_path, capsys):
     assert uniform[1]["search_seconds"] == uniform[0]["search_seconds"]  # seed 1 reused seed 0's search
 
 
+def test_benchmark_transfer_rows_cost_no_evaluations_and_are_searched_once(tmp_path):
+    run = tmp_path / "policy"
+    common = ["--device", "pixel-a76", "--val-images", "100", "--bn-batches", "2"]
+    train = ["train", "--algo", "ppo", "--episodes", "3", "--budget-range", "0.5", "0.8", "--centre-on-uniform"]
+    assert main([*train, "--action-std", "0.3", *common, "--out", str(run)]) == 0
+    bench = ["benchmark", *common, "--budgets", "0.6", "--methods", "uniform-l1", "--finetune-epochs", "0"]
+    assert main([*bench, "--seeds", "2", "--transfer-from", str(run), "--out", str(tmp_path / "bench")]) == 0
+    records = json.loads((tmp_path / "bench" / "results.json").read_text())
+    transfer = [r for r in records if r["method"] == "transfer"]
+    assert [r["seed"] for r in transfer] == [0, 1] and all(r["evaluations"] == 0 for r in transfer)
+    assert all(r["budget_met"] for r in transfer) and transfer[0]["sparsity"] == transfer[1]["sparsity"]
+    saved = json.loads((tmp_path / "bench" / "plans" / "transfer_b0.6.json").read_text())
+    assert len(saved["inputs"]["policy"]) == 64  # the plan is tied to the policy's sha256
+
+
 def test_dynamic_skip_train_apply_evaluate(tmp_path, capsys):
     common = ["--device", "pixel-a76", "--budget", "0.6"]
     assert (
