@@ -45,8 +45,13 @@ class ScoreConfig:
     """Weight of distillation from the dense model in the short fine-tune."""
     bf16: bool = False
     """Recalibrate and evaluate under bfloat16 autocast (faster on CPUs with AMX; scores shift slightly)."""
-    channels_last: bool = True
-    """Score in the channels-last memory format (faster for thin convolutions on CPU; same arithmetic)."""
+    channels_last: bool = False
+    """Score in the channels-last memory format (same arithmetic). Off by default: pruned widths leave oneDNN's
+    channels-last kernels off their blocked path, and the short fine-tune dominates a score. Measured here
+    (``python -m scripts.bench_inner_loop --model resnet56 --sparsity S --finetune-steps 50 --runs 3
+    [--channels-last]``, 2 threads, bf16, medians): a score took 13.0 s contiguous against 20.6 s channels-last for
+    random plans around S = 0.3, 11.8 against 18.2 s around 0.5; only evaluation was faster channels-last (0.75
+    against 1.06 s)."""
 
     def __post_init__(self) -> None:
         if self.val_images < 1:

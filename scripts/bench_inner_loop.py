@@ -53,7 +53,10 @@ def main() -> None:
         help="recalibrate and evaluate under bfloat16 autocast (default: where the CPU runs it natively, as the env)",
     )
     parser.add_argument(
-        "--channels-last", action=argparse.BooleanOptionalAction, default=True, help="score in channels-last"
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="score in channels-last (default off, as the environment)",
     )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
