@@ -81,7 +81,51 @@ def _table(report: dict[str, Any]) -> str:
             f"{1 - best['latency_ms_measured'] / static['latency_ms_measured']:.1%} lower measured mean latency; "
             f"measured/expected {best['latency_ms_measured'] / best['latency_ms_expected']:.3f}.",
         ]
+        lines += ["", f"By number of gated blocks an image executed (threshold {best['threshold']:.2f}, test):", ""]
+        lines += _by_blocks_table(best["by_blocks_used"], len(best["exec_rate"]))
     return "\n".join(lines) + "\n"
+
+
+def _by_blocks_table(by_used: dict[Any, dict[str, float]], blocks: int, bins: int = 5) -> list[str]:
+    """Markdown rows of images, accuracy and mean latency per range of blocks used (``bins`` equal ranges).
+
+    >>> rows = _by_blocks_table({"2": {"images": 1, "top1": 1.0, "latency_ms": 1.0},
+    ...                          "9": {"images": 3, "top1": 0.0, "latency_ms": 3.0}}, 10, bins=2)
+    >>> rows[2:]
+    ['| 0-5 | 1 | 1.0000 | 1.000 |', '| 6-10 | 3 | 0.0000 | 3.000 |']
+    """
+    width = -(-(blocks + 1) // bins)
+    lines = ["| blocks used | images | test top-1 | mean latency ms |", "|---|---|---|---|"]
+    for start in range(0, blocks + 1, width):
+        rows = [r for used, r in by_used.items() if start <= int(used) < start + width]
+        images = sum(r["images"] for r in rows)
+        if images:
+            top1 = sum(r["top1"] * r["images"] for r in rows) / images
+            latency = sum(r["latency_ms"] * r["images"] for r in rows) / images
+            lines.append(f"| {start}-{min(start + width, blocks + 1) - 1} | {images} | {top1:.4f} | {latency:.3f} |")
+    return lines
+
+
+def _plot_exec_rates(report: dict[str, Any], path: Path) -> None:
+    """Execution rate of each gated block on the test split, one line per threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for row in report["dynamic"]:
+        names = list(row["exec_rate"])
+        ax.plot(range(len(names)), [row["exec_rate"][n] for n in names], "o-", ms=3, label=f"t={row['threshold']:.2f}")
+    if report["dynamic"]:
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+    ax.set_ylabel("fraction of test images executing the block")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"{report['model']}: per-block execution rate")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
@@ -236,6 +280,7 @@ def main() -> None:
     table = _table(report)
     (args.out / "table.md").write_text(table)
     _plot(report, args.out / "latency_accuracy.png")
+    _plot_exec_rates(report, args.out / "exec_rates.png")
     print(table)
 
 
