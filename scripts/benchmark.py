@@ -208,6 +208,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                     seconds = time.perf_counter() - start
                     if method in DETERMINISTIC:
                         cache.save(plan, evaluations, seconds)
+                finish_start = time.perf_counter()
                 result = finish_plan(
                     method,
                     method_env,
@@ -220,6 +221,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                     evaluations=evaluations,
                 )
                 record = _record_keys(result.record, budget, seed)
+                record["finish_seconds"] = time.perf_counter() - finish_start  # prune, BN, fine-tune, measure
+                record["search_reused"] = cached is not None
                 record["sparsity"] = dict(plan.sparsity)
                 records.append(record)
                 atomic_write_bytes(results_path, lambda tmp: tmp.write_text(json.dumps(records, indent=1)))
@@ -254,6 +257,33 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def wall_time_lines(records: list[dict[str, Any]]) -> list[str]:
+    """Markdown: where the benchmark's time went, per method (searches reused from ``plans/`` counted once).
+
+    >>> rows = [{"method": "a", "search_seconds": 60, "finish_seconds": 30, "search_reused": False},
+    ...         {"method": "a", "search_seconds": 60, "finish_seconds": 30, "search_reused": True}]
+    >>> wall_time_lines(rows)[-1]
+    '| total | 1.0 | 1.0 | 2.0 |'
+    """
+    per_method: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for r in records:
+        if not r.get("search_reused", False):
+            per_method[r["method"]][0] += float(r["search_seconds"])
+        per_method[r["method"]][1] += float(r.get("finish_seconds", 0.0))
+    lines = [
+        "Wall time (minutes): search, and pruning + BN + fine-tuning + measuring (finish)",
+        "",
+        "| method | search | finish | total |",
+        "|---|---|---|---|",
+    ]
+    for method, (search, finish) in sorted(per_method.items(), key=lambda kv: -sum(kv[1])):
+        lines.append(f"| {method} | {search / 60:.1f} | {finish / 60:.1f} | {(search + finish) / 60:.1f} |")
+    search = sum(v[0] for v in per_method.values())
+    finish = sum(v[1] for v in per_method.values())
+    lines.append(f"| total | {search / 60:.1f} | {finish / 60:.1f} | {(search + finish) / 60:.1f} |")
+    return lines
+
+
 def write_tables(records: list[dict[str, Any]], out: Path) -> None:
     """results.csv, results.md and the two plots."""
     if not records:
@@ -274,6 +304,7 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> None:
         "test_top1_finetuned",
         "search_seconds",
         "evaluations",
+        "finish_seconds",
     ]
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=keys, extrasaction="ignore")
@@ -293,6 +324,7 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> None:
             f"| {r['test_top1_finetuned']:.4f} ± {r['test_top1_finetuned_std']:.4f} "
             f"| {r['search_seconds']:.0f} | {r['evaluations']:.0f} |"
         )
+    lines += ["", *wall_time_lines(records)]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     _plots(records, rows, out)
 

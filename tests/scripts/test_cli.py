@@ -288,6 +288,8 @@ def test_benchmark_writes_tables_and_resumes(tmp_path, capsys):
     uniform = [r for r in json.loads((tmp_path / "bench" / "results.json").read_text()) if r["method"] == "uniform-l1"]
     assert [r["seed"] for r in uniform] == [0, 1]
     assert uniform[1]["search_seconds"] == uniform[0]["search_seconds"]  # seed 1 reused seed 0's search
+    assert uniform[1]["search_reused"] and not uniform[0]["search_reused"] and uniform[1]["finish_seconds"] > 0
+    assert "| total |" in (tmp_path / "bench" / "results.md").read_text()
 
 
 def test_benchmark_transfer_rows_cost_no_evaluations_and_are_searched_once(tmp_path):
