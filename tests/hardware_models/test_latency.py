@@ -11,10 +11,12 @@ import torch
 from hardware_models import DeviceKind, LatencyModel, Variant, get_latency_model, list_devices
 from hardware_models.analytic import PROFILES, AnalyticLatency
 from hardware_models.lut import (
+    TABLE_BLOCKS,
     TABLE_FIT_WEIGHTS,
     LayerTable,
     LookupTable,
     build_lut,
+    choose_block,
     choose_table_fit,
     fit_calibration,
     fit_layer_grid,
@@ -140,6 +142,7 @@ def test_lut_build_save_load_predict(small_graph, tmp_path):
     )
     assert lut.meta["entries"] > 10 and len(lut.calibration) == 5  # dense, thinnest, three random variants
     assert set(lut.meta["table_fit"]["leave_one_out_rel_rmse"]) == {str(w) for w in TABLE_FIT_WEIGHTS}
+    assert lut.meta["block_fit"]["block"] == lut.block in TABLE_BLOCKS
     lut.save(tmp_path / "lut.json")
     loaded = get_latency_model(f"lut:{tmp_path / 'lut.json'}")
     assert isinstance(loaded, LookupTable) and loaded.kind is DeviceKind.LOOKUP_TABLE
@@ -195,6 +198,28 @@ def test_choose_table_fit_prefers_the_fit_where_single_measurements_are_noisy(sm
     weight, errors = choose_table_fit(lut, small_graph, variants, measured)
     assert weight == 1.0 and errors[1.0] < errors[0.0]
     assert all(t.measured_ms is not None for t in lut.tables.values())  # the measurement is kept beside the fit
+
+
+def test_choose_block_finds_kernels_that_compute_channels_in_blocks_of_16(small_graph, tmp_path):
+    rng = random.Random(0)
+    lut = build_lut(small_graph, device="host-cpu", grid_points=8, calibration_variants=2, progress=False)
+    for table in lut.tables.values():  # smooth in width: the grid's own values, made exact
+        ins, outs = np.meshgrid(table.in_counts, table.out_counts, indexing="ij")
+        table.latency_ms = (0.01 + 1e-4 * ins * outs + 1e-3 * outs)[: len(table.latency_ms)].tolist()
+        table.measured_ms = None
+    blocked = copy.deepcopy(lut)
+    blocked.block = 16  # the truth: a width costs what the next multiple of 16 costs
+    variants = [Variant(), *(random_variant(small_graph, rng, granule=lut.granule) for _ in range(15))]
+    narrow = [n for n, r in small_graph.layers.items() if n in small_graph.out_group and r.out_channels >= 32]
+    name = narrow[0]
+    c_in = small_graph.layers[name].in_channels
+    assert blocked.layer_cost(small_graph, name, c_in, 24) == blocked.layer_cost(small_graph, name, c_in, 32)
+    assert lut.layer_cost(small_graph, name, c_in, 24) < lut.layer_cost(small_graph, name, c_in, 32)
+    measured = np.array([blocked.raw_sum(small_graph, v) for v in variants]) + 0.1
+    block, errors = choose_block(lut, small_graph, variants, measured)
+    assert block == 16 and errors[16] < 1e-6 < errors[1] and lut.block == 1  # chosen, not set
+    blocked.save(tmp_path / "blocked.json")
+    assert LookupTable.load(tmp_path / "blocked.json").block == 16
 
 
 def test_leave_one_out_error_prefers_the_sums_that_predict_whole_models():
