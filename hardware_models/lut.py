@@ -36,7 +36,8 @@ width rounded up to a multiple of :attr:`LookupTable.block` (capped at the layer
 block from :data:`TABLE_BLOCKS` on whole models, as it chooses the blend: measured here on the session-5 tables and
 their validation sets, rounding to 16 brought mobilenetv2's calibration leave-one-out error from 3.3% to 2.7% and its
 Spearman on 50 variants from 0.881 to 0.901, while on resnet56, whose narrow layers run unblocked, it raised the
-error from 2.7% to 6.9%, so resnet56 keeps block 1.
+error from 2.7% to 6.9%, so resnet56 keeps block 1. A table with a block keeps searches to widths it tells apart:
+its granule becomes a multiple of the block (the granule it was profiled at stays in ``meta``).
 """
 
 from __future__ import annotations
@@ -531,6 +532,8 @@ def build_lut(
     measured = np.array([dense_ms] + [dense_ms * ms / dense for dense, ms in pairs])
     weight, errors = choose_table_fit(lut, graph, variants, measured)
     lut.block, block_errors = choose_block(lut, graph, variants, measured)
+    # searches keep widths the table tells apart: with channel blocks, a width between two blocks costs the upper one
+    lut.granule = math.lcm(lut.granule, lut.block)
     sums = np.array([lut.raw_sum(graph, v) for v in variants])
     lut.curvature, lut.scale, lut.overhead_ms = fit_calibration(sums, measured)
     lut.calibration = [
@@ -548,7 +551,11 @@ def build_lut(
         "versions": _versions(runtime),
         **({"gpu": torch.cuda.get_device_name()} if device == "cuda" else {}),
         "built": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "table_fit": {"weight": weight, "leave_one_out_rel_rmse": {str(w): e for w, e in errors.items()}},
+        "table_fit": {  # chosen with block 1, before the block
+            "weight": weight,
+            "leave_one_out_rel_rmse": {str(w): e for w, e in errors.items()},
+        },
+        "profiled_granule": granule,
         "block_fit": {"block": lut.block, "leave_one_out_rel_rmse": {str(b): e for b, e in block_errors.items()}},
     }
     return lut
@@ -580,7 +587,7 @@ def choose_table_fit(
     errors: dict[float, float] = {}
     for weight in TABLE_FIT_WEIGHTS:
         blend(weight)
-        errors[weight] = leave_one_out_error(np.array([lut.raw_sum(graph, v) for v in variants]), measured)
+        errors[weight] = _calibration_error(lut, graph, variants, measured)
     best = min(TABLE_FIT_WEIGHTS, key=lambda w: errors[w])
     blend(best)
     return best, errors
@@ -599,10 +606,15 @@ def choose_block(
     try:
         for block in TABLE_BLOCKS:
             lut.block = block
-            errors[block] = leave_one_out_error(np.array([lut.raw_sum(graph, v) for v in variants]), measured)
+            errors[block] = _calibration_error(lut, graph, variants, measured)
     finally:
         lut.block = before
     return min(TABLE_BLOCKS, key=lambda b: errors[b]), errors
+
+
+def _calibration_error(lut: LookupTable, graph: ModelGraph, variants: list[Variant], measured: np.ndarray) -> float:
+    """How well ``lut``'s layer sums, calibrated, predict the measured variants (:func:`leave_one_out_error`)."""
+    return leave_one_out_error(np.array([lut.raw_sum(graph, v) for v in variants]), measured)
 
 
 def leave_one_out_error(sums: np.ndarray, measured: np.ndarray) -> float:

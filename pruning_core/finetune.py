@@ -56,6 +56,9 @@ def finetune_model(
         teacher: Dense model to distil from when ``config.distill_weight > 0``.
         eval_split: Split that selects the best epoch (``val``: the test split is for reporting only).
         progress: Show progress bars.
+
+    Returns:
+        Top-1 on ``eval_split`` of the weights kept.
     """
     best_top1 = evaluate(model, dataset, eval_split).top1
     best_state = copy.deepcopy(model.state_dict())

@@ -7,8 +7,11 @@ run resumes where it stopped), ``results.csv``, ``results.md`` (mean and spread 
 Seeds vary what a seed can: the agents' and random search's exploration, and every method's fine-tuning (data order
 and augmentation). A method whose plan does not depend on the seed (the heuristics, greedy-lut, the transferred
 policy) is searched once per budget; its plan and search cost are saved under ``plans/`` with what the plan depends
-on (model, checkpoint, device, scoring, the policy's weights), and fine-tuned per seed. (Before 2026-11-28 every
-seed was fine-tuned with seed 0: do not resume an older ``results.json`` with several seeds.)
+on (model, checkpoint, device and cost model, scoring recipe, the policy's weights), and fine-tuned per seed. Each
+budget builds its environment once (twice with a transferred policy, whose action mapping may differ) and keeps it
+across seeds. Every record has ``finish_seconds`` (pruning, BN recalibration, fine-tuning, measuring) and
+``search_reused``; ``results.md`` ends with where the time went. (Before 2026-11-28 every seed was fine-tuned
+with seed 0: do not resume an older ``results.json`` with several seeds.)
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import json
 import statistics
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -119,16 +122,27 @@ def _plan_for(
     raise PruneGymError(f"method must be one of {', '.join(ALL_METHODS)} or transfer; got {method!r}")
 
 
-def _plan_inputs(cfg: BenchmarkConfig, method: str) -> dict[str, Any]:
-    """What a deterministic method's plan depends on besides the budget: a saved plan is reused only if they match."""
+def _plan_inputs(cfg: BenchmarkConfig, method: str, env: Any) -> dict[str, Any]:
+    """What a deterministic method's plan depends on besides the budget: a saved plan is reused only if they match.
+
+    That is the model, the device and its cost model (a rebuilt lookup table prices widths anew), and the scoring
+    recipe (greedy-lut ranks groups by score).
+    """
     from pruning_core.checkpoint import sha256
 
+    cost = env.budget_model
+    meta = getattr(cost, "meta", {})
     inputs: dict[str, Any] = {
         "model": cfg.model,
         "checkpoint": cfg.checkpoint,
         "device": cfg.device,
-        "val_images": cfg.val_images,
-        "bn_batches": cfg.bn_batches,
+        "cost_model": {
+            "type": type(cost).__name__,
+            "built": meta.get("built"),
+            "granule": getattr(cost, "granule", 1),
+            "block": getattr(cost, "block", 1),
+        },
+        "scoring": asdict(env.scorer.config),
     }
     if method == "transfer" and cfg.transfer_from is not None:
         inputs["policy"] = sha256(Path(cfg.transfer_from) / "policy.pt")
@@ -194,7 +208,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                     envs[key] = env_for(budget, **(policy.action_settings() if key == "transfer" and policy else {}))
                 method_env = envs[key]
                 print(f"== {method} at budget {budget:g}, seed {seed}", flush=True)
-                cache = _PlanCache(cfg.out / "plans" / f"{method}_b{budget:g}.json", _plan_inputs(cfg, method))
+                inputs = _plan_inputs(cfg, method, method_env)
+                cache = _PlanCache(cfg.out / "plans" / f"{method}_b{budget:g}.json", inputs)
                 cached = cache.load() if method in DETERMINISTIC else None
                 if cached is not None:
                     plan, evaluations, seconds = cached
@@ -258,17 +273,21 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def wall_time_lines(records: list[dict[str, Any]]) -> list[str]:
-    """Markdown: where the benchmark's time went, per method (searches reused from ``plans/`` counted once).
+    """Markdown: where the benchmark's time went, per method. A deterministic method's search (one per budget,
+    shared by its seeds, see ``plans/``) is counted once per budget.
 
-    >>> rows = [{"method": "a", "search_seconds": 60, "finish_seconds": 30, "search_reused": False},
-    ...         {"method": "a", "search_seconds": 60, "finish_seconds": 30, "search_reused": True}]
+    >>> rows = [{"method": "uniform-l1", "budget": 0.5, "search_seconds": 60, "finish_seconds": 30},
+    ...         {"method": "uniform-l1", "budget": 0.5, "search_seconds": 60, "finish_seconds": 30}]
     >>> wall_time_lines(rows)[-1]
     '| total | 1.0 | 1.0 | 2.0 |'
     """
     per_method: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    searched: set[tuple[str, float]] = set()
     for r in records:
-        if not r.get("search_reused", False):
+        key = (r["method"], r["budget"])
+        if r["method"] not in DETERMINISTIC or key not in searched:
             per_method[r["method"]][0] += float(r["search_seconds"])
+            searched.add(key)
         per_method[r["method"]][1] += float(r.get("finish_seconds", 0.0))
     lines = [
         "Wall time (minutes): search, and pruning + BN + fine-tuning + measuring (finish)",

@@ -61,7 +61,7 @@ def _table(report: dict[str, Any]) -> str:
         equal = report["static_equal"]
         change = equal["latency_ms_measured"] / static["latency_ms_measured"] - 1
         lines.append(
-            f"| static only, +{equal['extra_epochs']} fine-tuning epochs (as many as the joint ones) | - | "
+            f"| static only, +{equal['extra_epochs']} fine-tuning epochs (as many as the joint ones; best val) | - | "
             f"{equal['top1']:.4f} | {equal['latency_ms_measured']:.3f} | - | 1.000 | {change:+.1%} |"
         )
     for row in report["dynamic"]:
@@ -119,10 +119,10 @@ def _plot_exec_rates(report: dict[str, Any], path: Path) -> None:
         ax.plot(range(len(names)), [row["exec_rate"][n] for n in names], "o-", ms=3, label=f"t={row['threshold']:.2f}")
     if report["dynamic"]:
         ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+        ax.legend(fontsize=7)
     ax.set_ylabel("fraction of test images executing the block")
     ax.set_ylim(0, 1.05)
     ax.set_title(f"{report['model']}: per-block execution rate")
-    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

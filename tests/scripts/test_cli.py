@@ -292,7 +292,12 @@ def test_benchmark_writes_tables_and_resumes(tmp_path, capsys):
     assert "| total |" in (tmp_path / "bench" / "results.md").read_text()
 
 
-def test_benchmark_transfer_rows_cost_no_evaluations_and_are_searched_once(tmp_path):
+def test_benchmark_transfer_rows_cost_no_evaluations_and_are_searched_once(tmp_path, monkeypatch):
+    import scripts.benchmark
+
+    builds = []
+    make_env = scripts.benchmark.make_env
+    monkeypatch.setattr(scripts.benchmark, "make_env", lambda **kw: builds.append(kw) or make_env(**kw))
     run = tmp_path / "policy"
     common = ["--device", "pixel-a76", "--val-images", "100", "--bn-batches", "2"]
     train = ["train", "--algo", "ppo", "--episodes", "3", "--budget-range", "0.5", "0.8", "--centre-on-uniform"]
@@ -303,6 +308,8 @@ def test_benchmark_transfer_rows_cost_no_evaluations_and_are_searched_once(tmp_p
     transfer = [r for r in records if r["method"] == "transfer"]
     assert [r["seed"] for r in transfer] == [0, 1] and all(r["evaluations"] == 0 for r in transfer)
     assert all(r["budget_met"] for r in transfer) and transfer[0]["sparsity"] == transfer[1]["sparsity"]
+    assert not transfer[0]["search_reused"] and transfer[1]["search_reused"]  # seed 1 read seed 0's saved plan
+    assert len(builds) == 2 and builds[1]["centre_on_uniform"]  # one env per action mapping, kept across seeds
     saved = json.loads((tmp_path / "bench" / "plans" / "transfer_b0.6.json").read_text())
     assert len(saved["inputs"]["policy"]) == 64  # the plan is tied to the policy's sha256
 
