@@ -109,7 +109,8 @@ def _plan_for(
             val_images=cfg.val_images,
             bn_batches=cfg.bn_batches,
             centre_on_uniform=cfg.centre_on_uniform,
-            action_std=cfg.action_std,
+            # DQN's exploration is epsilon-greedy: the initial action spread is for the continuous agents only
+            action_std=cfg.action_std if ALGOS[method].action_mode == "continuous" else None,
         )
         resume = (run / "model.zip").exists()
         search = train_agent(None if resume else config, run, resume=resume)

@@ -255,6 +255,8 @@ def test_benchmark_writes_tables_and_resumes(tmp_path, capsys):
         "100",
         "--bn-batches",
         "2",
+        "--action-std",  # for the continuous agents; DQN runs without it
+        "0.5",
         "--out",
         str(tmp_path / "bench"),
     ]
