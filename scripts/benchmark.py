@@ -198,6 +198,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
         )
 
     policy = load_policy(cfg.transfer_from) if cfg.transfer_from else None
+    envs_built: list[Any] = []
     for budget in cfg.budgets:
         envs: dict[str, Any] = {}  # one per action mapping, built when a cell needs it and kept across seeds
         for seed in range(cfg.seeds):
@@ -207,6 +208,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                 key = "transfer" if method == "transfer" else "default"
                 if key not in envs:
                     envs[key] = env_for(budget, **(policy.action_settings() if key == "transfer" and policy else {}))
+                    envs_built[:] = [envs[key]]  # keep one, for the dense model's figures
                 method_env = envs[key]
                 print(f"== {method} at budget {budget:g}, seed {seed}", flush=True)
                 inputs = _plan_inputs(cfg, method, method_env)
@@ -242,6 +244,13 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                 record["sparsity"] = dict(plan.sparsity)
                 records.append(record)
                 atomic_write_bytes(results_path, lambda tmp: tmp.write_text(json.dumps(records, indent=1)))
+    dense_path = cfg.out / "dense.json"
+    if not dense_path.exists():  # the dense model's test accuracy, the plot's reference point
+        from pruning_core.training import evaluate
+
+        engine = (envs_built[0] if envs_built else env_for(cfg.budgets[0])).engine
+        dense = {"test_top1": evaluate(engine.model, dataset, "test").top1, "macs": engine.base_cost.macs}
+        atomic_write_bytes(dense_path, lambda tmp: tmp.write_text(json.dumps(dense)))
     write_tables(records, cfg.out)
     return records
 
@@ -363,12 +372,20 @@ def _plots(records: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path)
             (r for r in rows if r["method"] == method and "latency_ratio_measured" in r),
             key=lambda r: r["latency_ratio_measured"],
         )
-        ax.plot(
-            [r["latency_ratio_measured"] for r in mine], [r["test_top1_finetuned"] for r in mine], "o-", label=method
+        ax.errorbar(
+            [r["latency_ratio_measured"] for r in mine],
+            [r["test_top1_finetuned"] for r in mine],
+            yerr=[r["test_top1_finetuned_std"] for r in mine],
+            fmt="o-",
+            capsize=3,
+            label=method,
         )
+    if (out / "dense.json").exists():
+        dense = json.loads((out / "dense.json").read_text())
+        ax.plot([1.0], [dense["test_top1"]], "k*", markersize=12, label=f"dense ({dense['test_top1']:.4f})")
     for budget in sorted({r["budget"] for r in records}):
         ax.axvline(budget, color="grey", linestyle=":", linewidth=0.8)
-    ax.set_xlabel("measured latency / dense, batch 1 (dotted: the budgets)")
+    ax.set_xlabel("measured latency / dense, batch 1 (dotted: the budgets; bars: spread over seeds)")
     ax.set_ylabel("test top-1 after fine-tuning")
     ax.legend(fontsize=7)
     fig.tight_layout()

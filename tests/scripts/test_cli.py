@@ -281,6 +281,7 @@ def test_benchmark_writes_tables_and_resumes(tmp_path, capsys):
     assert records[1]["evaluations"] == 3 and records[0]["evaluations"] == 0
     assert (tmp_path / "bench" / "results.csv").exists() and "| 0.6 | dqn |" in capsys.readouterr().out
     assert (tmp_path / "bench" / "sparsity_per_layer.png").exists()
+    assert 0.5 < json.loads((tmp_path / "bench" / "dense.json").read_text())["test_top1"] <= 1  # the plot's star
     assert main(argv) == 0  # resumed: nothing left to compute, nothing appended
     assert len(json.loads((tmp_path / "bench" / "results.json").read_text())) == 3
     plans = tmp_path / "bench" / "plans"
