@@ -98,6 +98,7 @@ def finish_plan(
         record["latency_ms_measured"] = pruned_stats.p50_ms
         record["dense_latency_ms_measured"] = dense_stats.p50_ms
         record["latency_ratio_measured"] = pruned_stats.p50_ms / dense_stats.p50_ms
+        record["budget_met_measured"] = record["latency_ratio_measured"] <= env.budget
     folder = None
     if out is not None:
         folder = save_pruned(

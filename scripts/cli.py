@@ -501,6 +501,7 @@ def _print_records(records: list[dict]) -> None:
             r["method"],
             f"{r['cost_predicted'] / r['dense_cost_predicted']:.3f}",
             f"{r['latency_ratio_measured']:.3f} ({r['latency_ms_measured']:.2f} ms)"
+            + ("" if r.get("budget_met_measured", True) else ", over budget")
             if "latency_ratio_measured" in r
             else "-",
             f"{r['macs'] / 1e6:.2f}M",

@@ -233,6 +233,7 @@ def test_demo_runs_end_to_end(tmp_path):
     for r in records:
         assert r["latency_ratio_measured"] == r["latency_ms_measured"] / r["dense_latency_ms_measured"]
         assert 0 < r["latency_ratio_measured"] < 1
+        assert r["budget_met_measured"] == (r["latency_ratio_measured"] <= 0.8)
     assert (tmp_path / "demo" / "accuracy_vs_latency.png").stat().st_size > 5000
 
 
