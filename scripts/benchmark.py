@@ -198,7 +198,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
         )
 
     policy = load_policy(cfg.transfer_from) if cfg.transfer_from else None
-    envs_built: list[Any] = []
+    last_env: Any = None  # any env built, for the dense model's figures
     for budget in cfg.budgets:
         envs: dict[str, Any] = {}  # one per action mapping, built when a cell needs it and kept across seeds
         for seed in range(cfg.seeds):
@@ -208,12 +208,14 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                 key = "transfer" if method == "transfer" else "default"
                 if key not in envs:
                     envs[key] = env_for(budget, **(policy.action_settings() if key == "transfer" and policy else {}))
-                    envs_built[:] = [envs[key]]  # keep one, for the dense model's figures
-                method_env = envs[key]
+                method_env = last_env = envs[key]
                 print(f"== {method} at budget {budget:g}, seed {seed}", flush=True)
-                inputs = _plan_inputs(cfg, method, method_env)
-                cache = _PlanCache(cfg.out / "plans" / f"{method}_b{budget:g}.json", inputs)
-                cached = cache.load() if method in DETERMINISTIC else None
+                cache = (
+                    _PlanCache(cfg.out / "plans" / f"{method}_b{budget:g}.json", _plan_inputs(cfg, method, method_env))
+                    if method in DETERMINISTIC
+                    else None
+                )
+                cached = cache.load() if cache is not None else None
                 if cached is not None:
                     plan, evaluations, seconds = cached
                 else:
@@ -224,7 +226,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                         print(f"   {method} cannot reach budget {budget:g}: {exc}")
                         continue
                     seconds = time.perf_counter() - start
-                    if method in DETERMINISTIC:
+                    if cache is not None:
                         cache.save(plan, evaluations, seconds)
                 finish_start = time.perf_counter()
                 result = finish_plan(
@@ -248,7 +250,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
     if not dense_path.exists():  # the dense model's test accuracy, the plot's reference point
         from pruning_core.training import evaluate
 
-        engine = (envs_built[0] if envs_built else env_for(cfg.budgets[0])).engine
+        engine = (last_env if last_env is not None else env_for(cfg.budgets[0])).engine
         dense = {"test_top1": evaluate(engine.model, dataset, "test").top1, "macs": engine.base_cost.macs}
         atomic_write_bytes(dense_path, lambda tmp: tmp.write_text(json.dumps(dense)))
     write_tables(records, cfg.out)
