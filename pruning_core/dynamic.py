@@ -18,7 +18,7 @@ import copy
 import math
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -265,6 +265,7 @@ def train_gates(
     for _, block in gated_blocks(model):
         block.threshold = 0.5
         block.reset_counters()
+        block.last_scores = None  # holds the last batch's graph, which would keep the model from being copied
     top1 = evaluate(model, dataset, "val").top1
     return GateTrainingReport(top1, {name: block.execution_rate() for name, block in gated_blocks(model)})
 
@@ -350,6 +351,50 @@ class DynamicProfile:
 
 
 @torch.inference_mode()
+def time_interleaved(
+    models: Mapping[str, nn.Module], dataset: ImageDataset, split: str = "test", *, limit: int = 1000
+) -> dict[str, list[tuple[int, int, float]]]:
+    """Run several models image by image (batch 1), taking turns on every image.
+
+    A shared host's speed drifts over minutes: models timed one after the other are compared across that drift.
+    Taking turns on each image puts every model under the same conditions, so their ratios hold; the order rotates
+    from image to image so that no model always runs first.
+
+    Args:
+        models: Distinct modules by name (a module listed twice would count its gated blocks twice).
+        dataset: Where the images come from.
+        split: Which split.
+        limit: At most this many images.
+
+    Returns:
+        Per model, per image: the number of gated blocks it executed (0 for a model without gates), whether its
+        top-1 prediction was right (1 or 0), and the milliseconds it took.
+
+    Raises:
+        PlanError: If ``models`` is empty or lists one module twice.
+    """
+    if not models or len({id(m) for m in models.values()}) != len(models):
+        raise PlanError(
+            f"expected one or more distinct models; got {len(models)} entries naming "
+            f"{len({id(m) for m in models.values()})} modules"
+        )
+    names = list(models)
+    blocks = {name: [block for _, block in gated_blocks(model)] for name, model in models.items()}
+    for model in models.values():
+        model.eval()
+    rows: dict[str, list[tuple[int, int, float]]] = {name: [] for name in names}
+    for index, (images, labels) in enumerate(dataset.batches(split, 1, limit=limit)):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            before = sum(b.executed for b in blocks[name])
+            start = time.perf_counter_ns()
+            logits = models[name](images)
+            elapsed = (time.perf_counter_ns() - start) / 1e6
+            used = sum(b.executed for b in blocks[name]) - before
+            rows[name].append((used, int(logits.argmax(1)[0] == labels[0]), elapsed))
+    return rows
+
+
 def time_per_image(
     model: nn.Module, dataset: ImageDataset, split: str = "test", *, limit: int = 1000
 ) -> list[tuple[int, int, float]]:
@@ -359,40 +404,26 @@ def time_per_image(
         Per image: the number of gated blocks it executed (0 for a model without gates), whether its top-1
         prediction was right (1 or 0), and the milliseconds it took.
     """
-    model.eval()
-    blocks = [block for _, block in gated_blocks(model)]
-    rows = []
-    for images, labels in dataset.batches(split, 1, limit=limit):
-        before = sum(b.executed for b in blocks)
-        start = time.perf_counter_ns()
-        logits = model(images)
-        elapsed = (time.perf_counter_ns() - start) / 1e6
-        used = sum(b.executed for b in blocks) - before
-        rows.append((used, int(logits.argmax(1)[0] == labels[0]), elapsed))
-    return rows
+    return time_interleaved({"model": model}, dataset, split, limit=limit)["model"]
 
 
 @torch.inference_mode()
-def profile_dynamic(
-    model: nn.Module, dataset: ImageDataset, split: str = "test", *, limit: int = 1000, repeats: int = 30
-) -> DynamicProfile:
-    """Time a gated model image by image (batch 1), and its parts, to compare measured with expected latency."""
+def measure_parts(model: nn.Module, probe_input: torch.Tensor, *, repeats: int = 30) -> tuple[float, dict[str, float]]:
+    """The parts of a gated model's expected latency, each a median of ``repeats`` runs on one input.
+
+    Static part: every block that may skip is skipped (its gate still asked); blocks at threshold 0 ask no gate and
+    always run, so they belong to it. Then each skippable block alone: the model with that block forced to run,
+    less the static part. The thresholds are restored afterwards.
+
+    Returns:
+        The static part in ms, and per skippable block its ms.
+    """
     from hardware_models.measure import time_callable
 
     model.eval()
     blocks = dict(gated_blocks(model))
-    if not blocks:
-        raise PlanError("expected a model with gated blocks; this one has none")
-    for block in blocks.values():
-        block.reset_counters()
-    rows = time_per_image(model, dataset, split, limit=limit)
-    rates = {name: block.execution_rate() for name, block in blocks.items()}
-
-    # The parts, measured on one input. Static part: every block that may skip is skipped (its gate still asked);
-    # blocks at threshold 0 ask no gate and always run, so they belong to it. Then each skippable block alone.
     thresholds = {name: block.threshold for name, block in blocks.items()}
     skippable = {name: block for name, block in blocks.items() if block.threshold > 0.0}
-    probe_input = next(iter(dataset.batches(split, 1)))[0]
 
     def timed() -> float:
         return statistics.median(time_callable(lambda: model(probe_input), warmup=3, runs=repeats))
@@ -410,7 +441,30 @@ def profile_dynamic(
         for name, block in blocks.items():
             block.threshold = thresholds[name]
             block.reset_counters()
+    return static_ms, block_ms
 
+
+@torch.inference_mode()
+def profile_dynamic(
+    model: nn.Module, dataset: ImageDataset, split: str = "test", *, limit: int = 1000, repeats: int = 30
+) -> DynamicProfile:
+    """Time a gated model image by image (batch 1), and its parts, to compare measured with expected latency."""
+    blocks = dict(gated_blocks(model))
+    if not blocks:
+        raise PlanError("expected a model with gated blocks; this one has none")
+    for block in blocks.values():
+        block.reset_counters()
+    rows = time_per_image(model, dataset, split, limit=limit)
+    rates = {name: block.execution_rate() for name, block in blocks.items()}
+    probe_input = next(iter(dataset.batches(split, 1)))[0]
+    static_ms, block_ms = measure_parts(model, probe_input, repeats=repeats)
+    return profile_from_rows(rows, rates, static_ms, block_ms)
+
+
+def profile_from_rows(
+    rows: list[tuple[int, int, float]], rates: dict[str, float], static_ms: float, block_ms: dict[str, float]
+) -> DynamicProfile:
+    """Summarise per-image rows (from :func:`time_interleaved`) and measured parts as a :class:`DynamicProfile`."""
     groups: dict[int, list[tuple[int, int, float]]] = {}
     for row in rows:
         groups.setdefault(row[0], []).append(row)

@@ -1,12 +1,13 @@
 """Static pruning alone against static pruning plus dynamic block skipping, image by image at batch 1.
 
 One static plan (``--plan PLAN.json``, or ``--uniform RATIO``; 0 keeps the dense model) is applied, its BatchNorm
-recalibrated and the model fine-tuned with the shared recipe. That model is timed image by image on the test split
-(one thread). Then skip gates are added to it and trained with its backbone frozen (``--gate-epochs``), then
-optionally jointly with the backbone (``--joint-epochs``). For each gate threshold of ``--thresholds`` the gated
-model is timed the same way, with real skipping: accuracy, measured mean latency, the expected latency from its
-parts, per-block execution rates, and accuracy and latency by the number of blocks an image used. The static model,
-the gates and each row are saved as soon as they exist; re-running resumes.
+recalibrated and the model fine-tuned with the shared recipe. Then skip gates are added to it and trained with its
+backbone frozen (``--gate-epochs``), then optionally jointly with the backbone (``--joint-epochs``; the static model
+then gets as many extra fine-tuning epochs, for a fair row). Finally every model is timed image by image on the test
+split (batch 1, one thread) in one pass, taking turns on each image: the static model(s) and the gated model at each
+threshold of ``--thresholds``, with real skipping. Reported: accuracy, measured mean latency, the expected latency
+from the measured parts, per-block execution rates, and accuracy and latency by the number of blocks an image used.
+The static models, the gates and the timing are saved as soon as they exist; re-running resumes.
 
 Usage:
     python -m scripts.dynamic_report --model resnet56 --checkpoint C --data cifar10 --uniform 0.3 \\
@@ -30,9 +31,10 @@ from pruning_core.data import atomic_write_bytes
 from pruning_core.dynamic import (
     add_gates,
     gated_blocks,
-    profile_dynamic,
+    measure_parts,
+    profile_from_rows,
     set_thresholds,
-    time_per_image,
+    time_interleaved,
     train_gates,
 )
 from pruning_core.finetune import finetune_model, finetune_recipe, prune_and_finetune
@@ -40,9 +42,16 @@ from pruning_core.plan import PruningPlan
 from pruning_core.serialize import load_pruned, save_pruned
 from scripts.cli import add_target_args, env_from_args
 
+# 2: every model is timed in one interleaved pass (static, static_equal, each threshold, in turn on each image).
+REPORT_VERSION = 2
 
-def _static_row(model: torch.nn.Module, dataset: Any, limit: int) -> dict[str, Any]:
-    rows = time_per_image(model, dataset, "test", limit=limit)
+
+def _static_row(rows: list[tuple[int, int, float]]) -> dict[str, Any]:
+    """Accuracy and mean latency of a model without gates, from its per-image rows.
+
+    >>> _static_row([(0, 1, 2.0), (0, 0, 4.0)])
+    {'top1': 0.5, 'latency_ms_measured': 3.0, 'images': 2}
+    """
     return {
         "top1": sum(r[1] for r in rows) / len(rows),
         "latency_ms_measured": sum(r[2] for r in rows) / len(rows),
@@ -155,7 +164,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_target_args(parser)
     parser.add_argument("--plan", type=Path, default=None, help="static plan (JSON)")
@@ -168,7 +177,7 @@ def main() -> None:
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.6, 0.7, 0.8])
     parser.add_argument("--latency-images", type=int, default=2000, help="test images timed one by one")
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if (args.plan is None) == (args.uniform is None):
         parser.error("expected exactly one of --plan PLAN.json or --uniform RATIO")
     torch.set_num_threads(args.threads or 2)
@@ -188,6 +197,7 @@ def main() -> None:
         "joint_lr": args.joint_lr,
         "rate_penalty": args.rate_penalty,
         "latency_images": args.latency_images,
+        "version": REPORT_VERSION,
     }
     saved = report.setdefault("settings", settings)
     if saved != settings:  # resuming with other settings would mix rows of two experiments
@@ -221,22 +231,19 @@ def main() -> None:
         save()
         model = pruned.model
     model.eval()
-    if "static" not in report:
-        with torch_threads(1):
-            report["static"] = _static_row(model, dataset, args.latency_images)
-        save()
 
-    if args.joint_epochs and "static_equal" not in report:
+    equal_path = args.out / "static_equal.pt"
+    equal = None
+    if args.joint_epochs:
         # Joint fine-tuning trains the backbone further; the static model gets as many more epochs, for a fair row.
         equal = copy.deepcopy(model)
-        config = finetune_recipe(args.joint_epochs, lr=args.joint_lr)
-        finetune_model(equal, dataset, config)  # best val epoch, as the static model was fine-tuned
-        with torch_threads(1):
-            report["static_equal"] = {
-                **_static_row(equal, dataset, args.latency_images),
-                "extra_epochs": args.joint_epochs,
-            }
-        save()
+        if equal_path.exists():
+            equal.load_state_dict(load_torch(equal_path))
+        else:
+            config = finetune_recipe(args.joint_epochs, lr=args.joint_lr)
+            finetune_model(equal, dataset, config)  # best val epoch, as the static model was fine-tuned
+            save_torch(equal_path, equal.state_dict())
+        equal.eval()
 
     gates_path = args.out / "gates.pt"
     gated = add_gates(model)
@@ -259,24 +266,49 @@ def main() -> None:
             "rate_penalty": args.rate_penalty,
         }
         save()
-    done = {row["threshold"] for row in report["dynamic"]}
-    names = [name for name, _ in gated_blocks(gated)]
-    for threshold in args.thresholds:
-        if threshold in done:
-            continue
-        set_thresholds(gated, dict.fromkeys(names, threshold))
+    gated.eval()
+
+    # One pass over the test images, every model taking its turn on each image: a shared host drifts by 10-20%
+    # over minutes, so models timed one after the other would be compared across that drift.
+    thresholds = sorted(set(args.thresholds))
+    if report.get("timing", {}).get("thresholds") != thresholds:
+        names = [name for name, _ in gated_blocks(gated)]
+        models: dict[str, torch.nn.Module] = {"static": model}
+        if equal is not None:
+            models["static_equal"] = equal
+        for threshold in thresholds:
+            copied = copy.deepcopy(gated)
+            set_thresholds(copied, dict.fromkeys(names, threshold))
+            models[f"t={threshold}"] = copied
+        print(f"timing {len(models)} models in turn on {args.latency_images} test images, 1 thread", flush=True)
         with torch_threads(1):
-            profile = profile_dynamic(gated, dataset, "test", limit=args.latency_images)
-        row = {"threshold": threshold, **asdict(profile)}
-        row["mean_exec_rate"] = sum(profile.exec_rate.values()) / len(profile.exec_rate)
-        report["dynamic"].append(row)
-        report["dynamic"].sort(key=lambda r: r["threshold"])
+            rows = time_interleaved(models, dataset, "test", limit=args.latency_images)
+            probe = next(iter(dataset.batches("test", 1)))[0]
+            static_ms, block_ms = measure_parts(models[f"t={thresholds[-1]}"], probe)
+        report["static"] = _static_row(rows["static"])
+        if equal is not None:
+            report["static_equal"] = {**_static_row(rows["static_equal"]), "extra_epochs": args.joint_epochs}
+        report["dynamic"] = []
+        for threshold in thresholds:
+            copied = models[f"t={threshold}"]
+            rates = {name: block.execution_rate() for name, block in gated_blocks(copied)}
+            profile = profile_from_rows(rows[f"t={threshold}"], rates, static_ms, block_ms)
+            row = {"threshold": threshold, **asdict(profile)}
+            row["mean_exec_rate"] = sum(profile.exec_rate.values()) / len(profile.exec_rate)
+            report["dynamic"].append(row)
+            print(
+                f"threshold {threshold:.2f}: top-1 {profile.top1:.4f}, {profile.latency_ms_measured:.3f} ms measured "
+                f"({profile.latency_ms_measured / report['static']['latency_ms_measured']:.3f} of static), "
+                f"{profile.latency_ms_expected:.3f} ms expected",
+                flush=True,
+            )
+        report["timing"] = {
+            "thresholds": thresholds,
+            "interleaved": list(models),
+            "static_part_ms": static_ms,
+            "block_ms": block_ms,
+        }
         save()
-        print(
-            f"threshold {threshold:.2f}: top-1 {profile.top1:.4f}, {profile.latency_ms_measured:.3f} ms measured, "
-            f"{profile.latency_ms_expected:.3f} ms expected",
-            flush=True,
-        )
     table = _table(report)
     (args.out / "table.md").write_text(table)
     _plot(report, args.out / "latency_accuracy.png")

@@ -153,3 +153,17 @@ def test_profile_dynamic_measures_real_skipping(digits):
     assert set(profile.by_blocks_used) == {1} and profile.by_blocks_used[1]["images"] == 40
     assert profile.latency_ms_measured > 0 and profile.latency_ms_expected > 0
     assert dict(gated_blocks(gated))["block2"].threshold == 1.0  # thresholds restored after timing the parts
+
+
+def test_interleaved_timing_takes_turns_on_the_same_images(digits):
+    from pruning_core.dynamic import time_interleaved
+
+    base = load_checkpoint("checkpoints/small_cnn_digits.pt").build()
+    gated = add_gates(base)
+    set_thresholds(gated, {"block1": 0.0, "block2": 1.0})  # block2 never runs
+    rows = time_interleaved({"static": base, "gated": gated}, digits, "test", limit=12)
+    assert [len(r) for r in rows.values()] == [12, 12]
+    assert {r[0] for r in rows["static"]} == {0} and {r[0] for r in rows["gated"]} == {1}
+    assert all(r[2] > 0 for r in rows["static"] + rows["gated"])
+    with pytest.raises(PlanError, match="expected one or more distinct models; got 2 entries naming 1 modules"):
+        time_interleaved({"a": base, "b": base}, digits)

@@ -1,0 +1,33 @@
+import json
+
+import pytest
+
+from scripts.dynamic_report import main
+
+
+def test_every_model_is_timed_in_one_interleaved_pass_and_a_rerun_resumes(tmp_path):
+    out = tmp_path / "dyn"
+    argv = [
+        "--model", "small_cnn", "--data", "digits", "--device", "pixel-a76", "--uniform", "0.2",
+        "--finetune-epochs", "1", "--gate-epochs", "1", "--joint-epochs", "1", "--thresholds", "0.6", "0.3",
+        "--latency-images", "30", "--out", str(out),
+    ]  # fmt: skip
+    main(argv)
+    report = json.loads((out / "report.json").read_text())
+    assert report["timing"]["interleaved"] == ["static", "static_equal", "t=0.3", "t=0.6"]
+    assert report["static"]["images"] == report["static_equal"]["images"] == 30
+    low, high = report["dynamic"]
+    assert (low["threshold"], high["threshold"]) == (0.3, 0.6)
+    for row in (low, high):
+        assert sum(r["images"] for r in row["by_blocks_used"].values()) == 30
+        assert set(row["exec_rate"]) == {"block1", "block2"} and row["latency_ms_expected"] > 0
+    assert high["mean_exec_rate"] <= low["mean_exec_rate"]  # a higher threshold skips at least as often
+    assert (out / "table.md").read_text().startswith("| model | threshold |")
+    assert (out / "latency_accuracy.png").stat().st_size and (out / "exec_rates.png").stat().st_size
+
+    saved = {p.name: p.stat().st_mtime_ns for p in (out / "gates.pt", out / "static_equal.pt")}
+    main(argv)  # resumed: nothing trained or timed again
+    assert json.loads((out / "report.json").read_text()) == report
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "gates.pt", out / "static_equal.pt")} == saved
+    with pytest.raises(SystemExit, match=r"other settings \(rate_penalty\)"):
+        main([*argv, "--rate-penalty", "1.0"])
