@@ -155,15 +155,29 @@ def test_profile_dynamic_measures_real_skipping(digits):
     assert dict(gated_blocks(gated))["block2"].threshold == 1.0  # thresholds restored after timing the parts
 
 
-def test_interleaved_timing_takes_turns_on_the_same_images(digits):
-    from pruning_core.dynamic import time_interleaved
+def test_models_take_turns_on_the_same_images_and_warm_up_calls_are_not_counted(digits):
+    from pruning_core.dynamic import time_models_per_image
 
     base = load_checkpoint("checkpoints/small_cnn_digits.pt").build()
     gated = add_gates(base)
     set_thresholds(gated, {"block1": 0.0, "block2": 1.0})  # block2 never runs
-    rows = time_interleaved({"static": base, "gated": gated}, digits, "test", limit=12)
+    rows = time_models_per_image({"static": base, "gated": gated}, digits, "test", limit=12, chunk=5)
     assert [len(r) for r in rows.values()] == [12, 12]
     assert {r[0] for r in rows["static"]} == {0} and {r[0] for r in rows["gated"]} == {1}
     assert all(r[2] > 0 for r in rows["static"] + rows["gated"])
-    with pytest.raises(PlanError, match="expected one or more distinct models; got 2 entries naming 1 modules"):
-        time_interleaved({"a": base, "b": base}, digits)
+    assert [b.seen for _, b in gated_blocks(gated)] == [12, 12]  # the untimed call of each turn left no trace
+    with pytest.raises(PlanError, match="expected one or more distinct models and chunk >= 1; got 2 entries naming 1"):
+        time_models_per_image({"a": base, "b": base}, digits)
+
+
+def test_parts_time_each_block_alone_and_restore_thresholds(digits):
+    from pruning_core.dynamic import measure_parts
+
+    gated = add_gates(load_checkpoint("checkpoints/small_cnn_digits.pt").build()).eval()
+    set_thresholds(gated, {"block1": 0.5, "block2": 0.0})  # block2 never skips: part of the static part
+    probe = next(iter(digits.batches("test", 1)))[0]
+    static_ms, block_ms = measure_parts(gated, probe, repeats=5)
+    assert static_ms > 0 and set(block_ms) == {"block1"} and block_ms["block1"] > 0
+    blocks = dict(gated_blocks(gated))
+    assert {name: b.threshold for name, b in blocks.items()} == {"block1": 0.5, "block2": 0.0}
+    assert not blocks["block1"]._forward_pre_hooks  # the hooks that caught each block's input are gone

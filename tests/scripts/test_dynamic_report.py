@@ -29,5 +29,10 @@ def test_every_model_is_timed_in_one_interleaved_pass_and_a_rerun_resumes(tmp_pa
     main(argv)  # resumed: nothing trained or timed again
     assert json.loads((out / "report.json").read_text()) == report
     assert {p.name: p.stat().st_mtime_ns for p in (out / "gates.pt", out / "static_equal.pt")} == saved
+    older = {**report, "timing": {**report["timing"], "method": 1}}
+    (out / "report.json").write_text(json.dumps(older))
+    main(argv)  # a report timed by an older method is timed again, and nothing is trained again
+    assert json.loads((out / "report.json").read_text())["timing"]["method"] == report["timing"]["method"]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "gates.pt", out / "static_equal.pt")} == saved
     with pytest.raises(SystemExit, match=r"other settings \(rate_penalty\)"):
         main([*argv, "--rate-penalty", "1.0"])
