@@ -21,6 +21,8 @@ def test_every_model_is_timed_in_one_interleaved_pass_and_a_rerun_resumes(tmp_pa
     for row in (low, high):
         assert sum(r["images"] for r in row["by_blocks_used"].values()) == 30
         assert set(row["exec_rate"]) == {"block1", "block2"} and row["latency_ms_expected"] > 0
+        used = sum(int(n) * r["images"] for n, r in row["by_blocks_used"].items()) / 30
+        assert sum(row["exec_rate"].values()) == pytest.approx(used)  # the rates count the timed images, no more
     assert high["mean_exec_rate"] <= low["mean_exec_rate"]  # a higher threshold skips at least as often
     assert (out / "table.md").read_text().startswith("| model | threshold |")
     assert (out / "latency_accuracy.png").stat().st_size and (out / "exec_rates.png").stat().st_size
