@@ -428,30 +428,51 @@ def time_per_image(
     return time_models_per_image({"model": model}, dataset, split, limit=limit)["model"]
 
 
+@dataclass(frozen=True)
+class DynamicParts:
+    """The measured parts of a gated model's expected latency (ms, medians on one input, timed in turn).
+
+    Attributes:
+        static_ms: The whole model with every block that may skip skipped (its gate still asked).
+        block_ms: Each skippable block alone, on the input it receives when every block runs.
+        reference_ms: A reference model (the static model without gates) timed in the same rounds, or None.
+    """
+
+    static_ms: float
+    block_ms: dict[str, float]
+    reference_ms: float | None = None
+
+    def scaled(self, factor: float) -> DynamicParts:
+        """Every part times ``factor``: parts timed on one input, carried over to a pass whose pace differs.
+
+        >>> DynamicParts(1.0, {"a": 2.0}, 4.0).scaled(0.5)
+        DynamicParts(static_ms=0.5, block_ms={'a': 1.0}, reference_ms=2.0)
+        """
+        reference = None if self.reference_ms is None else self.reference_ms * factor
+        return DynamicParts(self.static_ms * factor, {k: v * factor for k, v in self.block_ms.items()}, reference)
+
+
 @torch.inference_mode()
-def measure_parts(model: nn.Module, probe_input: torch.Tensor, *, repeats: int = 30) -> tuple[float, dict[str, float]]:
-    """The parts of a gated model's expected latency, each a median of ``repeats`` runs on one input.
+def measure_parts(
+    model: nn.Module, probe_input: torch.Tensor, *, repeats: int = 30, reference: nn.Module | None = None
+) -> DynamicParts:
+    """The parts of a gated model's expected latency, timed in turn, one call of each per round.
 
     Static part: the whole model with every block that may skip skipped (its gate still asked); blocks at threshold
-    0 ask no gate and always run, so they belong to it. Each skippable block is then timed alone, on the input it
+    0 ask no gate and always run, so they belong to it. Each skippable block is timed alone, on the input it
     receives when every block runs. (The difference between the model with one block forced to run and the static
     part is the same quantity in principle, but here it summed to 1.5-2x the difference between running every block
-    and none, each increment a difference of two noisy medians.) The thresholds are restored afterwards.
-
-    Returns:
-        The static part in ms, and per skippable block its ms.
+    and none, each increment a difference of two noisy medians.) Timed in the same rounds, a ``reference`` model
+    gives the scale that carries the parts over to a pass timed at another moment, since a shared host's pace
+    drifts. The thresholds are restored afterwards.
     """
-    from hardware_models.measure import time_callable
+    from hardware_models.measure import time_interleaved
 
     model.eval()
     blocks = dict(gated_blocks(model))
     thresholds = {name: block.threshold for name, block in blocks.items()}
     skippable = {name: block for name, block in blocks.items() if block.threshold > 0.0}
     inputs: dict[str, torch.Tensor] = {}
-
-    def median_ms(fn: Callable[[], object]) -> float:
-        return statistics.median(time_callable(fn, warmup=3, runs=repeats))
-
     handles = [
         block.register_forward_pre_hook(lambda _, args, name=name: inputs.__setitem__(name, args[0]))
         for name, block in skippable.items()
@@ -464,15 +485,22 @@ def measure_parts(model: nn.Module, probe_input: torch.Tensor, *, repeats: int =
             handle.remove()
         for block in skippable.values():
             block.force(run=False)
-        static_ms = median_ms(lambda: model(probe_input))
-        block_ms = {name: median_ms(lambda b=block, x=inputs[name]: b.block(x)) for name, block in skippable.items()}
+        fns: list[Callable[[], object]] = [lambda: model(probe_input)]
+        fns += [lambda b=block, x=inputs[name]: b.block(x) for name, block in skippable.items()]
+        if reference is not None:
+            fns.append(lambda: reference.eval()(probe_input))
+        medians = [statistics.median(t) for t in time_interleaved(fns, warmup=3, runs=repeats)]
     finally:
         for handle in handles:
             handle.remove()
         for name, block in blocks.items():
             block.threshold = thresholds[name]
             block.reset_counters()
-    return static_ms, block_ms
+    return DynamicParts(
+        static_ms=medians[0],
+        block_ms=dict(zip(skippable, medians[1 : 1 + len(skippable)], strict=True)),
+        reference_ms=medians[-1] if reference is not None else None,
+    )
 
 
 @torch.inference_mode()
@@ -488,12 +516,11 @@ def profile_dynamic(
     rows = time_per_image(model, dataset, split, limit=limit)
     rates = {name: block.execution_rate() for name, block in blocks.items()}
     probe_input = next(iter(dataset.batches(split, 1)))[0]
-    static_ms, block_ms = measure_parts(model, probe_input, repeats=repeats)
-    return profile_from_rows(rows, rates, static_ms, block_ms)
+    return profile_from_rows(rows, rates, measure_parts(model, probe_input, repeats=repeats))
 
 
 def profile_from_rows(
-    rows: list[tuple[int, int, float]], rates: dict[str, float], static_ms: float, block_ms: dict[str, float]
+    rows: list[tuple[int, int, float]], rates: dict[str, float], parts: DynamicParts
 ) -> DynamicProfile:
     """Summarise per-image rows (from :func:`time_models_per_image`) and measured parts as a :class:`DynamicProfile`."""
     groups: dict[int, list[tuple[int, int, float]]] = {}
@@ -510,7 +537,7 @@ def profile_from_rows(
     return DynamicProfile(
         top1=sum(r[1] for r in rows) / len(rows),
         latency_ms_measured=sum(r[2] for r in rows) / len(rows),
-        latency_ms_expected=expected_latency(static_ms, block_ms, rates, 0.0),
+        latency_ms_expected=expected_latency(parts.static_ms, parts.block_ms, rates, 0.0),
         exec_rate=rates,
         by_blocks_used=by_used,
     )

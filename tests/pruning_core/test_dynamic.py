@@ -176,8 +176,9 @@ def test_parts_time_each_block_alone_and_restore_thresholds(digits):
     gated = add_gates(load_checkpoint("checkpoints/small_cnn_digits.pt").build()).eval()
     set_thresholds(gated, {"block1": 0.5, "block2": 0.0})  # block2 never skips: part of the static part
     probe = next(iter(digits.batches("test", 1)))[0]
-    static_ms, block_ms = measure_parts(gated, probe, repeats=5)
-    assert static_ms > 0 and set(block_ms) == {"block1"} and block_ms["block1"] > 0
+    parts = measure_parts(gated, probe, repeats=5, reference=load_checkpoint("checkpoints/small_cnn_digits.pt").build())
+    assert parts.static_ms > 0 and set(parts.block_ms) == {"block1"} and parts.block_ms["block1"] > 0
+    assert parts.reference_ms is not None and parts.reference_ms > 0
     blocks = dict(gated_blocks(gated))
     assert {name: b.threshold for name, b in blocks.items()} == {"block1": 0.5, "block2": 0.0}
     assert not blocks["block1"]._forward_pre_hooks  # the hooks that caught each block's input are gone

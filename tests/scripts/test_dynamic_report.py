@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 
@@ -38,3 +39,13 @@ def test_every_model_is_timed_in_one_interleaved_pass_and_a_rerun_resumes(tmp_pa
     assert {p.name: p.stat().st_mtime_ns for p in (out / "gates.pt", out / "static_equal.pt")} == saved
     with pytest.raises(SystemExit, match=r"other settings \(rate_penalty\)"):
         main([*argv, "--rate-penalty", "1.0"])
+
+    # Another rate penalty in another folder that starts from this one's static models: only the gates are trained.
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copytree(out / "static", other / "static")
+    shutil.copy(out / "static_equal.pt", other / "static_equal.pt")
+    main([*argv[:-1], str(other), "--rate-penalty", "1.0"])
+    copied = json.loads((other / "report.json").read_text())
+    assert copied["plan"] == report["plan"] and copied["accuracy"] == report["accuracy"]
+    assert copied["static"]["top1"] == report["static"]["top1"]
