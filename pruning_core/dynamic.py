@@ -434,22 +434,26 @@ class DynamicParts:
 
     Attributes:
         static_ms: The whole model with every block that may skip skipped (its gate still asked).
-        block_ms: Each skippable block alone, on the input it receives when every block runs.
+        block_ms: Each skippable block: its share of ``all_ms - static_ms``, in proportion to its time alone on the
+            input it receives when every block runs.
+        all_ms: The whole model with every block run (its gate still asked).
         reference_ms: A reference model (the static model without gates) timed in the same rounds, or None.
     """
 
     static_ms: float
     block_ms: dict[str, float]
+    all_ms: float
     reference_ms: float | None = None
 
     def scaled(self, factor: float) -> DynamicParts:
         """Every part times ``factor``: parts timed on one input, carried over to a pass whose pace differs.
 
-        >>> DynamicParts(1.0, {"a": 2.0}, 4.0).scaled(0.5)
-        DynamicParts(static_ms=0.5, block_ms={'a': 1.0}, reference_ms=2.0)
+        >>> DynamicParts(1.0, {"a": 2.0}, 3.0, 4.0).scaled(0.5)
+        DynamicParts(static_ms=0.5, block_ms={'a': 1.0}, all_ms=1.5, reference_ms=2.0)
         """
         reference = None if self.reference_ms is None else self.reference_ms * factor
-        return DynamicParts(self.static_ms * factor, {k: v * factor for k, v in self.block_ms.items()}, reference)
+        blocks = {k: v * factor for k, v in self.block_ms.items()}
+        return DynamicParts(self.static_ms * factor, blocks, self.all_ms * factor, reference)
 
 
 @torch.inference_mode()
@@ -459,10 +463,11 @@ def measure_parts(
     """The parts of a gated model's expected latency, timed in turn, one call of each per round.
 
     Static part: the whole model with every block that may skip skipped (its gate still asked); blocks at threshold
-    0 ask no gate and always run, so they belong to it. Each skippable block is timed alone, on the input it
-    receives when every block runs. (The difference between the model with one block forced to run and the static
-    part is the same quantity in principle, but here it summed to 1.5-2x the difference between running every block
-    and none, each increment a difference of two noisy medians.) Timed in the same rounds, a ``reference`` model
+    0 ask no gate and always run, so they belong to it. The whole model with every block run gives what the
+    skippable blocks cost together, and each block's time alone, on the input it receives when every block runs,
+    gives its share. (Differences between the model with one block forced to run and the static part, each a
+    difference of two noisy medians, summed to 1.5-2x the difference between running every block and none; blocks
+    timed alone summed to 10-15% less than they cost in the model.) Timed in the same rounds, a ``reference`` model
     gives the scale that carries the parts over to a pass timed at another moment, since a shared host's pace
     drifts. The thresholds are restored afterwards.
     """
@@ -485,7 +490,13 @@ def measure_parts(
             handle.remove()
         for block in skippable.values():
             block.force(run=False)
-        fns: list[Callable[[], object]] = [lambda: model(probe_input)]
+
+        def whole(run: bool) -> object:
+            for block in skippable.values():
+                block.force(run=run)
+            return model(probe_input)
+
+        fns: list[Callable[[], object]] = [lambda: whole(False), lambda: whole(True)]
         fns += [lambda b=block, x=inputs[name]: b.block(x) for name, block in skippable.items()]
         if reference is not None:
             fns.append(lambda: reference.eval()(probe_input))
@@ -496,9 +507,12 @@ def measure_parts(
         for name, block in blocks.items():
             block.threshold = thresholds[name]
             block.reset_counters()
+    static_ms, all_ms, alone = medians[0], medians[1], medians[2 : 2 + len(skippable)]
+    share = max(0.0, all_ms - static_ms) / sum(alone) if alone else 0.0
     return DynamicParts(
-        static_ms=medians[0],
-        block_ms=dict(zip(skippable, medians[1 : 1 + len(skippable)], strict=True)),
+        static_ms=static_ms,
+        block_ms={name: ms * share for name, ms in zip(skippable, alone, strict=True)},
+        all_ms=all_ms,
         reference_ms=medians[-1] if reference is not None else None,
     )
 

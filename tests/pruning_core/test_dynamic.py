@@ -179,6 +179,7 @@ def test_parts_time_each_block_alone_and_restore_thresholds(digits):
     parts = measure_parts(gated, probe, repeats=5, reference=load_checkpoint("checkpoints/small_cnn_digits.pt").build())
     assert parts.static_ms > 0 and set(parts.block_ms) == {"block1"} and parts.block_ms["block1"] > 0
     assert parts.reference_ms is not None and parts.reference_ms > 0
+    assert parts.static_ms + parts.block_ms["block1"] == pytest.approx(max(parts.all_ms, parts.static_ms))
     blocks = dict(gated_blocks(gated))
     assert {name: b.threshold for name, b in blocks.items()} == {"block1": 0.5, "block2": 0.0}
     assert not blocks["block1"]._forward_pre_hooks  # the hooks that caught each block's input are gone
