@@ -96,6 +96,16 @@ def _table(report: dict[str, Any]) -> str:
             f"{1 - best['latency_ms_measured'] / static['latency_ms_measured']:.1%} lower measured mean latency; "
             f"measured/expected {best['latency_ms_measured'] / best['latency_ms_expected']:.3f}.",
         ]
+    elif report["dynamic"]:
+        best = max(report["dynamic"], key=lambda r: (r["top1"], -r["latency_ms_measured"]))
+        lines += [
+            "",
+            f"No setting is within 0.5 points of the better static-only accuracy ({reference:.4f}). The most accurate: "
+            f"threshold {best['threshold']:.2f}, {best['top1'] - reference:+.4f}, "
+            f"{1 - best['latency_ms_measured'] / static['latency_ms_measured']:.1%} lower measured mean latency; "
+            f"measured/expected {best['latency_ms_measured'] / best['latency_ms_expected']:.3f}.",
+        ]
+    if report["dynamic"]:
         lines += ["", f"By number of gated blocks an image executed (threshold {best['threshold']:.2f}, test):", ""]
         lines += _by_blocks_table(best["by_blocks_used"], len(best["exec_rate"]))
     return "\n".join(lines) + "\n"
