@@ -170,12 +170,28 @@ class GateTrainingReport:
 
 
 def _gate_loss(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, rate_penalty: float, bf16: bool
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    rate_penalty: float,
+    bf16: bool,
+    teacher: nn.Module | None = None,
+    distill_weight: float = 0.0,
+    temperature: float = 4.0,
 ) -> torch.Tensor:
+    from pruning_core.training import distill_loss
+
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         logits = model(images)
         rate = torch.stack([b.last_scores.mean() for _, b in gated_blocks(model)]).mean()  # type: ignore[union-attr]
-    return F.cross_entropy(logits.float(), labels) + rate_penalty * rate.float()
+        soft = None
+        if teacher is not None and distill_weight > 0:
+            with torch.no_grad():
+                soft = teacher(images).float()
+    loss = F.cross_entropy(logits.float(), labels)
+    if soft is not None:
+        loss = (1 - distill_weight) * loss + distill_weight * distill_loss(logits.float(), soft, temperature)
+    return loss + rate_penalty * rate.float()
 
 
 def train_gates(
@@ -188,6 +204,8 @@ def train_gates(
     batch_size: int = 128,
     joint_epochs: int = 0,
     joint_lr: float = 0.01,
+    teacher: nn.Module | None = None,
+    distill_weight: float = 0.0,
     bf16: bool | None = None,
     progress: bool = True,
 ) -> GateTrainingReport:
@@ -209,6 +227,8 @@ def train_gates(
         batch_size: Images per step.
         joint_epochs: Epochs of joint fine-tuning after the frozen ones (0: none).
         joint_lr: Peak learning rate of joint fine-tuning.
+        teacher: A model whose soft labels joint fine-tuning also learns (knowledge distillation), or None.
+        distill_weight: Weight of the distillation term in joint fine-tuning (the cross-entropy keeps the rest).
         bf16: bfloat16 autocast in joint fine-tuning (None: where the CPU runs it natively, as the recipe does).
         progress: Show a progress bar.
 
@@ -222,6 +242,11 @@ def train_gates(
 
     if epochs < 0 or joint_epochs < 0:
         raise PlanError(f"expected epochs >= 0 and joint_epochs >= 0; got {epochs} and {joint_epochs}")
+    if not 0.0 <= distill_weight <= 1.0 or (distill_weight > 0 and teacher is None):
+        raise PlanError(
+            f"expected distill_weight in [0, 1], and a teacher when it is above 0; got {distill_weight} and "
+            f"{'a teacher' if teacher is not None else 'none'}"
+        )
     gates = [block.gate for _, block in gated_blocks(model)]
     if not gates:
         raise PlanError("the model has no gated blocks; call add_gates first")
@@ -246,8 +271,10 @@ def train_gates(
     for p in model.parameters():
         p.requires_grad_(True)
     if joint_epochs:
-        config = finetune_recipe(joint_epochs, lr=joint_lr, bf16=bf16)
+        config = finetune_recipe(joint_epochs, lr=joint_lr, bf16=bf16, distill_weight=distill_weight)
         state = make_state(model, config)
+        if teacher is not None:
+            teacher.eval()
         steps_per_epoch = math.ceil(len(dataset.train) / batch_size)
         model.train()
         for epoch in range(joint_epochs):
@@ -258,7 +285,16 @@ def train_gates(
                 lr_now = config.lr_at(epoch * steps_per_epoch + i, joint_epochs * steps_per_epoch, steps_per_epoch)
                 for group in state.optimizer.param_groups:
                     group["lr"] = lr_now
-                loss = _gate_loss(model, images, labels, rate_penalty, bf16=config.bf16)
+                loss = _gate_loss(
+                    model,
+                    images,
+                    labels,
+                    rate_penalty,
+                    bf16=config.bf16,
+                    teacher=teacher,
+                    distill_weight=config.distill_weight,
+                    temperature=config.distill_temperature,
+                )
                 state.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 state.optimizer.step()

@@ -13,12 +13,19 @@ from pruning_core.training import Schedule, TrainConfig, TrainState, evaluate, m
 
 
 def finetune_recipe(
-    epochs: int, *, lr: float = 0.01, schedule: str = "cosine", seed: int = 0, bf16: bool | None = None
+    epochs: int,
+    *,
+    lr: float = 0.01,
+    schedule: str = "cosine",
+    seed: int = 0,
+    bf16: bool | None = None,
+    distill_weight: float = 0.0,
 ) -> TrainConfig:
     """The fine-tuning recipe every method shares, so they are compared on equal terms.
 
     SGD with momentum from ``lr``, no warm-up, cosine decay (or constant), and bfloat16 autocast where the CPU runs
-    it natively (``bf16=None``), which halves the time of an epoch there.
+    it natively (``bf16=None``), which halves the time of an epoch there. With ``distill_weight`` above 0 the model
+    also learns a teacher's soft labels, where the caller passes one.
 
     The memory format stays contiguous. Pruned widths leave oneDNN's channels-last kernels off their blocked path:
     measured here (``python -m scripts.bench_memory_format``, resnet56, 2 threads, bf16, batch 128), a training step
@@ -33,6 +40,7 @@ def finetune_recipe(
         seed=seed,
         bf16=resolve_bf16(bf16),
         channels_last=False,
+        distill_weight=distill_weight,
     )
 
 

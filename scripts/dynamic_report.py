@@ -190,6 +190,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--joint-epochs", type=int, default=0, help="then fine-tune backbone and gates jointly")
     parser.add_argument("--joint-lr", type=float, default=0.01)
     parser.add_argument("--rate-penalty", type=float, default=0.5, help="weight of the execution-rate penalty")
+    parser.add_argument(
+        "--joint-distill",
+        type=float,
+        default=0.0,
+        help="weight of distillation from the dense model in the joint epochs (and in the static model's as many)",
+    )
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.6, 0.7, 0.8])
     parser.add_argument("--latency-images", type=int, default=2000, help="test images timed one by one")
     parser.add_argument("--out", type=Path, required=True)
@@ -215,6 +221,8 @@ def main(argv: list[str] | None = None) -> None:
         "latency_images": args.latency_images,
         "version": REPORT_VERSION,
     }
+    if args.joint_distill:  # recorded only when used, so reports made before the option still resume
+        settings["joint_distill"] = args.joint_distill
     saved = report.setdefault("settings", settings)
     if saved != settings:  # resuming with other settings would mix rows of two experiments
         changed = sorted(k for k in settings if saved.get(k) != settings[k])
@@ -266,8 +274,9 @@ def main(argv: list[str] | None = None) -> None:
         if equal_path.exists():
             equal.load_state_dict(load_torch(equal_path))
         else:
-            config = finetune_recipe(args.joint_epochs, lr=args.joint_lr)
-            finetune_model(equal, dataset, config)  # best val epoch, as the static model was fine-tuned
+            config = finetune_recipe(args.joint_epochs, lr=args.joint_lr, distill_weight=args.joint_distill)
+            teacher = engine.model if args.joint_distill else None
+            finetune_model(equal, dataset, config, teacher=teacher)  # keeps the best val epoch, as for the static
             save_torch(equal_path, equal.state_dict())
         equal.eval()
 
@@ -283,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
             rate_penalty=args.rate_penalty,
             joint_epochs=args.joint_epochs,
             joint_lr=args.joint_lr,
+            teacher=engine.model if args.joint_distill else None,
+            distill_weight=args.joint_distill,
         )
         save_torch(gates_path, gated.state_dict())
         report["gate_training"] = {

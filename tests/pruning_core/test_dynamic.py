@@ -119,6 +119,18 @@ def test_joint_fine_tuning_trains_the_backbone_with_the_gates(digits):
     assert all(p.requires_grad for p in gated.parameters())
     with pytest.raises(PlanError, match="expected epochs >= 0 and joint_epochs >= 0; got 1 and -1"):
         train_gates(gated, digits, epochs=1, joint_epochs=-1)
+    with pytest.raises(PlanError, match=r"a teacher when it is above 0; got 0\.5 and none"):
+        train_gates(gated, digits, epochs=1, distill_weight=0.5)
+
+
+def test_joint_fine_tuning_can_distil_from_the_dense_model(digits):
+    base = load_checkpoint("checkpoints/small_cnn_digits.pt").build()
+    gated = add_gates(base)
+    report = train_gates(
+        gated, digits, epochs=0, joint_epochs=1, batch_size=64, teacher=base, distill_weight=0.7, progress=False
+    )
+    assert report.val_top1 > 0.85
+    assert all(not p.requires_grad or p.grad is None for p in base.parameters())  # the teacher did not learn
 
 
 def test_gated_pruned_model_round_trips(tmp_path):
