@@ -199,15 +199,17 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
 
     policy = load_policy(cfg.transfer_from) if cfg.transfer_from else None
     last_env: Any = None  # any env built, for the dense model's figures
-    for budget in cfg.budgets:
-        envs: dict[str, Any] = {}  # one per action mapping, built when a cell needs it and kept across seeds
-        for seed in range(cfg.seeds):
+    # Seed by seed, so that a benchmark stopped part-way has every method at every budget for the seeds it finished.
+    envs: dict[tuple[float, str], Any] = {}  # per budget and action mapping, built when a cell needs it, kept
+    for seed in range(cfg.seeds):
+        for budget in cfg.budgets:
             for method in methods:
                 if (method, budget, seed) in done:
                     continue
-                key = "transfer" if method == "transfer" else "default"
+                key = (budget, "transfer" if method == "transfer" else "default")
                 if key not in envs:
-                    envs[key] = env_for(budget, **(policy.action_settings() if key == "transfer" and policy else {}))
+                    settings = policy.action_settings() if key[1] == "transfer" and policy else {}
+                    envs[key] = env_for(budget, **settings)
                 method_env = last_env = envs[key]
                 print(f"== {method} at budget {budget:g}, seed {seed}", flush=True)
                 cache = (

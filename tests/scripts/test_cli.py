@@ -295,6 +295,12 @@ def test_benchmark_writes_tables_and_resumes(tmp_path, capsys):
     assert uniform[1]["search_reused"] and not uniform[0]["search_reused"] and uniform[1]["finish_seconds"] > 0
     assert "| total |" in (tmp_path / "bench" / "results.md").read_text()
 
+    # Seed by seed: a benchmark stopped part-way has every budget for the seeds it finished.
+    two = ["benchmark", "--device", "pixel-a76", "--budgets", "0.6", "0.8", "--methods", "uniform-l1", "--seeds", "2"]
+    assert main([*two, "--finetune-epochs", "0", "--val-images", "100", "--out", str(tmp_path / "two")]) == 0
+    order = [(r["seed"], r["budget"]) for r in json.loads((tmp_path / "two" / "results.json").read_text())]
+    assert order == [(0, 0.6), (0, 0.8), (1, 0.6), (1, 0.8)]
+
 
 def test_benchmark_transfer_rows_cost_no_evaluations_and_are_searched_once(tmp_path, monkeypatch):
     import scripts.benchmark
