@@ -4,7 +4,7 @@ One static plan (``--plan PLAN.json``, or ``--uniform RATIO``; 0 keeps the dense
 recalibrated and the model fine-tuned with the shared recipe. Then skip gates are added to it and trained with its
 backbone frozen (``--gate-epochs``), then optionally jointly with the backbone (``--joint-epochs``; the static model
 then gets as many extra fine-tuning epochs, for a fair row). Finally every model is timed image by image on the test
-split (batch 1, one thread) in one pass, taking turns on each image: the static model(s) and the gated model at each
+split (batch 1, one thread) in one pass, taking turns every 25 images: the static model(s) and the gated model at each
 threshold of ``--thresholds``, with real skipping. Reported: accuracy, measured mean latency, the expected latency
 from the measured parts, per-block execution rates, and accuracy and latency by the number of blocks an image used.
 The static models, the gates and the timing are saved as soon as they exist; re-running resumes.
