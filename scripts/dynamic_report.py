@@ -162,6 +162,10 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     static = report["static"]
     ax.scatter([static["latency_ms_measured"]], [static["top1"]], marker="s", color="black", label="static only")
+    if "static_equal" in report:
+        equal = report["static_equal"]
+        label = f"static only, +{equal['extra_epochs']} epochs"
+        ax.scatter([equal["latency_ms_measured"]], [equal["top1"]], marker="D", color="grey", label=label)
     rows = report["dynamic"]
     ax.plot(
         [r["latency_ms_measured"] for r in rows], [r["top1"] for r in rows], "o-", label="static + dynamic (measured)"
