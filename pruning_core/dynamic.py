@@ -503,10 +503,9 @@ def measure_parts(
     skippable blocks cost together, and each block's time alone, on the input it receives when every block runs,
     gives its share. (Differences between the model with one block forced to run and the static part, each a
     difference of two noisy medians, summed to twice the difference between running every block and none; with
-    blocks timed alone and summed as they are, the expected figure fell 10-15% below the measured one.) Timed in
-    the same rounds, a ``reference`` model
-    gives the scale that carries the parts over to a pass timed at another moment, since a shared host's pace
-    drifts. The thresholds are restored afterwards.
+    blocks timed alone and summed as they are, the expected figure fell 10-15% below the measured one.) Timed in the
+    same rounds, a ``reference`` model gives the scale that carries the parts over to a pass timed at another moment,
+    since a shared host's pace drifts. The thresholds are restored afterwards.
     """
     from hardware_models.measure import time_interleaved
 
@@ -515,32 +514,29 @@ def measure_parts(
     thresholds = {name: block.threshold for name, block in blocks.items()}
     skippable = {name: block for name, block in blocks.items() if block.threshold > 0.0}
     inputs: dict[str, torch.Tensor] = {}
-    handles = [
-        block.register_forward_pre_hook(lambda _, args, name=name: inputs.__setitem__(name, args[0]))
-        for name, block in skippable.items()
-    ]
+
+    def whole(run: bool) -> object:
+        for block in skippable.values():
+            block.force(run=run)
+        return model(probe_input)
+
     try:
-        for block in skippable.values():
-            block.force(run=True)
-        model(probe_input)  # every block runs once: each one's own input
-        for handle in handles:
-            handle.remove()
-        for block in skippable.values():
-            block.force(run=False)
-
-        def whole(run: bool) -> object:
-            for block in skippable.values():
-                block.force(run=run)
-            return model(probe_input)
-
+        handles = [
+            block.register_forward_pre_hook(lambda _, args, name=name: inputs.__setitem__(name, args[0]))
+            for name, block in skippable.items()
+        ]
+        try:
+            whole(True)  # every block runs once: each one's own input
+        finally:
+            for handle in handles:
+                handle.remove()
         fns: list[Callable[[], object]] = [lambda: whole(False), lambda: whole(True)]
         fns += [lambda b=block, x=inputs[name]: b.block(x) for name, block in skippable.items()]
         if reference is not None:
-            fns.append(lambda: reference.eval()(probe_input))
+            reference.eval()
+            fns.append(lambda: reference(probe_input))
         medians = [statistics.median(t) for t in time_interleaved(fns, warmup=3, runs=repeats)]
     finally:
-        for handle in handles:
-            handle.remove()
         for name, block in blocks.items():
             block.threshold = thresholds[name]
             block.reset_counters()

@@ -44,12 +44,13 @@ from scripts.cli import add_target_args, env_from_args
 
 REPORT_VERSION = 2
 """2: every model is timed in one pass (static, static_equal, each threshold), taking turns."""
-TIMING_METHOD = 5
+TIMING_METHOD = 6
 """How the final pass times the models (1: turns on every image; 2: turns every 25 images, each turn after one
 untimed call, and each block of the expected figure timed alone; 3: execution rates read before the parts are
 measured, which reset the counters, and counters left by gate training cleared; 4: the parts timed in turn with the
 static model, which carries them over to the pass; 5: each block's part its share of the whole model with every
-block run less the static part). A report timed by another method is timed again; nothing is trained again."""
+block run less the static part; 6: the reference put in eval mode before timing, not in every timed call). A
+report timed by another method is timed again; nothing is trained again."""
 
 
 def _static_row(rows: list[tuple[int, int, float]]) -> dict[str, Any]:
@@ -239,18 +240,10 @@ def main(argv: list[str] | None = None) -> None:
         atomic_write_bytes(report_path, lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
 
     static_dir = args.out / "static"
-    if (static_dir / "structure.json").exists():
+    if (static_dir / "structure.json").exists():  # made here before, or copied from a report with the same static part
         loaded = load_pruned(static_dir)
-        model = loaded.model
-        if "plan" not in report:  # a static model copied from another report made with the same static settings
-            report.update(
-                model=args.model,
-                plan=json.loads(loaded.plan.to_json()),
-                macs_ratio=loaded.meta["macs"] / loaded.meta["base_macs"],
-                accuracy=loaded.meta["accuracy"],
-                finetune_epochs=args.finetune_epochs,
-            )
-            save()
+        model, plan = loaded.model, loaded.plan
+        macs_ratio, accuracy = loaded.meta["macs"] / loaded.meta["base_macs"], loaded.meta["accuracy"]
     else:
         plan = (
             PruningPlan.load(args.plan)
@@ -259,15 +252,16 @@ def main(argv: list[str] | None = None) -> None:
         )
         pruned = prune_and_finetune(engine, plan, dataset, config=finetune_recipe(args.finetune_epochs))
         save_pruned(static_dir, pruned, base_model=args.model, classes=list(dataset.classes))
+        model, macs_ratio, accuracy = pruned.model, pruned.macs_ratio, pruned.accuracy
+    if "plan" not in report:
         report.update(
             model=args.model,
             plan=json.loads(plan.to_json()),
-            macs_ratio=pruned.macs_ratio,
-            accuracy=pruned.accuracy,
+            macs_ratio=macs_ratio,
+            accuracy=accuracy,
             finetune_epochs=args.finetune_epochs,
         )
         save()
-        model = pruned.model
     model.eval()
 
     equal_path = args.out / "static_equal.pt"
@@ -315,15 +309,14 @@ def main(argv: list[str] | None = None) -> None:
     timing = report.get("timing", {})
     if timing.get("thresholds") != thresholds or timing.get("method") != TIMING_METHOD:
         names = [name for name, _ in gated_blocks(gated)]
+        for _, block in gated_blocks(gated):
+            block.reset_counters()  # gate training leaves its val pass in the counters
         models: dict[str, torch.nn.Module] = {"static": model}
         if equal is not None:
             models["static_equal"] = equal
         for threshold in thresholds:
-            copied = copy.deepcopy(gated)
+            models[f"t={threshold}"] = copied = copy.deepcopy(gated)
             set_thresholds(copied, dict.fromkeys(names, threshold))
-            for _, block in gated_blocks(copied):
-                block.reset_counters()  # gate training leaves its val pass in the counters
-            models[f"t={threshold}"] = copied
         print(f"timing {len(models)} models, taking turns, on {args.latency_images} test images, 1 thread", flush=True)
         with torch_threads(1):
             rows = time_models_per_image(models, dataset, "test", limit=args.latency_images)
@@ -331,10 +324,10 @@ def main(argv: list[str] | None = None) -> None:
                 threshold: {name: block.execution_rate() for name, block in gated_blocks(models[f"t={threshold}"])}
                 for threshold in thresholds
             }
-            # The parts do not depend on the threshold (any above 0 makes every block skippable); measured on a copy,
-            # since measuring resets the counters.
+            # The parts do not depend on the threshold (any above 0 makes every block skippable). Measuring resets
+            # the counters, which is why the rates were read first.
             probe = next(iter(dataset.batches("test", 1)))[0]
-            parts = measure_parts(copy.deepcopy(models[f"t={thresholds[-1]}"]), probe, reference=model)
+            parts = measure_parts(models[f"t={thresholds[-1]}"], probe, reference=model)
         # The parts were timed on one input at another moment than the pass: carried over by the static model, which
         # both timings include (expected = measured static x expected / static, each ratio measured side by side).
         report["static"] = _static_row(rows["static"])
