@@ -68,6 +68,31 @@ def test_batch_one_decides_as_the_score_against_the_threshold(threshold):
     assert ran == expected.tolist() and 0 < sum(ran) < 16
 
 
+def test_folded_gate_follows_the_gate_weights_and_the_input_shape():
+    torch.manual_seed(2)
+    inner = build_model("resnet20").layer1[1].eval()
+    gated = GatedBlock(inner, 16, threshold=0.5).eval()
+
+    def decisions(x: torch.Tensor) -> list[bool]:
+        ran = []
+        for i in range(len(x)):
+            before = gated.executed
+            gated(x[i : i + 1])
+            ran.append(gated.executed > before)
+        return ran
+
+    with torch.no_grad():
+        for size in (8, 5):  # a fold is built per input shape
+            x = torch.randn(12, 16, size, size)
+            torch.nn.init.normal_(gated.gate.fc.weight, std=2.0)  # in place, after a fold was built
+            assert decisions(x) == (gated.gate(x) >= 0.5).tolist()
+            other = GatedBlock(inner, 16)
+            torch.nn.init.normal_(other.gate.fc.weight, std=2.0)
+            other.gate.fc.bias.fill_(-0.5)
+            gated.load_state_dict(other.state_dict())
+            assert decisions(x) == (gated.gate(x) >= 0.5).tolist()
+
+
 def test_threshold_zero_does_not_ask_the_gate():
     torch.manual_seed(0)
     inner = build_model("resnet20").layer1[1].eval()
