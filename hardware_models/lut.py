@@ -688,7 +688,10 @@ class ValidationReport:
     repeatability: dict[str, float] = field(default_factory=dict)
     """The measurement against itself: the first round's relative latencies as a "prediction" of the last round's
     (``mape``, ``within_10pct``, ``spearman``). This is the host's noise: a predictor that agrees with the measured
-    medians about as well as one round agrees with another is as good as this host can show."""
+    medians about as well as one round agrees with another is as good as this host can show. With 4 rounds or more,
+    also the median of the first half of the rounds against the median of the second half (``halves_mape``,
+    ``halves_within_10pct``, ``halves_spearman``): how well a measured median of half the rounds ranks another such
+    median, the ceiling for any predictor scored against measured medians of that many rounds."""
 
 
 def validate(
@@ -755,6 +758,11 @@ def validate(
     }
     repeat = [{"first": r[0], "last": r[-1]} for r in relative]
     repeatability = dict(zip(keys, _agreement(repeat, "last", "first"), strict=True)) if rounds > 1 else {}
+    if rounds >= 4:
+        half = rounds // 2
+        halves = [{"first": float(np.median(r[:half])), "second": float(np.median(r[half:]))} for r in relative]
+        agreement = _agreement(halves, "second", "first")
+        repeatability.update(zip(("halves_" + k for k in keys), agreement, strict=True))
     return ValidationReport(
         mape, within, rho, macs_mape, macs_within, macs_rho, samples, rows, relative_report, repeatability
     )

@@ -233,12 +233,16 @@ def _gate_loss(
     teacher: nn.Module | None = None,
     distill_weight: float = 0.0,
     temperature: float = 4.0,
+    rate_target: float | None = None,
 ) -> torch.Tensor:
     from pruning_core.training import distill_loss
 
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         logits = model(images)
-        rate = torch.stack([b.last_scores.mean() for _, b in gated_blocks(model)]).mean()  # type: ignore[union-attr]
+        # The execution rate of the hard decisions, with the scores' gradient (straight-through): a budget then
+        # bounds what really runs, and the plain penalty's gradient is the mean score's.
+        scores = [b.last_scores for _, b in gated_blocks(model)]
+        rate = torch.stack([((s >= 0.5).float() + s - s.detach()).mean() for s in scores]).mean()  # type: ignore
         soft = None
         if teacher is not None and distill_weight > 0:
             with torch.no_grad():
@@ -246,7 +250,10 @@ def _gate_loss(
     loss = F.cross_entropy(logits.float(), labels)
     if soft is not None:
         loss = (1 - distill_weight) * loss + distill_weight * distill_loss(logits.float(), soft, temperature)
-    return loss + rate_penalty * rate.float()
+    rate = rate.float()
+    if rate_target is not None:  # a budget: only the execution rate above the target is penalised
+        rate = F.relu(rate - rate_target)
+    return loss + rate_penalty * rate
 
 
 def train_gates(
@@ -256,6 +263,7 @@ def train_gates(
     epochs: int = 2,
     lr: float = 0.01,
     rate_penalty: float = 0.5,
+    rate_target: float | None = None,
     batch_size: int = 128,
     joint_epochs: int = 0,
     joint_lr: float = 0.01,
@@ -266,7 +274,9 @@ def train_gates(
 ) -> GateTrainingReport:
     """Train the gates of a gated model, in place: first with the backbone frozen, then optionally jointly.
 
-    The loss is the cross-entropy of the gated model plus ``rate_penalty`` times the mean gate score. In the first
+    The loss is the cross-entropy of the gated model plus ``rate_penalty`` times the execution rate (or, with
+    ``rate_target``, times how far the execution rate is above the target: a budget of executions); the rate is that
+    of the hard decisions, its gradient the mean score's (straight-through). In the first
     ``epochs`` only the gates learn (Adam, ``lr``, in float32) and the backbone's BatchNorm statistics stay frozen.
     In the following ``joint_epochs`` the whole model learns, BatchNorm included, with the gates deciding hard in the
     forward pass, under the shared fine-tuning recipe (:func:`~pruning_core.finetune.finetune_recipe`: SGD with
@@ -278,7 +288,8 @@ def train_gates(
         dataset: Training images (``train``) and the split reported on (``val``).
         epochs: Epochs with the backbone frozen.
         lr: Learning rate of the gates while the backbone is frozen.
-        rate_penalty: Weight of the mean execution score in the loss.
+        rate_penalty: Weight of the execution rate in the loss.
+        rate_target: Penalise only the execution rate above this (None: penalise all of it).
         batch_size: Images per step.
         joint_epochs: Epochs of joint fine-tuning after the frozen ones (0: none).
         joint_lr: Peak learning rate of joint fine-tuning.
@@ -297,6 +308,8 @@ def train_gates(
 
     if epochs < 0 or joint_epochs < 0:
         raise PlanError(f"expected epochs >= 0 and joint_epochs >= 0; got {epochs} and {joint_epochs}")
+    if rate_target is not None and not 0.0 < rate_target < 1.0:
+        raise PlanError(f"expected rate_target in (0, 1) or None; got {rate_target}")
     if not 0.0 <= distill_weight <= 1.0 or (distill_weight > 0 and teacher is None):
         raise PlanError(
             f"expected distill_weight in [0, 1], and a teacher when it is above 0; got {distill_weight} and "
@@ -319,7 +332,7 @@ def train_gates(
             block.block.eval()
         batches = dataset.batches("train", batch_size, shuffle=True, augment=True, generator=generator)
         for images, labels in tqdm(batches, desc=f"gates {epoch + 1}/{epochs}", disable=not progress, leave=False):
-            loss = _gate_loss(model, images, labels, rate_penalty, bf16=False)
+            loss = _gate_loss(model, images, labels, rate_penalty, bf16=False, rate_target=rate_target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -349,6 +362,7 @@ def train_gates(
                     teacher=teacher,
                     distill_weight=config.distill_weight,
                     temperature=config.distill_temperature,
+                    rate_target=rate_target,
                 )
                 state.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

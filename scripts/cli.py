@@ -423,6 +423,12 @@ def cmd_lut_validate(args: argparse.Namespace) -> int:
             print(
                 f"  the host's own noise (first pass against last): MAPE {r['mape']:.1%}, within 10% "
                 f"{r['within_10pct']:.0%}, Spearman {r['spearman']:.3f}"
+                + (
+                    f"; median of the first half of the passes against the second half: MAPE {r['halves_mape']:.1%}, "
+                    f"Spearman {r['halves_spearman']:.3f}"
+                    if "halves_spearman" in r
+                    else ""
+                )
             )
     if args.rows is not None:
         args.rows.write_text(json.dumps(report.rows, indent=1))

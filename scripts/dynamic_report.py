@@ -198,6 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--joint-lr", type=float, default=0.01)
     parser.add_argument("--rate-penalty", type=float, default=0.5, help="weight of the execution-rate penalty")
     parser.add_argument(
+        "--rate-target", type=float, default=None, help="penalise only the mean execution rate above this budget"
+    )
+    parser.add_argument(
         "--joint-distill",
         type=float,
         default=0.0,
@@ -206,6 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.6, 0.7, 0.8])
     parser.add_argument("--latency-images", type=int, default=2000, help="test images timed one by one")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="stop once the models are trained and saved; a later run times them (on a quiet host)",
+    )
     args = parser.parse_args(argv)
     if (args.plan is None) == (args.uniform is None):
         parser.error("expected exactly one of --plan PLAN.json or --uniform RATIO")
@@ -230,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.joint_distill:  # recorded only when used, so reports made before the option still resume
         settings["joint_distill"] = args.joint_distill
+    if args.rate_target is not None:
+        settings["rate_target"] = args.rate_target
     saved = report.setdefault("settings", settings)
     if saved != settings:  # resuming with other settings would mix rows of two experiments
         changed = sorted(k for k in settings if saved.get(k) != settings[k])
@@ -290,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
             dataset,
             epochs=args.gate_epochs,
             rate_penalty=args.rate_penalty,
+            rate_target=args.rate_target,
             joint_epochs=args.joint_epochs,
             joint_lr=args.joint_lr,
             teacher=engine.model if args.joint_distill else None,
@@ -301,9 +312,13 @@ def main(argv: list[str] | None = None) -> None:
             "epochs": args.gate_epochs,
             "joint_epochs": args.joint_epochs,
             "rate_penalty": args.rate_penalty,
+            "rate_target": args.rate_target,
         }
         save()
     gated.eval()
+    if args.train_only:
+        print(f"trained and saved in {args.out}; run again without --train-only to time the models", flush=True)
+        return
 
     # One pass over the test images, the models taking turns: a shared host drifts by 10-20% over minutes, so models
     # timed one after the other would be compared across that drift.

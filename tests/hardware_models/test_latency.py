@@ -272,6 +272,19 @@ def test_validate_reports_lut_and_macs(small_graph):
     assert report.repeatability["mape"] == 0.0 and report.repeatability["within_10pct"] == 1.0  # a noiseless host
 
 
+def test_validate_compares_half_the_passes_with_the_other_half(small_graph):
+    calls = []
+
+    def drifting(models):  # the host slows every variant by 10% after the first two passes over 5 variants
+        calls.append(1)
+        factor = 1.0 if len(calls) <= 2 * 5 else 1.1
+        return [count_cost(m, small_graph.input_shape).macs / 1e6 * (1.0 if i == 0 else factor) for i, m in enumerate(models)]
+
+    report = validate(lambda v: 1.0, small_graph, drifting, samples=5, rounds=4, progress=False)
+    halves = report.repeatability
+    assert halves["halves_mape"] == pytest.approx(0.1 / 1.1) and halves["halves_spearman"] == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("name", sorted(PROFILES))
 def test_analytic_profiles_are_monotone_and_labelled(name, resnet_graph):
     model = get_latency_model(name)

@@ -148,6 +148,17 @@ def test_joint_fine_tuning_trains_the_backbone_with_the_gates(digits):
         train_gates(gated, digits, epochs=1, distill_weight=0.5)
 
 
+def test_rate_target_penalises_only_the_execution_rate_above_it(digits):
+    base = load_checkpoint("checkpoints/small_cnn_digits.pt").build()
+    settings = {"epochs": 2, "batch_size": 64, "lr": 0.2, "rate_penalty": 5.0, "progress": False}
+    plain = train_gates(add_gates(base), digits, **settings)
+    budget = train_gates(add_gates(base), digits, rate_target=0.9, **settings)
+    mean = [sum(r.execution_rate.values()) / len(r.execution_rate) for r in (plain, budget)]
+    assert mean[0] <= 0.1 and mean[1] >= 0.5  # the same penalty skips nearly every block, unless under its budget
+    with pytest.raises(PlanError, match=r"expected rate_target in \(0, 1\) or None; got 1.5"):
+        train_gates(add_gates(base), digits, rate_target=1.5)
+
+
 def test_joint_fine_tuning_can_distil_from_the_dense_model(digits):
     base = load_checkpoint("checkpoints/small_cnn_digits.pt").build()
     gated = add_gates(base)
