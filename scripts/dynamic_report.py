@@ -9,6 +9,10 @@ threshold of ``--thresholds``, with real skipping. Reported: accuracy, measured 
 from the measured parts, per-block execution rates, and accuracy and latency by the number of blocks an image used.
 The static models, the gates and the timing are saved as soon as they exist; re-running resumes.
 
+To compare at equal accuracy, static pruning at other ratios can be timed in the same pass: make each with
+``--static-only`` in its own folder (same epochs), then pass the folders to ``--compare``; the table then sets each
+gated setting against the fastest static-only model at least as accurate (less 0.5 points).
+
 Usage:
     python -m scripts.dynamic_report --model resnet56 --checkpoint C --data cifar10 --uniform 0.3 \\
         --finetune-epochs 2 --joint-epochs 2 --thresholds 0.3 0.5 0.7 --out runs/dynamic_resnet56
@@ -68,6 +72,59 @@ def _static_row(rows: list[tuple[int, int, float]]) -> dict[str, Any]:
     }
 
 
+def _compared_model(folder: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The static model of another report folder, with its extra epochs when it has them, and how it was made."""
+    if not (folder / "static" / "structure.json").exists():
+        raise SystemExit(f"--compare expected a report folder with a static model in {folder}/static; found none")
+    loaded = load_pruned(folder / "static")
+    model, extra = loaded.model, 0
+    settings = json.loads((folder / "report.json").read_text()).get("settings", {})
+    if (folder / "static_equal.pt").exists():
+        model.load_state_dict(load_torch(folder / "static_equal.pt"))
+        extra = int(settings.get("joint_epochs", 0))
+    described = {
+        "uniform": settings.get("uniform"),
+        "plan": settings.get("plan"),
+        "macs_ratio": loaded.meta["macs"] / loaded.meta["base_macs"],
+        "extra_epochs": extra,
+    }
+    return model.eval(), described
+
+
+def _iso_accuracy_lines(report: dict[str, Any]) -> list[str]:
+    """Each gated setting against the fastest static-only model at least as accurate, less 0.5 points.
+
+    >>> report = {"static": {"top1": 0.86, "latency_ms_measured": 10.0}, "compare": [
+    ...     {"top1": 0.85, "latency_ms_measured": 8.0, "uniform": 0.5, "extra_epochs": 2}],
+    ...     "dynamic": [{"threshold": 0.3, "top1": 0.853, "latency_ms_measured": 6.0}]}
+    >>> _iso_accuracy_lines(report)[-1]
+    '| 0.30 | 0.8530 | 6.000 | uniform 0.5, +2 epochs | 0.8500 | 8.000 | -25.0% |'
+    """
+    statics = [("this static plan", report["static"])]
+    if "static_equal" in report:
+        statics.append((f"this static plan, +{report['static_equal']['extra_epochs']} epochs", report["static_equal"]))
+    for row in report.get("compare", []):
+        name = f"uniform {row['uniform']:g}" if row.get("uniform") is not None else f"plan {row.get('plan')}"
+        statics.append((name + (f", +{row['extra_epochs']} epochs" if row.get("extra_epochs") else ""), row))
+    lines = [
+        "| threshold | test top-1 | mean latency ms | fastest static-only model at least as accurate (-0.5 points) | "
+        "its test top-1 | its latency ms | gated vs it |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in report["dynamic"]:
+        rivals = [(name, s) for name, s in statics if s["top1"] >= row["top1"] - 0.005]
+        if not rivals:
+            lines.append(f"| {row['threshold']:.2f} | {row['top1']:.4f} | {row['latency_ms_measured']:.3f} | none | | | |")
+            continue
+        name, rival = min(rivals, key=lambda r: r[1]["latency_ms_measured"])
+        change = row["latency_ms_measured"] / rival["latency_ms_measured"] - 1
+        lines.append(
+            f"| {row['threshold']:.2f} | {row['top1']:.4f} | {row['latency_ms_measured']:.3f} | {name} | "
+            f"{rival['top1']:.4f} | {rival['latency_ms_measured']:.3f} | {change:+.1%} |"
+        )
+    return lines
+
+
 def _table(report: dict[str, Any]) -> str:
     static = report["static"]
     lines = [
@@ -81,6 +138,14 @@ def _table(report: dict[str, Any]) -> str:
         lines.append(
             f"| static only, +{equal['extra_epochs']} fine-tuning epochs (as many as the joint ones; best val) | - | "
             f"{equal['top1']:.4f} | {equal['latency_ms_measured']:.3f} | - | 1.000 | {change:+.1%} |"
+        )
+    for row in report.get("compare", []):
+        change = row["latency_ms_measured"] / static["latency_ms_measured"] - 1
+        plan = f"uniform {row['uniform']:g}" if row.get("uniform") is not None else f"plan {row.get('plan')}"
+        extra = f", +{row['extra_epochs']} epochs" if row.get("extra_epochs") else ""
+        lines.append(
+            f"| static only, {plan}{extra} (MACs {row['macs_ratio']:.3f} of dense) | - | {row['top1']:.4f} | "
+            f"{row['latency_ms_measured']:.3f} | - | 1.000 | {change:+.1%} |"
         )
     for row in report["dynamic"]:
         change = row["latency_ms_measured"] / static["latency_ms_measured"] - 1
@@ -108,6 +173,8 @@ def _table(report: dict[str, Any]) -> str:
             f"{best['latency_ms_measured'] / static['latency_ms_measured'] - 1:+.1%} against static only; "
             f"measured/expected {best['latency_ms_measured'] / best['latency_ms_expected']:.3f}.",
         ]
+    if report.get("compare") and report["dynamic"]:
+        lines += ["", "At equal accuracy (timed in the same pass):", ""] + _iso_accuracy_lines(report)
     if report["dynamic"]:
         lines += ["", f"By number of gated blocks an image executed (threshold {best['threshold']:.2f}, test):", ""]
         lines += _by_blocks_table(best["by_blocks_used"], len(best["exec_rate"]))
@@ -169,6 +236,15 @@ def _plot(report: dict[str, Any], path: Path) -> None:
         equal = report["static_equal"]
         label = f"static only, +{equal['extra_epochs']} epochs"
         ax.scatter([equal["latency_ms_measured"]], [equal["top1"]], marker="D", color="grey", label=label)
+    others = report.get("compare", [])
+    if others:
+        ax.scatter(
+            [r["latency_ms_measured"] for r in others],
+            [r["top1"] for r in others],
+            marker="v",
+            color="grey",
+            label="static only, other ratios (--compare)",
+        )
     rows = report["dynamic"]
     ax.plot(
         [r["latency_ms_measured"] for r in rows], [r["top1"] for r in rows], "o-", label="static + dynamic (measured)"
@@ -209,6 +285,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.6, 0.7, 0.8])
     parser.add_argument("--latency-images", type=int, default=2000, help="test images timed one by one")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--static-only",
+        action="store_true",
+        help="stop once the static model (and its extra epochs) is trained and saved: a model to --compare with",
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="other report folders whose static model (with its extra epochs, if any) is timed in the same pass: "
+        "static pruning at other ratios, to compare at equal accuracy",
+    )
     parser.add_argument(
         "--train-only",
         action="store_true",
@@ -289,6 +378,9 @@ def main(argv: list[str] | None = None) -> None:
             finetune_model(equal, dataset, config, teacher=teacher)  # keeps the best val epoch, as for the static
             save_torch(equal_path, equal.state_dict())
         equal.eval()
+    if args.static_only:
+        print(f"static model saved in {args.out}; pass --compare {args.out} to a report to time it there", flush=True)
+        return
 
     gates_path = args.out / "gates.pt"
     gated = add_gates(model)
@@ -324,13 +416,20 @@ def main(argv: list[str] | None = None) -> None:
     # timed one after the other would be compared across that drift.
     thresholds = sorted(set(args.thresholds))
     timing = report.get("timing", {})
-    if timing.get("thresholds") != thresholds or timing.get("method") != TIMING_METHOD:
+    compare = {str(d): _compared_model(d) for d in args.compare}
+    if (
+        timing.get("thresholds") != thresholds
+        or timing.get("method") != TIMING_METHOD
+        or timing.get("compare", []) != list(compare)
+    ):
         names = [name for name, _ in gated_blocks(gated)]
         for _, block in gated_blocks(gated):
             block.reset_counters()  # gate training leaves its val pass in the counters
         models: dict[str, torch.nn.Module] = {"static": model}
         if equal is not None:
             models["static_equal"] = equal
+        for where, (other, _) in compare.items():
+            models[f"compare:{where}"] = other
         for threshold in thresholds:
             models[f"t={threshold}"] = copied = copy.deepcopy(gated)
             set_thresholds(copied, dict.fromkeys(names, threshold))
@@ -352,6 +451,10 @@ def main(argv: list[str] | None = None) -> None:
         parts = parts.scaled(scale)
         if equal is not None:
             report["static_equal"] = {**_static_row(rows["static_equal"]), "extra_epochs": args.joint_epochs}
+        report["compare"] = [
+            {**_static_row(rows[f"compare:{where}"]), **described, "folder": where}
+            for where, (_, described) in compare.items()
+        ]
         report["dynamic"] = []
         for threshold in thresholds:
             profile = profile_from_rows(rows[f"t={threshold}"], rates[threshold], parts)
@@ -368,6 +471,7 @@ def main(argv: list[str] | None = None) -> None:
             "method": TIMING_METHOD,
             "thresholds": thresholds,
             "interleaved": list(models),
+            "compare": list(compare),
             "parts_scale": scale,
             "static_part_ms": parts.static_ms,
             "all_blocks_ms": parts.all_ms,

@@ -49,3 +49,25 @@ def test_every_model_is_timed_in_one_interleaved_pass_and_a_rerun_resumes(tmp_pa
     copied = json.loads((other / "report.json").read_text())
     assert copied["plan"] == report["plan"] and copied["accuracy"] == report["accuracy"]
     assert copied["static"]["top1"] == report["static"]["top1"]
+
+
+def test_static_models_at_other_ratios_are_timed_in_the_same_pass(tmp_path):
+    common = [
+        "--model", "small_cnn", "--data", "digits", "--device", "pixel-a76", "--finetune-epochs", "1",
+        "--gate-epochs", "1", "--joint-epochs", "1", "--latency-images", "20",
+    ]  # fmt: skip
+    harder = tmp_path / "u05"
+    main([*common, "--uniform", "0.5", "--static-only", "--out", str(harder)])
+    assert (harder / "static_equal.pt").exists() and not (harder / "gates.pt").exists()  # no gates trained
+
+    out = tmp_path / "dyn"
+    main([*common, "--uniform", "0.2", "--thresholds", "0.5", "--out", str(out), "--compare", str(harder)])
+    report = json.loads((out / "report.json").read_text())
+    assert report["timing"]["interleaved"] == ["static", "static_equal", f"compare:{harder}", "t=0.5"]
+    (row,) = report["compare"]
+    assert row["uniform"] == 0.5 and row["extra_epochs"] == 1 and row["images"] == 20
+    assert row["macs_ratio"] < report["macs_ratio"]  # the harder plan
+    table = (out / "table.md").read_text()
+    assert "static only, uniform 0.5, +1 epochs" in table and "At equal accuracy" in table
+    with pytest.raises(SystemExit, match="expected a report folder with a static model"):
+        main([*common, "--uniform", "0.2", "--thresholds", "0.5", "--out", str(out), "--compare", str(tmp_path)])
