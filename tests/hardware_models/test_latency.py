@@ -278,7 +278,10 @@ def test_validate_compares_half_the_passes_with_the_other_half(small_graph):
     def drifting(models):  # the host slows every variant by 10% after the first two passes over 5 variants
         calls.append(1)
         factor = 1.0 if len(calls) <= 2 * 5 else 1.1
-        return [count_cost(m, small_graph.input_shape).macs / 1e6 * (1.0 if i == 0 else factor) for i, m in enumerate(models)]
+        return [
+            count_cost(m, small_graph.input_shape).macs / 1e6 * (1.0 if i == 0 else factor)
+            for i, m in enumerate(models)
+        ]
 
     report = validate(lambda v: 1.0, small_graph, drifting, samples=5, rounds=4, progress=False)
     halves = report.repeatability
