@@ -150,9 +150,10 @@ class GatedBlock(nn.Module):
         """Fold the gate's pooling and linear layer into one vector over inputs shaped like ``x``.
 
         ``fc(mean over H, W of x) == dot(x flattened, w repeated H*W times / (H*W)) + b``: one operation instead of
-        a pooling, a linear layer and a reshape (about 4 instead of 11.5 us per gate at batch 1 on this host). The
-        fold is kept until the input's shape changes, the gate's weights change in place (their version counters
-        move), the module changes mode, device or dtype, or a state dict is loaded.
+        a pooling, a linear layer and a reshape: 5.4 instead of 23.3 us per gate at batch 1 on this host (median over
+        resnet56's 25 gates, ``python -m scripts.bench_gate_cost``). The fold is kept until the input's shape
+        changes, the gate's weights change in place (their version counters move), the module changes mode, device
+        or dtype, or a state dict is loaded.
         """
         weight, bias = self.gate.fc.weight, self.gate.fc.bias
         _, h, w = x.shape[1:]
