@@ -690,8 +690,9 @@ class ValidationReport:
     (``mape``, ``within_10pct``, ``spearman``). This is the host's noise: a predictor that agrees with the measured
     medians about as well as one round agrees with another is as good as this host can show. With 4 rounds or more,
     also the median of the first half of the rounds against the median of the second half (``halves_mape``,
-    ``halves_within_10pct``, ``halves_spearman``): how well a measured median of half the rounds ranks another such
-    median, the ceiling for any predictor scored against measured medians of that many rounds."""
+    ``halves_within_10pct``, ``halves_spearman``): how well the median of half the rounds ranks the median of the
+    other half, about the best a predictor can score against a median of half the rounds (the median of all of them
+    is somewhat more precise)."""
 
 
 def validate(

@@ -68,11 +68,21 @@ class GatedBlock(nn.Module):
         self._counts = [0, 0]  # inputs that ran the block, and inputs seen, since the last reset (eval mode)
         self.last_scores: torch.Tensor | None = None  # gate scores of the last training batch
         self._folded: tuple[Any, ...] | None = None  # the gate folded for inputs of one shape (eval; see _fold)
-        self.register_load_state_dict_post_hook(lambda module, keys: module._unfold())
+        self.register_load_state_dict_post_hook(_unfold_after_load)
 
     @property
     def threshold(self) -> float:
         return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self._threshold = float(value)
+        if value <= 0.0:
+            self._cut = -math.inf
+        elif value >= 1.0:
+            self._cut = math.inf
+        else:
+            self._cut = math.log(value / (1.0 - value))  # sigmoid(z) >= t  <=>  z >= logit(t)
 
     # The counters live in a list: nn.Module.__setattr__ costs microseconds per call, which at batch 1 counts.
     @property
@@ -92,16 +102,6 @@ class GatedBlock(nn.Module):
     @seen.setter
     def seen(self, value: int) -> None:
         self._counts[1] = value
-
-    @threshold.setter
-    def threshold(self, value: float) -> None:
-        self._threshold = float(value)
-        if value <= 0.0:
-            self._cut = -math.inf
-        elif value >= 1.0:
-            self._cut = math.inf
-        else:
-            self._cut = math.log(value / (1.0 - value))  # sigmoid(z) >= t  <=>  z >= logit(t)
 
     def force(self, run: bool) -> None:
         """Ask the gate as usual but then always run (or always skip) the block, until the threshold is set again:
@@ -178,6 +178,12 @@ class GatedBlock(nn.Module):
     def reset_counters(self) -> None:
         self.executed = 0
         self.seen = 0
+
+
+def _unfold_after_load(module: GatedBlock, incompatible_keys: object) -> None:
+    """A loaded state dict may have replaced the gate's tensors: fold again on the next call (a named function, so
+    a model with gates still pickles)."""
+    module._unfold()
 
 
 def _block_channels(block: nn.Module) -> int:
