@@ -40,7 +40,9 @@ def test_registered_and_default_construction_on_the_host_table():
         group = env.unwrapped.groups[[g.name for g in env.unwrapped.groups].index(info["group"])]
         assert info["kept"] % width_step(group.channels, 8) == 0 or info["kept"] == group.channels
     assert terminated and info["budget_met"] and 0 <= reward <= 1
-    assert env.unwrapped.granule == 8 and json.loads(info["plan"])["round_to"] == 8
+    # the build picks its channel block from timings (8 or 16 here), so only the profiling step is fixed
+    granule = env.unwrapped.granule
+    assert granule % 8 == 0 and json.loads(info["plan"])["round_to"] == granule
 
 
 def _run_episode(env, actions):
