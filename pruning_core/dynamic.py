@@ -15,6 +15,7 @@ learn to do without the ones that are skipped (BlockDrop's joint fine-tuning sta
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import math
 import statistics
@@ -607,7 +608,7 @@ def measure_parts(
             for handle in handles:
                 handle.remove()
         fns: list[Callable[[], object]] = [lambda: whole(False), lambda: whole(True)]
-        fns += [lambda b=block, x=inputs[name]: b.block(x) for name, block in skippable.items()]
+        fns += [functools.partial(block.block, inputs[name]) for name, block in skippable.items()]
         if reference is not None:
             reference.eval()
             fns.append(lambda: reference(probe_input))
