@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 
@@ -231,7 +232,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert all(r["budget_met"] and r["latency_ms_measured"] > 0 for r in records)
     # each pruned model measured side by side with the dense one: the ratio is of the two figures reported
     for r in records:
-        assert r["latency_ratio_measured"] == r["latency_ms_measured"] / r["dense_latency_ms_measured"]
+        assert len(r["latency_ratios_measured"]) == 5  # the median of 5 side-by-side measurements
+        assert r["latency_ratio_measured"] == statistics.median(r["latency_ratios_measured"])
         assert 0 < r["latency_ratio_measured"] < 1
         assert r["budget_met_measured"] == (r["latency_ratio_measured"] <= 0.8)
     assert (tmp_path / "demo" / "accuracy_vs_latency.png").stat().st_size > 5000
