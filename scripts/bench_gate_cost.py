@@ -19,30 +19,22 @@ import argparse
 import copy
 import json
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from hardware_models.measure import torch_threads
+from hardware_models.measure import time_interleaved, torch_threads
 from pruning_core.checkpoint import load_torch
 from pruning_core.dynamic import add_gates, gated_blocks
 from pruning_core.serialize import load_pruned
 
 
-def _interleaved(fns: dict[str, Callable[[], object]], rounds: int, calls: int) -> dict[str, float]:
-    """Median ms per call of each function, timed in turn: ``calls`` calls of each per round, after one untimed."""
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            fn()
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            samples[name].append((time.perf_counter() - start) / calls * 1e3)
-    return {name: statistics.median(values) for name, values in samples.items()}
+def _interleaved(fns: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
+    """Median ms per call of each function, timed in turn by the shared :func:`time_interleaved`."""
+    samples = time_interleaved(list(fns.values()), warmup=3, runs=runs)
+    return {name: statistics.median(times) for name, times in zip(fns, samples, strict=True)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,8 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             hook.remove()
         whole = _interleaved(
             {"static": lambda: static(x), "wrappers": lambda: wrappers(x), "gates_asked": lambda: asked(x)},
-            args.rounds,
-            args.calls,
+            args.rounds * args.calls,
         )
         per_gate = {}
         for name, block in gated_blocks(asked):
@@ -91,8 +82,7 @@ def main(argv: list[str] | None = None) -> None:
                     "pool_linear_item": lambda h=h, fc=fc: F.linear(h.mean(dim=(2, 3)), fc.weight, fc.bias).item(),
                     "folded_dot_item": lambda h=h, flat=flat: torch.dot(h.reshape(-1), flat).item(),
                 },
-                args.rounds,
-                args.calls * 10,
+                args.rounds * args.calls * 10,
             )
     us = {k: statistics.median(v[k] for v in per_gate.values()) * 1e3 for k in ("pool_linear_item", "folded_dot_item")}
     figures = {
@@ -105,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{args.report}: static {whole['static']:.3f} ms; wrappers only {figures['wrappers_over_static']:.3f}x, "
         f"every gate asked and every block run {figures['gates_asked_over_static']:.3f}x of static "
-        f"(medians of {args.rounds} rounds, 1 thread)\n"
+        f"(medians of {args.rounds * args.calls} calls each, in turn, 1 thread)\n"
         f"one gate's decision, median over {len(per_gate)} gates: pooling + linear + item "
         f"{us['pool_linear_item']:.1f} us, folded dot + item {us['folded_dot_item']:.1f} us"
     )
