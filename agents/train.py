@@ -151,6 +151,11 @@ class SearchState:
     best_episode: int = -1
     best_plan: str | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    """Wall time spent searching, summed over resumed runs (pauses of the process included)."""
+    cpu_seconds: float = 0.0
+    """CPU time of this process spent searching (all its threads), summed over resumed runs; a paused process adds
+    none. Environments in subprocesses (``n_envs > 1``) are not counted."""
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -171,7 +176,7 @@ class SearchCallback(BaseCallback):
         super().__init__()
         self.run, self.config, self.state, self.group_names = run, config, state, group_names
         self.on_episode = on_episode
-        self.start = time.perf_counter()
+        self._clock = (time.perf_counter(), time.process_time())
 
     def _on_step(self) -> bool:
         for info in self.locals.get("infos", []):
@@ -185,6 +190,10 @@ class SearchCallback(BaseCallback):
     def _record(self, info: dict[str, Any]) -> None:
         state = self.state
         state.episodes += 1
+        wall, cpu = time.perf_counter(), time.process_time()
+        state.seconds += wall - self._clock[0]
+        state.cpu_seconds += cpu - self._clock[1]
+        self._clock = (wall, cpu)
         reward = float(info["reward"])
         plan = json.loads(info["plan"])
         row = {
@@ -195,7 +204,7 @@ class SearchCallback(BaseCallback):
             "macs": info["macs"],
             "budget": info["budget"],
             "budget_met": float(info["budget_met"]),
-            "seconds": time.perf_counter() - self.start,
+            "seconds": state.seconds,
         }
         state.history.append(row)
         if self.config.budget_range is None:  # plans at different budgets do not compare: no best plan then

@@ -83,17 +83,18 @@ def _record_keys(record: dict[str, Any], budget: float, seed: int) -> dict[str, 
 
 def _plan_for(
     method: str, cfg: BenchmarkConfig, env: Any, seed: int, budget: float, policy: SavedPolicy | None
-) -> tuple[PruningPlan, int]:
-    """The plan a method proposes and the number of candidates it scored."""
+) -> tuple[PruningPlan, int, tuple[float, float] | None]:
+    """The plan a method proposes, the number of candidates it scored, and for an agent its search's wall and CPU
+    seconds summed over the sessions it was resumed in (None: time the call)."""
     problem = env.budget_problem()
     if method in BASELINES:
-        return baseline_plan(method, problem), 0
+        return baseline_plan(method, problem), 0, None
     if method == "random-search":
         result = random_search(problem, env.scorer, evaluations=cfg.episodes, seed=seed)
-        return result.plan, result.evaluations
+        return result.plan, result.evaluations, None
     if method == "greedy-lut":
         result = greedy_search(problem, env.scorer)
-        return result.plan, result.evaluations
+        return result.plan, result.evaluations, None
     if method in ALGOS:
         run = cfg.out / "runs" / f"{method}_b{budget:g}_s{seed}"
         config = TrainRunConfig(
@@ -114,12 +115,12 @@ def _plan_for(
         )
         resume = (run / "model.zip").exists()
         search = train_agent(None if resume else config, run, resume=resume)
-        return search.state_plan(), search.state.episodes
+        return search.state_plan(), search.state.episodes, (search.state.seconds, search.state.cpu_seconds)
     if method == "transfer":
         if policy is None:
             raise PruneGymError("method 'transfer' needs --transfer-from RUN")
         plan, _ = plan_from_policy(policy, env)
-        return plan, 0
+        return plan, 0, None
     raise PruneGymError(f"method must be one of {', '.join(ALL_METHODS)} or transfer; got {method!r}")
 
 
@@ -157,18 +158,26 @@ class _PlanCache:
     path: Path
     inputs: dict[str, Any]
 
-    def load(self) -> tuple[PruningPlan, int, float] | None:
-        """The saved plan, its evaluations and search seconds; None when absent or made from other inputs."""
+    def load(self) -> tuple[PruningPlan, int, float, float | None] | None:
+        """The saved plan, its evaluations, search wall and CPU seconds (None in plans saved before CPU time was
+        kept); None when absent or made from other inputs."""
         if not self.path.exists():
             return None
         saved = json.loads(self.path.read_text())
         if saved.get("inputs") != self.inputs:
             return None
-        return PruningPlan.from_json(saved["plan"]), saved["evaluations"], saved["search_seconds"]
+        plan = PruningPlan.from_json(saved["plan"])
+        return plan, saved["evaluations"], saved["search_seconds"], saved.get("search_cpu_seconds")
 
-    def save(self, plan: PruningPlan, evaluations: int, seconds: float) -> None:
+    def save(self, plan: PruningPlan, evaluations: int, seconds: float, cpu_seconds: float) -> None:
         """Write the plan atomically."""
-        saved = {"plan": plan.to_json(), "evaluations": evaluations, "search_seconds": seconds, "inputs": self.inputs}
+        saved = {
+            "plan": plan.to_json(),
+            "evaluations": evaluations,
+            "search_seconds": seconds,
+            "search_cpu_seconds": cpu_seconds,
+            "inputs": self.inputs,
+        }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path, lambda tmp: tmp.write_text(json.dumps(saved)))
 
@@ -218,19 +227,20 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                     else None
                 )
                 cached = cache.load() if cache is not None else None
+                cpu_seconds: float | None
                 if cached is not None:
-                    plan, evaluations, seconds = cached
+                    plan, evaluations, seconds, cpu_seconds = cached
                 else:
-                    start = time.perf_counter()
+                    start = (time.perf_counter(), time.process_time())
                     try:
-                        plan, evaluations = _plan_for(method, cfg, method_env, seed, budget, policy)
+                        plan, evaluations, summed = _plan_for(method, cfg, method_env, seed, budget, policy)
                     except BudgetInfeasibleError as exc:
                         print(f"   {method} cannot reach budget {budget:g}: {exc}")
                         continue
-                    seconds = time.perf_counter() - start
+                    seconds, cpu_seconds = summed or (time.perf_counter() - start[0], time.process_time() - start[1])
                     if cache is not None:
-                        cache.save(plan, evaluations, seconds)
-                finish_start = time.perf_counter()
+                        cache.save(plan, evaluations, seconds, cpu_seconds)
+                finish_start = (time.perf_counter(), time.process_time())
                 result = finish_plan(
                     method,
                     method_env,
@@ -243,7 +253,9 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                     evaluations=evaluations,
                 )
                 record = _record_keys(result.record, budget, seed)
-                record["finish_seconds"] = time.perf_counter() - finish_start  # prune, BN, fine-tune, measure
+                record["finish_seconds"] = time.perf_counter() - finish_start[0]  # prune, BN, fine-tune, measure
+                record["finish_cpu_seconds"] = time.process_time() - finish_start[1]
+                record["search_cpu_seconds"] = cpu_seconds  # wall time counts pauses; CPU time does not
                 record["search_reused"] = cached is not None
                 record["sparsity"] = dict(plan.sparsity)
                 records.append(record)
@@ -276,6 +288,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "test_top1_bn",
             "test_top1_finetuned",
             "search_seconds",
+            "search_cpu_seconds",
             "evaluations",
             "budget_met_measured",
         ):
@@ -289,32 +302,43 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def wall_time_lines(records: list[dict[str, Any]]) -> list[str]:
     """Markdown: where the benchmark's time went, per method. A deterministic method's search (one per budget,
-    shared by its seeds, see ``plans/``) is counted once per budget.
+    shared by its seeds, see ``plans/``) is counted once per budget. Wall time includes any pause of the process;
+    CPU time (all threads of the process) does not, and is "-" where a record predates it.
 
     >>> rows = [{"method": "uniform-l1", "budget": 0.5, "search_seconds": 60, "finish_seconds": 30},
     ...         {"method": "uniform-l1", "budget": 0.5, "search_seconds": 60, "finish_seconds": 30}]
     >>> wall_time_lines(rows)[-1]
-    '| total | 1.0 | 1.0 | 2.0 |'
+    '| total | 1.0 | 1.0 | 2.0 | - |'
     """
-    per_method: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    per_method: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    cpu_known: dict[str, bool] = defaultdict(lambda: True)
     searched: set[tuple[str, float]] = set()
     for r in records:
-        key = (r["method"], r["budget"])
-        if r["method"] not in DETERMINISTIC or key not in searched:
-            per_method[r["method"]][0] += float(r["search_seconds"])
+        method, key = r["method"], (r["method"], r["budget"])
+        if method not in DETERMINISTIC or key not in searched:
+            per_method[method][0] += float(r["search_seconds"])
+            per_method[method][2] += float(r.get("search_cpu_seconds") or 0.0)
+            cpu_known[method] &= r.get("search_cpu_seconds") is not None
             searched.add(key)
-        per_method[r["method"]][1] += float(r.get("finish_seconds", 0.0))
+        per_method[method][1] += float(r.get("finish_seconds", 0.0))
+        per_method[method][2] += float(r.get("finish_cpu_seconds") or 0.0)
+        cpu_known[method] &= r.get("finish_cpu_seconds") is not None
+
+    def row(name: str, search: float, finish: float, cpu: float, known: bool) -> str:
+        shown = f"{cpu / 60:.1f}" if known else "-"
+        return f"| {name} | {search / 60:.1f} | {finish / 60:.1f} | {(search + finish) / 60:.1f} | {shown} |"
+
     lines = [
-        "Wall time (minutes): search, and pruning + BN + fine-tuning + measuring (finish)",
+        "Time (minutes): wall time of the search and of pruning + BN + fine-tuning + measuring (finish), and the",
+        "CPU time of both (all threads; pauses of the process not counted)",
         "",
-        "| method | search | finish | total |",
-        "|---|---|---|---|",
+        "| method | search | finish | total | CPU |",
+        "|---|---|---|---|---|",
     ]
-    for method, (search, finish) in sorted(per_method.items(), key=lambda kv: -sum(kv[1])):
-        lines.append(f"| {method} | {search / 60:.1f} | {finish / 60:.1f} | {(search + finish) / 60:.1f} |")
-    search = sum(v[0] for v in per_method.values())
-    finish = sum(v[1] for v in per_method.values())
-    lines.append(f"| total | {search / 60:.1f} | {finish / 60:.1f} | {(search + finish) / 60:.1f} |")
+    for method, (search, finish, cpu) in sorted(per_method.items(), key=lambda kv: -(kv[1][0] + kv[1][1])):
+        lines.append(row(method, search, finish, cpu, cpu_known[method]))
+    totals = [sum(v[i] for v in per_method.values()) for i in range(3)]
+    lines.append(row("total", *totals, all(cpu_known.values())))
     return lines
 
 

@@ -6,7 +6,7 @@
 # Usage: bash scripts/benchmark_cifar10.sh [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${1:-runs/benchmark_resnet56}"
+out="${1:-benchmarks/resnet56_cifar10}"
 export PRUNEGYM_CIFAR10="${PRUNEGYM_CIFAR10:-$(cd .. && pwd)/shared/data/cifar10}"
 agents=(--centre-on-uniform --action-std 0.4)
 policy="$out/transfer_policy_resnet20"

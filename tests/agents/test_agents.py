@@ -37,9 +37,12 @@ def test_every_algorithm_searches_and_saves_a_loadable_policy(algo, tmp_path):
 
 
 def test_resume_continues_where_the_run_stopped(tmp_path):
-    train_agent(_config("dqn", episodes=4), tmp_path / "run", progress=False)
+    first = train_agent(_config("dqn", episodes=4), tmp_path / "run", progress=False)
     resumed = train_agent(None, tmp_path / "run", resume=True, episodes=7, progress=False)
     assert resumed.state.episodes == 7 and len(resumed.state.history) == 7
+    # the search's time is summed over both processes, not restarted by the resume
+    assert 0 < first.state.seconds < resumed.state.seconds and first.state.cpu_seconds < resumed.state.cpu_seconds
+    assert [row["seconds"] for row in resumed.state.history] == sorted(row["seconds"] for row in resumed.state.history)
     with pytest.raises(PruneGymError, match="already holds a run"):
         train_agent(_config("dqn"), tmp_path / "run", progress=False)
     with pytest.raises(CheckpointError, match="nothing to resume"):

@@ -282,6 +282,8 @@ def test_benchmark_writes_tables_and_resumes(tmp_path, capsys):
     assert [r["method"] for r in records] == ["uniform-l1", "random-search", "dqn"]
     assert all(required <= r.keys() and 0 <= r["test_top1_bn"] <= 1 and r["budget_met"] for r in records)
     assert records[1]["evaluations"] == 3 and records[0]["evaluations"] == 0
+    assert all(r["search_cpu_seconds"] >= 0 and r["finish_cpu_seconds"] > 0 for r in records)
+    assert records[2]["search_cpu_seconds"] > 0  # the agent's, summed by its run
     assert (tmp_path / "bench" / "results.csv").exists() and "| 0.6 | dqn |" in capsys.readouterr().out
     assert (tmp_path / "bench" / "sparsity_per_layer.png").exists()
     assert 0.5 < json.loads((tmp_path / "bench" / "dense.json").read_text())["test_top1"] <= 1  # the plot's star
