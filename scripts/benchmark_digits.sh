@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The digits benchmark: small_cnn from `prunegym demo` on scikit-learn's digits, host-CPU latency budget 0.5, every
+# method, 3 seeds, with the demo's search and fine-tuning settings (60 episodes, 3 epochs). Resumable: run it again
+# after an interruption and finished cells are kept. Needs only the installed packages.
+# Usage: bash scripts/benchmark_digits.sh [OUT]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-benchmarks/small_cnn_digits}"
+.venv/bin/prunegym benchmark --model small_cnn --data digits --device host-cpu --budgets 0.5 --methods all \
+    --episodes 60 --finetune-epochs 3 --seeds 3 --threads 1 --centre-on-uniform --action-std 0.4 --out "$out"
