@@ -264,7 +264,9 @@ def _new_model(config: TrainRunConfig, env: VecEnv, steps_per_episode: int, run:
     if spec.off_policy:
         kwargs.update(
             learning_starts=config.warmup_episodes * steps_per_episode,
-            buffer_size=100_000,
+            # the whole search fits (no transition is evicted) and no more: the buffer is saved after every episode
+            # for resuming, and a preallocated 100,000 transitions made that file about 19 MB
+            buffer_size=min(100_000, (config.episodes + 10) * steps_per_episode),
             batch_size=64,
             train_freq=1,
             gradient_steps=1,

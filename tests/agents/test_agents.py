@@ -43,6 +43,13 @@ def test_resume_continues_where_the_run_stopped(tmp_path):
     # the search's time is summed over both processes, not restarted by the resume
     assert 0 < first.state.seconds < resumed.state.seconds and first.state.cpu_seconds < resumed.state.cpu_seconds
     assert [row["seconds"] for row in resumed.state.history] == sorted(row["seconds"] for row in resumed.state.history)
+    # the replay buffer holds the whole search, sized to it (saved after every episode, so kept small); SB3 stores a
+    # step's transition after the callback that saves it, so each run's save misses its last one
+    from stable_baselines3.common.save_util import load_from_pkl
+
+    buffer = load_from_pkl(tmp_path / "run" / "replay_buffer.pkl")
+    steps = len(make_env(**FAST).unwrapped.groups)
+    assert buffer.buffer_size == (4 + 10) * steps and not buffer.full and 7 * steps - 2 <= buffer.pos
     with pytest.raises(PruneGymError, match="already holds a run"):
         train_agent(_config("dqn"), tmp_path / "run", progress=False)
     with pytest.raises(CheckpointError, match="nothing to resume"):
