@@ -3,12 +3,17 @@
 A table holds, for each distinct layer shape of a model (kind, kernel, stride, input size, widest channel counts),
 the latency of that layer (conv + BatchNorm + ReLU, or linear) on a grid of input and output channel counts.
 A prediction sums the layers of a variant, interpolating bilinearly between grid points, and maps the sum through a
-calibration fitted on whole models measured while building the table (dense, every group at 80% sparsity, and 24
+calibration fitted on whole models measured while building the table (dense, every group at 90% sparsity, and 24
 random variants): ``latency = curvature * sum**2 + scale * sum + overhead``. The calibration carries what per-layer
 sums miss (residual additions, pooling, per-call dispatch, weights that stay in cache when a layer is timed alone).
 Measured here, whole-model latency is slightly concave in the layer sum: a straight line through the dense model
 and the thinnest variant under-predicted typical pruned variants relative to dense by 3-7%. The quadratic term is
-kept only where it stays increasing over the calibrated range; otherwise the fit falls back to a line.
+kept only where it stays increasing over the calibrated range; otherwise the fit falls back to a line. Outside the
+calibrated range (table sums below the thinnest calibration model's or above the dense model's) the calibration
+continues as the straight line tangent to it at the range's end: a quadratic fitted to a range bends on beyond it.
+The thinnest calibration model has every group at the environment's largest sparsity (0.9), so a search stays
+inside the range: with the thinnest at 80%, plans at a budget of 0.5 on small_cnn went below it, where the concave
+curve fell away, and measured 0.53-0.55 of dense against a predicted 0.50.
 
 Layer grids are blended with a cost model fitted to each (``a + b c_in c_out + c c_in + d c_out``,
 :func:`fit_layer_grid`). Each grid point is one noisy measurement, and its error reaches every variant that uses
@@ -82,11 +87,15 @@ DEFAULT_GRANULE = 8
 """Channel step of a table unless told otherwise (see the module's notes)."""
 DEFAULT_CALIBRATION_VARIANTS = 24
 """Random pruned variants measured whole for a table's calibration, beside the dense and the thinnest model."""
-BUILD_METHOD = 6
+BUILD_METHOD = 7
 """Version of how tables are profiled and calibrated (3: round-robin sweeps, quadratic calibration on 26 models;
 4: layer grids blended with their fitted cost model, the blend chosen on the calibration models; 5: the fit's
-channel terms bounded at zero; 6: the channel block chosen on the calibration models); caches of built tables
-include it in their key, so a better method replaces tables built by an older one."""
+channel terms bounded at zero; 6: the channel block chosen on the calibration models; 7: the thinnest calibration
+model at the search's largest sparsity, 0.9, instead of 0.8); caches of built tables include it in their key, so a
+better method replaces tables built by an older one."""
+THINNEST_SPARSITY = 0.9
+"""Sparsity of every group in the thinnest calibration model: the environment's default ``max_sparsity``, so that
+the plans a search makes stay inside the calibrated range."""
 TABLE_FIT_WEIGHTS = (0.0, 0.5, 1.0)
 """Blends of the measured layer grids with their fitted cost models that a build chooses among (0: as measured)."""
 TABLE_BLOCKS = (1, 16)
@@ -222,7 +231,8 @@ class LookupTable(LayerwiseCost):
         threads: Threads used while profiling.
         batch_size: Batch size profiled.
         tables: Layer tables keyed by layer signature.
-        scale: Calibration slope (whole-model latency per ms of summed layer latency).
+        scale: Calibration slope (whole-model latency per ms of summed layer latency). Outside the range of table
+            sums in ``calibration`` the calibration continues as its tangent at the range's end.
         overhead_ms: Calibration intercept: per-model time the layer sum misses (negative where the layer sums
             over-count, as for mobilenetv2's many small layers).
         curvature: Calibration's quadratic term (per ms of summed layer latency, squared); 0 for a line.
@@ -251,6 +261,17 @@ class LookupTable(LayerwiseCost):
 
     def __post_init__(self) -> None:
         self._plans: dict[int, dict[str, LayerTable]] = {}
+        sums = [point["table_sum_ms"] for point in self.calibration]
+        self._range = (min(sums), max(sums)) if sums else None
+
+    def calibrate(self, sums: np.ndarray, measured: np.ndarray) -> None:
+        """Fit the calibration (:func:`fit_calibration`) to whole models' table sums and measured latencies (ms),
+        and keep them: their range is where the quadratic holds."""
+        self.curvature, self.scale, self.overhead_ms = fit_calibration(sums, measured)
+        self.calibration = [
+            {"table_sum_ms": float(total), "measured_ms": float(ms)} for total, ms in zip(sums, measured, strict=True)
+        ]
+        self._range = (float(sums.min()), float(sums.max()))
 
     def _tables_of(self, graph: ModelGraph) -> dict[str, LayerTable]:
         """Each layer of ``graph`` with its table (computed once per graph)."""
@@ -279,7 +300,12 @@ class LookupTable(LayerwiseCost):
         return self._tables_of(graph)[name].lookup(c_in, c_out)
 
     def combine(self, raw_sum: float) -> float:
-        return (self.curvature * raw_sum + self.scale) * raw_sum + self.overhead_ms
+        """The calibrated latency of a table sum: the quadratic inside the calibrated range, its tangent beyond."""
+        end = raw_sum
+        if self._range is not None:
+            end = min(max(raw_sum, self._range[0]), self._range[1])
+        at_end = (self.curvature * end + self.scale) * end + self.overhead_ms
+        return at_end + (2 * self.curvature * end + self.scale) * (raw_sum - end)
 
     def raw_sum(self, graph: ModelGraph, variant: Variant) -> float:
         return sum(self.layer_costs(graph, variant.kept, variant.removed_blocks).values())
@@ -512,9 +538,9 @@ def build_lut(
         device=device, runtime=runtime, threads=threads, batch_size=batch_size, tables=tables, granule=granule
     )
     rng = random.Random(seed)
-    # Anchor both ends of the range the search explores (dense, and every group at 80% sparsity) so the fitted
-    # per-model overhead cannot drift far from what the thinnest variants really take.
-    thinnest = Variant(kept={g.name: kept_count(g.channels, 0.8, granule) for g in graph.groups})
+    # Anchor both ends of the range the search explores (dense, and every group at the search's largest sparsity)
+    # so the fitted per-model overhead cannot drift far from what the thinnest variants really take.
+    thinnest = Variant(kept={g.name: kept_count(g.channels, THINNEST_SPARSITY, granule) for g in graph.groups})
     variants = [
         Variant(),
         thinnest,
@@ -534,11 +560,7 @@ def build_lut(
     lut.block, block_errors = choose_block(lut, graph, variants, measured)
     # searches keep widths the table tells apart: with channel blocks, a width between two blocks costs the upper one
     lut.granule = math.lcm(lut.granule, lut.block)
-    sums = np.array([lut.raw_sum(graph, v) for v in variants])
-    lut.curvature, lut.scale, lut.overhead_ms = fit_calibration(sums, measured)
-    lut.calibration = [
-        {"table_sum_ms": float(total_ms), "measured_ms": float(ms)} for total_ms, ms in zip(sums, measured, strict=True)
-    ]
+    lut.calibrate(np.array([lut.raw_sum(graph, v) for v in variants]), measured)
     lut.meta = {
         "model": model_name,
         "input_shape": list(graph.input_shape),

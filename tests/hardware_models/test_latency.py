@@ -254,6 +254,16 @@ def test_lut_combine_applies_the_quadratic_calibration(tmp_path):
     assert table.combine(3.0) == pytest.approx(-0.9 + 6.0 + 0.5)
     table.save(tmp_path / "t.json")
     assert LookupTable.load(tmp_path / "t.json").combine(3.0) == pytest.approx(5.6)
+    # calibrated on sums 2..4: beyond them the calibration goes on as its tangent, not as the bending quadratic
+    sums = np.array([2.0, 2.5, 3.0, 3.5, 4.0, 2.2])
+    table.calibrate(sums, -0.1 * sums**2 + 2.0 * sums + 0.5)
+    assert table.combine(3.0) == pytest.approx(5.6, abs=1e-6)
+    slope_low, slope_high = -0.2 * 2.0 + 2.0, -0.2 * 4.0 + 2.0
+    assert table.combine(1.0) == pytest.approx(table.combine(2.0) - slope_low, abs=1e-6)
+    assert table.combine(1.0) > -0.1 + 2.0 + 0.5  # the quadratic would fall away faster
+    assert table.combine(5.0) == pytest.approx(table.combine(4.0) + slope_high, abs=1e-6)
+    table.save(tmp_path / "t.json")
+    assert LookupTable.load(tmp_path / "t.json").combine(1.0) == pytest.approx(table.combine(1.0))
 
 
 def test_validate_reports_lut_and_macs(small_graph):
