@@ -12,7 +12,7 @@ import torch
 from envs.layer_prune import LayerPruneEnv
 from hardware_models.base import LatencyModel
 from hardware_models.lut import BUILD_METHOD, DEFAULT_GRANULE, LookupTable, build_lut
-from hardware_models.measure import MEASURED_DEVICES, default_threads, measurer_for
+from hardware_models.measure import MEASURE_MIN_SECONDS, MEASURED_DEVICES, default_threads, measurer_for
 from hardware_models.registry import get_latency_model
 from pruning_core.checkpoint import load_checkpoint, load_torch, save_torch, sha256
 from pruning_core.data import ImageDataset, cache_dir, load_dataset
@@ -67,7 +67,7 @@ def budget_model_for(
         raise PruneGymError(f"budget_metric must be one of {', '.join(BUDGET_METRICS)}; got {metric!r}")
     measured: LatencyModel | None = None
     if device in MEASURED_DEVICES:
-        measured = measurer_for(device)
+        measured = measurer_for(device, min_seconds=MEASURE_MIN_SECONDS)
     if metric == "macs":
         return MacsCost(), measured
     if metric == "params":

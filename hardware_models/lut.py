@@ -87,12 +87,18 @@ DEFAULT_GRANULE = 8
 """Channel step of a table unless told otherwise (see the module's notes)."""
 DEFAULT_CALIBRATION_VARIANTS = 24
 """Random pruned variants measured whole for a table's calibration, beside the dense and the thinnest model."""
-BUILD_METHOD = 7
+BUILD_METHOD = 8
 """Version of how tables are profiled and calibrated (3: round-robin sweeps, quadratic calibration on 26 models;
 4: layer grids blended with their fitted cost model, the blend chosen on the calibration models; 5: the fit's
 channel terms bounded at zero; 6: the channel block chosen on the calibration models; 7: the thinnest calibration
-model at the search's largest sparsity, 0.9, instead of 0.8); caches of built tables include it in their key, so a
-better method replaces tables built by an older one."""
+model at the search's largest sparsity, 0.9, instead of 0.8; 8: each calibration model timed at least
+:data:`CALIBRATION_MIN_SECONDS`); caches of built tables include it in their key, so a better method replaces tables
+built by an older one."""
+CALIBRATION_MIN_SECONDS = 0.5
+"""Each calibration model is timed (beside the dense model) for at least this long. Its ``calibration_runs`` calls
+alone take about 0.07 s for small_cnn, and the tables calibrated so under-predicted the plans that the digits
+benchmark searched at a budget of 0.6 by 8-10% (median measured / predicted of 27 plans, two tables); timed half a
+second, by 4-6%. Larger models take longer than this anyway."""
 THINNEST_SPARSITY = 0.9
 """Sparsity of every group in the thinnest calibration model: the environment's default ``max_sparsity``, so that
 the plans a search makes stay inside the calibrated range."""
@@ -485,7 +491,7 @@ def build_lut(
     # profiling and calibration run with the same threads, and the table records them
     threads = (default_threads() if threads is None else threads) if MEASURED_DEVICES[device].uses_threads else None
     # the measurer checks the device first: a table for a GPU this host lacks fails before any profiling
-    measurer = measurer_for(device, threads=threads, runs=calibration_runs)
+    measurer = measurer_for(device, threads=threads, runs=calibration_runs, min_seconds=CALIBRATION_MIN_SECONDS)
     start = time.perf_counter()
     todo: dict[str, tuple[str, LayerRecord, list[int], list[int]]] = {}
     for name, record in graph.layers.items():

@@ -187,7 +187,7 @@ class TorchLatency(_MeasuredBase):
         sync = torch.cuda.synchronize if self.torch_device.type == "cuda" else None
         with torch_threads(self.threads), torch.inference_mode():
             fns: list[Callable[[], object]] = [functools.partial(m, inputs) for m in models]
-            samples = time_interleaved(fns, warmup=self.warmup, runs=self.runs, sync=sync)
+            samples = time_interleaved(fns, warmup=self.warmup, runs=self.runs, min_seconds=self.min_seconds, sync=sync)
         return [self._stats(s, batch_size) for s in samples]
 
     def _time_cuda(self, model: nn.Module, inputs: torch.Tensor) -> list[float]:
@@ -262,7 +262,8 @@ class OrtLatency(_MeasuredBase):
         self, models: list[nn.Module], input_shape: tuple[int, ...], *, batch_size: int = 1
     ) -> list[LatencyStats]:
         fns = [self.runner(m, input_shape, batch_size) for m in models]
-        return [self._stats(s, batch_size) for s in time_interleaved(fns, warmup=self.warmup, runs=self.runs)]
+        samples = time_interleaved(fns, warmup=self.warmup, runs=self.runs, min_seconds=self.min_seconds)
+        return [self._stats(s, batch_size) for s in samples]
 
 
 def default_threads() -> int:
@@ -287,14 +288,26 @@ MEASURED_DEVICES: dict[str, MeasuredDevice] = {
 """The devices this host can time (``host-cpu``, ``host-cpu-ort``, ``cuda``)."""
 
 
-def measurer_for(device: str, *, threads: int | None = None, runs: int = 50) -> TorchLatency | OrtLatency:
+MEASURE_MIN_SECONDS = 0.25
+"""Time per measurement, at least, of the measured latency an environment reports (a finished model's latency,
+taken as the median of several such measurements beside the dense model): a small model's 50 calls are otherwise
+over in a few hundredths of a second."""
+
+
+def measurer_for(
+    device: str, *, threads: int | None = None, runs: int = 50, min_seconds: float = 0.0
+) -> TorchLatency | OrtLatency:
     """The measured latency model of a device this host can time.
 
     Args:
         device: A key of :data:`MEASURED_DEVICES`.
         threads: CPU threads while timing (:func:`default_threads` when None; ignored on ``cuda``).
         runs: Timed calls per measurement, at least.
+        min_seconds: Time per measurement, at least (for small models, whose ``runs`` calls are over in
+            milliseconds: 50 calls of small_cnn take about 0.03 s here).
     """
     if device not in MEASURED_DEVICES:
         raise PruneGymError(f"measured device must be one of {', '.join(MEASURED_DEVICES)}; got {device!r}")
-    return MEASURED_DEVICES[device].factory(default_threads() if threads is None else threads, runs)
+    measurer = MEASURED_DEVICES[device].factory(default_threads() if threads is None else threads, runs)
+    measurer.min_seconds = min_seconds
+    return measurer

@@ -59,6 +59,14 @@ def test_measured_latency_sees_pruning(runtime_model, resnet_graph):
     together = runtime_model.measure_interleaved([resnet_graph.model, slim], (3, 32, 32))
     assert [s.runs for s in together] == [20, 20] and together[1].p50_ms < together[0].p50_ms
 
+    # small models are timed for a minimum time too when taking turns: 3 calls of each would be over in milliseconds
+    runtime_model.runs, runtime_model.min_seconds = 3, 0.2
+    try:
+        long_enough = runtime_model.measure_interleaved([slim, slim], (3, 32, 32))
+    finally:
+        runtime_model.runs, runtime_model.min_seconds = 20, 0.0
+    assert long_enough[0].runs == long_enough[1].runs and long_enough[0].runs * long_enough[0].mean_ms * 2 >= 150
+
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_latency(resnet_graph):
