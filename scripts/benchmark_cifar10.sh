@@ -11,6 +11,14 @@ export PRUNEGYM_CIFAR10="${PRUNEGYM_CIFAR10:-$(cd .. && pwd)/shared/data/cifar10
 agents=(--centre-on-uniform --action-std 0.4)
 policy="$out/transfer_policy_resnet20"
 mkdir -p "$out"
+# The latency tables are part of the results: those this benchmark searched with are kept beside them and put back
+# in the user cache, so a later session on a host of the same name (the cache key names the host, torch and the
+# build method) searches with the same tables, and reuses the plans under plans/, which are kept only with the table
+# they were made with.
+cache="${PRUNEGYM_CACHE:-$HOME/.cache/prunegym}/luts"
+mkdir -p "$cache" "$out/luts"
+cp -n "$out"/luts/*.json "$cache"/ 2>/dev/null || true
+cp -n "$cache"/host-cpu-resnet20-*.json "$cache"/host-cpu-resnet56-*.json "$out/luts/" 2>/dev/null || true
 if [ ! -f "$policy/search_state.json" ]; then
     .venv/bin/prunegym train --model resnet20 --checkpoint checkpoints/resnet20_cifar10.pt --data cifar10 \
         --device host-cpu --budget-range 0.45 0.85 --algo ppo --episodes 300 "${agents[@]}" --threads 2 \
