@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -77,6 +77,40 @@ def plan_from_kept(problem: BudgetProblem, kept: dict[str, int], criterion: str)
     return PruningPlan(
         sparsity={g.name: 1 - kept[g.name] / g.channels for g in groups}, criterion=criterion, round_to=problem.granule
     )
+
+
+def thinned_plan(problem: BudgetProblem, plan: PruningPlan, target: float) -> tuple[PruningPlan, float]:
+    """``plan`` with every group's sparsity moved the same fraction ``t`` of the way to ``max_sparsity``, the least
+    ``t`` whose cost is at most ``target``; returns the plan and ``t`` (1: every group at ``max_sparsity``, which
+    may still cost more than ``target``). The plan's structure (which groups it prunes more) is kept.
+
+    >>> from pruning_core.metrics import MacsCost
+    >>> from pruning_core.models import build_model
+    >>> from pruning_core.engine import PruningEngine
+    >>> engine = PruningEngine(build_model("small_cnn", in_channels=1), (1, 8, 8))
+    >>> problem = BudgetProblem(engine, MacsCost(), target=0.0)
+    >>> plan = PruningPlan(sparsity=dict.fromkeys(engine.group_names, 0.25))
+    >>> dense = problem.cost_of({g.name: g.channels for g in engine.groups})
+    >>> thinner, t = thinned_plan(problem, plan, 0.3 * dense)
+    >>> kept = {name: len(channels) for name, channels in engine.kept_channels(thinner).items()}
+    >>> 0 < t < 1 and problem.cost_of(kept) <= 0.3 * dense
+    True
+    >>> all(thinner.sparsity[name] > 0.25 for name in engine.group_names)
+    True
+    """
+    groups = problem.engine.groups
+    start = {g.name: float(plan.sparsity.get(g.name, 0.0)) for g in groups}
+
+    def sparsity_at(t: float) -> dict[str, float]:
+        return {n: s + t * max(0.0, problem.max_sparsity - s) for n, s in start.items()}
+
+    def meets(t: float) -> bool:
+        sparsity = sparsity_at(t)
+        kept = {g.name: kept_count(g.channels, sparsity[g.name], problem.granule) for g in groups}
+        return problem.cost_of(kept) <= target * (1 + 1e-9)
+
+    t = bisect_smallest(meets, 0.0, 1.0) if meets(1.0) else 1.0
+    return replace(plan, sparsity=sparsity_at(t), round_to=problem.granule), t
 
 
 def global_plan(problem: BudgetProblem, *, criterion: str = "l1") -> PruningPlan:

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from agents.apply import finish_plan, plan_from_policy
+from agents.apply import finish_plan, meet_measured_budget, plan_from_policy
 from agents.policy_io import load_policy
 from agents.train import ALGOS, TrainRunConfig, train_agent
 from envs.factory import make_env
@@ -128,3 +128,16 @@ def test_finish_plan_reports_and_saves(tmp_path, digits):
     assert report["plan"]["sparsity"] == dict(plan.sparsity)
     loaded = load_pruned(tmp_path / "p")
     assert loaded.meta["macs"] == record["macs"] and loaded.plan == plan
+
+
+def test_a_plan_over_its_budget_is_thinned_until_it_measures_within_it(digits):
+    env = make_env(dataset=digits, val_images=150, bn_batches=2, device="host-cpu", budget=0.6)
+    names = env.engine.group_names
+    plan = PruningPlan.uniform(names, 0.2)  # about 0.8 of dense on this host, far over 0.6
+    checked, check = meet_measured_budget(env, plan)
+    assert check["latency_ratio_before_check"] > 0.6 and check["check_steps"] >= 1
+    assert check["latency_ratio_after_check"] <= 0.6 or check["thinned_by"] == 1.0
+    assert all(checked.sparsity[n] > plan.sparsity[n] for n in names)  # every group thinned, none thickened
+    thin = PruningPlan.uniform(names, 0.85)  # about 0.5 of dense: within the budget, left as it is
+    kept, nothing = meet_measured_budget(env, thin)
+    assert kept == thin and nothing["check_steps"] == 0 and nothing["latency_ratio_after_check"] <= 0.6
