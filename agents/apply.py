@@ -30,22 +30,22 @@ REPAIR_STEPS = 4
 """Measured budget check: at most this many thinner plans are tried when a plan measures over its budget."""
 
 
-def measured_ratio(env: LayerPruneEnv, model: torch.nn.Module) -> tuple[float, list[float], list[float]]:
-    """Latency of ``model`` relative to the dense model on the env's measured device: the median ratio of
-    :data:`LATENCY_ROUNDS` measurements side by side with the dense model, and the dense and pruned medians (ms).
+def measured_ratios(env: LayerPruneEnv, model: torch.nn.Module) -> tuple[list[float], list[float], list[float]]:
+    """Latency of ``model`` relative to the dense model on the env's measured device, in :data:`LATENCY_ROUNDS`
+    measurements side by side with the dense model: each round's ratio, and the dense and pruned medians (ms).
+    The model's ratio is the median of the rounds'.
 
     One such measurement can miss the ratio by several percent here (5 in a row of one resnet56 plan: 0.63-0.68),
     and the host drifts over minutes, so each round times both models in turn.
     """
     if env.measured is None:
-        raise PruneGymError(f"device {env.budget_model!r} is not measured on this host; expected a measured device")
+        raise PruneGymError("expected an environment on a device measured on this host; got one without")
     dense_ms, pruned_ms = [], []
     for _ in range(LATENCY_ROUNDS):
         dense, pruned = env.measured.measure_interleaved([env.engine.model, model], env.engine.input_shape)
         dense_ms.append(dense.p50_ms)
         pruned_ms.append(pruned.p50_ms)
-    ratios = [p / d for p, d in zip(pruned_ms, dense_ms, strict=True)]
-    return statistics.median(ratios), dense_ms, pruned_ms
+    return [p / d for p, d in zip(pruned_ms, dense_ms, strict=True)], dense_ms, pruned_ms
 
 
 def meet_measured_budget(env: LayerPruneEnv, plan: PruningPlan) -> tuple[PruningPlan, dict[str, Any]]:
@@ -58,16 +58,18 @@ def meet_measured_budget(env: LayerPruneEnv, plan: PruningPlan) -> tuple[Pruning
     of dense). Every method is checked alike. Returns the plan to fine-tune and what the check did.
     """
     problem = env.budget_problem()
-    kept = {name: len(c) for name, c in env.engine.kept_channels(plan).items()}
-    predicted = problem.cost_of(kept)
-    ratio, _, _ = measured_ratio(env, env.engine.apply(plan).model)
+
+    def predicted_and_measured(candidate: PruningPlan) -> tuple[float, float]:
+        pruned = env.engine.apply(candidate)
+        cost = problem.cost_of({name: len(channels) for name, channels in pruned.kept_channels.items()})
+        return cost, statistics.median(measured_ratios(env, pruned.model)[0])
+
+    predicted, ratio = predicted_and_measured(plan)
     check: dict[str, Any] = {"latency_ratio_before_check": ratio, "thinned_by": 0.0, "check_steps": 0}
     while ratio > env.budget and check["check_steps"] < REPAIR_STEPS and check["thinned_by"] < 1.0:
         # aim the table where the measurement says the budget lies: predicted x budget / measured
-        predicted *= env.budget / ratio
-        plan, check["thinned_by"] = thinned_plan(problem, plan, predicted)
-        predicted = problem.cost_of({name: len(c) for name, c in env.engine.kept_channels(plan).items()})
-        ratio, _, _ = measured_ratio(env, env.engine.apply(plan).model)
+        plan, check["thinned_by"] = thinned_plan(problem, plan, predicted * env.budget / ratio)
+        predicted, ratio = predicted_and_measured(plan)
         check["check_steps"] += 1
     check["latency_ratio_after_check"] = ratio
     return plan, check
@@ -155,8 +157,7 @@ def finish_plan(
         record["exec_rate_test"] = exec_rate
         record["cost_expected"] = env.budget_model.combine(weighted)
     if env.measured is not None:  # the device is this host: measure the pruned model there, beside the dense one
-        _, dense_ms, pruned_ms = measured_ratio(env, pruned.model)
-        ratios = [p / d for p, d in zip(pruned_ms, dense_ms, strict=True)]
+        ratios, dense_ms, pruned_ms = measured_ratios(env, pruned.model)
         record["latency_ms_measured"] = statistics.median(pruned_ms)
         record["dense_latency_ms_measured"] = statistics.median(dense_ms)
         record["latency_ratios_measured"] = ratios

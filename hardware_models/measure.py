@@ -276,14 +276,20 @@ class MeasuredDevice:
     """A device this host can time: its runtime, and how to build its measurer from a thread count and runs."""
 
     runtime: str
-    factory: Callable[[int, int], TorchLatency | OrtLatency]
+    factory: Callable[[int, int, float], TorchLatency | OrtLatency]
     uses_threads: bool = True
 
 
 MEASURED_DEVICES: dict[str, MeasuredDevice] = {
-    "host-cpu": MeasuredDevice("pytorch", lambda threads, runs: TorchLatency("cpu", threads=threads, runs=runs)),
-    "host-cpu-ort": MeasuredDevice("onnxruntime", lambda threads, runs: OrtLatency(threads=threads, runs=runs)),
-    "cuda": MeasuredDevice("pytorch", lambda threads, runs: TorchLatency("cuda", runs=runs), uses_threads=False),
+    "host-cpu": MeasuredDevice(
+        "pytorch", lambda threads, runs, least: TorchLatency("cpu", threads=threads, runs=runs, min_seconds=least)
+    ),
+    "host-cpu-ort": MeasuredDevice(
+        "onnxruntime", lambda threads, runs, least: OrtLatency(threads=threads, runs=runs, min_seconds=least)
+    ),
+    "cuda": MeasuredDevice(
+        "pytorch", lambda threads, runs, least: TorchLatency("cuda", runs=runs, min_seconds=least), uses_threads=False
+    ),
 }
 """The devices this host can time (``host-cpu``, ``host-cpu-ort``, ``cuda``)."""
 
@@ -308,6 +314,4 @@ def measurer_for(
     """
     if device not in MEASURED_DEVICES:
         raise PruneGymError(f"measured device must be one of {', '.join(MEASURED_DEVICES)}; got {device!r}")
-    measurer = MEASURED_DEVICES[device].factory(default_threads() if threads is None else threads, runs)
-    measurer.min_seconds = min_seconds
-    return measurer
+    return MEASURED_DEVICES[device].factory(default_threads() if threads is None else threads, runs, min_seconds)

@@ -141,3 +141,5 @@ def test_a_plan_over_its_budget_is_thinned_until_it_measures_within_it(digits):
     thin = PruningPlan.uniform(names, 0.85)  # about 0.5 of dense: within the budget, left as it is
     kept, nothing = meet_measured_budget(env, thin)
     assert kept == thin and nothing["check_steps"] == 0 and nothing["latency_ratio_after_check"] <= 0.6
+    with pytest.raises(PruneGymError, match="expected an environment on a device measured on this host"):
+        meet_measured_budget(make_env(dataset=digits, **FAST), plan)  # an analytic profile: nothing to measure
