@@ -14,7 +14,7 @@ import torch
 
 from agents.policy_io import SavedPolicy
 from envs.layer_prune import LayerPruneEnv
-from pruning_core.baselines import thinned_plan
+from pruning_core.baselines import retargeted_plan
 from pruning_core.data import ImageDataset, atomic_write_bytes
 from pruning_core.dynamic import gated_blocks
 from pruning_core.engine import describe
@@ -24,10 +24,18 @@ from pruning_core.plan import Granularity, PruningPlan
 from pruning_core.serialize import save_pruned
 from pruning_core.training import TrainConfig, evaluate
 
-LATENCY_ROUNDS = 5
-"""Interleaved measurements of a finished model beside the dense one; its latency ratio is their median."""
-REPAIR_STEPS = 4
-"""Measured budget check: at most this many thinner plans are tried when a plan measures over its budget."""
+LATENCY_ROUNDS = 15
+"""Interleaved measurements of a model beside the dense one; its latency ratio is their median. One round's ratio
+strays by up to 15% here (resnet56 at 0.7: rounds from 0.58 to 0.74 of dense in one minute); the median of 3 rounds
+of one plan ranged 0.680-0.731 over ten measurements, and the median of 15 is about half as wide."""
+CHECK_STEPS = 4
+"""Measured budget check: at most this many other plans are tried when a plan measures outside its band."""
+CHECK_AIM = 0.98
+"""The check aims plans at this fraction of the budget, so that a later measurement of the same model stays within
+it despite the noise of the median."""
+CHECK_WIDEN_BELOW = 0.94
+"""A plan measured under this fraction of the budget is widened toward it: a method whose table over-prices its plan
+should not lose accuracy it was allowed to keep."""
 
 
 def measured_ratios(env: LayerPruneEnv, model: torch.nn.Module) -> tuple[list[float], list[float], list[float]]:
@@ -49,30 +57,58 @@ def measured_ratios(env: LayerPruneEnv, model: torch.nn.Module) -> tuple[list[fl
 
 
 def meet_measured_budget(env: LayerPruneEnv, plan: PruningPlan) -> tuple[PruningPlan, dict[str, Any]]:
-    """Measure a channel plan's pruned model before fine-tuning; while it is over the budget, thin every group the same
-    fraction of the way to ``max_sparsity`` (:func:`~pruning_core.baselines.thinned_plan`) by as much as the
-    measurement says the table under-priced it, and measure again (NetAdapt checks its proposals by measurement too).
+    """Measure a channel plan's pruned model before fine-tuning and move it into its budget's band by measurement
+    (NetAdapt checks its proposals by measurement too).
+
+    A plan measured over the budget is thinned, one measured under ``CHECK_WIDEN_BELOW`` of it widened: every group
+    moved the same fraction of the way to ``max_sparsity`` or to the dense width
+    (:func:`~pruning_core.baselines.retargeted_plan`) by as much as the measurement says the table mispriced it, aiming
+    at ``CHECK_AIM`` of the budget; then measured again, at most :data:`CHECK_STEPS` times. Of the plans measured, the
+    widest one within the budget is kept (the thinnest when none is).
 
     A search picks the plans its latency table prices lowest, table errors included: the plans it returns measure
     above what the table predicts more often than random variants do (a DQN plan for resnet56 at 0.7 measured 0.79
-    of dense). Every method is checked alike. Returns the plan to fine-tune and what the check did.
+    of dense), and a table can over-price a plan as well (uniform-l1 at 0.7 measured 0.63). Every method is checked
+    alike. Returns the plan to fine-tune and what the check did: ``thinned_by`` is the fraction moved, negative when
+    widened.
     """
     problem = env.budget_problem()
+    budget = env.budget
 
     def predicted_and_measured(candidate: PruningPlan) -> tuple[float, float]:
         pruned = env.engine.apply(candidate)
         cost = problem.cost_of({name: len(channels) for name, channels in pruned.kept_channels.items()})
         return cost, statistics.median(measured_ratios(env, pruned.model)[0])
 
+    def outside_band(ratio: float) -> bool:
+        return ratio > budget or ratio < budget * CHECK_WIDEN_BELOW
+
+    def widths(candidate: PruningPlan) -> dict[str, int]:
+        return {name: len(channels) for name, channels in env.engine.kept_channels(candidate).items()}
+
     predicted, ratio = predicted_and_measured(plan)
-    check: dict[str, Any] = {"latency_ratio_before_check": ratio, "thinned_by": 0.0, "check_steps": 0}
-    while ratio > env.budget and check["check_steps"] < REPAIR_STEPS and check["thinned_by"] < 1.0:
-        # aim the table where the measurement says the budget lies: predicted x budget / measured
-        plan, check["thinned_by"] = thinned_plan(problem, plan, predicted * env.budget / ratio)
-        predicted, ratio = predicted_and_measured(plan)
-        check["check_steps"] += 1
-    check["latency_ratio_after_check"] = ratio
-    return plan, check
+    tried = [(plan, ratio, 0.0)]
+    current, moved = plan, 0.0
+    while outside_band(ratio) and len(tried) <= CHECK_STEPS:
+        if (ratio > budget and moved >= 1.0) or (ratio < budget and moved <= -1.0):
+            break  # every group at max_sparsity, or at its dense width: the plan cannot move further
+        # aim the table where the measurement says the band lies: predicted x aim / measured
+        candidate, moved = retargeted_plan(problem, plan, predicted * budget * CHECK_AIM / ratio)
+        if widths(candidate) == widths(current):
+            break  # widths are rounded to the table's granule: this is as close as the plan gets
+        current = candidate
+        predicted, ratio = predicted_and_measured(candidate)
+        tried.append((candidate, ratio, moved))
+    within = [t for t in tried if t[1] <= budget]
+    chosen = max(within, key=lambda t: t[1]) if within else min(tried, key=lambda t: t[1])
+    check = {
+        "latency_ratio_before_check": tried[0][1],
+        "latency_ratio_after_check": chosen[1],
+        "thinned_by": chosen[2],
+        "check_steps": len(tried) - 1,
+        "check_ratios": [t[1] for t in tried],
+    }
+    return chosen[0], check
 
 
 def plan_from_policy(policy: SavedPolicy, env: LayerPruneEnv) -> tuple[PruningPlan, dict[str, Any]]:
@@ -116,8 +152,8 @@ def finish_plan(
 ) -> MethodResult:
     """Apply a plan, recalibrate, fine-tune, measure; save the pruned model and ``report.json`` under ``out``.
 
-    On a measured device a static channel plan is first checked by measurement and thinned until it meets the budget
-    (:func:`meet_measured_budget`, with ``check_budget``); the record says what the check did.
+    On a measured device a static channel plan is first checked by measurement and thinned or widened into its
+    budget's band (:func:`meet_measured_budget`, with ``check_budget``); the record says what the check did.
     """
     engine = env.engine
     check: dict[str, Any] = {}

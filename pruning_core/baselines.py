@@ -79,10 +79,11 @@ def plan_from_kept(problem: BudgetProblem, kept: dict[str, int], criterion: str)
     )
 
 
-def thinned_plan(problem: BudgetProblem, plan: PruningPlan, target: float) -> tuple[PruningPlan, float]:
-    """``plan`` with every group's sparsity moved the same fraction ``t`` of the way to ``max_sparsity``, the least
-    ``t`` whose cost is at most ``target``; returns the plan and ``t`` (1: every group at ``max_sparsity``, which
-    may still cost more than ``target``). The plan's structure (which groups it prunes more) is kept.
+def retargeted_plan(problem: BudgetProblem, plan: PruningPlan, target: float) -> tuple[PruningPlan, float]:
+    """``plan`` moved to cost ``target``, its structure (which groups it prunes more) kept: every group's sparsity moved
+    the same fraction ``t`` of the way to ``max_sparsity`` (``t > 0``, thinner) or to the dense width (``t < 0``,
+    wider), the least ``t`` in [-1, 1] whose cost is at most ``target``. Returns the plan and ``t`` (1: every group at
+    ``max_sparsity``, which may still cost more than ``target``; -1: the dense widths).
 
     >>> from pruning_core.metrics import MacsCost
     >>> from pruning_core.models import build_model
@@ -91,17 +92,20 @@ def thinned_plan(problem: BudgetProblem, plan: PruningPlan, target: float) -> tu
     >>> problem = BudgetProblem(engine, MacsCost(), target=0.0)
     >>> plan = PruningPlan(sparsity=dict.fromkeys(engine.group_names, 0.25))
     >>> dense = problem.cost_of({g.name: g.channels for g in engine.groups})
-    >>> thinner, t = thinned_plan(problem, plan, 0.3 * dense)
-    >>> kept = {name: len(channels) for name, channels in engine.kept_channels(thinner).items()}
-    >>> 0 < t < 1 and problem.cost_of(kept) <= 0.3 * dense
+    >>> def cost(p): return problem.cost_of({n: len(c) for n, c in engine.kept_channels(p).items()})
+    >>> thinner, t = retargeted_plan(problem, plan, 0.3 * dense)
+    >>> 0 < t < 1 and cost(thinner) <= 0.3 * dense and all(thinner.sparsity[n] > 0.25 for n in engine.group_names)
     True
-    >>> all(thinner.sparsity[name] > 0.25 for name in engine.group_names)
+    >>> wider, t = retargeted_plan(problem, plan, 0.9 * dense)
+    >>> -1 < t < 0 and cost(wider) <= 0.9 * dense and all(wider.sparsity[n] < 0.25 for n in engine.group_names)
     True
     """
     groups = problem.engine.groups
     start = {g.name: float(plan.sparsity.get(g.name, 0.0)) for g in groups}
 
     def sparsity_at(t: float) -> dict[str, float]:
+        if t < 0:
+            return {n: s * (1 + t) for n, s in start.items()}
         return {n: s + t * max(0.0, problem.max_sparsity - s) for n, s in start.items()}
 
     def meets(t: float) -> bool:
@@ -109,7 +113,7 @@ def thinned_plan(problem: BudgetProblem, plan: PruningPlan, target: float) -> tu
         kept = {g.name: kept_count(g.channels, sparsity[g.name], problem.granule) for g in groups}
         return problem.cost_of(kept) <= target * (1 + 1e-9)
 
-    t = bisect_smallest(meets, 0.0, 1.0) if meets(1.0) else 1.0
+    t = bisect_smallest(meets, -1.0, 1.0) if meets(1.0) else 1.0
     return replace(plan, sparsity=sparsity_at(t), round_to=problem.granule), t
 
 
