@@ -43,8 +43,12 @@ class SkipGate(nn.Module):
         nn.init.zeros_(self.fc.weight)
         nn.init.constant_(self.fc.bias, 3.0)  # starts by executing every block (sigmoid(3) = 0.95)
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The scores' logits, one per input."""
+        return self.fc(x.mean(dim=(2, 3))).squeeze(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.fc(x.mean(dim=(2, 3)))).squeeze(1)
+        return torch.sigmoid(self.logits(x))
 
 
 class GatedBlock(nn.Module):
@@ -68,6 +72,7 @@ class GatedBlock(nn.Module):
         self.threshold = float(threshold)
         self._counts = [0, 0]  # inputs that ran the block, and inputs seen, since the last reset (eval mode)
         self.last_scores: torch.Tensor | None = None  # gate scores of the last training batch
+        self.noisy = False  # in training, decide on the score with logistic noise (see train_gates)
         self._folded: tuple[Any, ...] | None = None  # the gate folded for inputs of one shape (eval; see _fold)
         self.register_load_state_dict_post_hook(_unfold_after_load)
 
@@ -111,7 +116,11 @@ class GatedBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            scores = self.gate(x)
+            logits = self.gate.logits(x)
+            if self.noisy:  # logistic noise (the difference of two Gumbels): a sample of the gate's decision
+                u = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
+                logits = logits + torch.log(u) - torch.log1p(-u)
+            scores = torch.sigmoid(logits)
             self.last_scores = scores
             hard = (scores >= 0.5).float()
             mask = (hard + scores - scores.detach()).view(-1, 1, 1, 1)  # straight-through estimator
@@ -242,6 +251,7 @@ def _gate_loss(
     distill_weight: float = 0.0,
     temperature: float = 4.0,
     rate_target: float | None = None,
+    block_target: float | None = None,
 ) -> torch.Tensor:
     from pruning_core.training import distill_loss
 
@@ -250,7 +260,7 @@ def _gate_loss(
         # The execution rate of the hard decisions, with the scores' gradient (straight-through): a budget then
         # bounds what really runs, and the plain penalty's gradient is the mean score's.
         scores = [b.last_scores for _, b in gated_blocks(model)]
-        rate = torch.stack([((s >= 0.5).float() + s - s.detach()).mean() for s in scores]).mean()  # type: ignore
+        rates = torch.stack([((s >= 0.5).float() + s - s.detach()).mean() for s in scores])  # type: ignore
         soft = None
         if teacher is not None and distill_weight > 0:
             with torch.no_grad():
@@ -258,7 +268,10 @@ def _gate_loss(
     loss = F.cross_entropy(logits.float(), labels)
     if soft is not None:
         loss = (1 - distill_weight) * loss + distill_weight * distill_loss(logits.float(), soft, temperature)
-    rate = rate.float()
+    rates = rates.float()
+    if block_target is not None:  # every block pulled to run for this share of the batch (Convnet-AIG)
+        return loss + rate_penalty * ((rates - block_target) ** 2).mean()
+    rate = rates.mean()
     if rate_target is not None:  # a budget: only the execution rate above the target is penalised
         rate = F.relu(rate - rate_target)
     return loss + rate_penalty * rate
@@ -272,6 +285,8 @@ def train_gates(
     lr: float = 0.01,
     rate_penalty: float = 0.5,
     rate_target: float | None = None,
+    block_target: float | None = None,
+    noise: bool = False,
     batch_size: int = 128,
     joint_epochs: int = 0,
     joint_lr: float = 0.01,
@@ -284,7 +299,13 @@ def train_gates(
 
     The loss is the cross-entropy of the gated model plus ``rate_penalty`` times the execution rate (or, with
     ``rate_target``, times how far the execution rate is above the target: a budget of executions); the rate is that
-    of the hard decisions, its gradient the mean score's (straight-through). In the first
+    of the hard decisions, its gradient the mean score's (straight-through). With ``block_target`` the penalty is
+    instead each block's squared distance from running for that share of each batch (the target-rate loss of
+    Convnet-AIG, Veit and Belongie, ECCV 2018). A penalty on the mean rate is met most cheaply by skipping whole blocks
+    for every input, which a static plan can do without gates; a per-block share can only be met by telling inputs
+    apart, so the gates learn which inputs need the block. With ``noise`` each training decision is a sample: logistic
+    noise is added to the gate's logit (Gumbel straight-through, as Convnet-AIG trains), so the batch's rate follows
+    the scores smoothly instead of every input crossing the threshold at once. In the first
     ``epochs`` only the gates learn (Adam, ``lr``, in float32) and the backbone's BatchNorm statistics stay frozen.
     In the following ``joint_epochs`` the whole model learns, BatchNorm included, with the gates deciding hard in the
     forward pass, under the shared fine-tuning recipe (:func:`~pruning_core.finetune.finetune_recipe`: SGD with
@@ -298,6 +319,8 @@ def train_gates(
         lr: Learning rate of the gates while the backbone is frozen.
         rate_penalty: Weight of the execution rate in the loss.
         rate_target: Penalise only the execution rate above this (None: penalise all of it).
+        block_target: Pull every block's execution rate to this instead (None: penalise the mean rate).
+        noise: Sample training decisions with logistic noise on the gates' logits (inference stays deterministic).
         batch_size: Images per step.
         joint_epochs: Epochs of joint fine-tuning after the frozen ones (0: none).
         joint_lr: Peak learning rate of joint fine-tuning.
@@ -318,6 +341,10 @@ def train_gates(
         raise PlanError(f"expected epochs >= 0 and joint_epochs >= 0; got {epochs} and {joint_epochs}")
     if rate_target is not None and not 0.0 < rate_target < 1.0:
         raise PlanError(f"expected rate_target in (0, 1) or None; got {rate_target}")
+    if block_target is not None and not 0.0 < block_target < 1.0:
+        raise PlanError(f"expected block_target in (0, 1) or None; got {block_target}")
+    if block_target is not None and rate_target is not None:
+        raise PlanError("expected one of rate_target and block_target; got both")
     if not 0.0 <= distill_weight <= 1.0 or (distill_weight > 0 and teacher is None):
         raise PlanError(
             f"expected distill_weight in [0, 1], and a teacher when it is above 0; got {distill_weight} and "
@@ -326,6 +353,8 @@ def train_gates(
     gates = [block.gate for _, block in gated_blocks(model)]
     if not gates:
         raise PlanError("the model has no gated blocks; call add_gates first")
+    for _, block in gated_blocks(model):
+        block.noisy = noise
     for p in model.parameters():
         p.requires_grad_(False)
     params = [p for gate in gates for p in gate.parameters()]
@@ -340,7 +369,9 @@ def train_gates(
             block.block.eval()
         batches = dataset.batches("train", batch_size, shuffle=True, augment=True, generator=generator)
         for images, labels in tqdm(batches, desc=f"gates {epoch + 1}/{epochs}", disable=not progress, leave=False):
-            loss = _gate_loss(model, images, labels, rate_penalty, bf16=False, rate_target=rate_target)
+            loss = _gate_loss(
+                model, images, labels, rate_penalty, bf16=False, rate_target=rate_target, block_target=block_target
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -371,12 +402,14 @@ def train_gates(
                     distill_weight=config.distill_weight,
                     temperature=config.distill_temperature,
                     rate_target=rate_target,
+                    block_target=block_target,
                 )
                 state.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 state.optimizer.step()
     model.eval()
     for _, block in gated_blocks(model):
+        block.noisy = False
         block.threshold = 0.5
         block.reset_counters()
         block.last_scores = None  # holds the last batch's graph, which would keep the model from being copied

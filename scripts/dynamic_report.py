@@ -304,6 +304,15 @@ def main(argv: list[str] | None = None) -> None:
         "--rate-target", type=float, default=None, help="penalise only the mean execution rate above this budget"
     )
     parser.add_argument(
+        "--block-target",
+        type=float,
+        default=None,
+        help="instead pull every block's execution rate to this share of each batch (gates must tell inputs apart)",
+    )
+    parser.add_argument(
+        "--gate-noise", action="store_true", help="sample training decisions with logistic noise on the gates' logits"
+    )
+    parser.add_argument(
         "--joint-distill",
         type=float,
         default=0.0,
@@ -356,6 +365,10 @@ def main(argv: list[str] | None = None) -> None:
         settings["joint_distill"] = args.joint_distill
     if args.rate_target is not None:
         settings["rate_target"] = args.rate_target
+    if args.block_target is not None:
+        settings["block_target"] = args.block_target
+    if args.gate_noise:
+        settings["gate_noise"] = True
     saved = report.setdefault("settings", settings)
     if saved != settings:  # resuming with other settings would mix rows of two experiments
         changed = sorted(k for k in settings if saved.get(k) != settings[k])
@@ -420,6 +433,8 @@ def main(argv: list[str] | None = None) -> None:
             epochs=args.gate_epochs,
             rate_penalty=args.rate_penalty,
             rate_target=args.rate_target,
+            block_target=args.block_target,
+            noise=args.gate_noise,
             joint_epochs=args.joint_epochs,
             joint_lr=args.joint_lr,
             teacher=engine.model if args.joint_distill else None,
@@ -432,6 +447,8 @@ def main(argv: list[str] | None = None) -> None:
             "joint_epochs": args.joint_epochs,
             "rate_penalty": args.rate_penalty,
             "rate_target": args.rate_target,
+            "block_target": args.block_target,
+            "gate_noise": args.gate_noise,
         }
         save()
     gated.eval()

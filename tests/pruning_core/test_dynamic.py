@@ -162,6 +162,39 @@ def test_rate_target_penalises_only_the_execution_rate_above_it(digits):
         train_gates(add_gates(base), digits, rate_target=1.5)
 
 
+def test_block_target_makes_gates_tell_inputs_apart(digits):
+    base = load_checkpoint("checkpoints/small_cnn_digits.pt").build()
+    settings = {"epochs": 10, "batch_size": 64, "lr": 0.01, "rate_penalty": 5.0, "progress": False}
+    mean_budget = train_gates(add_gates(base), digits, rate_target=0.5, **settings)
+    per_block = train_gates(add_gates(base), digits, block_target=0.5, **settings)
+    # a budget on the mean rate is met by skipping blocks for nearly every input, and accuracy collapses; a share per
+    # block is met by running a block for some inputs and not others
+    assert mean_budget.val_top1 < 0.5 and per_block.val_top1 > 0.85
+    assert any(0.05 < rate < 0.95 for rate in per_block.execution_rate.values())
+    with pytest.raises(PlanError, match="expected one of rate_target and block_target; got both"):
+        train_gates(add_gates(base), digits, rate_target=0.5, block_target=0.5)
+    with pytest.raises(PlanError, match=r"expected block_target in \(0, 1\) or None; got 0"):
+        train_gates(add_gates(base), digits, block_target=0)
+
+
+def test_noisy_training_decisions_are_samples_and_inference_stays_deterministic(digits):
+    gated = add_gates(load_checkpoint("checkpoints/small_cnn_digits.pt").build())
+    block = dict(gated_blocks(gated))["block1"]
+    images = next(iter(digits.batches("val", 64)))[0]
+    stem = gated.stem(images)
+    block.train()
+    block.noisy = True
+    torch.manual_seed(0)
+    block(stem)
+    first = block.last_scores
+    block(stem)
+    assert not torch.equal(first, block.last_scores)  # decisions sampled afresh
+    train_gates(gated, digits, epochs=1, batch_size=64, noise=True, progress=False)
+    assert not block.noisy and not block.training  # inference: the score against the threshold, no noise
+    with torch.no_grad():
+        assert torch.equal(gated(images), gated(images))
+
+
 def test_joint_fine_tuning_can_distil_from_the_dense_model(digits):
     base = load_checkpoint("checkpoints/small_cnn_digits.pt").build()
     gated = add_gates(base)
