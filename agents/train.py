@@ -343,6 +343,8 @@ def train_agent(
             config = replace(config, episodes=episodes)
             _write_json(saved, asdict(config))
         state = SearchState(**json.loads((run / "search_state.json").read_text()))
+        if state.episodes >= config.episodes:  # complete: no environment to build, no empty log to open
+            return RunResult(run, state, 0.0)
     else:
         if config is None:
             raise PruneGymError("a new run needs a configuration")

@@ -50,6 +50,9 @@ def test_resume_continues_where_the_run_stopped(tmp_path):
     buffer = load_from_pkl(tmp_path / "run" / "replay_buffer.pkl")
     steps = len(make_env(**FAST).unwrapped.groups)
     assert buffer.buffer_size == (4 + 10) * steps and not buffer.full and 7 * steps - 2 <= buffer.pos
+    logs = sorted((tmp_path / "run" / "tb").iterdir())
+    again = train_agent(None, tmp_path / "run", resume=True, progress=False)  # complete: returned as it is
+    assert again.state.episodes == 7 and again.seconds == 0.0 and sorted((tmp_path / "run" / "tb").iterdir()) == logs
     with pytest.raises(PruneGymError, match="already holds a run"):
         train_agent(_config("dqn"), tmp_path / "run", progress=False)
     with pytest.raises(CheckpointError, match="nothing to resume"):
