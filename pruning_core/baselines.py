@@ -82,8 +82,10 @@ def plan_from_kept(problem: BudgetProblem, kept: dict[str, int], criterion: str)
 def retargeted_plan(problem: BudgetProblem, plan: PruningPlan, target: float) -> tuple[PruningPlan, float]:
     """``plan`` moved to cost ``target``, its structure (which groups it prunes more) kept: every group's sparsity moved
     the same fraction ``t`` of the way to ``max_sparsity`` (``t > 0``, thinner) or to the dense width (``t < 0``,
-    wider), the least ``t`` in [-1, 1] whose cost is at most ``target``. Returns the plan and ``t`` (1: every group at
-    ``max_sparsity``, which may still cost more than ``target``; -1: the dense widths).
+    wider), the least ``t`` in [-1, 1] whose cost is at most ``target``; then the groups that dropped a rounded width
+    level at that ``t`` get it back one at a time while the cost stays within ``target`` (otherwise a plan whose
+    groups share a sparsity falls a whole staircase step under its target). Returns the plan and ``t`` (1: every
+    group at ``max_sparsity``, which may still cost more than ``target``; -1: the dense widths).
 
     >>> from pruning_core.metrics import MacsCost
     >>> from pruning_core.models import build_model
@@ -114,7 +116,18 @@ def retargeted_plan(problem: BudgetProblem, plan: PruningPlan, target: float) ->
         return problem.cost_of(kept) <= target * (1 + 1e-9)
 
     t = bisect_smallest(meets, -1.0, 1.0) if meets(1.0) else 1.0
-    return replace(plan, sparsity=sparsity_at(t), round_to=problem.granule), t
+    sparsity = sparsity_at(t)
+    if t > -1.0:
+        # Widths are rounded, so at t several groups may have just dropped a level together and left the cost well
+        # under the target. Give back, one group at a time, the width each had just before t, while the cost stays
+        # within the target: the plan lands as close under the target as single groups allow.
+        before = sparsity_at(t - 1e-6)
+        kept = {g.name: kept_count(g.channels, sparsity[g.name], problem.granule) for g in groups}
+        for g in groups:
+            wider = kept_count(g.channels, before[g.name], problem.granule)
+            if wider > kept[g.name] and problem.cost_of({**kept, g.name: wider}) <= target * (1 + 1e-9):
+                kept[g.name], sparsity[g.name] = wider, before[g.name]
+    return replace(plan, sparsity=sparsity, round_to=problem.granule), t
 
 
 def global_plan(problem: BudgetProblem, *, criterion: str = "l1") -> PruningPlan:
