@@ -75,29 +75,25 @@ def meet_measured_budget(env: LayerPruneEnv, plan: PruningPlan) -> tuple[Pruning
     problem = env.budget_problem()
     budget = env.budget
 
-    def predicted_and_measured(candidate: PruningPlan) -> tuple[float, float]:
+    def predicted_and_measured(candidate: PruningPlan) -> tuple[float, float, dict[str, int]]:
         pruned = env.engine.apply(candidate)
-        cost = problem.cost_of({name: len(channels) for name, channels in pruned.kept_channels.items()})
-        return cost, statistics.median(measured_ratios(env, pruned.model)[0])
+        widths = {name: len(channels) for name, channels in pruned.kept_channels.items()}
+        return problem.cost_of(widths), statistics.median(measured_ratios(env, pruned.model)[0]), widths
 
     def outside_band(ratio: float) -> bool:
         return ratio > budget or ratio < budget * CHECK_WIDEN_BELOW
 
-    def widths(candidate: PruningPlan) -> dict[str, int]:
-        return {name: len(channels) for name, channels in env.engine.kept_channels(candidate).items()}
-
-    predicted, ratio = predicted_and_measured(plan)
+    predicted, ratio, widths = predicted_and_measured(plan)
     tried = [(plan, ratio, 0.0)]
-    current, moved = plan, 0.0
+    moved = 0.0
     while outside_band(ratio) and len(tried) <= CHECK_STEPS:
         if (ratio > budget and moved >= 1.0) or (ratio < budget and moved <= -1.0):
             break  # every group at max_sparsity, or at its dense width: the plan cannot move further
         # aim the table where the measurement says the band lies: predicted x aim / measured
         candidate, moved = retargeted_plan(problem, plan, predicted * budget * CHECK_AIM / ratio)
-        if widths(candidate) == widths(current):
+        if {name: len(c) for name, c in env.engine.kept_channels(candidate).items()} == widths:
             break  # widths are rounded to the table's granule: this is as close as the plan gets
-        current = candidate
-        predicted, ratio = predicted_and_measured(candidate)
+        predicted, ratio, widths = predicted_and_measured(candidate)
         tried.append((candidate, ratio, moved))
     within = [t for t in tried if t[1] <= budget]
     chosen = max(within, key=lambda t: t[1]) if within else min(tried, key=lambda t: t[1])

@@ -101,6 +101,15 @@ def retargeted_plan(problem: BudgetProblem, plan: PruningPlan, target: float) ->
     >>> wider, t = retargeted_plan(problem, plan, 0.9 * dense)
     >>> -1 < t < 0 and cost(wider) <= 0.9 * dense and all(wider.sparsity[n] < 0.25 for n in engine.group_names)
     True
+
+    With widths in steps of 16, groups of equal width drop a step at the same ``t``; some get theirs back:
+
+    >>> steps = MacsCost()
+    >>> steps.granule = 16
+    >>> even, t = retargeted_plan(BudgetProblem(engine, steps, target=0.0), plan, 0.4 * dense)
+    >>> stair = PruningPlan(sparsity={n: 0.25 + t * 0.65 for n in engine.group_names}, round_to=16)
+    >>> cost(stair) < cost(even) <= 0.4 * dense  # 0.32 and 0.39 of dense
+    True
     """
     groups = problem.engine.groups
     start = {g.name: float(plan.sparsity.get(g.name, 0.0)) for g in groups}
@@ -110,23 +119,27 @@ def retargeted_plan(problem: BudgetProblem, plan: PruningPlan, target: float) ->
             return {n: s * (1 + t) for n, s in start.items()}
         return {n: s + t * max(0.0, problem.max_sparsity - s) for n, s in start.items()}
 
-    def meets(t: float) -> bool:
-        sparsity = sparsity_at(t)
-        kept = {g.name: kept_count(g.channels, sparsity[g.name], problem.granule) for g in groups}
+    def kept_at(sparsity: dict[str, float]) -> dict[str, int]:
+        return {g.name: kept_count(g.channels, sparsity[g.name], problem.granule) for g in groups}
+
+    def within(kept: dict[str, int]) -> bool:
         return problem.cost_of(kept) <= target * (1 + 1e-9)
 
-    t = bisect_smallest(meets, -1.0, 1.0) if meets(1.0) else 1.0
+    t = (
+        bisect_smallest(lambda x: within(kept_at(sparsity_at(x))), -1.0, 1.0)
+        if within(kept_at(sparsity_at(1.0)))
+        else 1.0
+    )
     sparsity = sparsity_at(t)
     if t > -1.0:
         # Widths are rounded, so at t several groups may have just dropped a level together and left the cost well
         # under the target. Give back, one group at a time, the width each had just before t, while the cost stays
         # within the target: the plan lands as close under the target as single groups allow.
         before = sparsity_at(t - 1e-6)
-        kept = {g.name: kept_count(g.channels, sparsity[g.name], problem.granule) for g in groups}
-        for g in groups:
-            wider = kept_count(g.channels, before[g.name], problem.granule)
-            if wider > kept[g.name] and problem.cost_of({**kept, g.name: wider}) <= target * (1 + 1e-9):
-                kept[g.name], sparsity[g.name] = wider, before[g.name]
+        kept, wider = kept_at(sparsity), kept_at(before)
+        for name in kept:
+            if wider[name] > kept[name] and within({**kept, name: wider[name]}):
+                kept[name], sparsity[name] = wider[name], before[name]
     return replace(plan, sparsity=sparsity, round_to=problem.granule), t
 
 

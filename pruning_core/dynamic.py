@@ -43,12 +43,8 @@ class SkipGate(nn.Module):
         nn.init.zeros_(self.fc.weight)
         nn.init.constant_(self.fc.bias, 3.0)  # starts by executing every block (sigmoid(3) = 0.95)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The scores' logits, one per input."""
-        return self.fc(x.mean(dim=(2, 3))).squeeze(1)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(x))
+        return torch.sigmoid(self.fc(x.mean(dim=(2, 3)))).squeeze(1)
 
 
 class GatedBlock(nn.Module):
@@ -72,7 +68,6 @@ class GatedBlock(nn.Module):
         self.threshold = float(threshold)
         self._counts = [0, 0]  # inputs that ran the block, and inputs seen, since the last reset (eval mode)
         self.last_scores: torch.Tensor | None = None  # gate scores of the last training batch
-        self.noisy = False  # in training, decide on the score with logistic noise (see train_gates)
         self._folded: tuple[Any, ...] | None = None  # the gate folded for inputs of one shape (eval; see _fold)
         self.register_load_state_dict_post_hook(_unfold_after_load)
 
@@ -116,11 +111,7 @@ class GatedBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            logits = self.gate.logits(x)
-            if self.noisy:  # logistic noise (the difference of two Gumbels): a sample of the gate's decision
-                u = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
-                logits = logits + torch.log(u) - torch.log1p(-u)
-            scores = torch.sigmoid(logits)
+            scores = self.gate(x)
             self.last_scores = scores
             hard = (scores >= 0.5).float()
             mask = (hard + scores - scores.detach()).view(-1, 1, 1, 1)  # straight-through estimator
@@ -286,7 +277,6 @@ def train_gates(
     rate_penalty: float = 0.5,
     rate_target: float | None = None,
     block_target: float | None = None,
-    noise: bool = False,
     batch_size: int = 128,
     joint_epochs: int = 0,
     joint_lr: float = 0.01,
@@ -303,9 +293,7 @@ def train_gates(
     instead each block's squared distance from running for that share of each batch (the target-rate loss of
     Convnet-AIG, Veit and Belongie, ECCV 2018). A penalty on the mean rate is met most cheaply by skipping whole blocks
     for every input, which a static plan can do without gates; a per-block share can only be met by telling inputs
-    apart, so the gates learn which inputs need the block. With ``noise`` each training decision is a sample: logistic
-    noise is added to the gate's logit (Gumbel straight-through, as Convnet-AIG trains), so the batch's rate follows
-    the scores smoothly instead of every input crossing the threshold at once. In the first
+    apart, so the gates learn which inputs need the block. In the first
     ``epochs`` only the gates learn (Adam, ``lr``, in float32) and the backbone's BatchNorm statistics stay frozen.
     In the following ``joint_epochs`` the whole model learns, BatchNorm included, with the gates deciding hard in the
     forward pass, under the shared fine-tuning recipe (:func:`~pruning_core.finetune.finetune_recipe`: SGD with
@@ -320,7 +308,6 @@ def train_gates(
         rate_penalty: Weight of the execution rate in the loss.
         rate_target: Penalise only the execution rate above this (None: penalise all of it).
         block_target: Pull every block's execution rate to this instead (None: penalise the mean rate).
-        noise: Sample training decisions with logistic noise on the gates' logits (inference stays deterministic).
         batch_size: Images per step.
         joint_epochs: Epochs of joint fine-tuning after the frozen ones (0: none).
         joint_lr: Peak learning rate of joint fine-tuning.
@@ -353,8 +340,6 @@ def train_gates(
     gates = [block.gate for _, block in gated_blocks(model)]
     if not gates:
         raise PlanError("the model has no gated blocks; call add_gates first")
-    for _, block in gated_blocks(model):
-        block.noisy = noise
     for p in model.parameters():
         p.requires_grad_(False)
     params = [p for gate in gates for p in gate.parameters()]
@@ -409,7 +394,6 @@ def train_gates(
                 state.optimizer.step()
     model.eval()
     for _, block in gated_blocks(model):
-        block.noisy = False
         block.threshold = 0.5
         block.reset_counters()
         block.last_scores = None  # holds the last batch's graph, which would keep the model from being copied

@@ -310,9 +310,6 @@ def main(argv: list[str] | None = None) -> None:
         help="instead pull every block's execution rate to this share of each batch (gates must tell inputs apart)",
     )
     parser.add_argument(
-        "--gate-noise", action="store_true", help="sample training decisions with logistic noise on the gates' logits"
-    )
-    parser.add_argument(
         "--joint-distill",
         type=float,
         default=0.0,
@@ -367,8 +364,6 @@ def main(argv: list[str] | None = None) -> None:
         settings["rate_target"] = args.rate_target
     if args.block_target is not None:
         settings["block_target"] = args.block_target
-    if args.gate_noise:
-        settings["gate_noise"] = True
     saved = report.setdefault("settings", settings)
     if saved != settings:  # resuming with other settings would mix rows of two experiments
         changed = sorted(k for k in settings if saved.get(k) != settings[k])
@@ -434,7 +429,6 @@ def main(argv: list[str] | None = None) -> None:
             rate_penalty=args.rate_penalty,
             rate_target=args.rate_target,
             block_target=args.block_target,
-            noise=args.gate_noise,
             joint_epochs=args.joint_epochs,
             joint_lr=args.joint_lr,
             teacher=engine.model if args.joint_distill else None,
@@ -448,7 +442,6 @@ def main(argv: list[str] | None = None) -> None:
             "rate_penalty": args.rate_penalty,
             "rate_target": args.rate_target,
             "block_target": args.block_target,
-            "gate_noise": args.gate_noise,
         }
         save()
     gated.eval()

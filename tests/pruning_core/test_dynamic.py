@@ -177,24 +177,6 @@ def test_block_target_makes_gates_tell_inputs_apart(digits):
         train_gates(add_gates(base), digits, block_target=0)
 
 
-def test_noisy_training_decisions_are_samples_and_inference_stays_deterministic(digits):
-    gated = add_gates(load_checkpoint("checkpoints/small_cnn_digits.pt").build())
-    block = dict(gated_blocks(gated))["block1"]
-    images = next(iter(digits.batches("val", 64)))[0]
-    stem = gated.stem(images)
-    block.train()
-    block.noisy = True
-    torch.manual_seed(0)
-    block(stem)
-    first = block.last_scores
-    block(stem)
-    assert not torch.equal(first, block.last_scores)  # decisions sampled afresh
-    train_gates(gated, digits, epochs=1, batch_size=64, noise=True, progress=False)
-    assert not block.noisy and not block.training  # inference: the score against the threshold, no noise
-    with torch.no_grad():
-        assert torch.equal(gated(images), gated(images))
-
-
 def test_joint_fine_tuning_can_distil_from_the_dense_model(digits):
     base = load_checkpoint("checkpoints/small_cnn_digits.pt").build()
     gated = add_gates(base)

@@ -230,7 +230,8 @@ def test_demo_runs_end_to_end(tmp_path):
     )
     records = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert [r["method"] for r in records] == ["ppo", "uniform-l1", "global-magnitude"]
-    assert all(r["budget_met"] and r["latency_ms_measured"] > 0 for r in records)
+    # within the table's budget, unless the measured check widened the plan (the measurement overrules the table)
+    assert all((r["budget_met"] or r["thinned_by"] < 0) and r["latency_ms_measured"] > 0 for r in records)
     # each pruned model measured side by side with the dense one: the ratio is of the two figures reported
     for r in records:
         assert len(r["latency_ratios_measured"]) == LATENCY_ROUNDS  # the median of that many side-by-side rounds
