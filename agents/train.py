@@ -361,6 +361,8 @@ def train_agent(
             model.load_replay_buffer(run / "replay_buffer.pkl")  # type: ignore[attr-defined]
     else:
         model = _new_model(config, env, steps_per_episode, run)
+    if resume:
+        _keep_progress_log(run / "tb", state.episodes)
     model.set_logger(configure(str(run / "tb"), ["tensorboard", "csv"]))
     if not resume:
         _log_hparams(run, config)
@@ -393,6 +395,24 @@ def train_agent(
     bar.close()
     env.close()
     return RunResult(run, state, time.perf_counter() - start)
+
+
+def _keep_progress_log(tb: Path, episodes: int) -> Path | None:
+    """Move SB3's ``progress.csv`` aside before a resume opens it again: its CSV logger truncates the file it opens.
+
+    The log so far is kept as ``progress.upto-episode-N.csv`` (N: episodes it covers; ``.1``, ``.2``... where a
+    run was resumed more than once at the same episode), and ``progress.csv`` holds the resumed segment. An empty log
+    is left where it is. Returns where the log was kept, if it was moved.
+    """
+    log = tb / "progress.csv"
+    if not log.is_file() or log.stat().st_size == 0:
+        return None
+    kept, n = tb / f"progress.upto-episode-{episodes}.csv", 0
+    while kept.exists():
+        n += 1
+        kept = tb / f"progress.upto-episode-{episodes}.{n}.csv"
+    log.rename(kept)
+    return kept
 
 
 def _log_hparams(run: Path, config: TrainRunConfig) -> None:

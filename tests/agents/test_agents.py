@@ -7,7 +7,7 @@ import torch
 
 from agents.apply import finish_plan, meet_measured_budget, plan_from_policy
 from agents.policy_io import load_policy
-from agents.train import ALGOS, TrainRunConfig, train_agent
+from agents.train import ALGOS, TrainRunConfig, _keep_progress_log, train_agent
 from envs.factory import make_env
 from pruning_core.errors import CheckpointError, IncompatiblePolicyError, PruneGymError
 from pruning_core.plan import PruningPlan
@@ -38,7 +38,12 @@ def test_every_algorithm_searches_and_saves_a_loadable_policy(algo, tmp_path):
 
 def test_resume_continues_where_the_run_stopped(tmp_path):
     first = train_agent(_config("dqn", episodes=4), tmp_path / "run", progress=False)
+    tb = tmp_path / "run" / "tb"
+    log = (tb / "progress.csv").read_text()
     resumed = train_agent(None, tmp_path / "run", resume=True, episodes=7, progress=False)
+    # SB3 truncates the CSV log it opens: the first run's log is kept beside the resumed one
+    assert log.count("\n") > 1 and (tb / "progress.upto-episode-4.csv").read_text() == log
+    assert (tb / "progress.csv").read_text().count("\n") > 1
     assert resumed.state.episodes == 7 and len(resumed.state.history) == 7
     # the search's time is summed over both processes, not restarted by the resume
     assert 0 < first.state.seconds < resumed.state.seconds and first.state.cpu_seconds < resumed.state.cpu_seconds
@@ -150,3 +155,13 @@ def test_the_measured_check_moves_a_plan_into_its_budget_band(digits):
     assert all(wider.sparsity[n] <= thin.sparsity[n] for n in names)
     with pytest.raises(PruneGymError, match="expected an environment on a device measured on this host"):
         meet_measured_budget(make_env(dataset=digits, **FAST), plan)  # an analytic profile: nothing to measure
+
+
+def test_a_resumed_log_is_kept_once_per_resume(tmp_path):
+    (tmp_path / "progress.csv").write_text("")
+    assert _keep_progress_log(tmp_path, 3) is None  # an empty log stays where it is
+    for text in ("a\n1\n", "a\n2\n"):
+        (tmp_path / "progress.csv").write_text(text)
+        _keep_progress_log(tmp_path, 3)  # resumed twice at episode 3: neither log is lost
+    kept = {p.name: p.read_text() for p in tmp_path.glob("progress.upto-*")}
+    assert kept == {"progress.upto-episode-3.csv": "a\n1\n", "progress.upto-episode-3.1.csv": "a\n2\n"}
