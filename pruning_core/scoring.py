@@ -5,13 +5,19 @@ are compared on equal terms. Scores of identical plans are cached.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from pruning_core.data import ImageDataset
+from pruning_core.data import ImageDataset, atomic_write_bytes
 from pruning_core.dynamic import TrainedGates, gated_blocks
 from pruning_core.engine import PrunedModel, PruningEngine, recalibrate_bn
 from pruning_core.errors import PlanError, PruneGymError
@@ -99,6 +105,7 @@ class PlanScorer:
         self.config = config or ScoreConfig()
         self.gates = gates
         self._cache: dict[str, Score] = {}
+        self._log: Path | None = None
         self.evaluations = 0
 
     def prune_and_adapt(self, plan: PruningPlan, timings: dict[str, float] | None = None) -> PrunedModel:
@@ -129,7 +136,7 @@ class PlanScorer:
         key = plan.to_json()
         if key in self._cache:
             return replace(self._cache[key], seconds=0.0, cached=True, timings={})
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         timings: dict[str, float] = {}
         pruned = self.prune_and_adapt(plan, timings)
         adapted = time.perf_counter()
@@ -154,7 +161,45 @@ class PlanScorer:
         )
         self._cache[key] = score
         self.evaluations += 1
+        if self._log is not None:
+            row = {"plan": key, "top1": top1, "macs": score.macs, "params": score.params, "seconds": score.seconds}
+            row.update(cpu_seconds=time.process_time() - cpu_start, exec_rate=rates)
+            with self._log.open("a") as log:
+                log.write(json.dumps(row) + "\n")
         return score
+
+    @contextlib.contextmanager
+    def logging_to(self, path: str | os.PathLike[str], inputs: Mapping[str, Any]) -> Iterator[tuple[float, float]]:
+        """Within the block, append every new score to ``path`` (JSON lines, one per score as it is made), after
+        taking back the scores already there: a search interrupted and run again scores again only what it had not.
+
+        The log's first line records ``inputs`` (what the scores depend on: model, checkpoint, recipe); a log made
+        from other inputs is started afresh, and a last line cut short by a crash is dropped.
+
+        Yields:
+            The wall and CPU seconds that the scores taken back had taken when they were made.
+        """
+        path = Path(path)
+        header = json.dumps({"inputs": inputs}, sort_keys=True)
+        lines = path.read_text().splitlines() if path.exists() else []
+        rows = []
+        if lines and lines[0] == header:
+            for line in lines[1:]:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:  # cut short by a crash: the rest was never written
+                    break
+        text = "".join(line + "\n" for line in [header, *(json.dumps(row) for row in rows)])
+        atomic_write_bytes(path, lambda tmp: tmp.write_text(text))
+        for row in rows:
+            self._cache[row["plan"]] = Score(
+                row["top1"], row["macs"], row["params"], row["seconds"], cached=False, exec_rate=row["exec_rate"]
+            )
+        self._log = path
+        try:
+            yield sum(row["seconds"] for row in rows), sum(row["cpu_seconds"] for row in rows)
+        finally:
+            self._log = None
 
     def _autocast(self) -> torch.autocast:
         """bfloat16 autocast when the recipe asks for it.

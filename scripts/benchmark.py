@@ -84,17 +84,13 @@ def _record_keys(record: dict[str, Any], budget: float, seed: int) -> dict[str, 
 def _plan_for(
     method: str, cfg: BenchmarkConfig, env: Any, seed: int, budget: float, policy: SavedPolicy | None
 ) -> tuple[PruningPlan, int, tuple[float, float] | None]:
-    """The plan a method proposes, the number of candidates it scored, and for an agent its search's wall and CPU
+    """The plan a method proposes, the number of candidates it scored, and for an agent or a search its wall and CPU
     seconds summed over the sessions it was resumed in (None: time the call)."""
     problem = env.budget_problem()
     if method in BASELINES:
         return baseline_plan(method, problem), 0, None
-    if method == "random-search":
-        result = random_search(problem, env.scorer, evaluations=cfg.episodes, seed=seed)
-        return result.plan, result.evaluations, None
-    if method == "greedy-lut":
-        result = greedy_search(problem, env.scorer)
-        return result.plan, result.evaluations, None
+    if method in SEARCHES:
+        return _search_plan(method, cfg, env, problem, seed, budget)
     if method in ALGOS:
         run = cfg.out / "runs" / f"{method}_b{budget:g}_s{seed}"
         config = TrainRunConfig(
@@ -122,6 +118,34 @@ def _plan_for(
         plan, _ = plan_from_policy(policy, env)
         return plan, 0, None
     raise PruneGymError(f"method must be one of {', '.join(ALL_METHODS)} or transfer; got {method!r}")
+
+
+def _search_plan(
+    method: str, cfg: BenchmarkConfig, env: Any, problem: Any, seed: int, budget: float
+) -> tuple[PruningPlan, int, tuple[float, float]]:
+    """A search baseline's plan, with a progress bar; every score is logged under ``searches/`` as it is made, so
+    a search interrupted and run again scores only what it had not (its time is summed over the runs)."""
+    from tqdm import tqdm
+
+    log = cfg.out / "searches" / f"{method}_b{budget:g}_s{seed}.jsonl"
+    start = (time.perf_counter(), time.process_time())
+    total = cfg.episodes if method == "random-search" else None
+    with (
+        env.scorer.logging_to(log, _plan_inputs(cfg, method, env)) as (seconds, cpu_seconds),
+        tqdm(total=total, desc=method, unit="evaluation") as bar,
+    ):
+
+        def on_step(evaluations: int, top1: float) -> None:
+            bar.update(evaluations - bar.n)
+            bar.set_postfix(val_top1=f"{top1:.4f}")
+
+        if method == "random-search":
+            result = random_search(problem, env.scorer, evaluations=cfg.episodes, seed=seed, on_step=on_step)
+        else:
+            result = greedy_search(problem, env.scorer, on_step=on_step)
+    seconds += time.perf_counter() - start[0]
+    cpu_seconds += time.process_time() - start[1]
+    return result.plan, result.evaluations, (seconds, cpu_seconds)
 
 
 def _plan_inputs(cfg: BenchmarkConfig, method: str, env: Any) -> dict[str, Any]:

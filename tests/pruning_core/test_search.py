@@ -49,6 +49,29 @@ def test_random_search_keeps_the_best_of_its_evaluations(problem_env):
     assert problem.meets(_kept(env, result.plan))
 
 
+def test_an_interrupted_search_scores_again_only_what_it_had_not(problem_env, tmp_path):
+    from pruning_core.scoring import PlanScorer
+
+    env, problem = problem_env
+    log, inputs = tmp_path / "searches" / "random.jsonl", {"model": "small_cnn"}
+    first = PlanScorer(env.engine, env.scorer.dataset, env.scorer.config)
+    with first.logging_to(log, inputs) as (seconds, _):
+        assert seconds == 0.0
+        random_search(problem, first, evaluations=3, seed=2)
+    with log.open("a") as f:
+        f.write('{"plan": "cut short')  # a crash in mid-line
+    again = PlanScorer(env.engine, env.scorer.dataset, env.scorer.config)
+    with again.logging_to(log, inputs) as (seconds, cpu_seconds):
+        assert seconds > 0 and cpu_seconds > 0  # the three scores' time, carried over
+        result = random_search(problem, again, evaluations=4, seed=2)
+    assert again.evaluations == 1 and result.evaluations == 4  # the first three came from the log
+    assert len(log.read_text().splitlines()) == 1 + 4  # the inputs, then one line per score
+    fresh = PlanScorer(env.engine, env.scorer.dataset, env.scorer.config)
+    with fresh.logging_to(log, {"model": "other"}) as (seconds, _):
+        assert seconds == 0.0  # scores of other inputs are not taken back
+    assert len(log.read_text().splitlines()) == 1
+
+
 def test_greedy_meets_the_budget(problem_env):
     env, problem = problem_env
     result = greedy_search(problem, env.scorer, steps=3)
