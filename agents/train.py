@@ -400,9 +400,16 @@ def train_agent(
 def _keep_progress_log(tb: Path, episodes: int) -> Path | None:
     """Move SB3's ``progress.csv`` aside before a resume opens it again: its CSV logger truncates the file it opens.
 
-    The log so far is kept as ``progress.upto-episode-N.csv`` (N: episodes it covers; ``.1``, ``.2``... where a
-    run was resumed more than once at the same episode), and ``progress.csv`` holds the resumed segment. An empty log
-    is left where it is. Returns where the log was kept, if it was moved.
+    The resumed segment is then logged to ``progress.csv``. An empty log is left where it is.
+
+    Args:
+        tb: The run's log folder.
+        episodes: Episodes of the saved search state, named in the kept log's file name (the log may also hold rows
+            of episodes after the last saved state, which the resume runs again).
+
+    Returns:
+        Where the log so far was kept (``progress.upto-episode-N.csv``, or ``.1``, ``.2``... where a run was
+        resumed more than once at the same episode), or None where there was nothing to keep.
     """
     log = tb / "progress.csv"
     if not log.is_file() or log.stat().st_size == 0:

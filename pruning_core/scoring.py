@@ -10,7 +10,7 @@ import json
 import os
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,32 @@ class Score:
     """Seconds spent in ``apply``, ``adapt`` (recalibration, short fine-tune) and ``evaluate``."""
 
 
+_SCORE_ROW_KEYS = {"plan", "top1", "macs", "params", "seconds", "cpu_seconds", "exec_rate"}
+
+
+@dataclass
+class ScoreLog:
+    """A search's scores, logged as they are made (see :meth:`PlanScorer.logging_to`)."""
+
+    path: Path
+    saved: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Rows an earlier run logged, by plan, not yet asked for again."""
+    logged: set[str] = field(default_factory=set)
+    """Plans logged by this run, or taken back from an earlier one."""
+    carried_seconds: float = 0.0
+    """Wall seconds that the scores taken back and asked for again had taken when they were made."""
+    carried_cpu_seconds: float = 0.0
+    """Their CPU seconds (all threads)."""
+
+    def append(self, plan: str, score: Score, *, seconds: float, cpu_seconds: float) -> None:
+        """Add one plan's score, paid ``seconds`` (wall) and ``cpu_seconds`` by this search."""
+        row = {"plan": plan, "top1": score.top1, "macs": score.macs, "params": score.params, "seconds": seconds}
+        row.update(cpu_seconds=cpu_seconds, exec_rate=score.exec_rate)
+        with self.path.open("a") as log:
+            log.write(json.dumps(row) + "\n")
+        self.logged.add(plan)
+
+
 class PlanScorer:
     """Scores plans on the val split with a fixed recipe, caching by the plan's canonical JSON.
 
@@ -105,7 +131,7 @@ class PlanScorer:
         self.config = config or ScoreConfig()
         self.gates = gates
         self._cache: dict[str, Score] = {}
-        self._log: Path | None = None
+        self._log: ScoreLog | None = None
         self.evaluations = 0
 
     def prune_and_adapt(self, plan: PruningPlan, timings: dict[str, float] | None = None) -> PrunedModel:
@@ -134,8 +160,20 @@ class PlanScorer:
     def score(self, plan: PruningPlan) -> Score:
         """Val top-1 of ``plan`` after the recipe (cached for identical plans)."""
         key = plan.to_json()
+        log = self._log
+        if log is not None and key in log.saved:  # scored by an earlier run of this search
+            row = log.saved.pop(key)
+            log.carried_seconds += row["seconds"]
+            log.carried_cpu_seconds += row["cpu_seconds"]
+            log.logged.add(key)
+            self._cache[key] = Score(
+                row["top1"], row["macs"], row["params"], row["seconds"], cached=False, exec_rate=row["exec_rate"]
+            )
         if key in self._cache:
-            return replace(self._cache[key], seconds=0.0, cached=True, timings={})
+            hit = self._cache[key]
+            if log is not None and key not in log.logged:  # scored before the log began: logged at no cost
+                log.append(key, hit, seconds=0.0, cpu_seconds=0.0)
+            return replace(hit, seconds=0.0, cached=True, timings={})
         start, cpu_start = time.perf_counter(), time.process_time()
         timings: dict[str, float] = {}
         pruned = self.prune_and_adapt(plan, timings)
@@ -161,43 +199,52 @@ class PlanScorer:
         )
         self._cache[key] = score
         self.evaluations += 1
-        if self._log is not None:
-            row = {"plan": key, "top1": top1, "macs": score.macs, "params": score.params, "seconds": score.seconds}
-            row.update(cpu_seconds=time.process_time() - cpu_start, exec_rate=rates)
-            with self._log.open("a") as log:
-                log.write(json.dumps(row) + "\n")
+        if log is not None:
+            log.append(key, score, seconds=score.seconds, cpu_seconds=time.process_time() - cpu_start)
         return score
 
     @contextlib.contextmanager
-    def logging_to(self, path: str | os.PathLike[str], inputs: Mapping[str, Any]) -> Iterator[tuple[float, float]]:
-        """Within the block, append every new score to ``path`` (JSON lines, one per score as it is made), after
-        taking back the scores already there: a search interrupted and run again scores again only what it had not.
+    def logging_to(self, path: str | os.PathLike[str], inputs: Mapping[str, Any]) -> Iterator[ScoreLog]:
+        """Within the block, log every score to ``path`` as it is made, and take back the scores an earlier run
+        logged there: a search interrupted and run again scores again only what it had not.
 
-        The log's first line records ``inputs`` (what the scores depend on: model, checkpoint, recipe); a log made
-        from other inputs is started afresh, and a last line cut short by a crash is dropped.
+        The log is JSON lines: first what its scores depend on (``inputs``, the scoring recipe and whether gates are
+        used), then one line per plan. A log made from other inputs is started afresh; a last line cut short by a
+        crash, and anything after it, is dropped.
+
+        Args:
+            path: The log (created with its folders where missing).
+            inputs: What else the scores depend on, JSON-serialisable (the model, its checkpoint, the data).
 
         Yields:
-            The wall and CPU seconds that the scores taken back had taken when they were made.
+            The log, whose ``carried_seconds`` and ``carried_cpu_seconds`` add up, once the block is done, what the
+            scores taken back and asked for again had cost when they were made.
         """
+        if self._log is not None:
+            raise PruneGymError(f"expected one score log at a time; already logging to {self._log.path}")
+        try:
+            header = json.dumps(
+                {"inputs": inputs, "scoring": asdict(self.config), "gates": self.gates is not None}, sort_keys=True
+            )
+        except TypeError as exc:
+            raise PruneGymError(f"expected JSON-serialisable score log inputs; got {exc}") from None
         path = Path(path)
-        header = json.dumps({"inputs": inputs}, sort_keys=True)
         lines = path.read_text().splitlines() if path.exists() else []
-        rows = []
+        rows: list[dict[str, Any]] = []
         if lines and lines[0] == header:
             for line in lines[1:]:
                 try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:  # cut short by a crash: the rest was never written
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # cut short by a crash: nothing after it was written
                     break
+                if not isinstance(row, dict) or not row.keys() >= _SCORE_ROW_KEYS:
+                    break
+                rows.append(row)
         text = "".join(line + "\n" for line in [header, *(json.dumps(row) for row in rows)])
         atomic_write_bytes(path, lambda tmp: tmp.write_text(text))
-        for row in rows:
-            self._cache[row["plan"]] = Score(
-                row["top1"], row["macs"], row["params"], row["seconds"], cached=False, exec_rate=row["exec_rate"]
-            )
-        self._log = path
+        self._log = ScoreLog(path, saved={row["plan"]: row for row in rows})
         try:
-            yield sum(row["seconds"] for row in rows), sum(row["cpu_seconds"] for row in rows)
+            yield self._log
         finally:
             self._log = None
 

@@ -29,7 +29,7 @@ from agents.apply import finish_plan, plan_from_policy
 from agents.policy_io import SavedPolicy, load_policy
 from agents.train import ALGOS, TrainRunConfig, train_agent
 from envs.factory import make_env
-from pruning_core.baselines import BASELINES, baseline_plan
+from pruning_core.baselines import BASELINES, BudgetProblem, baseline_plan
 from pruning_core.data import atomic_write_bytes, load_dataset
 from pruning_core.errors import BudgetInfeasibleError, PruneGymError
 from pruning_core.finetune import finetune_recipe
@@ -121,17 +121,26 @@ def _plan_for(
 
 
 def _search_plan(
-    method: str, cfg: BenchmarkConfig, env: Any, problem: Any, seed: int, budget: float
+    method: str, cfg: BenchmarkConfig, env: Any, problem: BudgetProblem, seed: int, budget: float
 ) -> tuple[PruningPlan, int, tuple[float, float]]:
-    """A search baseline's plan, with a progress bar; every score is logged under ``searches/`` as it is made, so
-    a search interrupted and run again scores only what it had not (its time is summed over the runs)."""
+    """A search baseline's plan, its evaluations, and its wall and CPU seconds, shown with a progress bar.
+
+    Every score is logged under ``searches/`` as it is made, so a search interrupted and run again scores only what
+    it had not; the time the scores taken back had cost is added to this run's (not the interrupted run's time
+    outside scoring, which is small beside it). greedy-lut does not depend on the seed: its log is per budget.
+    """
     from tqdm import tqdm
 
-    log = cfg.out / "searches" / f"{method}_b{budget:g}_s{seed}.jsonl"
+    from pruning_core.checkpoint import sha256
+
+    name = f"{method}_b{budget:g}" + (f"_s{seed}" if method == "random-search" else "")
+    inputs = {**_plan_inputs(cfg, method, env), "data": cfg.data}
+    if cfg.checkpoint is not None:
+        inputs["checkpoint_sha256"] = sha256(Path(cfg.checkpoint))
     start = (time.perf_counter(), time.process_time())
     total = cfg.episodes if method == "random-search" else None
     with (
-        env.scorer.logging_to(log, _plan_inputs(cfg, method, env)) as (seconds, cpu_seconds),
+        env.scorer.logging_to(cfg.out / "searches" / f"{name}.jsonl", inputs) as log,
         tqdm(total=total, desc=method, unit="evaluation") as bar,
     ):
 
@@ -143,8 +152,8 @@ def _search_plan(
             result = random_search(problem, env.scorer, evaluations=cfg.episodes, seed=seed, on_step=on_step)
         else:
             result = greedy_search(problem, env.scorer, on_step=on_step)
-    seconds += time.perf_counter() - start[0]
-    cpu_seconds += time.process_time() - start[1]
+    seconds = time.perf_counter() - start[0] + log.carried_seconds
+    cpu_seconds = time.process_time() - start[1] + log.carried_cpu_seconds
     return result.plan, result.evaluations, (seconds, cpu_seconds)
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import replace
 
@@ -50,26 +51,38 @@ def test_random_search_keeps_the_best_of_its_evaluations(problem_env):
 
 
 def test_an_interrupted_search_scores_again_only_what_it_had_not(problem_env, tmp_path):
+    from pruning_core.plan import PruningPlan
     from pruning_core.scoring import PlanScorer
 
     env, problem = problem_env
     log, inputs = tmp_path / "searches" / "random.jsonl", {"model": "small_cnn"}
+
+    def rows():
+        return [json.loads(line) for line in log.read_text().splitlines()[1:]]  # every line whole JSON
+
     first = PlanScorer(env.engine, env.scorer.dataset, env.scorer.config)
-    with first.logging_to(log, inputs) as (seconds, _):
-        assert seconds == 0.0
-        random_search(problem, first, evaluations=3, seed=2)
+    with first.logging_to(log, inputs):
+        before = random_search(problem, first, evaluations=3, seed=2)
+    assert len({r["plan"] for r in rows()}) == first.evaluations == 3
     with log.open("a") as f:
         f.write('{"plan": "cut short')  # a crash in mid-line
     again = PlanScorer(env.engine, env.scorer.dataset, env.scorer.config)
-    with again.logging_to(log, inputs) as (seconds, cpu_seconds):
-        assert seconds > 0 and cpu_seconds > 0  # the three scores' time, carried over
+    with again.logging_to(log, inputs) as kept:
         result = random_search(problem, again, evaluations=4, seed=2)
     assert again.evaluations == 1 and result.evaluations == 4  # the first three came from the log
-    assert len(log.read_text().splitlines()) == 1 + 4  # the inputs, then one line per score
+    assert kept.carried_seconds > 0 and kept.carried_cpu_seconds > 0  # what they cost, carried over
+    assert result.history[:3] == before.history and len({r["plan"] for r in rows()}) == 4
+    again.score(result.plan)
+    again.score(PruningPlan.uniform(env.engine.group_names, 0.3))  # after the block: nothing more is logged
+    assert len(rows()) == 4
+    with pytest.raises(PruneGymError, match="JSON-serialisable"), again.logging_to(log, {"model": object()}):
+        pass
     fresh = PlanScorer(env.engine, env.scorer.dataset, env.scorer.config)
-    with fresh.logging_to(log, {"model": "other"}) as (seconds, _):
-        assert seconds == 0.0  # scores of other inputs are not taken back
-    assert len(log.read_text().splitlines()) == 1
+    fresh.score(result.plan)
+    with fresh.logging_to(log, {"model": "other"}) as other:
+        assert not other.saved  # scores of other inputs are not taken back
+        fresh.score(result.plan)  # scored before the block: logged, at no cost to this search
+    assert [(r["plan"], r["seconds"]) for r in rows()] == [(result.plan.to_json(), 0.0)]
 
 
 def test_greedy_meets_the_budget(problem_env):
