@@ -6,6 +6,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,26 @@ def measured_ratios(env: LayerPruneEnv, model: torch.nn.Module) -> tuple[list[fl
         dense_ms.append(dense.p50_ms)
         pruned_ms.append(pruned.p50_ms)
     return [p / d for p, d in zip(pruned_ms, dense_ms, strict=True)], dense_ms, pruned_ms
+
+
+def measured_verdict(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A finished model's measured latency ratio and whether it is within its budget, from its record.
+
+    The ratio is the mean of the model's two measurements: the check's, before fine-tuning, of the plan it kept
+    (``latency_ratio_after_check``), and the final one (``latency_ratio_final``), minutes later; the final one alone
+    where no check ran. Fine-tuning does not change a model's speed (its weights measured as fast as fresh ones,
+    side by side), but the host's relative speed of two models drifts over minutes: a plan's 15-round median
+    repeats within 0.3% over a minute, yet check and final measurement of the same architecture differed by -1.4% to
+    +6.9% in the resnet56 benchmark at 0.7. Two measurements minutes apart halve the variance of that drift.
+
+    Returns:
+        ``latency_ratio_measured`` and ``budget_met_measured``.
+    """
+    ratios = [record[k] for k in ("latency_ratio_after_check", "latency_ratio_final") if k in record]
+    if not ratios:
+        raise PruneGymError(f"expected a record with a final measured latency ratio; got keys {sorted(record)}")
+    ratio = statistics.fmean(ratios)
+    return {"latency_ratio_measured": ratio, "budget_met_measured": ratio <= record["budget"]}
 
 
 def meet_measured_budget(env: LayerPruneEnv, plan: PruningPlan) -> tuple[PruningPlan, dict[str, Any]]:
@@ -193,8 +214,8 @@ def finish_plan(
         record["latency_ms_measured"] = statistics.median(pruned_ms)
         record["dense_latency_ms_measured"] = statistics.median(dense_ms)
         record["latency_ratios_measured"] = ratios
-        record["latency_ratio_measured"] = statistics.median(ratios)
-        record["budget_met_measured"] = record["latency_ratio_measured"] <= env.budget
+        record["latency_ratio_final"] = statistics.median(ratios)
+        record.update(measured_verdict(record))
     folder = None
     if out is not None:
         folder = save_pruned(

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from agents.apply import finish_plan, plan_from_policy
+from agents.apply import finish_plan, measured_verdict, plan_from_policy
 from agents.policy_io import SavedPolicy, load_policy
 from agents.train import ALGOS, TrainRunConfig, train_agent
 from envs.factory import make_env
@@ -215,11 +215,23 @@ class _PlanCache:
         atomic_write_bytes(self.path, lambda tmp: tmp.write_text(json.dumps(saved)))
 
 
+def load_records(path: Path) -> list[dict[str, Any]]:
+    """A benchmark's records, those written before the final measurement was kept apart from the verdict brought up
+    to date: their ``latency_ratio_measured`` was the final measurement alone, now ``latency_ratio_final``, and the
+    verdict is recomputed from the stored measurements (:func:`~agents.apply.measured_verdict`)."""
+    records: list[dict[str, Any]] = json.loads(path.read_text())
+    for record in records:
+        if "latency_ratio_measured" in record and "latency_ratio_final" not in record:
+            record["latency_ratio_final"] = record["latency_ratio_measured"]
+            record.update(measured_verdict(record))
+    return records
+
+
 def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
     """Run every missing cell, then write the tables and plots."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     results_path = cfg.out / "results.json"
-    records: list[dict[str, Any]] = json.loads(results_path.read_text()) if results_path.exists() else []
+    records = load_records(results_path) if results_path.exists() else []
     done = {(r["method"], r["budget"], r["seed"]) for r in records}
     dataset = load_dataset(cfg.data, cfg.data_root)
     methods = list(cfg.methods) + (["transfer"] if cfg.transfer_from else [])
@@ -386,6 +398,8 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> None:
         "latency_ms_measured",
         "dense_latency_ms_measured",
         "latency_ratio_measured",
+        "latency_ratio_after_check",
+        "latency_ratio_final",
         "latency_ms_predicted",
         "macs",
         "params",
@@ -416,7 +430,14 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> None:
             f"| {r['search_seconds']:.0f} | {r['evaluations']:.0f} "
             f"| {r.get('budget_met_measured', float('nan')):.0%} of seeds |"
         )
-    lines += ["", *wall_time_lines(records)]
+    lines += [
+        "",
+        "Measured / dense: the mean of two measurements minutes apart, each the median of interleaved rounds beside "
+        "the dense model: the budget check's, before fine-tuning, and the final one (`latency_ratio_after_check`, "
+        "`latency_ratio_final` in results.json).",
+        "",
+        *wall_time_lines(records),
+    ]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     _plots(records, rows, out)
 
