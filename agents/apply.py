@@ -199,6 +199,7 @@ def finish_plan(
         **pruned.accuracy,
         "search_seconds": search_seconds,
         "evaluations": evaluations,
+        "bn_recalibration": "augmented",  # the *_bn accuracies' batches (see pruning_core.engine.recalibrate_bn)
         **check,
     }
     if exec_rate:

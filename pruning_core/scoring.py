@@ -28,7 +28,9 @@ DEFAULT_FINETUNE_STEPS = 50
 """SGD steps of the score's short fine-tune unless told otherwise, chosen by measurement (``scripts/score_correlation``,
 resnet20 on CIFAR-10 at 0.5 of dense host-CPU latency, 20 random plans at the budget): Spearman correlation with val
 accuracy after 2 fine-tuning epochs -0.16 for adaptive BN alone (its scores sit at chance there), 0.51 with 50 steps,
-0.32 with 50 distilled steps; 0.6 s, 4.6 s and 8.3 s a plan on one thread."""
+0.32 with 50 distilled steps; 0.6 s, 4.6 s and 8.3 s a plan on one thread. Those figures predate BatchNorm
+recalibration on augmented batches (:func:`~pruning_core.engine.recalibrate_bn`), which keeps 2-4 points of
+accuracy that clean batches cost: adaptive BN alone may rank plans better now, and has not been measured again."""
 
 
 @dataclass(frozen=True)

@@ -435,6 +435,16 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> None:
         "Measured / dense: the mean of two measurements minutes apart, each the median of interleaved rounds beside "
         "the dense model: the budget check's, before fine-tuning, and the final one (`latency_ratio_after_check`, "
         "`latency_ratio_final` in results.json).",
+        *(
+            [
+                "",
+                "Val and test (BN): after BatchNorm recalibration, on augmented training batches where a record says "
+                "`bn_recalibration: augmented`, on clean ones in the cells finished before (clean batches cost a "
+                "converged resnet56 about 4 points there; fine-tuning re-estimates the statistics either way).",
+            ]
+            if len({r.get("bn_recalibration", "clean") for r in records}) > 1
+            else []
+        ),
         "",
         *wall_time_lines(records),
     ]

@@ -123,6 +123,25 @@ def test_bn_recalibration_recovers_accuracy(digits):
     assert evaluate(pruned.model, digits, "val").top1 > before + 0.1
 
 
+def test_bn_recalibration_estimates_statistics_of_augmented_batches(digits):
+    # the weights were fitted to activations normalised by augmented images' statistics (see recalibrate_bn)
+    model = load_checkpoint("checkpoints/small_cnn_digits.pt").build()
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    recalibrated = {}
+    for augment in (True, False):
+        recalibrate_bn(model, digits, batches=3, batch_size=32, augment=augment)
+        recalibrated[augment] = first.running_mean.clone()
+    generator = torch.Generator().manual_seed(0)
+    images = torch.cat(
+        [x for x, _ in digits.batches("train", 32, shuffle=True, augment=True, limit=96, generator=generator)]
+    )
+    with torch.no_grad():
+        expected = conv(images).mean(dim=(0, 2, 3))  # the first BatchNorm's input: the first conv's output
+    assert torch.allclose(recalibrated[True], expected, atol=1e-4)
+    assert not torch.allclose(recalibrated[False], expected, atol=1e-4)
+
+
 @pytest.mark.parametrize(("granularity", "expected"), [("unstructured", 0.5), ("nm", 0.5)])
 def test_weight_sparsity(granularity, expected):
     engine = engine_for("resnet20")
