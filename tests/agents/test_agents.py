@@ -10,6 +10,7 @@ from agents.policy_io import load_policy
 from agents.train import ALGOS, TrainRunConfig, _keep_progress_log, train_agent
 from envs.factory import make_env
 from pruning_core.errors import CheckpointError, IncompatiblePolicyError, PruneGymError
+from pruning_core.finetune import finetune_recipe
 from pruning_core.plan import PruningPlan
 from pruning_core.serialize import load_pruned
 from pruning_core.training import TrainConfig
@@ -153,8 +154,21 @@ def test_the_measured_check_moves_a_plan_into_its_budget_band(digits):
     # the thin plan itself was within the budget, so what is kept is within it too, and no thinner
     assert widened["latency_ratio_before_check"] <= widened["latency_ratio_after_check"] <= 0.6
     assert all(wider.sparsity[n] <= thin.sparsity[n] for n in names)
+    assert 0 < check["latency_ratio_confirmed"] < 1  # one more, unselected reading of the kept plan
     with pytest.raises(PruneGymError, match="expected an environment on a device measured on this host"):
         meet_measured_budget(make_env(dataset=digits, **FAST), plan)  # an analytic profile: nothing to measure
+
+
+def test_a_macs_budget_is_not_judged_by_latency(digits):
+    env = make_env(dataset=digits, val_images=150, bn_batches=2, device="host-cpu", budget=0.6, budget_metric="macs")
+    plan = PruningPlan.uniform(env.engine.group_names, 0.3)
+    recipe = finetune_recipe(0)
+    result = finish_plan(
+        "uniform", env, plan, digits, finetune=recipe, out=None, base_model="small_cnn", progress=False
+    )
+    record = result.record
+    assert "thinned_by" not in record and "budget_met_measured" not in record  # measured, but not checked
+    assert record["latency_ratio_measured"] == record["latency_ratio_final"] > 0
 
 
 def test_a_resumed_log_is_kept_once_per_resume(tmp_path):

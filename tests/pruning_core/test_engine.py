@@ -129,8 +129,9 @@ def test_bn_recalibration_estimates_statistics_of_augmented_batches(digits):
     first = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     recalibrated = {}
-    for augment in (True, False):
-        recalibrate_bn(model, digits, batches=3, batch_size=32, augment=augment)
+    for augment in (True, False, None):  # None: the default callers rely on
+        options = {} if augment is None else {"augment": augment}
+        recalibrate_bn(model, digits, batches=3, batch_size=32, seed=0, **options)
         recalibrated[augment] = first.running_mean.clone()
     generator = torch.Generator().manual_seed(0)
     images = torch.cat(
@@ -140,6 +141,7 @@ def test_bn_recalibration_estimates_statistics_of_augmented_batches(digits):
         expected = conv(images).mean(dim=(0, 2, 3))  # the first BatchNorm's input: the first conv's output
     assert torch.allclose(recalibrated[True], expected, atol=1e-4)
     assert not torch.allclose(recalibrated[False], expected, atol=1e-4)
+    assert torch.equal(recalibrated[None], recalibrated[True])
 
 
 @pytest.mark.parametrize(("granularity", "expected"), [("unstructured", 0.5), ("nm", 0.5)])
