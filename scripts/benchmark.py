@@ -228,6 +228,18 @@ def load_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def rewrite_tables(out: Path) -> list[dict[str, Any]]:
+    """Bring a benchmark folder's results.json up to date (:func:`load_records`) and write its tables and plots
+    again, running nothing."""
+    path = out / "results.json"
+    if not path.is_file():
+        raise PruneGymError(f"expected a benchmark folder holding results.json; got {out}")
+    records = load_records(path)
+    atomic_write_bytes(path, lambda tmp: tmp.write_text(json.dumps(records, indent=1)))
+    write_tables(records, out)
+    return records
+
+
 def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
     """Run every missing cell, then write the tables and plots."""
     cfg.out.mkdir(parents=True, exist_ok=True)

@@ -601,8 +601,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from scripts.benchmark import ALL_METHODS, BenchmarkConfig, run_benchmark
+    from scripts.benchmark import ALL_METHODS, BenchmarkConfig, rewrite_tables, run_benchmark
 
+    if args.tables_only:
+        rewrite_tables(args.out)
+        print((args.out / "results.md").read_text())
+        return 0
     _set_threads(args)
     methods = ALL_METHODS if args.methods == ["all"] else tuple(args.methods)
     unknown = sorted(set(methods) - set(ALL_METHODS))
@@ -835,6 +839,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transfer-from", type=Path, default=None, help="also apply this run's policy (zero search)")
     _add_agent_args(p)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="run nothing: bring --out's results.json up to date and write its tables and plots again",
+    )
     p.set_defaults(handler=cmd_benchmark)
 
     p = sub.add_parser("demo", help="the embedded demo: PPO vs two baselines on small_cnn/digits, host-CPU latency")

@@ -371,7 +371,7 @@ def test_dynamic_skip_train_apply_evaluate(tmp_path, capsys):
     assert set(record["exec_rate"]) == {"block1", "block2"}
 
 
-def test_old_benchmark_records_get_the_two_measurement_verdict(tmp_path):
+def test_old_benchmark_records_are_brought_up_to_date_and_tables_written_again(tmp_path):
     from scripts.benchmark import load_records
 
     old = {"method": "ppo", "budget": 0.7, "latency_ratio_after_check": 0.689, "latency_ratio_measured": 0.707}
@@ -382,3 +382,11 @@ def test_old_benchmark_records_get_the_two_measurement_verdict(tmp_path):
     assert ppo["latency_ratio_final"] == ppo["latency_ratio_measured"] == 0.707 and not ppo["budget_met_measured"]
     assert dqn["latency_ratio_final"] == 0.71 and not dqn["budget_met_measured"]
     assert json.loads((tmp_path / "results.json").read_text()) == [old, unchecked]  # the file is left as it was
+    for r in (old, unchecked):
+        r.update(seed=0, macs=1e6, val_top1=0.5, test_top1_bn=0.5, test_top1_finetuned=0.8, search_seconds=1.0)
+        r.update(evaluations=0, latency_ms_measured=1.0, sparsity={"a": 0.5})
+    (tmp_path / "results.json").write_text(json.dumps([old, unchecked]))
+    assert main(["benchmark", "--tables-only", "--out", str(tmp_path)]) == 0  # runs nothing, writes it all again
+    assert json.loads((tmp_path / "results.json").read_text())[0]["latency_ratio_final"] == 0.707
+    assert (tmp_path / "results.md").exists() and (tmp_path / "accuracy_vs_latency.png").exists()
+    assert main(["benchmark", "--tables-only", "--out", str(tmp_path / "none")]) != 0  # a one-line error
