@@ -75,10 +75,9 @@ def measured_verdict(record: Mapping[str, Any]) -> dict[str, Any]:
     Returns:
         ``latency_ratio_measured`` and ``budget_met_measured``.
     """
-    ratios = [record[k] for k in ("latency_ratio_confirmed", "latency_ratio_final") if k in record]
     if "latency_ratio_final" not in record:
         raise PruneGymError(f"expected a record with a final measured latency ratio; got keys {sorted(record)}")
-    ratio = statistics.fmean(ratios)
+    ratio = statistics.fmean(record[k] for k in ("latency_ratio_confirmed", "latency_ratio_final") if k in record)
     return {"latency_ratio_measured": ratio, "budget_met_measured": ratio <= record["budget"]}
 
 
@@ -101,16 +100,17 @@ def meet_measured_budget(env: LayerPruneEnv, plan: PruningPlan) -> tuple[Pruning
     problem = env.budget_problem()
     budget = env.budget
 
-    def predicted_and_measured(candidate: PruningPlan) -> tuple[float, float, dict[str, int]]:
+    def predicted_and_measured(candidate: PruningPlan) -> tuple[float, float, dict[str, int], torch.nn.Module]:
         pruned = env.engine.apply(candidate)
         widths = {name: len(channels) for name, channels in pruned.kept_channels.items()}
-        return problem.cost_of(widths), statistics.median(measured_ratios(env, pruned.model)[0]), widths
+        ratio = statistics.median(measured_ratios(env, pruned.model)[0])
+        return problem.cost_of(widths), ratio, widths, pruned.model
 
     def outside_band(ratio: float) -> bool:
         return ratio > budget or ratio < budget * CHECK_WIDEN_BELOW
 
-    predicted, ratio, widths = predicted_and_measured(plan)
-    tried = [(plan, ratio, 0.0)]
+    predicted, ratio, widths, model = predicted_and_measured(plan)
+    tried = [(plan, ratio, 0.0, model)]
     moved = 0.0
     while outside_band(ratio) and len(tried) <= CHECK_STEPS:
         if (ratio > budget and moved >= 1.0) or (ratio < budget and moved <= -1.0):
@@ -119,8 +119,8 @@ def meet_measured_budget(env: LayerPruneEnv, plan: PruningPlan) -> tuple[Pruning
         candidate, moved = retargeted_plan(problem, plan, predicted * budget * CHECK_AIM / ratio)
         if {name: len(c) for name, c in env.engine.kept_channels(candidate).items()} == widths:
             break  # widths are rounded to the table's granule: this is as close as the plan gets
-        predicted, ratio, widths = predicted_and_measured(candidate)
-        tried.append((candidate, ratio, moved))
+        predicted, ratio, widths, model = predicted_and_measured(candidate)
+        tried.append((candidate, ratio, moved, model))
     within = [t for t in tried if t[1] <= budget]
     chosen = max(within, key=lambda t: t[1]) if within else min(tried, key=lambda t: t[1])
     check = {
@@ -130,7 +130,7 @@ def meet_measured_budget(env: LayerPruneEnv, plan: PruningPlan) -> tuple[Pruning
         "check_steps": len(tried) - 1,
         "check_ratios": [t[1] for t in tried],
         # the reading that chose the plan is biased low (see measured_verdict): one more, for the verdict
-        "latency_ratio_confirmed": predicted_and_measured(chosen[0])[1],
+        "latency_ratio_confirmed": statistics.median(measured_ratios(env, chosen[3])[0]),
     }
     return chosen[0], check
 
