@@ -21,6 +21,7 @@ import json
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,21 @@ def rewrite_tables(out: Path) -> list[dict[str, Any]]:
     return records
 
 
+def cell_order(methods: Sequence[str], *, transfer: bool) -> list[str]:
+    """The order of a budget's cells: the methods as given, with the transferred policy (it searches nothing, so its
+    cell costs a fine-tune only) right after the agents, before the searches that cost hours.
+
+    Example:
+        >>> cell_order(["dqn", "ppo", "uniform-l1", "random-search"], transfer=True)
+        ['dqn', 'ppo', 'transfer', 'uniform-l1', 'random-search']
+    """
+    order = list(methods)
+    if transfer:
+        after_agents = max((i + 1 for i, method in enumerate(order) if method in ALGOS), default=0)
+        order.insert(after_agents, "transfer")
+    return order
+
+
 def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
     """Run every missing cell, then write the tables and plots."""
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -247,7 +263,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
     records = load_records(results_path) if results_path.exists() else []
     done = {(r["method"], r["budget"], r["seed"]) for r in records}
     dataset = load_dataset(cfg.data, cfg.data_root)
-    methods = list(cfg.methods) + (["transfer"] if cfg.transfer_from else [])
+    methods = cell_order(cfg.methods, transfer=cfg.transfer_from is not None)
 
     def env_for(budget: float, **settings: Any) -> Any:
         return make_env(

@@ -315,6 +315,16 @@ def test_benchmark_writes_tables_and_resumes(tmp_path, capsys):
     assert order == [(0, 0.6), (0, 0.8), (1, 0.6), (1, 0.8)]
 
 
+def test_benchmark_runs_the_transferred_policy_after_the_agents_and_before_the_searches():
+    from scripts.benchmark import ALL_METHODS, cell_order
+
+    order = cell_order(ALL_METHODS, transfer=True)
+    assert order.index("transfer") == order.index("ppo") + 1 and order[-2:] == ["random-search", "greedy-lut"]
+    assert sorted(order) == sorted([*ALL_METHODS, "transfer"])
+    assert cell_order(["uniform-l1", "greedy-lut"], transfer=True) == ["transfer", "uniform-l1", "greedy-lut"]
+    assert cell_order(ALL_METHODS, transfer=False) == list(ALL_METHODS)
+
+
 def test_benchmark_transfer_rows_cost_no_evaluations_and_are_searched_once(tmp_path, monkeypatch):
     import scripts.benchmark
 
@@ -332,7 +342,8 @@ def test_benchmark_transfer_rows_cost_no_evaluations_and_are_searched_once(tmp_p
     assert [r["seed"] for r in transfer] == [0, 1] and all(r["evaluations"] == 0 for r in transfer)
     assert all(r["budget_met"] for r in transfer) and transfer[0]["sparsity"] == transfer[1]["sparsity"]
     assert not transfer[0]["search_reused"] and transfer[1]["search_reused"]  # seed 1 read seed 0's saved plan
-    assert len(builds) == 2 and builds[1]["centre_on_uniform"]  # one env per action mapping, kept across seeds
+    # one env per action mapping (the policy's for the transfer rows, which run first), kept across seeds
+    assert [bool(b.get("centre_on_uniform")) for b in builds] == [True, False]
     saved = json.loads((tmp_path / "bench" / "plans" / "transfer_b0.6.json").read_text())
     assert len(saved["inputs"]["policy"]) == 64  # the plan is tied to the policy's sha256
 
