@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -21,7 +21,6 @@ from pruning_core.dynamic import gated_blocks
 from pruning_core.engine import describe
 from pruning_core.errors import PruneGymError
 from pruning_core.finetune import prune_and_finetune
-from pruning_core.metrics import MacsCost, ParamsCost
 from pruning_core.plan import Granularity, PruningPlan
 from pruning_core.serialize import save_pruned
 from pruning_core.training import TrainConfig, evaluate
@@ -81,6 +80,15 @@ def measured_verdict(record: Mapping[str, Any]) -> dict[str, Any]:
     return {"latency_ratio_measured": ratio, "budget_met_measured": ratio <= record["budget"]}
 
 
+class _Measured(NamedTuple):
+    """A plan the budget check measured: its pruned model's median ratio to dense and how far it was moved."""
+
+    plan: PruningPlan
+    ratio: float
+    moved: float
+    model: torch.nn.Module
+
+
 def meet_measured_budget(env: LayerPruneEnv, plan: PruningPlan) -> tuple[PruningPlan, dict[str, Any]]:
     """Measure a channel plan's pruned model before fine-tuning and move it into its budget's band by measurement
     (NetAdapt checks its proposals by measurement too).
@@ -110,7 +118,7 @@ def meet_measured_budget(env: LayerPruneEnv, plan: PruningPlan) -> tuple[Pruning
         return ratio > budget or ratio < budget * CHECK_WIDEN_BELOW
 
     predicted, ratio, widths, model = predicted_and_measured(plan)
-    tried = [(plan, ratio, 0.0, model)]
+    tried = [_Measured(plan, ratio, 0.0, model)]
     moved = 0.0
     while outside_band(ratio) and len(tried) <= CHECK_STEPS:
         if (ratio > budget and moved >= 1.0) or (ratio < budget and moved <= -1.0):
@@ -120,19 +128,19 @@ def meet_measured_budget(env: LayerPruneEnv, plan: PruningPlan) -> tuple[Pruning
         if {name: len(c) for name, c in env.engine.kept_channels(candidate).items()} == widths:
             break  # widths are rounded to the table's granule: this is as close as the plan gets
         predicted, ratio, widths, model = predicted_and_measured(candidate)
-        tried.append((candidate, ratio, moved, model))
-    within = [t for t in tried if t[1] <= budget]
-    chosen = max(within, key=lambda t: t[1]) if within else min(tried, key=lambda t: t[1])
+        tried.append(_Measured(candidate, ratio, moved, model))
+    within = [t for t in tried if t.ratio <= budget]
+    chosen = max(within, key=lambda t: t.ratio) if within else min(tried, key=lambda t: t.ratio)
     check = {
-        "latency_ratio_before_check": tried[0][1],
-        "latency_ratio_after_check": chosen[1],
-        "thinned_by": chosen[2],
+        "latency_ratio_before_check": tried[0].ratio,
+        "latency_ratio_after_check": chosen.ratio,
+        "thinned_by": chosen.moved,
         "check_steps": len(tried) - 1,
-        "check_ratios": [t[1] for t in tried],
+        "check_ratios": [t.ratio for t in tried],
         # the reading that chose the plan is biased low (see measured_verdict): one more, for the verdict
-        "latency_ratio_confirmed": statistics.median(measured_ratios(env, chosen[3])[0]),
+        "latency_ratio_confirmed": statistics.median(measured_ratios(env, chosen.model)[0]),
     }
-    return chosen[0], check
+    return chosen.plan, check
 
 
 def plan_from_policy(policy: SavedPolicy, env: LayerPruneEnv) -> tuple[PruningPlan, dict[str, Any]]:
@@ -182,7 +190,7 @@ def finish_plan(
     engine = env.engine
     check: dict[str, Any] = {}
     static = plan.granularity is Granularity.CHANNEL and not plan.skip_thresholds
-    latency_budget = not isinstance(env.budget_model, MacsCost | ParamsCost)
+    latency_budget = env.budget_model.is_latency
     if check_budget and env.measured is not None and static and latency_budget:
         plan, check = meet_measured_budget(env, plan)
     pruned = prune_and_finetune(engine, plan, dataset, bn_batches=bn_batches, config=finetune, progress=progress)

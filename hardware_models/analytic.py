@@ -139,6 +139,7 @@ class AnalyticLatency(LayerwiseCost):
     """
 
     kind = DeviceKind.ANALYTIC
+    is_latency = True
 
     def __init__(
         self, profile: DeviceProfile, *, precision: str = "fp32", sparse_2_4: bool = False, batch_size: int = 1

@@ -250,6 +250,7 @@ class LookupTable(LayerwiseCost):
         schema_version: JSON layout version.
     """
 
+    is_latency = True
     device: str
     runtime: str
     threads: int | None

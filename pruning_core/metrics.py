@@ -126,9 +126,12 @@ class LayerwiseCost:
     Attributes:
         granule: Searches keep pruned widths at multiples of this (a lookup table's profiled channel step, where the
             hardware's blocked kernels make other widths no faster); 1 for any width.
+        is_latency: Whether the cost stands for latency on a device, so that a measurement of that device can check
+            it (a MACs or parameter budget is not judged by latency).
     """
 
     granule: int = 1
+    is_latency: bool = False
 
     def layer_cost(self, graph: ModelGraph, name: str, c_in: int, c_out: int) -> float:
         raise NotImplementedError
