@@ -7,6 +7,7 @@ most the episode in flight and ``resume=True`` continues it.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -162,6 +163,16 @@ def _write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
 
 
+def _save_via_file(path: Path, save: Callable[[io.BufferedIOBase], None]) -> None:
+    """Run an SB3 ``save(file)`` into a temporary file renamed onto ``path`` (SB3 takes open files as well as paths)."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as handle:
+            save(handle)
+
+    atomic_write_bytes(path, write)
+
+
 class SearchCallback(BaseCallback):
     """Per episode: log to TensorBoard, keep the best plan, save the run, stop at the episode budget."""
 
@@ -226,9 +237,10 @@ class SearchCallback(BaseCallback):
         for name in self.group_names:
             self.logger.record(f"prune/sparsity/{name}", plan["sparsity"].get(name, 0.0))
         self.logger.dump(state.episodes)
-        self.model.save(self.run / "model.zip")
+        # SB3 writes in place; through a temporary file and a rename, a kill mid-save leaves the last episode's files
+        _save_via_file(self.run / "model.zip", self.model.save)
         if ALGOS[self.config.algo].off_policy:
-            self.model.save_replay_buffer(self.run / "replay_buffer.pkl")  # type: ignore[attr-defined]
+            _save_via_file(self.run / "replay_buffer.pkl", self.model.save_replay_buffer)  # type: ignore[attr-defined]
         save_policy(self.run, self.model, algo=self.config.algo, env_settings=self.config.env_kwargs())
         _write_json(self.run / "search_state.json", asdict(state))
         if self.on_episode is not None:

@@ -7,7 +7,7 @@ import torch
 
 from agents.apply import finish_plan, meet_measured_budget, plan_from_policy
 from agents.policy_io import load_policy
-from agents.train import ALGOS, TrainRunConfig, _keep_progress_log, train_agent
+from agents.train import ALGOS, TrainRunConfig, _keep_progress_log, _save_via_file, train_agent
 from envs.factory import make_env
 from pruning_core.errors import CheckpointError, IncompatiblePolicyError, PruneGymError
 from pruning_core.finetune import finetune_recipe
@@ -63,6 +63,23 @@ def test_resume_continues_where_the_run_stopped(tmp_path):
         train_agent(_config("dqn"), tmp_path / "run", progress=False)
     with pytest.raises(CheckpointError, match="nothing to resume"):
         train_agent(None, tmp_path / "empty", resume=True, progress=False)
+
+
+def test_a_save_cut_short_leaves_the_last_model_intact(tmp_path):
+    # a kill mid-save once left a truncated model.zip that the resume could not open (CI, session 13)
+    train_agent(_config("dqn", episodes=2), tmp_path / "run", progress=False)
+    saved = tmp_path / "run" / "model.zip"
+    before = saved.read_bytes()
+
+    def killed_midway(handle):
+        handle.write(before[: len(before) // 2])
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _save_via_file(saved, killed_midway)
+    assert saved.read_bytes() == before and not [p for p in saved.parent.iterdir() if p.name.endswith(".tmp")]
+    resumed = train_agent(None, tmp_path / "run", resume=True, episodes=3, progress=False)
+    assert resumed.state.episodes == 3
 
 
 def test_a_run_over_a_budget_range_learns_one_policy_for_every_budget(tmp_path):
