@@ -15,6 +15,7 @@ import torch
 
 from agents.policy_io import SavedPolicy
 from envs.layer_prune import LayerPruneEnv
+from hardware_models.measure import interleaved_rounds
 from pruning_core.baselines import retargeted_plan
 from pruning_core.data import ImageDataset, atomic_write_bytes
 from pruning_core.dynamic import gated_blocks
@@ -39,22 +40,31 @@ CHECK_WIDEN_BELOW = 0.94
 should not lose accuracy it was allowed to keep."""
 
 
-def measured_ratios(env: LayerPruneEnv, model: torch.nn.Module) -> tuple[list[float], list[float], list[float]]:
+class MeasuredRatios(NamedTuple):
+    """A model's latency beside the dense one, one entry per round: ratio, dense ms, pruned ms; and where it was
+    timed (``worker``: the fresh timing process; ``process``: this one)."""
+
+    ratios: list[float]
+    dense_ms: list[float]
+    pruned_ms: list[float]
+    timing: str
+
+
+def measured_ratios(env: LayerPruneEnv, model: torch.nn.Module) -> MeasuredRatios:
     """Latency of ``model`` relative to the dense model on the env's measured device, in :data:`LATENCY_ROUNDS`
-    measurements side by side with the dense model: each round's ratio, and the dense and pruned medians (ms).
-    The model's ratio is the median of the rounds'.
+    measurements side by side with the dense model, timed in a fresh worker process
+    (:func:`~hardware_models.measure.interleaved_rounds`). The model's ratio is the median of the rounds'.
 
     One such measurement can miss the ratio by several percent here (5 in a row of one resnet56 plan: 0.63-0.68),
     and the host drifts over minutes, so each round times both models in turn.
     """
     if env.measured is None:
         raise PruneGymError("expected an environment on a device measured on this host; got one without")
-    dense_ms, pruned_ms = [], []
-    for _ in range(LATENCY_ROUNDS):
-        dense, pruned = env.measured.measure_interleaved([env.engine.model, model], env.engine.input_shape)
-        dense_ms.append(dense.p50_ms)
-        pruned_ms.append(pruned.p50_ms)
-    return [p / d for p, d in zip(pruned_ms, dense_ms, strict=True)], dense_ms, pruned_ms
+    rounds = interleaved_rounds(env.measured, [env.engine.model, model], env.engine.input_shape, rounds=LATENCY_ROUNDS)
+    dense_ms = [dense.p50_ms for dense, _ in rounds.stats]
+    pruned_ms = [pruned.p50_ms for _, pruned in rounds.stats]
+    ratios = [p / d for p, d in zip(pruned_ms, dense_ms, strict=True)]
+    return MeasuredRatios(ratios, dense_ms, pruned_ms, "worker" if rounds.in_worker else "process")
 
 
 def measured_verdict(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -111,7 +121,7 @@ def meet_measured_budget(env: LayerPruneEnv, plan: PruningPlan) -> tuple[Pruning
     def predicted_and_measured(candidate: PruningPlan) -> tuple[float, float, dict[str, int], torch.nn.Module]:
         pruned = env.engine.apply(candidate)
         widths = {name: len(channels) for name, channels in pruned.kept_channels.items()}
-        ratio = statistics.median(measured_ratios(env, pruned.model)[0])
+        ratio = statistics.median(measured_ratios(env, pruned.model).ratios)
         return problem.cost_of(widths), ratio, widths, pruned.model
 
     def outside_band(ratio: float) -> bool:
@@ -138,7 +148,7 @@ def meet_measured_budget(env: LayerPruneEnv, plan: PruningPlan) -> tuple[Pruning
         "check_steps": len(tried) - 1,
         "check_ratios": [t.ratio for t in tried],
         # the reading that chose the plan is biased low (see measured_verdict): one more, for the verdict
-        "latency_ratio_confirmed": statistics.median(measured_ratios(env, chosen.model)[0]),
+        "latency_ratio_confirmed": statistics.median(measured_ratios(env, chosen.model).ratios),
     }
     return chosen.plan, check
 
@@ -227,7 +237,8 @@ def finish_plan(
         record["exec_rate_test"] = exec_rate
         record["cost_expected"] = env.budget_model.combine(weighted)
     if env.measured is not None:  # the device is this host: measure the pruned model there, beside the dense one
-        ratios, dense_ms, pruned_ms = measured_ratios(env, pruned.model)
+        ratios, dense_ms, pruned_ms, timing = measured_ratios(env, pruned.model)
+        record["latency_timing"] = timing
         record["latency_ms_measured"] = statistics.median(pruned_ms)
         record["dense_latency_ms_measured"] = statistics.median(dense_ms)
         record["latency_ratios_measured"] = ratios

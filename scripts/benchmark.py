@@ -229,6 +229,25 @@ def load_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    text = json.dumps(records, indent=1)
+    atomic_write_bytes(path, lambda tmp: tmp.write_text(text))
+
+
+def is_current(record: dict[str, Any]) -> bool:
+    """Whether a record was finished under the current protocol, or is finished again when the benchmark resumes.
+
+    Measured latency, the budget check's included, is timed in a fresh worker process
+    (:func:`~hardware_models.measure.interleaved_rounds`); records timed in the benchmark's own process, as they were
+    before that, lack ``latency_timing``. Its search is reused (plans, score logs and agent runs are saved), so
+    finishing it again costs the check, the fine-tuning and the measurements.
+
+    >>> is_current({"latency_ratio_final": 0.69}), is_current({"latency_ratio_final": 0.69, "latency_timing": "worker"})
+    (False, True)
+    """
+    return "latency_ratio_final" not in record or "latency_timing" in record
+
+
 def rewrite_tables(out: Path) -> list[dict[str, Any]]:
     """Bring a benchmark folder's results.json up to date (:func:`load_records`) and write its tables and plots
     again, running nothing."""
@@ -236,7 +255,7 @@ def rewrite_tables(out: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise PruneGymError(f"expected a benchmark folder holding results.json; got {out}")
     records = load_records(path)
-    atomic_write_bytes(path, lambda tmp: tmp.write_text(json.dumps(records, indent=1)))
+    _write_records(path, records)
     write_tables(records, out)
     return records
 
@@ -261,7 +280,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
     cfg.out.mkdir(parents=True, exist_ok=True)
     results_path = cfg.out / "results.json"
     records = load_records(results_path) if results_path.exists() else []
-    done = {(r["method"], r["budget"], r["seed"]) for r in records}
+    done = {(r["method"], r["budget"], r["seed"]) for r in records if is_current(r)}
+    superseded_path = cfg.out / "superseded.json"
     dataset = load_dataset(cfg.data, cfg.data_root)
     methods = cell_order(cfg.methods, transfer=cfg.transfer_from is not None)
 
@@ -332,8 +352,14 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                 record["search_cpu_seconds"] = cpu_seconds  # wall time counts pauses; CPU time does not
                 record["search_reused"] = cached is not None
                 record["sparsity"] = dict(plan.sparsity)
+                cell = (method, budget, seed)
+                stale = [r for r in records if (r["method"], r["budget"], r["seed"]) == cell]
+                if stale:  # finished again under the current protocol: the old record is kept apart, not lost
+                    old = json.loads(superseded_path.read_text()) if superseded_path.exists() else []
+                    _write_records(superseded_path, old + stale)
+                    records = [r for r in records if (r["method"], r["budget"], r["seed"]) != cell]
                 records.append(record)
-                atomic_write_bytes(results_path, lambda tmp: tmp.write_text(json.dumps(records, indent=1)))
+                _write_records(results_path, records)
     dense_path = cfg.out / "dense.json"
     if not dense_path.exists():  # the dense model's test accuracy, the plot's reference point
         from pruning_core.training import evaluate

@@ -25,7 +25,7 @@ from hardware_models.lut import (
     random_variant,
     validate,
 )
-from hardware_models.measure import OrtLatency, TorchLatency, build_variant
+from hardware_models.measure import OrtLatency, TorchLatency, build_variant, interleaved_rounds
 from pruning_core.errors import PruneGymError
 from pruning_core.graph import ModelGraph
 from pruning_core.metrics import count_cost
@@ -42,6 +42,18 @@ def small_graph() -> ModelGraph:
 def resnet_graph() -> ModelGraph:
     torch.manual_seed(0)
     return ModelGraph(build_model("resnet20"), (3, 32, 32))
+
+
+def test_rounds_are_timed_in_a_fresh_worker_unless_the_models_cannot_go_there(resnet_graph):
+    measurer = TorchLatency("cpu", threads=1, runs=5)
+    slim = build_variant(resnet_graph, Variant(kept={g.name: max(1, g.channels // 4) for g in resnet_graph.groups}))
+    rounds = interleaved_rounds(measurer, [resnet_graph.model, slim], (3, 32, 32), rounds=3)
+    assert rounds.in_worker and len(rounds.stats) == 3 and all(len(r) == 2 and r[0].threads == 1 for r in rounds.stats)
+    assert sorted(p.p50_ms < d.p50_ms for d, p in rounds.stats)[1]  # the slim model is faster in most rounds
+    slim.unpicklable = lambda: None  # a lambda cannot be pickled: timed here, with a warning
+    with pytest.warns(UserWarning, match="timing in this process"):
+        here = interleaved_rounds(measurer, [resnet_graph.model, slim], (3, 32, 32), rounds=2)
+    assert not here.in_worker and len(here.stats) == 2
 
 
 @pytest.mark.parametrize(

@@ -298,6 +298,17 @@ def test_benchmark_writes_tables_and_resumes(tmp_path, capsys):
     assert 0.5 < json.loads((tmp_path / "bench" / "dense.json").read_text())["test_top1"] <= 1  # the plot's star
     assert main(argv) == 0  # resumed: nothing left to compute, nothing appended
     assert len(json.loads((tmp_path / "bench" / "results.json").read_text())) == 3
+    # a record measured under an older protocol (timed in the benchmark's process) is finished again on resume, its
+    # search reused; the old record is kept in superseded.json
+    results = tmp_path / "bench" / "results.json"
+    old = json.loads(results.read_text())
+    old[0]["latency_ratio_final"] = 0.59
+    results.write_text(json.dumps(old))
+    assert main(argv) == 0
+    again = json.loads(results.read_text())
+    assert [r["method"] for r in again] == ["random-search", "dqn", "uniform-l1"] and again[:2] == old[1:]
+    assert json.loads((tmp_path / "bench" / "superseded.json").read_text()) == [old[0]]
+    assert again[2]["search_reused"] and again[2]["test_top1_finetuned"] == old[0]["test_top1_finetuned"]
     plans = tmp_path / "bench" / "plans"
     assert [f.name for f in plans.iterdir()] == ["uniform-l1_b0.6.json"]  # searched once per budget, not per seed
     start = argv.index("--methods")
@@ -305,7 +316,7 @@ def test_benchmark_writes_tables_and_resumes(tmp_path, capsys):
     uniform = [r for r in json.loads((tmp_path / "bench" / "results.json").read_text()) if r["method"] == "uniform-l1"]
     assert [r["seed"] for r in uniform] == [0, 1]
     assert uniform[1]["search_seconds"] == uniform[0]["search_seconds"]  # seed 1 reused seed 0's search
-    assert uniform[1]["search_reused"] and not uniform[0]["search_reused"] and uniform[1]["finish_seconds"] > 0
+    assert uniform[1]["search_reused"] and not old[0]["search_reused"] and uniform[1]["finish_seconds"] > 0
     assert "| total |" in (tmp_path / "bench" / "results.md").read_text()
 
     # Seed by seed: a benchmark stopped part-way has every budget for the seeds it finished.
