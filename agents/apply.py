@@ -237,12 +237,12 @@ def finish_plan(
         record["exec_rate_test"] = exec_rate
         record["cost_expected"] = env.budget_model.combine(weighted)
     if env.measured is not None:  # the device is this host: measure the pruned model there, beside the dense one
-        ratios, dense_ms, pruned_ms, timing = measured_ratios(env, pruned.model)
-        record["latency_timing"] = timing
-        record["latency_ms_measured"] = statistics.median(pruned_ms)
-        record["dense_latency_ms_measured"] = statistics.median(dense_ms)
-        record["latency_ratios_measured"] = ratios
-        record["latency_ratio_final"] = statistics.median(ratios)
+        final = measured_ratios(env, pruned.model)
+        record["latency_timing"] = final.timing
+        record["latency_ms_measured"] = statistics.median(final.pruned_ms)
+        record["dense_latency_ms_measured"] = statistics.median(final.dense_ms)
+        record["latency_ratios_measured"] = final.ratios
+        record["latency_ratio_final"] = statistics.median(final.ratios)
         if latency_budget:  # a MACs or parameter budget is not judged by latency
             record.update(measured_verdict(record))
         else:

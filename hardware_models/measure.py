@@ -6,22 +6,23 @@ measured with an explicit thread count (1 by default), after a warm-up, over man
 with its spread; and models that are compared are timed interleaved (:meth:`TorchLatency.measure_interleaved`:
 one call of each in turn), so a slow spell of the host falls on all of them alike and their ratio stays true.
 
-What a process did before it times also shows: a resnet56 plan timed beside dense, 15 rounds, read 0.513-0.536 of
-dense in a process that had just run eight 2-thread search episodes, and 0.481-0.515 in a fresh worker process the
-same minute (lower in 4 of 4 pairs; a fresh 1-thread process read 0.503-0.517). So verdicts on a budget are timed in a
-fresh worker process (:func:`interleaved_rounds`), started once and doing nothing else.
+What a process did before it times also shows: a resnet56 plan timed beside dense, 15 rounds, read 0.515-0.540 of
+dense in a process that had just run eight 2-thread search episodes, and 0.494-0.502 in a fresh worker process the
+same minutes (two runs of ``python -m scripts.bench_timing_worker``, two pairs each, each side first in turn; a fresh
+1-thread process read 0.503-0.517). So verdicts on a budget are timed in a fresh worker process
+(:func:`interleaved_rounds`), started once and doing nothing else.
 """
 
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
 import contextlib
 import copy
 import functools
-import multiprocessing
 import os
 import pickle
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -327,33 +328,75 @@ def measurer_for(
     return MEASURED_DEVICES[device].factory(default_threads() if threads is None else threads, runs, min_seconds)
 
 
+def time_rounds(
+    measurer: TorchLatency | OrtLatency,
+    models: list[nn.Module],
+    input_shape: tuple[int, ...],
+    rounds: int,
+    batch_size: int = 1,
+) -> list[list[LatencyStats]]:
+    """``rounds`` calls of ``measurer.measure_interleaved`` on ``models``, in this process."""
+    return [measurer.measure_interleaved(models, input_shape, batch_size=batch_size) for _ in range(rounds)]
+
+
+class _TimingWorker:
+    """The fresh process of :mod:`hardware_models.timing_worker`, spoken to through its stdin and stdout."""
+
+    def __init__(self) -> None:
+        root = str(Path(__file__).resolve().parents[1])  # importable from wherever the caller runs
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "hardware_models.timing_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+
+    def time(self, request: bytes) -> list[list[LatencyStats]] | None:
+        """The worker's reply to one request; None when it has stopped."""
+        from hardware_models.timing_worker import read_message, write_message
+
+        assert self.process.stdin is not None and self.process.stdout is not None
+        try:
+            write_message(self.process.stdin, request)
+        except (BrokenPipeError, OSError):
+            return None
+        reply = read_message(self.process.stdout)
+        if reply is None:
+            return None
+        status, value = pickle.loads(reply)
+        if status != "ok":
+            raise PruneGymError(f"the timing worker could not time the models: {value}")
+        return value  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()  # the worker exits at the end of its input
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+_WORKER: _TimingWorker | None = None
+
+
+def _stop_worker() -> None:
+    global _WORKER
+    if _WORKER is not None:
+        _WORKER.close()
+        _WORKER = None
+
+
+atexit.register(_stop_worker)
+
+
 class Rounds(NamedTuple):
     """Interleaved measurements of several models: per round, one :class:`LatencyStats` per model, and whether they
     were taken in the timing worker process (``False``: in this process)."""
 
     stats: list[list[LatencyStats]]
     in_worker: bool
-
-
-_WORKER: concurrent.futures.ProcessPoolExecutor | None = None
-
-
-def _stop_worker() -> None:
-    """Shut the timing worker down before the interpreter tears its modules down (else a warning at exit)."""
-    global _WORKER
-    if _WORKER is not None:
-        _WORKER.shutdown(wait=True)
-        _WORKER = None
-
-
-def _start_worker() -> None:
-    torch.set_num_threads(1)  # the worker only times; measurers set their own thread count around each timing
-
-
-def _time_rounds(
-    measurer: TorchLatency | OrtLatency, models: list[nn.Module], input_shape: tuple[int, ...], rounds: int, batch: int
-) -> list[list[LatencyStats]]:
-    return [measurer.measure_interleaved(models, input_shape, batch_size=batch) for _ in range(rounds)]
 
 
 def interleaved_rounds(
@@ -367,10 +410,10 @@ def interleaved_rounds(
 ) -> Rounds:
     """``rounds`` interleaved measurements of ``models``, timed in a fresh worker process where possible.
 
-    The worker is spawned on first use (a few seconds: it imports torch) and kept: a process that has trained or
-    searched before it times reads pruned models as slower, relative to dense, than a fresh one (see the module
-    docstring). Models reach it pickled; a model that cannot be pickled (a lambda in it, say), and every GPU
-    measurement, is timed here instead, with a warning for the former.
+    The worker (:mod:`hardware_models.timing_worker`) is started on first use (a few seconds: it imports torch) and
+    kept: a process that has trained or searched before it times reads pruned models as slower, relative to dense,
+    than a fresh one (see the module docstring). Models reach it as a plain pickle, a copy; a model that cannot be
+    pickled (a lambda in it, say), and every GPU measurement, is timed here instead, with a warning for the former.
 
     Args:
         measurer: How to time (its device, runtime, threads, runs).
@@ -379,20 +422,29 @@ def interleaved_rounds(
         rounds: Measurements of all models.
         batch_size: Inputs per call.
         in_worker: False to time in this process.
+
+    Raises:
+        PruneGymError: The worker could not time the models (a model's forward pass failed there).
     """
     global _WORKER
     if in_worker and not (isinstance(measurer, TorchLatency) and measurer.torch_device.type == "cuda"):
         try:
-            if _WORKER is None:
-                _WORKER = concurrent.futures.ProcessPoolExecutor(
-                    1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker
-                )
-                atexit.register(_stop_worker)
-            job = _WORKER.submit(_time_rounds, measurer, [m.eval() for m in models], input_shape, rounds, batch_size)
-            return Rounds(job.result(), True)
+            models = [m.eval() for m in models]
+            request = pickle.dumps(
+                (measurer, models, input_shape, rounds, batch_size), protocol=pickle.HIGHEST_PROTOCOL
+            )
         except (pickle.PicklingError, AttributeError, TypeError) as exc:
-            warnings.warn(f"timing in this process: the timing worker could not take the models ({exc})", stacklevel=2)
-        except concurrent.futures.process.BrokenProcessPool as exc:
-            _WORKER = None
-            warnings.warn(f"timing in this process: the timing worker stopped ({exc})", stacklevel=2)
-    return Rounds(_time_rounds(measurer, models, input_shape, rounds, batch_size), False)
+            warnings.warn(
+                f"timing in this process: the models cannot be pickled for the timing worker ({exc})", stacklevel=2
+            )
+        else:
+            if _WORKER is None:
+                _WORKER = _TimingWorker()
+            stats = _WORKER.time(request)
+            if stats is not None:
+                return Rounds(stats, True)
+            _stop_worker()
+            warnings.warn(
+                "timing in this process: the timing worker stopped (its error is printed above)", stacklevel=2
+            )
+    return Rounds(time_rounds(measurer, models, input_shape, rounds, batch_size), False)

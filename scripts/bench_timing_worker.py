@@ -4,8 +4,8 @@ searched and, the same minute, in the fresh timing worker.
 The benchmark process searches and fine-tunes with two threads, then times finished models with one. This script
 reproduces that: it runs ``--episodes`` random search episodes (adaptive BN, fine-tuning steps, val) with
 ``--threads`` threads, then reads the plan's ratio (median of :data:`~agents.apply.LATENCY_ROUNDS` interleaved rounds
-beside dense) alternately here and in the worker (:func:`~hardware_models.measure.interleaved_rounds`), ``--pairs``
-times. Run it a few times: the host drifts between runs.
+beside dense) here and in the worker (:func:`~hardware_models.measure.interleaved_rounds`), ``--pairs`` times, each
+first in every other pair. Run it a few times: the host drifts between runs.
 
 Usage:
     python -m scripts.bench_timing_worker --model resnet56 --checkpoint checkpoints/resnet56_cifar10.pt \\
@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> None:
         return statistics.median(pruned.p50_ms / dense.p50_ms for dense, pruned in rounds.stats)
 
     readings: dict[str, list[float]] = {"this_process": [], "worker": []}
-    for _ in range(args.pairs):
-        readings["this_process"].append(ratio(False))
-        readings["worker"].append(ratio(True))
+    for pair in range(args.pairs):  # in turn, each first every other pair, so that drift favours neither
+        for in_worker in (pair % 2 == 1, pair % 2 == 0):
+            readings["worker" if in_worker else "this_process"].append(ratio(in_worker))
     print(json.dumps({key: [round(r, 4) for r in values] for key, values in readings.items()}))
     if args.out:
         Path(args.out).write_text(json.dumps(readings, indent=1))

@@ -350,14 +350,13 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                 record["finish_seconds"] = time.perf_counter() - finish_start[0]  # prune, BN, fine-tune, measure
                 record["finish_cpu_seconds"] = time.process_time() - finish_start[1]
                 record["search_cpu_seconds"] = cpu_seconds  # wall time counts pauses; CPU time does not
-                record["search_reused"] = cached is not None
+                stale = [r for r in records if (r["method"], r["budget"], r["seed"]) == (method, budget, seed)]
+                record["search_reused"] = cached is not None or bool(stale)  # a stale record's search is complete
                 record["sparsity"] = dict(plan.sparsity)
-                cell = (method, budget, seed)
-                stale = [r for r in records if (r["method"], r["budget"], r["seed"]) == cell]
                 if stale:  # finished again under the current protocol: the old record is kept apart, not lost
                     old = json.loads(superseded_path.read_text()) if superseded_path.exists() else []
                     _write_records(superseded_path, old + stale)
-                    records = [r for r in records if (r["method"], r["budget"], r["seed"]) != cell]
+                    records = [r for r in records if r not in stale]
                 records.append(record)
                 _write_records(results_path, records)
     dense_path = cfg.out / "dense.json"

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from agents.apply import finish_plan, meet_measured_budget, plan_from_policy
+from agents.apply import LATENCY_ROUNDS, finish_plan, measured_ratios, meet_measured_budget, plan_from_policy
 from agents.policy_io import load_policy
 from agents.train import ALGOS, TrainRunConfig, _keep_progress_log, _save_via_file, train_agent
 from envs.factory import make_env
@@ -172,6 +172,9 @@ def test_the_measured_check_moves_a_plan_into_its_budget_band(digits):
     assert widened["latency_ratio_before_check"] <= widened["latency_ratio_after_check"] <= 0.6
     assert all(wider.sparsity[n] <= thin.sparsity[n] for n in names)
     assert 0 < check["latency_ratio_confirmed"] < 1  # one more, unselected reading of the kept plan
+    # timed in the fresh worker process, not in this one (which has just trained and searched)
+    reading = measured_ratios(env, env.engine.apply(checked).model)
+    assert reading.timing == "worker" and len(reading.ratios) == LATENCY_ROUNDS
     with pytest.raises(PruneGymError, match="expected an environment on a device measured on this host"):
         meet_measured_budget(make_env(dataset=digits, **FAST), plan)  # an analytic profile: nothing to measure
 

@@ -54,6 +54,9 @@ def test_rounds_are_timed_in_a_fresh_worker_unless_the_models_cannot_go_there(re
     with pytest.warns(UserWarning, match="timing in this process"):
         here = interleaved_rounds(measurer, [resnet_graph.model, slim], (3, 32, 32), rounds=2)
     assert not here.in_worker and len(here.stats) == 2
+    with pytest.raises(PruneGymError, match="timing worker could not time the models: RuntimeError"):
+        interleaved_rounds(measurer, [torch.nn.Linear(5, 5)], (3, 32, 32), rounds=1)  # fails in the worker: said here
+    assert interleaved_rounds(measurer, [resnet_graph.model], (3, 32, 32), rounds=1).in_worker  # the worker carries on
 
 
 @pytest.mark.parametrize(
