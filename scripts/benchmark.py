@@ -402,7 +402,8 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def wall_time_lines(records: list[dict[str, Any]]) -> list[str]:
     """Markdown: where the benchmark's time went, per method. A deterministic method's search (one per budget,
     shared by its seeds, see ``plans/``) is counted once per budget. Wall time includes any pause of the process;
-    CPU time (all threads of the process) does not, and is "-" where a record predates it.
+    CPU time (all threads of the process) does not, and is "-" where a record predates it; nor does it count the
+    timing worker's, which measures latency in a process of its own.
 
     >>> rows = [{"method": "uniform-l1", "budget": 0.5, "search_seconds": 60, "finish_seconds": 30},
     ...         {"method": "uniform-l1", "budget": 0.5, "search_seconds": 60, "finish_seconds": 30}]
@@ -429,7 +430,7 @@ def wall_time_lines(records: list[dict[str, Any]]) -> list[str]:
 
     lines = [
         "Time (minutes): wall time of the search and of pruning + BN + fine-tuning + measuring (finish), and the",
-        "CPU time of both (all threads; pauses of the process not counted)",
+        "CPU time of both (all threads; pauses of the process not counted, nor the timing worker that times latency)",
         "",
         "| method | search | finish | total | CPU |",
         "|---|---|---|---|---|",
