@@ -443,7 +443,10 @@ def wall_time_lines(records: list[dict[str, Any]]) -> list[str]:
 
 
 def write_tables(records: list[dict[str, Any]], out: Path) -> None:
-    """results.csv, results.md and the two plots."""
+    """results.csv, results.md and the two plots, of the records finished under the current protocol
+    (:func:`is_current`); results.md names the others, which a resumed benchmark finishes again."""
+    stale = [r for r in records if not is_current(r)]
+    records = [r for r in records if is_current(r)]
     if not records:
         return
     keys = [
@@ -501,6 +504,16 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> None:
                 "converged resnet56 about 4 points there; fine-tuning re-estimates the statistics either way).",
             ]
             if len({r.get("bn_recalibration", "clean") for r in records}) > 1
+            else []
+        ),
+        *(
+            [
+                "",
+                "Left out until finished again (timed in the benchmark's own process, before the timing worker): "
+                + ", ".join(f"{r['method']} at {r['budget']:g} seed {r['seed']}" for r in stale)
+                + ".",
+            ]
+            if stale
             else []
         ),
         "",

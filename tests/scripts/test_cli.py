@@ -7,6 +7,7 @@ import statistics
 import pytest
 
 from agents.apply import LATENCY_ROUNDS
+from scripts.benchmark import rewrite_tables
 from scripts.cli import main
 
 
@@ -304,6 +305,10 @@ def test_benchmark_writes_tables_and_resumes(tmp_path, capsys):
     old = json.loads(results.read_text())
     old[0]["latency_ratio_final"] = 0.59
     results.write_text(json.dumps(old))
+    rewrite_tables(tmp_path / "bench")  # until finished again, the tables leave it out and say so
+    table = (tmp_path / "bench" / "results.md").read_text()
+    assert "| 0.6 | uniform-l1 |" not in table and "finished again (timed in the benchmark's own process" in table
+    assert "uniform-l1 at 0.6 seed 0." in table and "| 0.6 | dqn |" in table
     assert main(argv) == 0
     again = json.loads(results.read_text())
     assert [r["method"] for r in again] == ["random-search", "dqn", "uniform-l1"] and again[:2] == old[1:]
