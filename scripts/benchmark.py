@@ -447,7 +447,18 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> None:
     (:func:`is_current`); results.md names the others, which a resumed benchmark finishes again."""
     stale = [r for r in records if not is_current(r)]
     records = [r for r in records if is_current(r)]
+    left_out = (
+        [
+            "Left out until finished again (timed in the benchmark's own process, before the timing worker): "
+            + ", ".join(f"{r['method']} at {r['budget']:g} seed {r['seed']}" for r in stale)
+            + "."
+        ]
+        if stale
+        else []
+    )
     if not records:
+        if left_out:
+            (out / "results.md").write_text("\n".join(left_out) + "\n")
         return
     keys = [
         "method",
@@ -506,16 +517,7 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> None:
             if len({r.get("bn_recalibration", "clean") for r in records}) > 1
             else []
         ),
-        *(
-            [
-                "",
-                "Left out until finished again (timed in the benchmark's own process, before the timing worker): "
-                + ", ".join(f"{r['method']} at {r['budget']:g} seed {r['seed']}" for r in stale)
-                + ".",
-            ]
-            if stale
-            else []
-        ),
+        *(["", *left_out] if left_out else []),
         "",
         *wall_time_lines(records),
     ]

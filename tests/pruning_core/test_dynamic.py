@@ -243,7 +243,9 @@ def test_parts_time_each_block_alone_and_restore_thresholds(digits):
     set_thresholds(gated, {"block1": 0.5, "block2": 0.0})  # block2 never skips: part of the static part
     probe = next(iter(digits.batches("test", 1)))[0]
     parts = measure_parts(gated, probe, repeats=5, reference=load_checkpoint("checkpoints/small_cnn_digits.pt").build())
-    assert parts.static_ms > 0 and set(parts.block_ms) == {"block1"} and parts.block_ms["block1"] > 0
+    # small_cnn's block1 costs about as much as the timing noise (it measured 0.0 once, all_ms under static_ms): its
+    # share is never negative, and the parts add up to the whole
+    assert parts.static_ms > 0 and set(parts.block_ms) == {"block1"} and parts.block_ms["block1"] >= 0
     assert parts.reference_ms is not None and parts.reference_ms > 0
     assert parts.static_ms + parts.block_ms["block1"] == pytest.approx(max(parts.all_ms, parts.static_ms))
     blocks = dict(gated_blocks(gated))

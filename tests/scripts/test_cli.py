@@ -415,6 +415,11 @@ def test_old_benchmark_records_are_brought_up_to_date_and_tables_written_again(t
         r.update(seed=0, macs=1e6, val_top1=0.5, test_top1_bn=0.5, test_top1_finetuned=0.8, search_seconds=1.0)
         r.update(evaluations=0, latency_ms_measured=1.0, sparsity={"a": 0.5})
     (tmp_path / "results.json").write_text(json.dumps([old, unchecked]))
+    assert main(["benchmark", "--tables-only", "--out", str(tmp_path)]) == 0  # timed in process: left out, named
+    assert "ppo at 0.7 seed 0, dqn at 0.7 seed 0." in (tmp_path / "results.md").read_text()
+    for r in (old, unchecked):
+        r["latency_timing"] = "worker"
+    (tmp_path / "results.json").write_text(json.dumps([old, unchecked]))
     assert main(["benchmark", "--tables-only", "--out", str(tmp_path)]) == 0  # runs nothing, writes it all again
     assert json.loads((tmp_path / "results.json").read_text())[0]["latency_ratio_final"] == 0.707
     assert (tmp_path / "results.md").exists() and (tmp_path / "accuracy_vs_latency.png").exists()
