@@ -50,17 +50,20 @@ class MeasuredRatios(NamedTuple):
     timing: str
 
 
-def measured_ratios(env: LayerPruneEnv, model: torch.nn.Module) -> MeasuredRatios:
+def measured_ratios(env: LayerPruneEnv, model: torch.nn.Module, *, in_worker: bool = True) -> MeasuredRatios:
     """Latency of ``model`` relative to the dense model on the env's measured device, in :data:`LATENCY_ROUNDS`
     measurements side by side with the dense model, timed in a fresh worker process
-    (:func:`~hardware_models.measure.interleaved_rounds`). The model's ratio is the median of the rounds'.
+    (:func:`~hardware_models.measure.interleaved_rounds`; in this process with ``in_worker=False``). The model's
+    ratio is the median of the rounds'.
 
     One such measurement can miss the ratio by several percent here (5 in a row of one resnet56 plan: 0.63-0.68),
     and the host drifts over minutes, so each round times both models in turn.
     """
     if env.measured is None:
         raise PruneGymError("expected an environment on a device measured on this host; got one without")
-    rounds = interleaved_rounds(env.measured, [env.engine.model, model], env.engine.input_shape, rounds=LATENCY_ROUNDS)
+    rounds = interleaved_rounds(
+        env.measured, [env.engine.model, model], env.engine.input_shape, rounds=LATENCY_ROUNDS, in_worker=in_worker
+    )
     dense_ms = [dense.p50_ms for dense, _ in rounds.stats]
     pruned_ms = [pruned.p50_ms for _, pruned in rounds.stats]
     ratios = [p / d for p, d in zip(pruned_ms, dense_ms, strict=True)]

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from hardware_models.base import DeviceKind, LatencyStats, Variant
+from hardware_models.timing_worker import read_message, write_message
 from pruning_core.engine import prune_channels, remove_blocks
 from pruning_core.errors import PruneGymError
 from pruning_core.graph import ModelGraph
@@ -354,8 +355,6 @@ class _TimingWorker:
 
     def time(self, request: bytes) -> list[list[LatencyStats]] | None:
         """The worker's reply to one request; None when it has stopped."""
-        from hardware_models.timing_worker import read_message, write_message
-
         assert self.process.stdin is not None and self.process.stdout is not None
         try:
             write_message(self.process.stdin, request)

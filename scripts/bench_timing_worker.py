@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from hardware_models.measure import interleaved_rounds
 from pruning_core.plan import PruningPlan
 
 
@@ -39,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="write the readings here as JSON")
     args = parser.parse_args(argv)
 
-    from agents.apply import LATENCY_ROUNDS
+    from agents.apply import measured_ratios
     from envs.factory import make_env
 
     torch.set_num_threads(args.threads)
@@ -63,14 +62,10 @@ def main(argv: list[str] | None = None) -> None:
         while not done:
             _, _, terminated, truncated, _ = env.step(env.action_space.sample())
             done = terminated or truncated
-    assert env.measured is not None
-    models = [env.engine.model, env.engine.apply(plan).model]
+    model = env.engine.apply(plan).model
 
     def ratio(in_worker: bool) -> float:
-        rounds = interleaved_rounds(
-            env.measured, models, env.engine.input_shape, rounds=LATENCY_ROUNDS, in_worker=in_worker
-        )
-        return statistics.median(pruned.p50_ms / dense.p50_ms for dense, pruned in rounds.stats)
+        return statistics.median(measured_ratios(env, model, in_worker=in_worker).ratios)
 
     readings: dict[str, list[float]] = {"this_process": [], "worker": []}
     for pair in range(args.pairs):  # in turn, each first every other pair, so that drift favours neither
