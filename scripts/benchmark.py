@@ -35,6 +35,7 @@ from pruning_core.data import atomic_write_bytes, load_dataset
 from pruning_core.errors import BudgetInfeasibleError, PruneGymError
 from pruning_core.finetune import finetune_recipe
 from pruning_core.plan import PruningPlan
+from pruning_core.scoring import DEFAULT_FINETUNE_STEPS
 from pruning_core.search import greedy_search, random_search
 
 SEARCHES = ("random-search", "greedy-lut")
@@ -61,6 +62,8 @@ class BenchmarkConfig:
     out: Path
     val_images: int = 1000
     bn_batches: int = 10
+    finetune_steps: int = DEFAULT_FINETUNE_STEPS
+    """SGD steps of the short fine-tune in every search's score (agents, random-search, greedy-lut)."""
     transfer_from: str | None = None
     centre_on_uniform: bool = False
     """Agents' action range centred on the uniform plan (see ``LayerPruneEnv``)."""
@@ -106,11 +109,14 @@ def _plan_for(
             seed=seed,
             val_images=cfg.val_images,
             bn_batches=cfg.bn_batches,
+            finetune_steps=cfg.finetune_steps,
             centre_on_uniform=cfg.centre_on_uniform,
             # DQN's exploration is epsilon-greedy: the initial action spread is for the continuous agents only
             action_std=cfg.action_std if ALGOS[method].action_mode == "continuous" else None,
         )
         resume = (run / "model.zip").exists()
+        if resume:
+            _check_same_scoring(run, config)
         search = train_agent(None if resume else config, run, resume=resume)
         return search.state_plan(), search.state.episodes, (search.state.seconds, search.state.cpu_seconds)
     if method == "transfer":
@@ -119,6 +125,21 @@ def _plan_for(
         plan, _ = plan_from_policy(policy, env)
         return plan, 0, None
     raise PruneGymError(f"method must be one of {', '.join(ALL_METHODS)} or transfer; got {method!r}")
+
+
+def _check_same_scoring(run: Path, config: TrainRunConfig) -> None:
+    """Refuse to resume an agent's run that scores plans with another recipe than this benchmark's.
+
+    Raises:
+        PruneGymError: The run's ``config.json`` names another scoring recipe.
+    """
+    saved = json.loads((run / "config.json").read_text())
+    for key in ("val_images", "bn_batches", "finetune_steps"):
+        if saved.get(key) != getattr(config, key):
+            raise PruneGymError(
+                f"expected the agent run {run} to score with {key}={getattr(config, key)} like this benchmark; "
+                f"got {key}={saved.get(key)} (use another --out)"
+            )
 
 
 def _search_plan(
@@ -295,6 +316,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
             budget=budget,
             val_images=cfg.val_images,
             bn_batches=cfg.bn_batches,
+            finetune_steps=cfg.finetune_steps,
             dataset=dataset,
             progress=True,
             **settings,

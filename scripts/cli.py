@@ -629,6 +629,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         out=args.out,
         val_images=args.val_images,
         bn_batches=args.bn_batches,
+        finetune_steps=args.finetune_steps,
         transfer_from=str(args.transfer_from) if args.transfer_from else None,
         centre_on_uniform=args.centre_on_uniform,
         action_std=args.action_std,
@@ -646,6 +647,16 @@ def add_target_args(parser: argparse.ArgumentParser, *, model_default: str | Non
     parser.add_argument("--device", default="host-cpu", help="target device (see `prunegym devices`)")
     parser.add_argument("--budget", type=float, default=0.5, help="fraction of the dense model's cost")
     parser.add_argument("--budget-metric", default="latency", choices=["latency", "macs", "params"])
+
+
+def _add_score_steps_arg(parser: argparse.ArgumentParser) -> None:
+    """The scorer's short fine-tune (``ScoreConfig.finetune_steps``), shared by ``train`` and ``benchmark``."""
+    parser.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=DEFAULT_FINETUNE_STEPS,
+        help="short fine-tune steps inside every search's score (0: adaptive BN alone)",
+    )
 
 
 def _add_agent_args(parser: argparse.ArgumentParser) -> None:
@@ -786,12 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-envs", type=int, default=1, help="environments in parallel processes")
     p.add_argument("--val-images", type=int, default=1000)
     p.add_argument("--bn-batches", type=int, default=10)
-    p.add_argument(
-        "--finetune-steps",
-        type=int,
-        default=DEFAULT_FINETUNE_STEPS,
-        help="short fine-tune steps inside the score (0: adaptive BN alone)",
-    )
+    _add_score_steps_arg(p)
     p.add_argument("--dynamic-skip", action="store_true", help="also choose a gate threshold per residual block")
     _add_agent_args(p)
     p.add_argument(
@@ -836,6 +842,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--val-images", type=int, default=1000)
     p.add_argument("--bn-batches", type=int, default=10)
+    _add_score_steps_arg(p)
     p.add_argument("--transfer-from", type=Path, default=None, help="also apply this run's policy (zero search)")
     _add_agent_args(p)
     p.add_argument("--out", type=Path, required=True)

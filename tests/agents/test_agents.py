@@ -65,6 +65,23 @@ def test_resume_continues_where_the_run_stopped(tmp_path):
         train_agent(None, tmp_path / "empty", resume=True, progress=False)
 
 
+def test_dqn_explores_over_its_share_of_the_search_and_then_exploits(tmp_path):
+    from stable_baselines3 import DQN
+
+    from agents.train import DQN_EXPLORATION_FRACTION
+
+    steps = len(make_env(**FAST).unwrapped.groups)
+    train_agent(_config("dqn", episodes=4), tmp_path / "run", progress=False)
+    model = DQN.load(tmp_path / "run" / "model.zip", device="cpu")
+    # SB3's schedule runs over the search's own steps (two episodes to spare), not an inflated bound
+    assert model._total_timesteps == (4 + 2) * steps and model.exploration_fraction == DQN_EXPLORATION_FRACTION
+    assert model.exploration_rate == pytest.approx(0.05)  # 4 of 6 episodes done: past the exploring share
+    train_agent(None, tmp_path / "run", resume=True, episodes=6, progress=False)
+    resumed = DQN.load(tmp_path / "run" / "model.zip", device="cpu")
+    # a resume continues the same schedule: SB3 adds the steps already done to the 2 (+2) episodes left
+    assert resumed._total_timesteps == (2 + 2) * steps + model.num_timesteps
+
+
 def test_a_save_cut_short_leaves_the_last_model_intact(tmp_path):
     # a kill mid-save once left a truncated model.zip that the resume could not open (CI, session 13)
     train_agent(_config("dqn", episodes=2), tmp_path / "run", progress=False)

@@ -331,6 +331,20 @@ def test_benchmark_writes_tables_and_resumes(tmp_path, capsys):
     assert order == [(0, 0.6), (0, 0.8), (1, 0.6), (1, 0.8)]
 
 
+def test_benchmark_scores_every_search_with_its_recipe_and_refuses_to_resume_an_agent_under_another(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--device", "pixel-a76", "--budgets", "0.6", "--methods", "random-search", "dqn"]
+    argv += ["--episodes", "3", "--finetune-epochs", "0", "--val-images", "100", "--bn-batches", "2"]
+    assert main([*argv, "--finetune-steps", "0", "--out", str(out)]) == 0
+    log_inputs = json.loads((out / "searches" / "random-search_b0.6_s0.jsonl").read_text().splitlines()[0])
+    assert log_inputs["inputs"]["scoring"]["finetune_steps"] == 0
+    assert json.loads((out / "runs" / "dqn_b0.6_s0" / "config.json").read_text())["finetune_steps"] == 0
+    (out / "results.json").unlink()  # forget the finished cells: the agent's run would be resumed
+    capsys.readouterr()
+    assert main([*argv, "--finetune-steps", "5", "--out", str(out)]) != 0
+    assert "finetune_steps=5" in capsys.readouterr().err
+
+
 def test_benchmark_runs_the_transferred_policy_after_the_agents_and_before_the_searches():
     from scripts.benchmark import ALL_METHODS, cell_order
 
