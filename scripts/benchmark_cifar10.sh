@@ -3,6 +3,10 @@
 # the amortisation rows: a policy trained on resnet20 over a range of budgets, applied to resnet56 with no search.
 # Resumable: run it again after an interruption and finished cells (and the finished transfer policy) are kept.
 # Needs checkpoints/resnet56_cifar10.pt, checkpoints/resnet20_cifar10.pt and the shared CIFAR-10 copy.
+# Every search (the agents, random-search, greedy-lut) scores a plan by its val accuracy after BatchNorm recalibration
+# alone (--finetune-steps 0). Until 2026-11-29 each score also took 50 SGD steps: at 0.7, greedy-lut's search then
+# took 144 minutes for a plan that reached 0.867 after fine-tuning; scored without the steps it took 16 minutes for one
+# that reached 0.878, and 400-episode agents reached what 100-episode agents had (runs/s15 of that session's note).
 # Usage: bash scripts/benchmark_cifar10.sh [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,5 +31,5 @@ elif [ "$(.venv/bin/python -c "import json; print(json.load(open('$policy/search
     .venv/bin/prunegym train --resume "$policy" --episodes 300 --threads 2
 fi
 .venv/bin/prunegym benchmark --model resnet56 --checkpoint checkpoints/resnet56_cifar10.pt --data cifar10 \
-    --device host-cpu --budgets 0.7 0.5 --methods all --episodes 100 --finetune-epochs 2 --seeds 3 --threads 2 \
+    --device host-cpu --budgets 0.7 0.5 --methods all --episodes 100 --finetune-steps 0 --finetune-epochs 2 --seeds 3 --threads 2 \
     "${agents[@]}" --transfer-from "$policy" --out "$out"
