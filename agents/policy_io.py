@@ -83,6 +83,7 @@ class SavedPolicy:
             "criterion": trained.get("criterion", "l1"),
             "dynamic_skip": trained.get("dynamic_skip", False),
             "centre_on_uniform": trained.get("centre_on_uniform", False),
+            "levels": trained.get("levels", 9),
         }
 
     def check_compatible(self, observation_space: spaces.Space[Any], action_space: spaces.Space[Any]) -> None:

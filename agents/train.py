@@ -103,6 +103,9 @@ class TrainRunConfig:
     """Also decide a gate threshold per residual block (dynamic skipping)."""
     centre_on_uniform: bool = False
     """Centre the action range on the uniform sparsity that meets the episode's budget."""
+    levels: int = 9
+    """Sparsity levels of a discrete agent's action (DQN), from 0 to ``max_sparsity``; centred on uniform, 3 levels are
+    keep, uniform and thinnest."""
     action_std: float | None = None
     """Initial exploration of the continuous algorithms, in units of the action range [-1, 1]: the policy's standard
     deviation (PPO; SAC's before its tanh squashing, so roughly) or the action noise (TD3, DDPG). None: 1.0 for PPO
@@ -118,6 +121,10 @@ class TrainRunConfig:
             raise PruneGymError(f"action_std must be > 0; got {self.action_std}")
         if self.action_std is not None and ALGOS[self.algo].action_mode != "continuous":
             raise PruneGymError(f"action_std applies to continuous algorithms; got algo {self.algo!r}")
+        if self.levels < 2:
+            raise PruneGymError(f"levels must be >= 2; got {self.levels}")
+        if self.levels != 9 and ALGOS[self.algo].action_mode != "discrete":
+            raise PruneGymError(f"levels applies to discrete algorithms; got algo {self.algo!r}")
         if self.budget_range is not None:  # a list when read back from config.json
             object.__setattr__(self, "budget_range", checked_budget_range(self.budget_range))
 
@@ -139,6 +146,7 @@ class TrainRunConfig:
             "criterion": self.criterion,
             "dynamic_skip": self.dynamic_skip,
             "centre_on_uniform": self.centre_on_uniform,
+            "levels": self.levels,
             **({"budget_range": self.budget_range} if self.budget_range is not None else {}),
         }
 

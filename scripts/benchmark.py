@@ -67,6 +67,8 @@ class BenchmarkConfig:
     transfer_from: str | None = None
     centre_on_uniform: bool = False
     """Agents' action range centred on the uniform plan (see ``LayerPruneEnv``)."""
+    levels: int = 9
+    """DQN's sparsity levels (see ``TrainRunConfig.levels``)."""
     action_std: float | None = None
     """Agents' initial exploration (see ``TrainRunConfig.action_std``)."""
 
@@ -111,12 +113,13 @@ def _plan_for(
             bn_batches=cfg.bn_batches,
             finetune_steps=cfg.finetune_steps,
             centre_on_uniform=cfg.centre_on_uniform,
+            levels=cfg.levels if ALGOS[method].action_mode == "discrete" else TrainRunConfig.levels,
             # DQN's exploration is epsilon-greedy: the initial action spread is for the continuous agents only
             action_std=cfg.action_std if ALGOS[method].action_mode == "continuous" else None,
         )
         resume = (run / "model.zip").exists()
         if resume:
-            _check_same_scoring(run, config)
+            _check_same_search(run, config)
         search = train_agent(None if resume else config, run, resume=resume)
         return search.state_plan(), search.state.episodes, (search.state.seconds, search.state.cpu_seconds)
     if method == "transfer":
@@ -127,18 +130,20 @@ def _plan_for(
     raise PruneGymError(f"method must be one of {', '.join(ALL_METHODS)} or transfer; got {method!r}")
 
 
-def _check_same_scoring(run: Path, config: TrainRunConfig) -> None:
-    """Refuse to resume an agent's run that scores plans with another recipe than this benchmark's.
+def _check_same_search(run: Path, config: TrainRunConfig) -> None:
+    """Refuse to resume an agent's run that scores plans with another recipe than this benchmark's, or acts on
+    another number of levels.
 
     Raises:
-        PruneGymError: The run's ``config.json`` names another scoring recipe.
+        PruneGymError: The run's ``config.json`` says otherwise.
     """
     saved = json.loads((run / "config.json").read_text())
-    for key in ("val_images", "bn_batches", "finetune_steps"):
-        if saved.get(key) != getattr(config, key):
+    for key in ("val_images", "bn_batches", "finetune_steps", "levels"):
+        was = saved.get(key, getattr(TrainRunConfig, key))  # a run saved before the setting existed had the default
+        if was != getattr(config, key):
             raise PruneGymError(
-                f"expected the agent run {run} to score with {key}={getattr(config, key)} like this benchmark; "
-                f"got {key}={saved.get(key)} (use another --out)"
+                f"expected the agent run {run} to search with {key}={getattr(config, key)} like this benchmark; "
+                f"got {key}={was} (use another --out)"
             )
 
 

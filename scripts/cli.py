@@ -458,6 +458,7 @@ def _train_config(args: argparse.Namespace):
         finetune_steps=args.finetune_steps,
         dynamic_skip=args.dynamic_skip,
         centre_on_uniform=args.centre_on_uniform,
+        **({"levels": args.levels} if args.levels is not None else {}),
         action_std=args.action_std,
     )
 
@@ -632,6 +633,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         finetune_steps=args.finetune_steps,
         transfer_from=str(args.transfer_from) if args.transfer_from else None,
         centre_on_uniform=args.centre_on_uniform,
+        **({"levels": args.levels} if args.levels is not None else {}),
         action_std=args.action_std,
     )
     run_benchmark(config)
@@ -647,6 +649,16 @@ def add_target_args(parser: argparse.ArgumentParser, *, model_default: str | Non
     parser.add_argument("--device", default="host-cpu", help="target device (see `prunegym devices`)")
     parser.add_argument("--budget", type=float, default=0.5, help="fraction of the dense model's cost")
     parser.add_argument("--budget-metric", default="latency", choices=["latency", "macs", "params"])
+
+
+def _add_levels_arg(parser: argparse.ArgumentParser) -> None:
+    """DQN's sparsity levels (``TrainRunConfig.levels``), for ``train`` and ``benchmark``."""
+    parser.add_argument(
+        "--levels",
+        type=int,
+        default=None,
+        help="sparsity levels of DQN's action (default 9; with --centre-on-uniform, 3 = keep, uniform, thinnest)",
+    )
 
 
 def _add_score_steps_arg(parser: argparse.ArgumentParser) -> None:
@@ -798,6 +810,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-images", type=int, default=1000)
     p.add_argument("--bn-batches", type=int, default=10)
     _add_score_steps_arg(p)
+    _add_levels_arg(p)
     p.add_argument("--dynamic-skip", action="store_true", help="also choose a gate threshold per residual block")
     _add_agent_args(p)
     p.add_argument(
@@ -843,6 +856,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-images", type=int, default=1000)
     p.add_argument("--bn-batches", type=int, default=10)
     _add_score_steps_arg(p)
+    _add_levels_arg(p)
     p.add_argument("--transfer-from", type=Path, default=None, help="also apply this run's policy (zero search)")
     _add_agent_args(p)
     p.add_argument("--out", type=Path, required=True)

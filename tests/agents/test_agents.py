@@ -82,6 +82,20 @@ def test_dqn_explores_over_its_share_of_the_search_and_then_exploits(tmp_path):
     assert resumed._total_timesteps == (2 + 2) * steps + model.num_timesteps
 
 
+def test_dqn_on_three_levels_keeps_thins_or_follows_uniform_and_its_policy_applies_with_them(tmp_path):
+    config = TrainRunConfig(algo="dqn", episodes=3, warmup_episodes=1, levels=3, centre_on_uniform=True, **FAST)
+    train_agent(config, tmp_path / "run", progress=False)
+    policy = load_policy(tmp_path / "run")
+    env = make_env(**policy.action_settings(), **FAST)
+    assert env.action_space.n == 3
+    plan, info = plan_from_policy(policy, env)
+    assert info["budget_met"] and set(plan.sparsity) == set(env.engine.group_names)
+    with pytest.raises(PruneGymError, match="levels applies to discrete algorithms; got algo 'ppo'"):
+        TrainRunConfig(algo="ppo", levels=3)
+    with pytest.raises(PruneGymError, match="levels must be >= 2; got 1"):
+        TrainRunConfig(algo="dqn", levels=1)
+
+
 def test_a_save_cut_short_leaves_the_last_model_intact(tmp_path):
     # a kill mid-save once left a truncated model.zip that the resume could not open (CI, session 13)
     train_agent(_config("dqn", episodes=2), tmp_path / "run", progress=False)
