@@ -651,23 +651,20 @@ def add_target_args(parser: argparse.ArgumentParser, *, model_default: str | Non
     parser.add_argument("--budget-metric", default="latency", choices=["latency", "macs", "params"])
 
 
-def _add_levels_arg(parser: argparse.ArgumentParser) -> None:
-    """DQN's sparsity levels (``TrainRunConfig.levels``), for ``train`` and ``benchmark``."""
-    parser.add_argument(
-        "--levels",
-        type=int,
-        default=None,
-        help="sparsity levels of DQN's action (default 9; with --centre-on-uniform, 3 = keep, uniform, thinnest)",
-    )
-
-
-def _add_score_steps_arg(parser: argparse.ArgumentParser) -> None:
-    """The scorer's short fine-tune (``ScoreConfig.finetune_steps``), shared by ``train`` and ``benchmark``."""
+def _add_search_args(parser: argparse.ArgumentParser) -> None:
+    """How a search scores plans (``ScoreConfig.finetune_steps``) and DQN's sparsity levels (``TrainRunConfig.levels``),
+    shared by ``train`` and ``benchmark``."""
     parser.add_argument(
         "--finetune-steps",
         type=int,
         default=DEFAULT_FINETUNE_STEPS,
         help="short fine-tune steps inside every search's score (0: adaptive BN alone)",
+    )
+    parser.add_argument(
+        "--levels",
+        type=int,
+        default=None,
+        help="sparsity levels of DQN's action (default 9; with --centre-on-uniform, 3 = keep, uniform, thinnest)",
     )
 
 
@@ -809,8 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-envs", type=int, default=1, help="environments in parallel processes")
     p.add_argument("--val-images", type=int, default=1000)
     p.add_argument("--bn-batches", type=int, default=10)
-    _add_score_steps_arg(p)
-    _add_levels_arg(p)
+    _add_search_args(p)
     p.add_argument("--dynamic-skip", action="store_true", help="also choose a gate threshold per residual block")
     _add_agent_args(p)
     p.add_argument(
@@ -855,8 +851,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--val-images", type=int, default=1000)
     p.add_argument("--bn-batches", type=int, default=10)
-    _add_score_steps_arg(p)
-    _add_levels_arg(p)
+    _add_search_args(p)
     p.add_argument("--transfer-from", type=Path, default=None, help="also apply this run's policy (zero search)")
     _add_agent_args(p)
     p.add_argument("--out", type=Path, required=True)
