@@ -39,8 +39,9 @@ recipe are not reused under another.
 
 On resnet56 at 0.7 of dense latency (one seed, 2 fine-tuning epochs; ``prunegym benchmark --finetune-steps 0`` against
 the headline benchmark's 50-step cells) greedy-lut scored by adaptive BN alone found a plan that reached 0.878
-against 0.867, in 16 minutes instead of 144, and 400-episode agents reached what 100-episode agents with 50 steps had
-(0.849-0.854 against 0.855-0.859). Both benchmark scripts therefore search with ``--finetune-steps 0``."""
+against 0.867, in 16 minutes instead of 144. The agents did not gain: 400 episodes scored by BN alone reached
+0.849-0.854, 100 such episodes 0.837-0.840, against 0.855-0.859 for 100 episodes with 50 steps. Both benchmark
+scripts search with ``--finetune-steps 0``; how many episodes the agents then need is open."""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@
 # Every search (the agents, random-search, greedy-lut) scores a plan by its val accuracy after BatchNorm recalibration
 # alone (--finetune-steps 0). Until 2026-11-29 each score also took 50 SGD steps: at 0.7, greedy-lut's search then
 # took 144 minutes for a plan that reached 0.867 after fine-tuning; scored without the steps it took 16 minutes for one
-# that reached 0.878, and 400-episode agents reached what 100-episode agents had (runs/s15 of that session's note).
+# that reached 0.878. The agents did not gain: 100 BN-only episodes reached 0.837-0.840 and 400 reached 0.849-0.854,
+# against 0.855-0.859 for 100 episodes with 50 steps (one seed each; session 15's note).
 # Usage: bash scripts/benchmark_cifar10.sh [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
