@@ -22,6 +22,7 @@ from stable_baselines3.dqn.policies import DQNPolicy
 from stable_baselines3.sac.policies import SACPolicy
 from stable_baselines3.td3.policies import TD3Policy
 
+from envs.layer_prune import DEFAULT_LEVELS
 from pruning_core.checkpoint import load_torch, save_torch
 from pruning_core.data import atomic_write_bytes
 from pruning_core.errors import CheckpointError, IncompatiblePolicyError
@@ -83,7 +84,7 @@ class SavedPolicy:
             "criterion": trained.get("criterion", "l1"),
             "dynamic_skip": trained.get("dynamic_skip", False),
             "centre_on_uniform": trained.get("centre_on_uniform", False),
-            "levels": trained.get("levels", 9),
+            "levels": trained.get("levels", DEFAULT_LEVELS),
         }
 
     def check_compatible(self, observation_space: spaces.Space[Any], action_space: spaces.Space[Any]) -> None:

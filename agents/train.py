@@ -12,7 +12,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from agents.policy_io import save_policy
-from envs.layer_prune import checked_budget_range
+from envs.layer_prune import DEFAULT_LEVELS, checked_budget_range
 from pruning_core.data import atomic_write_bytes
 from pruning_core.errors import CheckpointError, PruneGymError
 from pruning_core.plan import PruningPlan
@@ -103,7 +103,7 @@ class TrainRunConfig:
     """Also decide a gate threshold per residual block (dynamic skipping)."""
     centre_on_uniform: bool = False
     """Centre the action range on the uniform sparsity that meets the episode's budget."""
-    levels: int = 9
+    levels: int = DEFAULT_LEVELS
     """Sparsity levels of a discrete agent's action (DQN), from 0 to ``max_sparsity``; centred on uniform, 3 levels are
     keep, uniform and thinnest."""
     action_std: float | None = None
@@ -123,7 +123,7 @@ class TrainRunConfig:
             raise PruneGymError(f"action_std applies to continuous algorithms; got algo {self.algo!r}")
         if self.levels < 2:
             raise PruneGymError(f"levels must be >= 2; got {self.levels}")
-        if self.levels != 9 and ALGOS[self.algo].action_mode != "discrete":
+        if self.levels != DEFAULT_LEVELS and ALGOS[self.algo].action_mode != "discrete":
             raise PruneGymError(f"levels applies to discrete algorithms; got algo {self.algo!r}")
         if self.budget_range is not None:  # a list when read back from config.json
             object.__setattr__(self, "budget_range", checked_budget_range(self.budget_range))
@@ -149,6 +149,20 @@ class TrainRunConfig:
             "levels": self.levels,
             **({"budget_range": self.budget_range} if self.budget_range is not None else {}),
         }
+
+
+def _check_same_run(run: Path, saved: TrainRunConfig, given: TrainRunConfig) -> None:
+    """Refuse to resume a run started with another configuration than ``given`` (its episode total aside).
+
+    Raises:
+        PruneGymError: A setting differs, for example the scoring recipe or DQN's levels.
+    """
+    for name in (f.name for f in fields(TrainRunConfig) if f.name != "episodes"):
+        if getattr(saved, name) != getattr(given, name):
+            raise PruneGymError(
+                f"expected the run in {run} to have been started with {name}={getattr(given, name)!r}; "
+                f"got {name}={getattr(saved, name)!r} (choose another folder)"
+            )
 
 
 def run_name(config: TrainRunConfig) -> str:
@@ -352,7 +366,8 @@ def train_agent(
     """Train an agent until ``config.episodes`` episodes have been scored.
 
     Args:
-        config: The run's configuration (ignored on resume, where the saved one is used).
+        config: The run's configuration. On resume the saved one is used; one given as well must match it in
+            everything but ``episodes``.
         out: Run folder.
         resume: Continue the run in ``out`` from its last saved episode (loads SB3's zip: trusted runs only).
         episodes: On resume, a new episode total (default: the saved one).
@@ -367,7 +382,10 @@ def train_agent(
         saved = run / "config.json"
         if not saved.is_file() or not (run / "model.zip").is_file():
             raise CheckpointError(f"nothing to resume in {run}: config.json or model.zip is missing")
-        config = TrainRunConfig(**json.loads(saved.read_text()))
+        saved_config = TrainRunConfig(**json.loads(saved.read_text()))  # a setting added since: its default
+        if config is not None:
+            _check_same_run(run, saved_config, config)
+        config = saved_config
         if episodes is not None:
             config = replace(config, episodes=episodes)
             _write_json(saved, asdict(config))

@@ -19,6 +19,9 @@ from pruning_core.metrics import LayerwiseCost
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import PlanScorer
 
+DEFAULT_LEVELS = 9
+"""Sparsity levels of the discrete action (DQN's) unless told otherwise: 0 to ``max_sparsity`` in eighths."""
+
 OBS_FEATURES = (
     "position",
     "is_conv",
@@ -173,7 +176,7 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         reward: str = "accuracy",
         action_mode: str = "continuous",
         max_sparsity: float = 0.9,
-        levels: int = 9,
+        levels: int = DEFAULT_LEVELS,
         criterion: str = "l1",
         lagrange: float = 2.0,
         measured: Any | None = None,

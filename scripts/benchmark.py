@@ -30,6 +30,7 @@ from agents.apply import finish_plan, measured_verdict, plan_from_policy
 from agents.policy_io import SavedPolicy, load_policy
 from agents.train import ALGOS, TrainRunConfig, train_agent
 from envs.factory import make_env
+from envs.layer_prune import DEFAULT_LEVELS
 from pruning_core.baselines import BASELINES, BudgetProblem, baseline_plan
 from pruning_core.data import atomic_write_bytes, load_dataset
 from pruning_core.errors import BudgetInfeasibleError, PruneGymError
@@ -67,7 +68,7 @@ class BenchmarkConfig:
     transfer_from: str | None = None
     centre_on_uniform: bool = False
     """Agents' action range centred on the uniform plan (see ``LayerPruneEnv``)."""
-    levels: int = 9
+    levels: int = DEFAULT_LEVELS
     """DQN's sparsity levels (see ``TrainRunConfig.levels``)."""
     action_std: float | None = None
     """Agents' initial exploration (see ``TrainRunConfig.action_std``)."""
@@ -113,14 +114,11 @@ def _plan_for(
             bn_batches=cfg.bn_batches,
             finetune_steps=cfg.finetune_steps,
             centre_on_uniform=cfg.centre_on_uniform,
-            levels=cfg.levels if ALGOS[method].action_mode == "discrete" else TrainRunConfig.levels,
+            levels=cfg.levels if ALGOS[method].action_mode == "discrete" else DEFAULT_LEVELS,
             # DQN's exploration is epsilon-greedy: the initial action spread is for the continuous agents only
             action_std=cfg.action_std if ALGOS[method].action_mode == "continuous" else None,
         )
-        resume = (run / "model.zip").exists()
-        if resume:
-            _check_same_search(run, config)
-        search = train_agent(None if resume else config, run, resume=resume)
+        search = train_agent(config, run, resume=(run / "model.zip").exists())
         return search.state_plan(), search.state.episodes, (search.state.seconds, search.state.cpu_seconds)
     if method == "transfer":
         if policy is None:
@@ -128,23 +126,6 @@ def _plan_for(
         plan, _ = plan_from_policy(policy, env)
         return plan, 0, None
     raise PruneGymError(f"method must be one of {', '.join(ALL_METHODS)} or transfer; got {method!r}")
-
-
-def _check_same_search(run: Path, config: TrainRunConfig) -> None:
-    """Refuse to resume an agent's run that scores plans with another recipe than this benchmark's, or acts on
-    another number of levels.
-
-    Raises:
-        PruneGymError: The run's ``config.json`` says otherwise.
-    """
-    saved = json.loads((run / "config.json").read_text())
-    for key in ("val_images", "bn_batches", "finetune_steps", "levels"):
-        was = saved.get(key, getattr(TrainRunConfig, key))  # a run saved before the setting existed had the default
-        if was != getattr(config, key):
-            raise PruneGymError(
-                f"expected the agent run {run} to search with {key}={getattr(config, key)} like this benchmark; "
-                f"got {key}={was} (use another --out)"
-            )
 
 
 def _search_plan(

@@ -61,6 +61,12 @@ def test_resume_continues_where_the_run_stopped(tmp_path):
     assert again.state.episodes == 7 and again.seconds == 0.0 and sorted((tmp_path / "run" / "tb").iterdir()) == logs
     with pytest.raises(PruneGymError, match="already holds a run"):
         train_agent(_config("dqn"), tmp_path / "run", progress=False)
+    # a resume given a configuration takes the saved one, and refuses a run started with other settings
+    same = train_agent(_config("dqn", episodes=99), tmp_path / "run", resume=True, progress=False)
+    assert same.state.episodes == 7 and same.seconds == 0.0  # the episode total is the saved one's
+    other = TrainRunConfig(algo="dqn", episodes=7, warmup_episodes=2, finetune_steps=5, **FAST)
+    with pytest.raises(PruneGymError, match="started with finetune_steps=5; got finetune_steps=50"):
+        train_agent(other, tmp_path / "run", resume=True, progress=False)
     with pytest.raises(CheckpointError, match="nothing to resume"):
         train_agent(None, tmp_path / "empty", resume=True, progress=False)
 
