@@ -799,10 +799,16 @@ def validate(
 
 
 def _agreement(rows: list[dict[str, float]], truth: str, guess: str) -> tuple[float, float, float]:
-    """Mean absolute percentage error, share within 10 %, and Spearman correlation of ``guess`` against ``truth``."""
+    """Mean absolute percentage error, share within 10 %, and Spearman correlation of ``guess`` against ``truth``.
+
+    The correlation is NaN when either side is constant (it has no ranking to compare), as scipy would say with a
+    warning.
+    """
     from scipy.stats import spearmanr
 
     measured = np.array([r[truth] for r in rows])
     predicted = np.array([r[guess] for r in rows])
     error = np.abs(predicted - measured) / measured
-    return float(error.mean()), float((error <= 0.10).mean()), float(spearmanr(predicted, measured).statistic)
+    constant = np.ptp(measured) == 0 or np.ptp(predicted) == 0
+    rho = float("nan") if constant else float(spearmanr(predicted, measured).statistic)
+    return float(error.mean()), float((error <= 0.10).mean()), rho

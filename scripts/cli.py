@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from envs.layer_prune import DEFAULT_LEVELS
 from hardware_models.lut import DEFAULT_CALIBRATION_VARIANTS, DEFAULT_GRANULE
 from hardware_models.measure import MEASURED_DEVICES
 from pruning_core.data import ImageDataset
@@ -664,7 +665,10 @@ def _add_search_args(parser: argparse.ArgumentParser) -> None:
         "--levels",
         type=int,
         default=None,
-        help="sparsity levels of DQN's action (default 9; with --centre-on-uniform, 3 = keep, uniform, thinnest)",
+        help=(
+            f"sparsity levels of DQN's action (default {DEFAULT_LEVELS}; with --centre-on-uniform, "
+            "3 = keep, uniform, thinnest)"
+        ),
     )
 
 

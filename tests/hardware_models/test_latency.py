@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 
 import numpy as np
@@ -321,6 +322,7 @@ def test_validate_compares_half_the_passes_with_the_other_half(small_graph):
     report = validate(lambda v: 1.0, small_graph, drifting, samples=5, rounds=4, progress=False)
     halves = report.repeatability
     assert halves["halves_mape"] == pytest.approx(0.1 / 1.1) and halves["halves_spearman"] == pytest.approx(1.0)
+    assert math.isnan(report.spearman)  # a constant prediction ranks nothing
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))
