@@ -16,10 +16,10 @@ import torch
 from agents.policy_io import SavedPolicy
 from envs.layer_prune import LayerPruneEnv
 from hardware_models.measure import interleaved_rounds
-from pruning_core.baselines import retargeted_plan
+from pruning_core.baselines import BudgetProblem, retargeted_plan
 from pruning_core.data import ImageDataset, atomic_write_bytes
 from pruning_core.dynamic import gated_blocks
-from pruning_core.engine import describe
+from pruning_core.engine import describe, kept_count
 from pruning_core.errors import PruneGymError
 from pruning_core.finetune import prune_and_finetune
 from pruning_core.plan import Granularity, PruningPlan
@@ -136,8 +136,7 @@ def meet_measured_budget(env: LayerPruneEnv, plan: PruningPlan) -> tuple[Pruning
     while outside_band(ratio) and len(tried) <= CHECK_STEPS:
         if (ratio > budget and moved >= 1.0) or (ratio < budget and moved <= -1.0):
             break  # every group at max_sparsity, or at its dense width: the plan cannot move further
-        # aim the table where the measurement says the band lies: predicted x aim / measured
-        candidate, moved = retargeted_plan(problem, plan, predicted * budget * CHECK_AIM / ratio)
+        candidate, moved = _aimed(problem, plan, predicted, ratio, budget)
         if {name: len(c) for name, c in env.engine.kept_channels(candidate).items()} == widths:
             break  # widths are rounded to the table's granule: this is as close as the plan gets
         predicted, ratio, widths, model = predicted_and_measured(candidate)
@@ -154,6 +153,41 @@ def meet_measured_budget(env: LayerPruneEnv, plan: PruningPlan) -> tuple[Pruning
         "latency_ratio_confirmed": statistics.median(measured_ratios(env, chosen.model).ratios),
     }
     return chosen.plan, check
+
+
+def _aimed(
+    problem: BudgetProblem, plan: PruningPlan, predicted: float, ratio: float, budget: float
+) -> tuple[PruningPlan, float]:
+    """The budget check's next plan: ``plan`` retargeted where a measurement says the band lies, the table's
+    ``predicted`` cost of a plan measured at ``ratio`` of dense scaled to :data:`CHECK_AIM` of ``budget``."""
+    return retargeted_plan(problem, plan, predicted * budget * CHECK_AIM / ratio)
+
+
+def replay_check(env: LayerPruneEnv, plan: PruningPlan, check: Mapping[str, Any]) -> PruningPlan:
+    """The plan a budget check kept, rebuilt from the readings its record saved (``check_ratios``): given them, the
+    check is deterministic. For records written before reports kept the checked plan's sparsity.
+
+    Raises:
+        PruneGymError: The record has no check, or the replay does not move the plan by the recorded ``thinned_by``
+            (the table or the plan differs from the ones the check ran with).
+    """
+    if "check_ratios" not in check:
+        raise PruneGymError(f"expected a record with the budget check's readings; got keys {sorted(check)}")
+    problem = env.budget_problem()
+    ratios = list(check["check_ratios"])
+    chosen = ratios.index(check["latency_ratio_after_check"])
+    groups = problem.engine.groups
+
+    def predicted(candidate: PruningPlan) -> float:
+        sparsity, step = candidate.sparsity, candidate.round_to
+        return problem.cost_of({g.name: kept_count(g.channels, sparsity.get(g.name, 0.0), step) for g in groups})
+
+    kept, moved = plan, 0.0
+    for ratio in ratios[:chosen]:
+        kept, moved = _aimed(problem, plan, predicted(kept), ratio, env.budget)
+    if abs(moved - check["thinned_by"]) > 1e-9:
+        raise PruneGymError(f"expected the replayed check to move the plan by {check['thinned_by']}; got {moved}")
+    return kept
 
 
 def plan_from_policy(policy: SavedPolicy, env: LayerPruneEnv) -> tuple[PruningPlan, dict[str, Any]]:
@@ -230,6 +264,7 @@ def finish_plan(
         "evaluations": evaluations,
         "bn_recalibration": "augmented",  # the *_bn accuracies' batches (see pruning_core.engine.recalibrate_bn)
         **check,
+        "sparsity": dict(plan.sparsity),  # the plan fine-tuned: after the check, where one ran
     }
     if exec_rate:
         layer_costs = env.budget_model.layer_costs(engine.graph, kept)

@@ -21,16 +21,16 @@ import json
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from agents.apply import finish_plan, measured_verdict, plan_from_policy
+from agents.apply import finish_plan, measured_verdict, plan_from_policy, replay_check
 from agents.policy_io import SavedPolicy, load_policy
 from agents.train import ALGOS, TrainRunConfig, train_agent
 from envs.factory import make_env
-from envs.layer_prune import DEFAULT_LEVELS
+from envs.layer_prune import DEFAULT_LEVELS, LayerPruneEnv
 from pruning_core.baselines import BASELINES, BudgetProblem, baseline_plan
 from pruning_core.data import atomic_write_bytes, load_dataset
 from pruning_core.errors import BudgetInfeasibleError, PruneGymError
@@ -236,6 +236,32 @@ def load_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def restore_checked_sparsity(records: list[dict[str, Any]], env_of: Callable[[str, float], LayerPruneEnv]) -> bool:
+    """Give records written before reports kept the plan that was fine-tuned its per-group sparsity.
+
+    Until 2026-12-04 a record's ``sparsity`` was the searched plan's, also where the measured budget check then moved
+    the plan; that plan is rebuilt from the check's saved readings (:func:`~agents.apply.replay_check`, with the
+    method's environment from ``env_of(method, budget)``) and the searched one kept as ``sparsity_searched``.
+    Returns whether any record changed.
+    """
+    changed = False
+    for record in records:
+        if "sparsity" not in record or "sparsity_searched" in record:
+            continue
+        record["sparsity_searched"] = record["sparsity"]
+        if record.get("check_steps", 0) > 0:
+            env = env_of(record["method"], record["budget"])
+            searched = PruningPlan(sparsity=record["sparsity_searched"], round_to=env.granule)
+            try:
+                record["sparsity"] = dict(replay_check(env, searched, record).sparsity)
+            except PruneGymError as exc:  # left as it was, tried again next time
+                print(f"   {record['method']} at {record['budget']:g}, seed {record['seed']}: {exc}")
+                del record["sparsity_searched"]
+                continue
+        changed = True
+    return changed
+
+
 def _write_records(path: Path, records: list[dict[str, Any]]) -> None:
     text = json.dumps(records, indent=1)
     atomic_write_bytes(path, lambda tmp: tmp.write_text(text))
@@ -312,16 +338,20 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
     last_env: Any = None  # any env built, for the dense model's figures
     # Seed by seed, so that a benchmark stopped part-way has every method at every budget for the seeds it finished.
     envs: dict[tuple[float, str], Any] = {}  # per budget and action mapping, built when a cell needs it, kept
+
+    def env_of(method: str, budget: float) -> Any:
+        key = (budget, "transfer" if method == "transfer" else "default")
+        if key not in envs:
+            settings = policy.action_settings() if key[1] == "transfer" and policy else {}
+            envs[key] = env_for(budget, **settings)
+        return envs[key]
+
     for seed in range(cfg.seeds):
         for budget in cfg.budgets:
             for method in methods:
                 if (method, budget, seed) in done:
                     continue
-                key = (budget, "transfer" if method == "transfer" else "default")
-                if key not in envs:
-                    settings = policy.action_settings() if key[1] == "transfer" and policy else {}
-                    envs[key] = env_for(budget, **settings)
-                method_env = last_env = envs[key]
+                method_env = last_env = env_of(method, budget)
                 print(f"== {method} at budget {budget:g}, seed {seed}", flush=True)
                 cache = (
                     _PlanCache(cfg.out / "plans" / f"{method}_b{budget:g}.json", _plan_inputs(cfg, method, method_env))
@@ -360,13 +390,16 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                 record["search_cpu_seconds"] = cpu_seconds  # wall time counts pauses; CPU time does not
                 stale = [r for r in records if (r["method"], r["budget"], r["seed"]) == (method, budget, seed)]
                 record["search_reused"] = cached is not None or bool(stale)  # a stale record's search is complete
-                record["sparsity"] = dict(plan.sparsity)
+                record["sparsity_searched"] = dict(plan.sparsity)  # record["sparsity"]: the plan after the check
                 if stale:  # finished again under the current protocol: the old record is kept apart, not lost
                     old = json.loads(superseded_path.read_text()) if superseded_path.exists() else []
                     _write_records(superseded_path, old + stale)
                     records = [r for r in records if r not in stale]
                 records.append(record)
                 _write_records(results_path, records)
+
+    if restore_checked_sparsity(records, env_of):
+        _write_records(results_path, records)
     dense_path = cfg.out / "dense.json"
     if not dense_path.exists():  # the dense model's test accuracy, the plot's reference point
         from pruning_core.training import evaluate
@@ -568,22 +601,21 @@ def _plots(records: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path)
     plt.close(fig)
 
     budget = min({r["budget"] for r in records}, key=lambda b: abs(b - 0.5))
-    chosen = [r for r in records if r["budget"] == budget and r["seed"] == 0 and "sparsity" in r]
+    chosen = sorted(
+        (r for r in records if r["budget"] == budget and r["seed"] == 0 and "sparsity" in r), key=lambda r: r["method"]
+    )
     if chosen:
+        # one row per method, one column per group: the plan that was fine-tuned (after the measured check)
         names = list(chosen[0]["sparsity"])
-        fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.3), 4), dpi=100)
-        width = 0.8 / len(chosen)
-        for i, r in enumerate(chosen):
-            ax.bar(
-                [x + i * width for x in range(len(names))],
-                [r["sparsity"].get(n, 0) for n in names],
-                width,
-                label=r["method"],
-            )
-        ax.set_xticks([x + 0.4 for x in range(len(names))])
+        grid = [[r["sparsity"].get(n, 0.0) for n in names] for r in chosen]
+        fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.28 + 2), 1.2 + 0.35 * len(chosen)), dpi=100)
+        image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
+        ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=90, fontsize=6)
-        ax.set_ylabel(f"sparsity at budget {budget:g}")
-        ax.legend(fontsize=7)
+        ax.set_yticks(range(len(chosen)))
+        ax.set_yticklabels([f"{r['method']} ({r['test_top1_finetuned']:.3f})" for r in chosen], fontsize=7)
+        ax.set_title(f"per-group sparsity at budget {budget:g}, seed 0 (test top-1 after fine-tuning)", fontsize=8)
+        fig.colorbar(image, ax=ax, label="sparsity")
         fig.tight_layout()
         fig.savefig(out / "sparsity_per_layer.png")
         plt.close(fig)

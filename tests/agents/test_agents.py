@@ -5,7 +5,14 @@ import json
 import pytest
 import torch
 
-from agents.apply import LATENCY_ROUNDS, finish_plan, measured_ratios, meet_measured_budget, plan_from_policy
+from agents.apply import (
+    LATENCY_ROUNDS,
+    finish_plan,
+    measured_ratios,
+    meet_measured_budget,
+    plan_from_policy,
+    replay_check,
+)
 from agents.policy_io import load_policy
 from agents.train import ALGOS, TrainRunConfig, _keep_progress_log, _save_via_file, train_agent
 from envs.factory import make_env
@@ -186,7 +193,7 @@ def test_finish_plan_reports_and_saves(tmp_path, digits):
     )
     record = result.record
     assert {"test_pruned", "test_bn", "test_finetuned", "macs", "cost_predicted"} <= record.keys()
-    assert record["macs"] < record["dense_macs"]
+    assert record["macs"] < record["dense_macs"] and record["sparsity"] == dict(plan.sparsity)
     report = json.loads((tmp_path / "p" / "report.json").read_text())
     assert report["plan"]["sparsity"] == dict(plan.sparsity)
     loaded = load_pruned(tmp_path / "p")
@@ -208,6 +215,10 @@ def test_the_measured_check_moves_a_plan_into_its_budget_band(digits):
     # the thin plan itself was within the budget, so what is kept is within it too, and no thinner
     assert widened["latency_ratio_before_check"] <= widened["latency_ratio_after_check"] <= 0.6
     assert all(wider.sparsity[n] <= thin.sparsity[n] for n in names)
+    # the check is deterministic given its readings: the plan it kept is rebuilt from the record alone
+    assert replay_check(env, plan, check) == checked and replay_check(env, thin, widened) == wider
+    with pytest.raises(PruneGymError, match="expected the replayed check to move the plan by"):
+        replay_check(env, plan, {**check, "thinned_by": check["thinned_by"] / 2})
     assert 0 < check["latency_ratio_confirmed"] < 1  # one more, unselected reading of the kept plan
     # timed in the fresh worker process, not in this one (which has just trained and searched)
     reading = measured_ratios(env, env.engine.apply(checked).model)

@@ -438,3 +438,28 @@ def test_old_benchmark_records_are_brought_up_to_date_and_tables_written_again(t
     assert json.loads((tmp_path / "results.json").read_text())[0]["latency_ratio_final"] == 0.707
     assert (tmp_path / "results.md").exists() and (tmp_path / "accuracy_vs_latency.png").exists()
     assert main(["benchmark", "--tables-only", "--out", str(tmp_path / "none")]) != 0  # a one-line error
+
+
+def test_old_records_get_the_sparsity_of_the_plan_the_check_kept(digits):
+    from envs.factory import make_env
+    from pruning_core.baselines import retargeted_plan
+    from pruning_core.plan import PruningPlan
+    from scripts.benchmark import restore_checked_sparsity
+
+    env = make_env(dataset=digits, val_images=150, bn_batches=2, device="pixel-a76", budget=0.6)
+    problem = env.budget_problem()
+    searched = PruningPlan.uniform(env.engine.group_names, 0.2, round_to=env.granule)
+    widths = {name: len(kept) for name, kept in env.engine.kept_channels(searched).items()}
+    # a check that read the plan at 0.8 of dense, aimed at 0.98 of the budget, and kept what it read next
+    kept, moved = retargeted_plan(problem, searched, problem.cost_of(widths) * 0.6 * 0.98 / 0.8)
+    checked = {"method": "ppo", "budget": 0.6, "seed": 0, "sparsity": dict(searched.sparsity), "check_steps": 1}
+    checked.update(check_ratios=[0.8, 0.57], latency_ratio_after_check=0.57, thinned_by=moved)
+    unchecked = {"method": "uniform-l1", "budget": 0.6, "seed": 0, "sparsity": {"a": 0.5}, "check_steps": 0}
+    wrong = {**checked, "seed": 1, "thinned_by": moved / 2}  # another table's check: left as it was
+    new = {**unchecked, "sparsity_searched": {"a": 0.4}}  # written by the current code: left as it was
+    records = [checked, unchecked, wrong, new]
+    assert restore_checked_sparsity(records, lambda method, budget: env)
+    assert moved > 0 and checked["sparsity"] == dict(kept.sparsity) != checked["sparsity_searched"]
+    assert unchecked["sparsity"] == unchecked["sparsity_searched"] == {"a": 0.5}
+    assert "sparsity_searched" not in wrong and new["sparsity_searched"] == {"a": 0.4}
+    assert not restore_checked_sparsity([new], lambda method, budget: env)

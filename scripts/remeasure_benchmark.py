@@ -1,0 +1,113 @@
+"""Time every finished cell of a benchmark again, all in one pass beside the dense model.
+
+The benchmark times each cell when it finishes, hours apart, and this host's relative speed of two models drifts
+over minutes: the same resnet56 plan read 0.498 of dense in one cell of the CIFAR-10 benchmark and 0.395 in another,
+hours later (records ``check_ratios``). Since the measured budget check moves a plan by what it reads, cells finished
+at different times are checked against different yardsticks. This pass times the architecture each cell fine-tuned
+(its record's ``sparsity``: the plan after the check) side by side: every round times the dense model and every
+cell's model in turn, in the fresh timing worker, one thread. Weights are the checkpoint's, pruned: fine-tuning
+does not change a model's speed.
+
+Usage::
+
+    python -m scripts.remeasure_benchmark --checkpoint checkpoints/resnet56_cifar10.pt \\
+        --out benchmarks/resnet56_cifar10 [--rounds 15]
+
+Prints one line per cell (its ratio when it finished, now, and whether it is within its budget now) and saves them
+as ``remeasured.json`` beside ``results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hardware_models.measure import MEASURE_MIN_SECONDS, interleaved_rounds, measurer_for
+from pruning_core.checkpoint import load_checkpoint
+from pruning_core.data import atomic_write_bytes
+from pruning_core.engine import PruningEngine
+from pruning_core.errors import PruneGymError
+from pruning_core.plan import PruningPlan
+
+
+def remeasure(
+    records: Sequence[dict[str, Any]], checkpoint: Path, *, device: str = "host-cpu", rounds: int = 15, granule: int = 8
+) -> list[dict[str, Any]]:
+    """Each record's fine-tuned architecture timed beside the dense model in one interleaved pass.
+
+    Args:
+        records: Benchmark records with ``sparsity`` (static channel plans, no removed blocks).
+        checkpoint: The dense model's checkpoint.
+        device: A device this host measures.
+        rounds: Interleaved rounds; each model's ratio is the median of its rounds'.
+        granule: The channel step the plans' widths were rounded to (the latency table's).
+
+    Returns:
+        One row per record: ``method``, ``budget``, ``seed``, ``ratio_then`` (the record's verdict),
+        ``ratio_now``, ``spread_now`` (the rounds' interquartile range) and ``within_budget_now``.
+    """
+    if not records:
+        raise PruneGymError("expected benchmark records with a per-group sparsity; got none")
+    ckpt = load_checkpoint(checkpoint)
+    engine = PruningEngine(ckpt.build(), tuple(ckpt.meta["input_shape"]))
+    models = [engine.model]
+    for record in records:
+        plan = PruningPlan(sparsity=record["sparsity"], round_to=granule)
+        models.append(engine.apply(plan).model)
+    measurer = measurer_for(device, min_seconds=MEASURE_MIN_SECONDS)
+    stats = interleaved_rounds(measurer, models, engine.input_shape, rounds=rounds).stats
+    rows = []
+    for i, record in enumerate(records, start=1):
+        ratios = sorted(r[i].p50_ms / r[0].p50_ms for r in stats)
+        quartiles = statistics.quantiles(ratios, n=4)
+        now = statistics.median(ratios)
+        rows.append(
+            {
+                "method": record["method"],
+                "budget": record["budget"],
+                "seed": record["seed"],
+                "ratio_then": record.get("latency_ratio_measured"),
+                "ratio_now": now,
+                "spread_now": quartiles[2] - quartiles[0],
+                "within_budget_now": now <= record["budget"],
+                "macs": record.get("macs"),
+            }
+        )
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, required=True, help="the dense model's checkpoint")
+    parser.add_argument("--out", type=Path, required=True, help="the benchmark folder (holds results.json)")
+    parser.add_argument("--device", default="host-cpu", help="a device this host measures (default host-cpu)")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
+    parser.add_argument("--granule", type=int, default=8, help="the plans' channel step (default 8, the table's)")
+    args = parser.parse_args(argv)
+    path = args.out / "results.json"
+    if not path.is_file():
+        parser.error(f"expected a benchmark folder holding results.json; got {args.out}")
+    records = [r for r in json.loads(path.read_text()) if "sparsity" in r]
+    start = time.perf_counter()
+    rows = remeasure(records, args.checkpoint, device=args.device, rounds=args.rounds, granule=args.granule)
+    seconds = time.perf_counter() - start
+    print(f"{len(rows)} cells and the dense model, {args.rounds} interleaved rounds, {seconds:.0f} s")
+    print("budget  method            seed  MACs     then    now     IQR     within now")
+    for row in sorted(rows, key=lambda r: (-r["budget"], r["method"], r["seed"])):
+        then = f"{row['ratio_then']:.3f}" if row["ratio_then"] is not None else "  -  "
+        print(
+            f"{row['budget']:<7g} {row['method']:<17} {row['seed']:<5} {row['macs'] / 1e6:6.2f}M  {then}   "
+            f"{row['ratio_now']:.3f}   {row['spread_now']:.3f}   {'yes' if row['within_budget_now'] else 'NO'}"
+        )
+    saved = {"written": time.strftime("%Y-%m-%dT%H:%M:%S"), "rounds": args.rounds, "seconds": seconds, "cells": rows}
+    atomic_write_bytes(args.out / "remeasured.json", lambda tmp: tmp.write_text(json.dumps(saved, indent=1)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
