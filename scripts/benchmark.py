@@ -440,6 +440,20 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _remeasured(out: Path) -> dict[tuple[str, float, int], float]:
+    """The one-pass latency ratios of ``scripts.remeasure_benchmark`` (``remeasured.json``), by method, budget, seed."""
+    path = out / "remeasured.json"
+    if not path.is_file():
+        return {}
+    return {(c["method"], c["budget"], c["seed"]): c["ratio_now"] for c in json.loads(path.read_text())["cells"]}
+
+
+def now_written(out: Path) -> str:
+    """When ``remeasured.json`` was written, and how many rounds it timed."""
+    saved = json.loads((out / "remeasured.json").read_text())
+    return f"{saved['rounds']} rounds, {saved['written']}"
+
+
 def wall_time_lines(records: list[dict[str, Any]]) -> list[str]:
     """Markdown: where the benchmark's time went, per method. A deterministic method's search (one per budget,
     shared by its seeds, see ``plans/``) is counted once per budget. Wall time includes any pause of the process;
@@ -528,20 +542,31 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> None:
         writer.writeheader()
         writer.writerows(records)
     rows = summarise(records)
+    now = _remeasured(out)
+    per_seed: dict[tuple[str, float], list[str]] = defaultdict(list)
+    for r in sorted(records, key=lambda r: r["seed"]):
+        per_seed[(r["method"], r["budget"])].append(f"{r['test_top1_finetuned']:.4f}")
     lines = [
-        "| budget | method | measured / dense | latency ms (measured) | MACs | val (BN) | test (BN) | test (FT) "
-        "| search s | evals | within budget (measured) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| budget | method | seeds | measured / dense | latency ms (measured) | MACs | val (BN) | test (BN) "
+        "| test (FT) | test (FT) per seed | search s | evals | within budget (measured) |"
+        + (" one pass / dense | within budget (one pass) |" if now else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if now else ""),
     ]
     for r in rows:
-        lines.append(
-            f"| {r['budget']:g} | {r['method']} | {r.get('latency_ratio_measured', float('nan')):.3f} "
+        cell = (r["method"], r["budget"])
+        line = (
+            f"| {r['budget']:g} | {r['method']} | {r['seeds']} | {r.get('latency_ratio_measured', float('nan')):.3f} "
             f"| {r.get('latency_ms_measured', float('nan')):.3f} "
             f"| {r['macs'] / 1e6:.2f}M | {r['val_top1']:.4f} | {r['test_top1_bn']:.4f} "
-            f"| {r['test_top1_finetuned']:.4f} ± {r['test_top1_finetuned_std']:.4f} "
+            f"| {r['test_top1_finetuned']:.4f} ± {r['test_top1_finetuned_std']:.4f} | {', '.join(per_seed[cell])} "
             f"| {r['search_seconds']:.0f} | {r['evaluations']:.0f} "
             f"| {r.get('budget_met_measured', float('nan')):.0%} of seeds |"
         )
+        if now:
+            ratios = [ratio for (method, budget, _), ratio in now.items() if (method, budget) == cell]
+            within = sum(x <= r["budget"] for x in ratios) / max(1, len(ratios))
+            line += f" {statistics.fmean(ratios):.3f} | {within:.0%} of seeds |" if ratios else " - | - |"
+        lines.append(line)
     lines += [
         "",
         "Measured / dense: each measurement is the median of interleaved rounds beside the dense model; the final "
@@ -556,6 +581,16 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> None:
                 "converged resnet56 about 4 points there; fine-tuning re-estimates the statistics either way).",
             ]
             if len({r.get("bn_recalibration", "clean") for r in records}) > 1
+            else []
+        ),
+        *(
+            [
+                "",
+                "One pass / dense: every cell's fine-tuned architecture timed again, all side by side with the dense "
+                f"model in one interleaved pass (`python -m scripts.remeasure_benchmark`, {now_written(out)}), so that "
+                "cells finished hours apart, on a host whose relative speed of two models drifts, share one yardstick.",
+            ]
+            if now
             else []
         ),
         *(["", *left_out] if left_out else []),
