@@ -34,3 +34,7 @@ fi
 .venv/bin/prunegym benchmark --model resnet56 --checkpoint checkpoints/resnet56_cifar10.pt --data cifar10 \
     --device host-cpu --budgets 0.7 0.5 --methods all --episodes 100 --finetune-steps 0 --finetune-epochs 2 --seeds 3 --threads 2 \
     "${agents[@]}" --transfer-from "$policy" --out "$out"
+# Cells finish hours apart and the host's relative speed of two models drifts: time every cell's model again, all
+# in one interleaved pass beside the dense model, and write the tables with both figures.
+.venv/bin/python -m scripts.remeasure_benchmark --checkpoint checkpoints/resnet56_cifar10.pt --out "$out"
+.venv/bin/prunegym benchmark --tables-only --out "$out"

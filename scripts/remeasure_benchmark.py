@@ -93,6 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not path.is_file():
         parser.error(f"expected a benchmark folder holding results.json; got {args.out}")
     records = [r for r in json.loads(path.read_text()) if "sparsity" in r]
+    stale = [r for r in records if r.get("check_steps", 0) > 0 and "sparsity_searched" not in r]
+    if stale:  # their "sparsity" is the searched plan's, not the one the check moved and fine-tuning used
+        parser.error(
+            f"expected records that keep the plan fine-tuned; got {len(stale)} written before that: run the "
+            "benchmark command once more to bring them up to date (it replays their checks)"
+        )
     start = time.perf_counter()
     rows = remeasure(records, args.checkpoint, device=args.device, rounds=args.rounds, granule=args.granule)
     seconds = time.perf_counter() - start

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from pruning_core.checkpoint import load_checkpoint
 from pruning_core.engine import PruningEngine
 from scripts.remeasure_benchmark import main
@@ -24,3 +26,11 @@ def test_every_cell_is_timed_again_beside_the_dense_model(tmp_path, capsys):
     assert 0.8 < rows["random-search"]["ratio_now"] < 1.25 and not rows["random-search"]["within_budget_now"]
     assert rows["uniform-l1"]["ratio_now"] < rows["random-search"]["ratio_now"]
     assert "2 cells and the dense model, 3 interleaved rounds" in capsys.readouterr().out
+
+
+def test_records_from_before_the_checked_plan_was_kept_are_refused(tmp_path, capsys):
+    old = {"method": "ppo", "budget": 0.6, "seed": 0, "sparsity": {"a": 0.5}, "check_steps": 2}
+    (tmp_path / "results.json").write_text(json.dumps([old]))
+    with pytest.raises(SystemExit) as exc:
+        main(["--checkpoint", CHECKPOINT, "--out", str(tmp_path)])
+    assert exc.value.code == 2 and "run the benchmark command once more" in capsys.readouterr().err
