@@ -5,7 +5,8 @@ over minutes: the same resnet56 plan read 0.498 of dense in one cell of the CIFA
 hours later (records ``check_ratios``). Since the measured budget check moves a plan by what it reads, cells finished
 at different times are checked against different yardsticks. This pass times the architecture each cell fine-tuned
 (its record's ``sparsity``: the plan after the check) side by side: every round times the dense model and every
-cell's model in turn, in the fresh timing worker, one thread. Weights are the checkpoint's, pruned: fine-tuning
+cell's model in turn, and the dense model again at the end (a cell's ratio is to the dense reading interpolated at its
+place in the round), in the fresh timing worker, one thread. Weights are the checkpoint's, pruned: fine-tuning
 does not change a model's speed.
 
 Usage::
@@ -20,6 +21,7 @@ as ``remeasured.json`` beside ``results.json``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -55,15 +57,23 @@ def remeasure(
         raise PruneGymError("expected benchmark records with a per-group sparsity; got none")
     ckpt = load_checkpoint(checkpoint)
     engine = PruningEngine(ckpt.build(), tuple(ckpt.meta["input_shape"]))
+    # the dense model first and last in every round; a cell's ratio is to the dense reading interpolated at its place
     models = [engine.model]
     for record in records:
         plan = PruningPlan(sparsity=record["sparsity"], round_to=granule)
         models.append(engine.apply(plan).model)
+    models.append(copy.deepcopy(engine.model))
     measurer = measurer_for(device, min_seconds=MEASURE_MIN_SECONDS)
     stats = interleaved_rounds(measurer, models, engine.input_shape, rounds=rounds).stats
+    last = len(models) - 1
+
+    def dense_at(round_stats: list[Any], i: int) -> float:
+        first, end = round_stats[0].p50_ms, round_stats[last].p50_ms
+        return first + (end - first) * i / last
+
     rows = []
     for i, record in enumerate(records, start=1):
-        ratios = sorted(r[i].p50_ms / r[0].p50_ms for r in stats)
+        ratios = sorted(r[i].p50_ms / dense_at(r, i) for r in stats)
         quartiles = statistics.quantiles(ratios, n=4)
         now = statistics.median(ratios)
         rows.append(
