@@ -72,6 +72,10 @@ class BenchmarkConfig:
     """DQN's sparsity levels (see ``TrainRunConfig.levels``)."""
     action_std: float | None = None
     """Agents' initial exploration (see ``TrainRunConfig.action_std``)."""
+    finish_again_before: str | None = None
+    """Finish again, reusing their searches, the selected cells whose record was finished before this ISO time (or
+    does not say when): for cells whose measured check met a host in another state (``scripts.remeasure_benchmark``).
+    Resumable, as the new records say when they were finished."""
 
 
 def _record_keys(record: dict[str, Any], budget: float, seed: int) -> dict[str, Any]:
@@ -308,15 +312,28 @@ def cell_order(methods: Sequence[str], *, transfer: bool) -> list[str]:
     return order
 
 
+def _finish_again(cfg: BenchmarkConfig, methods: Sequence[str], record: dict[str, Any]) -> bool:
+    """Whether ``cfg.finish_again_before`` selects this record's cell (of ``methods``) to be finished again."""
+    return (
+        cfg.finish_again_before is not None
+        and record["method"] in methods
+        and record["budget"] in cfg.budgets
+        and record["seed"] < cfg.seeds
+        and record.get("finished", "") < cfg.finish_again_before
+    )
+
+
 def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
     """Run every missing cell, then write the tables and plots."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     results_path = cfg.out / "results.json"
     records = load_records(results_path) if results_path.exists() else []
-    done = {(r["method"], r["budget"], r["seed"]) for r in records if is_current(r)}
+    methods = cell_order(cfg.methods, transfer=cfg.transfer_from is not None)
+    done = {
+        (r["method"], r["budget"], r["seed"]) for r in records if is_current(r) and not _finish_again(cfg, methods, r)
+    }
     superseded_path = cfg.out / "superseded.json"
     dataset = load_dataset(cfg.data, cfg.data_root)
-    methods = cell_order(cfg.methods, transfer=cfg.transfer_from is not None)
 
     def env_for(budget: float, **settings: Any) -> Any:
         return make_env(
@@ -390,6 +407,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                 record["search_cpu_seconds"] = cpu_seconds  # wall time counts pauses; CPU time does not
                 stale = [r for r in records if (r["method"], r["budget"], r["seed"]) == (method, budget, seed)]
                 record["search_reused"] = cached is not None or bool(stale)  # a stale record's search is complete
+                record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
                 record["sparsity_searched"] = dict(plan.sparsity)  # record["sparsity"]: the plan after the check
                 if stale:  # finished again under the current protocol: the old record is kept apart, not lost
                     old = json.loads(superseded_path.read_text()) if superseded_path.exists() else []

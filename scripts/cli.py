@@ -636,10 +636,25 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         centre_on_uniform=args.centre_on_uniform,
         **({"levels": args.levels} if args.levels is not None else {}),
         action_std=args.action_std,
+        finish_again_before=_iso_time(args.finish_again_before) if args.finish_again_before else None,
     )
     run_benchmark(config)
     print((args.out / "results.md").read_text())
     return 0
+
+
+def _iso_time(text: str) -> str:
+    """``text`` as the benchmark's records write times (``YYYY-MM-DDTHH:MM:SS``).
+
+    >>> _iso_time("2026-12-04T11:00")
+    '2026-12-04T11:00:00'
+    """
+    import datetime
+
+    try:
+        return datetime.datetime.fromisoformat(text).strftime("%Y-%m-%dT%H:%M:%S")
+    except ValueError:
+        raise PruneGymError(f"expected a time like 2026-12-04T11:00; got {text!r}") from None
 
 
 def add_target_args(parser: argparse.ArgumentParser, *, model_default: str | None = "small_cnn") -> None:
@@ -859,6 +874,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transfer-from", type=Path, default=None, help="also apply this run's policy (zero search)")
     _add_agent_args(p)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--finish-again-before",
+        metavar="TIME",
+        help="finish again (searches reused) the cells of --methods, --budgets and --seeds finished before this ISO "
+        "time, e.g. 2026-12-04T11:00; the old records go to superseded.json",
+    )
     p.add_argument(
         "--tables-only",
         action="store_true",

@@ -323,6 +323,17 @@ def test_benchmark_writes_tables_and_resumes(tmp_path, capsys):
     assert uniform[1]["search_seconds"] == uniform[0]["search_seconds"]  # seed 1 reused seed 0's search
     assert uniform[1]["search_reused"] and not old[0]["search_reused"] and uniform[1]["finish_seconds"] > 0
     assert "| total |" in (tmp_path / "bench" / "results.md").read_text()
+    # a cell finished again on request, its search reused, once: the new record says when it was finished
+    again_argv = [*argv[: start + 1], "uniform-l1", *argv[start + 4 :], "--finish-again-before", "2999-01-01T00:00"]
+    assert main(again_argv) == 0
+    records = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert [(r["method"], r["seed"]) for r in records][-1] == ("uniform-l1", 0) and records[-1]["search_reused"]
+    superseded = json.loads((tmp_path / "bench" / "superseded.json").read_text())
+    assert len(superseded) == 2 and superseded[-1]["seed"] == 0
+    assert superseded[-1]["finished"] <= records[-1]["finished"] and len(records) == 4
+    assert main([*again_argv[:-1], "2000-01-01T00:00"]) == 0  # finished after that time: kept
+    assert json.loads((tmp_path / "bench" / "results.json").read_text()) == records
+    assert main([*again_argv[:-1], "yesterday"]) == 2  # one-line error
 
     # Seed by seed: a benchmark stopped part-way has every budget for the seeds it finished.
     two = ["benchmark", "--device", "pixel-a76", "--budgets", "0.6", "0.8", "--methods", "uniform-l1", "--seeds", "2"]
