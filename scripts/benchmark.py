@@ -458,12 +458,18 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _remeasured(out: Path) -> dict[tuple[str, float, int], float]:
-    """The one-pass latency ratios of ``scripts.remeasure_benchmark`` (``remeasured.json``), by method, budget, seed."""
+def _remeasured(out: Path, records: list[dict[str, Any]]) -> dict[tuple[str, float, int], float]:
+    """The one-pass latency ratios of ``scripts.remeasure_benchmark`` (``remeasured.json``), by method, budget, seed,
+    of the records it timed (a cell finished again since is left out)."""
     path = out / "remeasured.json"
     if not path.is_file():
         return {}
-    return {(c["method"], c["budget"], c["seed"]): c["ratio_now"] for c in json.loads(path.read_text())["cells"]}
+    finished = {(r["method"], r["budget"], r["seed"]): r.get("finished") for r in records}
+    return {
+        (c["method"], c["budget"], c["seed"]): c["ratio_now"]
+        for c in json.loads(path.read_text())["cells"]
+        if finished.get((c["method"], c["budget"], c["seed"]), "") == c.get("finished")
+    }
 
 
 def now_written(out: Path) -> str:
@@ -560,7 +566,7 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> None:
         writer.writeheader()
         writer.writerows(records)
     rows = summarise(records)
-    now = _remeasured(out)
+    now = _remeasured(out, records)
     per_seed: dict[tuple[str, float], list[str]] = defaultdict(list)
     for r in sorted(records, key=lambda r: r["seed"]):
         per_seed[(r["method"], r["budget"])].append(f"{r['test_top1_finetuned']:.4f}")

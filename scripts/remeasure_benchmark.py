@@ -86,6 +86,7 @@ def remeasure(
                 "spread_now": quartiles[2] - quartiles[0],
                 "within_budget_now": now <= record["budget"],
                 "macs": record.get("macs"),
+                "finished": record.get("finished"),  # which record of the cell was timed
             }
         )
     return rows
