@@ -457,6 +457,13 @@ def test_old_benchmark_records_are_brought_up_to_date_and_tables_written_again(t
     table = (tmp_path / "results.md").read_text()
     assert "| 0.8000 | 1 | 0 | 0% of seeds | 0.720 | 0% of seeds |" in table
     assert "| 0% of seeds | - | - |" in table  # dqn's timed record is not this one (finished again since)
+    # later passes are kept beside it: per seed the median over the passes that timed the record
+    later = [{**cells[0], "ratio_now": 0.66}, {**cells[0], "ratio_now": 0.69}]
+    passes = [{"written": f"pass {i}", "rounds": 15, "cells": [c]} for i, c in enumerate([cells[0], *later])]
+    (tmp_path / "remeasured.json").write_text(json.dumps({"passes": passes}))
+    assert main(["benchmark", "--tables-only", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "results.md").read_text()
+    assert "| 0% of seeds | 0.690 | 100% of seeds |" in table and "3 passes of 15 rounds: pass 0, pass 1" in table
     assert main(["benchmark", "--tables-only", "--out", str(tmp_path / "none")]) != 0  # a one-line error
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from pruning_core.checkpoint import load_checkpoint
 from pruning_core.engine import PruningEngine
-from scripts.remeasure_benchmark import main
+from scripts.remeasure_benchmark import load_passes, main
 
 CHECKPOINT = "checkpoints/small_cnn_digits.pt"
 
@@ -20,12 +20,17 @@ def test_every_cell_is_timed_again_beside_the_dense_model(tmp_path, capsys):
     unfinished = {"method": "dqn", "budget": 0.6, "seed": 0}  # no plan: not timed
     (tmp_path / "results.json").write_text(json.dumps([thin, dense, unfinished]))
     assert main(["--checkpoint", CHECKPOINT, "--out", str(tmp_path), "--rounds", "3"]) == 0
-    rows = {r["method"]: r for r in json.loads((tmp_path / "remeasured.json").read_text())["cells"]}
+    rows = {r["method"]: r for r in load_passes(tmp_path / "remeasured.json")[-1]["cells"]}
     assert set(rows) == {"uniform-l1", "random-search"}
     # a dense "plan" times as the dense model does, within the host's noise; the thinnest plan is faster
     assert 0.8 < rows["random-search"]["ratio_now"] < 1.25 and not rows["random-search"]["within_budget_now"]
     assert rows["uniform-l1"]["ratio_now"] < rows["random-search"]["ratio_now"]
     assert "2 cells and the dense model, 3 interleaved rounds" in capsys.readouterr().out
+    # a second pass is kept beside the first, and how far it moved from it printed
+    assert main(["--checkpoint", CHECKPOINT, "--out", str(tmp_path), "--rounds", "3"]) == 0
+    passes = load_passes(tmp_path / "remeasured.json")
+    assert len(passes) == 2 and [len(p["cells"]) for p in passes] == [2, 2]
+    assert "against the previous pass" in capsys.readouterr().out
 
 
 def test_records_from_before_the_checked_plan_was_kept_are_refused(tmp_path, capsys):
