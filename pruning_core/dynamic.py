@@ -17,20 +17,24 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pruning_core.checkpoint import load_torch, save_torch
 from pruning_core.data import ImageDataset
 from pruning_core.engine import replace_submodule
-from pruning_core.errors import PlanError
+from pruning_core.errors import CheckpointError, PlanError
 from pruning_core.graph import ModelGraph, skippable_blocks
 
 
@@ -284,6 +288,7 @@ def train_gates(
     distill_weight: float = 0.0,
     bf16: bool | None = None,
     progress: bool = True,
+    resume: str | os.PathLike[str] | None = None,
 ) -> GateTrainingReport:
     """Train the gates of a gated model, in place: first with the backbone frozen, then optionally jointly.
 
@@ -315,9 +320,16 @@ def train_gates(
         distill_weight: Weight of the distillation term in joint fine-tuning (the cross-entropy keeps the rest).
         bf16: bfloat16 autocast in joint fine-tuning (None: where the CPU runs it natively, as the recipe does).
         progress: Show a progress bar.
+        resume: A file that holds the training's state after every epoch (weights, optimizers, phase, the batch
+            order), written atomically. Started again with the same file, model and settings, an interrupted
+            training continues after the last epoch saved. Removed once training completes. None: nothing saved.
 
     Returns:
         Val accuracy and per-block execution rates at threshold 0.5.
+
+    Raises:
+        PlanError: A setting is out of range.
+        CheckpointError: ``resume`` holds a training with other settings.
     """
     from tqdm import tqdm
 
@@ -340,6 +352,52 @@ def train_gates(
     gates = [block.gate for _, block in gated_blocks(model)]
     if not gates:
         raise PlanError("the model has no gated blocks; call add_gates first")
+    settings = json.dumps(
+        {
+            "epochs": epochs,
+            "lr": lr,
+            "rate_penalty": rate_penalty,
+            "rate_target": rate_target,
+            "block_target": block_target,
+            "batch_size": batch_size,
+            "joint_epochs": joint_epochs,
+            "joint_lr": joint_lr,
+            "distill_weight": distill_weight,
+            "bf16": bf16,
+        },
+        sort_keys=True,
+    )
+    path = Path(resume) if resume is not None else None
+    saved: dict[str, Any] = {}
+    if path is not None and path.exists():
+        saved = load_torch(path)
+        if saved.get("settings") != settings:
+            raise CheckpointError(
+                f"{path} holds a gate training with other settings: expected {settings}, got {saved.get('settings')}"
+            )
+        model.load_state_dict(saved["model"])
+        if progress:
+            print(
+                f"resuming gate training from {path}: {saved['frozen_done']}/{epochs} frozen, "
+                f"{saved['joint_done']}/{joint_epochs} joint epochs done",
+                flush=True,
+            )
+    frozen_done, joint_done = int(saved.get("frozen_done", 0)), int(saved.get("joint_done", 0))
+
+    def checkpoint(**optimizers: torch.optim.Optimizer) -> None:
+        if path is not None:
+            save_torch(
+                path,
+                {
+                    "settings": settings,
+                    "model": model.state_dict(),
+                    "frozen_done": frozen_done,
+                    "joint_done": joint_done,
+                    "generator": generator.get_state(),
+                    **{name: opt.state_dict() for name, opt in optimizers.items()},
+                },
+            )
+
     for p in model.parameters():
         p.requires_grad_(False)
     params = [p for gate in gates for p in gate.parameters()]
@@ -347,29 +405,39 @@ def train_gates(
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(0)
-    for epoch in range(epochs):
+    if "gate_optimizer" in saved:
+        optimizer.load_state_dict(saved["gate_optimizer"])
+    if "generator" in saved:
+        generator.set_state(saved["generator"])
+    while frozen_done < epochs:
         model.eval()  # frozen BatchNorm statistics; GatedBlock's training flag is set below
         for _, block in gated_blocks(model):
             block.train()
             block.block.eval()
         batches = dataset.batches("train", batch_size, shuffle=True, augment=True, generator=generator)
-        for images, labels in tqdm(batches, desc=f"gates {epoch + 1}/{epochs}", disable=not progress, leave=False):
+        desc = f"gates {frozen_done + 1}/{epochs}"
+        for images, labels in tqdm(batches, desc=desc, disable=not progress, leave=False):
             loss = _gate_loss(
                 model, images, labels, rate_penalty, bf16=False, rate_target=rate_target, block_target=block_target
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        frozen_done += 1
+        checkpoint(gate_optimizer=optimizer)
     for p in model.parameters():
         p.requires_grad_(True)
     if joint_epochs:
         config = finetune_recipe(joint_epochs, lr=joint_lr, bf16=bf16, distill_weight=distill_weight)
         state = make_state(model, config)
+        if "joint_optimizer" in saved:
+            state.optimizer.load_state_dict(saved["joint_optimizer"])
         if teacher is not None:
             teacher.eval()
         steps_per_epoch = math.ceil(len(dataset.train) / batch_size)
         model.train()
-        for epoch in range(joint_epochs):
+        while joint_done < joint_epochs:
+            epoch = joint_done
             generator.manual_seed(config.seed * 100_003 + epoch)
             batches = dataset.batches("train", batch_size, shuffle=True, augment=True, generator=generator)
             desc = f"gates+backbone {epoch + 1}/{joint_epochs}"
@@ -392,12 +460,16 @@ def train_gates(
                 state.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 state.optimizer.step()
+            joint_done += 1
+            checkpoint(joint_optimizer=state.optimizer)
     model.eval()
     for _, block in gated_blocks(model):
         block.threshold = 0.5
         block.reset_counters()
         block.last_scores = None  # holds the last batch's graph, which would keep the model from being copied
     top1 = evaluate(model, dataset, "val").top1
+    if path is not None:
+        path.unlink(missing_ok=True)  # complete: the caller keeps the model
     return GateTrainingReport(top1, {name: block.execution_rate() for name, block in gated_blocks(model)})
 
 

@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
 
 from torch import nn
 
+from pruning_core.checkpoint import load_torch, save_torch
 from pruning_core.data import ImageDataset
 from pruning_core.engine import PrunedModel, PruningEngine, recalibrate_bn
+from pruning_core.errors import CheckpointError
 from pruning_core.plan import PruningPlan
-from pruning_core.training import Schedule, TrainConfig, TrainState, evaluate, make_state, resolve_bf16, train
+from pruning_core.training import (
+    EpochLog,
+    Schedule,
+    TrainConfig,
+    TrainState,
+    evaluate,
+    make_state,
+    resolve_bf16,
+    train,
+)
 
 
 def finetune_recipe(
@@ -52,6 +67,7 @@ def finetune_model(
     teacher: nn.Module | None = None,
     eval_split: str = "val",
     progress: bool = True,
+    resume: str | os.PathLike[str] | None = None,
 ) -> float:
     """Fine-tune ``model`` in place, load the weights of its best epoch on ``eval_split`` and return that accuracy.
 
@@ -64,31 +80,62 @@ def finetune_model(
         teacher: Dense model to distil from when ``config.distill_weight > 0``.
         eval_split: Split that selects the best epoch (``val``: the test split is for reporting only).
         progress: Show progress bars.
+        resume: A file that holds the run's state after every epoch (weights, optimizer, the best epoch so far),
+            written atomically. Started again with the same file, model and recipe, an interrupted run continues
+            after the last epoch saved, on the same batches (they are seeded per epoch). Removed once the run
+            completes. None: nothing saved.
 
     Returns:
         Top-1 on ``eval_split`` of the weights kept.
+
+    Raises:
+        CheckpointError: ``resume`` holds a run of another recipe.
     """
-    best_top1 = evaluate(model, dataset, eval_split).top1
-    best_state = copy.deepcopy(model.state_dict())
+    state = make_state(model, config)
+    path = Path(resume) if resume is not None else None
+    recipe = json.dumps({**asdict(config), "eval_split": eval_split}, default=str, sort_keys=True)
+    if path is not None and path.exists():
+        saved = load_torch(path)
+        if saved.get("recipe") != recipe:
+            raise CheckpointError(
+                f"{path} holds a fine-tuning run of another recipe: expected {recipe}, got {saved.get('recipe')}"
+            )
+        model.load_state_dict(saved["model"])
+        state.optimizer.load_state_dict(saved["optimizer"])
+        state.epoch = int(saved["epoch"])
+        state.history = [EpochLog(**row) for row in saved["history"]]
+        best_top1, best_state = float(saved["best_top1"]), saved["best_state"]
+        if progress:
+            print(f"resuming fine-tuning from {path}: epoch {state.epoch}/{config.epochs} done", flush=True)
+    else:
+        best_top1 = evaluate(model, dataset, eval_split).top1
+        best_state = copy.deepcopy(model.state_dict())
 
     def keep_best(state: TrainState) -> None:
         nonlocal best_top1, best_state
         if state.history[-1].val_top1 > best_top1:
             best_top1 = state.history[-1].val_top1
             best_state = copy.deepcopy(state.model.state_dict())
+        if path is not None:
+            save_torch(
+                path,
+                {
+                    "recipe": recipe,
+                    "model": state.model.state_dict(),
+                    "optimizer": state.optimizer.state_dict(),
+                    "epoch": state.epoch,
+                    "history": [asdict(row) for row in state.history],
+                    "best_top1": best_top1,
+                    "best_state": best_state,
+                },
+            )
 
     if config.epochs > 0:
-        train(
-            make_state(model, config),
-            dataset,
-            config,
-            teacher=teacher,
-            eval_split=eval_split,
-            on_epoch_end=keep_best,
-            progress=progress,
-        )
+        train(state, dataset, config, teacher=teacher, eval_split=eval_split, on_epoch_end=keep_best, progress=progress)
     model.load_state_dict(best_state)
     model.eval()
+    if path is not None:
+        path.unlink(missing_ok=True)  # complete: the caller keeps the model
     return best_top1
 
 

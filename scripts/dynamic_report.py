@@ -7,7 +7,8 @@ then gets as many extra fine-tuning epochs, for a fair row). Finally every model
 split (batch 1, one thread) in one pass, taking turns every 25 images: the static model(s) and the gated model at each
 threshold of ``--thresholds``, with real skipping. Reported: accuracy, measured mean latency, the expected latency
 from the measured parts, per-block execution rates, and accuracy and latency by the number of blocks an image used.
-The static models, the gates and the timing are saved as soon as they exist; re-running resumes.
+The static models, the gates and the timing are saved as soon as they exist, and the long trainings (the static
+model's extra epochs, the gates) after every epoch; re-running resumes.
 
 To compare at equal accuracy, static pruning at other ratios can be timed in the same pass: make each with
 ``--static-only`` in its own folder (same epochs), then pass the folders to ``--compare``; the table then sets each
@@ -410,7 +411,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             config = finetune_recipe(args.joint_epochs, lr=args.joint_lr, distill_weight=args.joint_distill)
             teacher = engine.model if args.joint_distill else None
-            finetune_model(equal, dataset, config, teacher=teacher)  # keeps the best val epoch, as for the static
+            # keeps the best val epoch, as for the static; saved every epoch, so a killed run resumes
+            finetune_model(equal, dataset, config, teacher=teacher, resume=args.out / "static_equal.resume")
             save_torch(equal_path, equal.state_dict())
         equal.eval()
     if args.static_only:
@@ -433,6 +435,7 @@ def main(argv: list[str] | None = None) -> None:
             joint_lr=args.joint_lr,
             teacher=engine.model if args.joint_distill else None,
             distill_weight=args.joint_distill,
+            resume=args.out / "gates.resume",
         )
         save_torch(gates_path, gated.state_dict())
         report["gate_training"] = {

@@ -251,3 +251,28 @@ def test_parts_time_each_block_alone_and_restore_thresholds(digits):
     blocks = dict(gated_blocks(gated))
     assert {name: b.threshold for name, b in blocks.items()} == {"block1": 0.5, "block2": 0.0}
     assert not blocks["block1"]._forward_pre_hooks  # the hooks that caught each block's input are gone
+
+
+def test_interrupted_gate_training_resumes_where_it_stopped(digits, tmp_path):
+    from pruning_core.errors import CheckpointError
+    from tests.pruning_core.test_finetune import Killed, KilledAtEpoch
+
+    settings = {"epochs": 2, "joint_epochs": 2, "batch_size": 64, "rate_penalty": 2.0, "bf16": False}
+    base = load_checkpoint("checkpoints/small_cnn_digits.pt")
+    reference = add_gates(base.build())
+    expected = train_gates(reference, digits, progress=False, **settings)
+    path = tmp_path / "gates.resume"
+    for killed_at in (1, 2):  # in the frozen epochs, then in the joint ones (resumed from the first stop)
+        with pytest.raises(Killed):
+            train_gates(
+                add_gates(base.build()), KilledAtEpoch(digits, killed_at), progress=False, resume=path, **settings
+            )
+        assert path.is_file()
+    with pytest.raises(CheckpointError, match="other settings: expected"):
+        train_gates(add_gates(base.build()), digits, progress=False, resume=path, **{**settings, "joint_epochs": 3})
+    resumed = add_gates(base.build())
+    report = train_gates(resumed, KilledAtEpoch(digits, 1), progress=False, resume=path, **settings)
+    assert report.val_top1 == expected.val_top1 and report.execution_rate == expected.execution_rate
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+    assert not path.exists()
