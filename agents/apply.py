@@ -15,7 +15,7 @@ import torch
 
 from agents.policy_io import SavedPolicy
 from envs.layer_prune import LayerPruneEnv
-from hardware_models.measure import interleaved_rounds
+from hardware_models.measure import interleaved_rounds, ratios_beside_dense
 from pruning_core.baselines import BudgetProblem, retargeted_plan
 from pruning_core.data import ImageDataset, atomic_write_bytes
 from pruning_core.dynamic import gated_blocks
@@ -104,7 +104,7 @@ class _Measured(NamedTuple):
 
 def meet_measured_budget(env: LayerPruneEnv, plan: PruningPlan) -> tuple[PruningPlan, dict[str, Any]]:
     """Measure a channel plan's pruned model before fine-tuning and move it into its budget's band by measurement
-    (NetAdapt checks its proposals by measurement too).
+    (NetAdapt checks its proposals by measurement too): :func:`meet_measured_budgets` of one plan.
 
     A plan measured over the budget is thinned, one measured under ``CHECK_WIDEN_BELOW`` of it widened: every group
     moved the same fraction of the way to ``max_sparsity`` or to the dense width
@@ -118,41 +118,92 @@ def meet_measured_budget(env: LayerPruneEnv, plan: PruningPlan) -> tuple[Pruning
     alike. Returns the plan to fine-tune and what the check did: ``thinned_by`` is the fraction moved, negative when
     widened.
     """
-    problem = env.budget_problem()
-    budget = env.budget
+    return meet_measured_budgets({"plan": (env, plan)})["plan"]
 
-    def predicted_and_measured(candidate: PruningPlan) -> tuple[float, float, dict[str, int], torch.nn.Module]:
-        pruned = env.engine.apply(candidate)
-        widths = {name: len(channels) for name, channels in pruned.kept_channels.items()}
-        ratio = statistics.median(measured_ratios(env, pruned.model).ratios)
-        return problem.cost_of(widths), ratio, widths, pruned.model
 
-    def outside_band(ratio: float) -> bool:
-        return ratio > budget or ratio < budget * CHECK_WIDEN_BELOW
+def _widths(env: LayerPruneEnv, plan: PruningPlan) -> dict[str, int]:
+    return {name: len(channels) for name, channels in env.engine.kept_channels(plan).items()}
 
-    predicted, ratio, widths, model = predicted_and_measured(plan)
-    tried = [_Measured(plan, ratio, 0.0, model)]
-    moved = 0.0
-    while outside_band(ratio) and len(tried) <= CHECK_STEPS:
-        if (ratio > budget and moved >= 1.0) or (ratio < budget and moved <= -1.0):
-            break  # every group at max_sparsity, or at its dense width: the plan cannot move further
-        candidate, moved = _aimed(problem, plan, predicted, ratio, budget)
-        if {name: len(c) for name, c in env.engine.kept_channels(candidate).items()} == widths:
-            break  # widths are rounded to the table's granule: this is as close as the plan gets
-        predicted, ratio, widths, model = predicted_and_measured(candidate)
-        tried.append(_Measured(candidate, ratio, moved, model))
-    within = [t for t in tried if t.ratio <= budget]
-    chosen = max(within, key=lambda t: t.ratio) if within else min(tried, key=lambda t: t.ratio)
-    check = {
-        "latency_ratio_before_check": tried[0].ratio,
-        "latency_ratio_after_check": chosen.ratio,
-        "thinned_by": chosen.moved,
-        "check_steps": len(tried) - 1,
-        "check_ratios": [t.ratio for t in tried],
-        # the reading that chose the plan is biased low (see measured_verdict): one more, for the verdict
-        "latency_ratio_confirmed": statistics.median(measured_ratios(env, chosen.model).ratios),
+
+class _Check:
+    """One plan's budget check in progress: the plans measured so far and the next one to measure."""
+
+    def __init__(self, env: LayerPruneEnv, plan: PruningPlan) -> None:
+        self.env, self.plan, self.problem = env, plan, env.budget_problem()
+        self.tried: list[_Measured] = []
+        self.next: PruningPlan | None = plan
+        self.moved = 0.0
+
+    def read(self, model: torch.nn.Module, ratio: float) -> None:
+        """Record the reading of ``self.next`` and choose the plan to measure after it, if any."""
+        assert self.next is not None
+        self.tried.append(_Measured(self.next, ratio, self.moved, model))
+        budget, candidate = self.env.budget, None
+        outside = ratio > budget or ratio < budget * CHECK_WIDEN_BELOW
+        at_end = (ratio > budget and self.moved >= 1.0) or (ratio < budget and self.moved <= -1.0)
+        if outside and not at_end and len(self.tried) <= CHECK_STEPS:  # at_end: every group at its limit
+            widths = _widths(self.env, self.next)
+            aimed, moved = _aimed(self.problem, self.plan, self.problem.cost_of(widths), ratio, budget)
+            if _widths(self.env, aimed) != widths:  # else rounded to the same widths: as close as it gets
+                candidate, self.moved = aimed, moved
+        self.next = candidate
+
+    def chosen(self) -> _Measured:
+        within = [t for t in self.tried if t.ratio <= self.env.budget]
+        return max(within, key=lambda t: t.ratio) if within else min(self.tried, key=lambda t: t.ratio)
+
+
+def meet_measured_budgets(
+    cells: Mapping[str, tuple[LayerPruneEnv, PruningPlan]],
+) -> dict[str, tuple[PruningPlan, dict[str, Any]]]:
+    """The measured budget check (see :func:`meet_measured_budget`) of several plans at once, each reading taken in
+    one interleaved pass with the others' (:func:`~hardware_models.measure.ratios_beside_dense`,
+    :data:`LATENCY_ROUNDS` rounds): plans checked minutes or hours apart meet different yardsticks on a host whose
+    relative speed of two models drifts (the same resnet56 plan read 0.498 of dense in one benchmark cell's check and
+    0.395 in another's), so a benchmark checks its methods' plans for a budget together.
+
+    Args:
+        cells: Per name, an environment (all on the same measured device and dense model) and its channel plan.
+
+    Returns:
+        Per name, the plan to fine-tune and what its check did (``check_ratios``, ``thinned_by``,
+        ``latency_ratio_confirmed``: one more reading of the kept plan, all kept plans together).
+    """
+    envs = [env for env, _ in cells.values()]
+    if not envs or any(env.measured is None for env in envs):
+        raise PruneGymError("expected an environment on a device measured on this host; got none, or one without")
+    first = envs[0]
+    checks = {name: _Check(env, plan) for name, (env, plan) in cells.items()}
+
+    def read_together(models: dict[str, torch.nn.Module]) -> dict[str, float]:
+        assert first.measured is not None
+        per_model = ratios_beside_dense(
+            first.measured, first.engine.model, list(models.values()), first.engine.input_shape, rounds=LATENCY_ROUNDS
+        )
+        return {name: statistics.median(read) for name, read in zip(models, per_model, strict=True)}
+
+    while pending := {name: c for name, c in checks.items() if c.next is not None}:
+        models = {name: c.env.engine.apply(c.next).model for name, c in pending.items() if c.next is not None}
+        for name, ratio in read_together(models).items():
+            checks[name].read(models[name], ratio)
+    chosen = {name: c.chosen() for name, c in checks.items()}
+    # the reading that chose a plan is biased low (see measured_verdict): one more, for the verdict
+    confirmed = read_together({name: t.model for name, t in chosen.items()})
+    return {
+        name: (
+            t.plan,
+            {
+                "latency_ratio_before_check": checks[name].tried[0].ratio,
+                "latency_ratio_after_check": t.ratio,
+                "thinned_by": t.moved,
+                "check_steps": len(checks[name].tried) - 1,
+                "check_ratios": [m.ratio for m in checks[name].tried],
+                "latency_ratio_confirmed": confirmed[name],
+                "checked_with": len(cells),  # plans checked together
+            },
+        )
+        for name, t in chosen.items()
     }
-    return chosen.plan, check
 
 
 def _aimed(
@@ -214,6 +265,13 @@ class MethodResult:
     folder: Path | None
 
 
+def needs_check(env: LayerPruneEnv, plan: PruningPlan) -> bool:
+    """Whether a plan is checked by measurement before fine-tuning: a static channel plan under a latency budget on
+    a device this host measures."""
+    static = plan.granularity is Granularity.CHANNEL and not plan.skip_thresholds
+    return env.measured is not None and static and env.budget_model.is_latency
+
+
 def finish_plan(
     method: str,
     env: LayerPruneEnv,
@@ -228,17 +286,20 @@ def finish_plan(
     evaluations: int = 0,
     progress: bool = True,
     check_budget: bool = True,
+    checked: tuple[PruningPlan, Mapping[str, Any]] | None = None,
 ) -> MethodResult:
     """Apply a plan, recalibrate, fine-tune, measure; save the pruned model and ``report.json`` under ``out``.
 
     On a measured device a static channel plan is first checked by measurement and thinned or widened into its
-    budget's band (:func:`meet_measured_budget`, with ``check_budget``); the record says what the check did.
+    budget's band (:func:`meet_measured_budget`, with ``check_budget``; see :func:`needs_check`), unless ``checked``
+    gives the plan a check already kept and what it did (:func:`meet_measured_budgets`, several plans checked
+    together); the record says what the check did.
     """
     engine = env.engine
     check: dict[str, Any] = {}
-    static = plan.granularity is Granularity.CHANNEL and not plan.skip_thresholds
-    latency_budget = env.budget_model.is_latency
-    if check_budget and env.measured is not None and static and latency_budget:
+    if checked is not None:
+        plan, check = checked[0], dict(checked[1])
+    elif check_budget and needs_check(env, plan):
         plan, check = meet_measured_budget(env, plan)
     pruned = prune_and_finetune(engine, plan, dataset, bn_batches=bn_batches, config=finetune, progress=progress)
     exec_rate: dict[str, float] = {}
@@ -281,7 +342,7 @@ def finish_plan(
         record["dense_latency_ms_measured"] = statistics.median(final.dense_ms)
         record["latency_ratios_measured"] = final.ratios
         record["latency_ratio_final"] = statistics.median(final.ratios)
-        if latency_budget:  # a MACs or parameter budget is not judged by latency
+        if env.budget_model.is_latency:  # a MACs or parameter budget is not judged by latency
             record.update(measured_verdict(record))
         else:
             record["latency_ratio_measured"] = record["latency_ratio_final"]

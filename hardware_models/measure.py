@@ -447,3 +447,28 @@ def interleaved_rounds(
                 "timing in this process: the timing worker stopped (its error is printed above)", stacklevel=2
             )
     return Rounds(time_rounds(measurer, models, input_shape, rounds, batch_size), False)
+
+
+def ratios_beside_dense(
+    measurer: TorchLatency | OrtLatency,
+    dense: nn.Module,
+    models: list[nn.Module],
+    input_shape: tuple[int, ...],
+    *,
+    rounds: int,
+) -> list[list[float]]:
+    """Each model's latency relative to ``dense``, one ratio per round, all timed in one interleaved pass.
+
+    Every round times the dense model first and last and ``models`` in turn between (:func:`interleaved_rounds`);
+    a model's ratio is to the dense reading interpolated at its place in the round, since the host's pace drifts
+    within a round of many models.
+
+    Returns:
+        Per model (in order), its ratio in each round.
+    """
+    timed = [dense, *models, copy.deepcopy(dense)]
+    last = len(timed) - 1
+    stats = interleaved_rounds(measurer, timed, input_shape, rounds=rounds).stats
+    return [
+        [r[i].p50_ms / (r[0].p50_ms + (r[last].p50_ms - r[0].p50_ms) * i / last) for r in stats] for i in range(1, last)
+    ]

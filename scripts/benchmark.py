@@ -24,9 +24,16 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from agents.apply import finish_plan, measured_verdict, plan_from_policy, replay_check
+from agents.apply import (
+    finish_plan,
+    measured_verdict,
+    meet_measured_budgets,
+    needs_check,
+    plan_from_policy,
+    replay_check,
+)
 from agents.policy_io import SavedPolicy, load_policy
 from agents.train import ALGOS, TrainRunConfig, train_agent
 from envs.factory import make_env
@@ -228,6 +235,46 @@ class _PlanCache:
         atomic_write_bytes(self.path, lambda tmp: tmp.write_text(json.dumps(saved)))
 
 
+class _Planned(NamedTuple):
+    """A cell's plan before its budget check: evaluations, search wall and CPU seconds, and whether it was saved."""
+
+    plan: PruningPlan
+    evaluations: int
+    seconds: float
+    cpu_seconds: float | None
+    cached: bool
+
+
+@dataclass
+class _SharedChecks:
+    """The budget checks of one budget and seed's plans, made together (:func:`~agents.apply.meet_measured_budgets`)
+    and saved, so that a benchmark stopped while fine-tuning them finishes the rest with the same checks rather than
+    checking them again at another moment."""
+
+    path: Path
+
+    def run(
+        self, cells: dict[str, tuple[LayerPruneEnv, PruningPlan]], *, fresh: set[str]
+    ) -> dict[str, tuple[PruningPlan, dict[str, Any]]]:
+        """Each cell's kept plan and check: saved ones where the searched plan is the same and the cell is not in
+        ``fresh``, the others checked now, together."""
+        saved = json.loads(self.path.read_text()) if self.path.exists() else {}
+        out: dict[str, tuple[PruningPlan, dict[str, Any]]] = {}
+        for method, (_, plan) in cells.items():
+            kept = saved.get(method)
+            if method not in fresh and kept is not None and kept["searched"] == plan.to_json():
+                out[method] = (PruningPlan.from_json(kept["kept"]), kept["check"])
+        todo = {method: cell for method, cell in cells.items() if method not in out}
+        if todo:
+            print(f"== budget check of {len(todo)} plans together: {', '.join(todo)}", flush=True)
+            for method, (kept_plan, check) in meet_measured_budgets(todo).items():
+                out[method] = (kept_plan, check)
+                saved[method] = {"searched": todo[method][1].to_json(), "kept": kept_plan.to_json(), "check": check}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.path, lambda tmp: tmp.write_text(json.dumps(saved, indent=1)))
+        return out
+
+
 def load_records(path: Path) -> list[dict[str, Any]]:
     """A benchmark's records, those written before the final measurement was kept apart from the verdict brought up
     to date: their ``latency_ratio_measured`` was the final measurement alone, now also ``latency_ratio_final``, and
@@ -366,11 +413,13 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
 
     for seed in range(cfg.seeds):
         for budget in cfg.budgets:
+            # every method's plan first, then their budget checks together (one yardstick), then each fine-tuned
+            planned: dict[str, _Planned] = {}
             for method in methods:
                 if (method, budget, seed) in done:
                     continue
                 method_env = last_env = env_of(method, budget)
-                print(f"== {method} at budget {budget:g}, seed {seed}", flush=True)
+                print(f"== {method} at budget {budget:g}, seed {seed}: plan", flush=True)
                 cache = (
                     _PlanCache(cfg.out / "plans" / f"{method}_b{budget:g}.json", _plan_inputs(cfg, method, method_env))
                     if method in DETERMINISTIC
@@ -390,33 +439,44 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                     seconds, cpu_seconds = summed or (time.perf_counter() - start[0], time.process_time() - start[1])
                     if cache is not None:
                         cache.save(plan, evaluations, seconds, cpu_seconds)
+                planned[method] = _Planned(plan, evaluations, seconds, cpu_seconds, cached is not None)
+            stale_of = {
+                method: [r for r in records if (r["method"], r["budget"], r["seed"]) == (method, budget, seed)]
+                for method in planned
+            }
+            checks = _SharedChecks(cfg.out / "checks" / f"b{budget:g}_s{seed}.json").run(
+                {m: (env_of(m, budget), p.plan) for m, p in planned.items() if needs_check(env_of(m, budget), p.plan)},
+                fresh={m for m, stale in stale_of.items() if stale},  # finished again: checked again
+            )
+            for method, p in planned.items():
+                print(f"== {method} at budget {budget:g}, seed {seed}: finish", flush=True)
                 finish_start = (time.perf_counter(), time.process_time())
                 result = finish_plan(
                     method,
-                    method_env,
-                    plan,
+                    env_of(method, budget),
+                    p.plan,
                     dataset,
                     finetune=finetune_recipe(cfg.finetune_epochs, seed=seed),
                     out=None,
                     base_model=cfg.model,
-                    search_seconds=seconds,
-                    evaluations=evaluations,
+                    search_seconds=p.seconds,
+                    evaluations=p.evaluations,
+                    checked=checks.get(method),
                 )
                 record = _record_keys(result.record, budget, seed)
                 record["finish_seconds"] = time.perf_counter() - finish_start[0]  # prune, BN, fine-tune, measure
                 record["finish_cpu_seconds"] = time.process_time() - finish_start[1]
-                record["search_cpu_seconds"] = cpu_seconds  # wall time counts pauses; CPU time does not
-                stale = [r for r in records if (r["method"], r["budget"], r["seed"]) == (method, budget, seed)]
-                record["search_reused"] = cached is not None or bool(stale)  # a stale record's search is complete
+                record["search_cpu_seconds"] = p.cpu_seconds  # wall time counts pauses; CPU time does not
+                stale = stale_of[method]
+                record["search_reused"] = p.cached or bool(stale)  # a stale record's search is complete
                 record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-                record["sparsity_searched"] = dict(plan.sparsity)  # record["sparsity"]: the plan after the check
+                record["sparsity_searched"] = dict(p.plan.sparsity)  # record["sparsity"]: the plan after the check
                 if stale:  # finished again under the current protocol: the old record is kept apart, not lost
                     old = json.loads(superseded_path.read_text()) if superseded_path.exists() else []
                     _write_records(superseded_path, old + stale)
                     records = [r for r in records if r not in stale]
                 records.append(record)
                 _write_records(results_path, records)
-
     if restore_checked_sparsity(records, env_of):
         _write_records(results_path, records)
     dense_path = cfg.out / "dense.json"

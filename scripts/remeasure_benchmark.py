@@ -23,7 +23,6 @@ the benchmark's tables take each cell's median over the passes that timed its cu
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import time
@@ -31,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hardware_models.measure import MEASURE_MIN_SECONDS, interleaved_rounds, measurer_for
+from hardware_models.measure import MEASURE_MIN_SECONDS, measurer_for, ratios_beside_dense
 from pruning_core.checkpoint import load_checkpoint
 from pruning_core.data import atomic_write_bytes
 from pruning_core.engine import PruningEngine
@@ -59,23 +58,12 @@ def remeasure(
         raise PruneGymError("expected benchmark records with a per-group sparsity; got none")
     ckpt = load_checkpoint(checkpoint)
     engine = PruningEngine(ckpt.build(), tuple(ckpt.meta["input_shape"]))
-    # the dense model first and last in every round; a cell's ratio is to the dense reading interpolated at its place
-    models = [engine.model]
-    for record in records:
-        plan = PruningPlan(sparsity=record["sparsity"], round_to=granule)
-        models.append(engine.apply(plan).model)
-    models.append(copy.deepcopy(engine.model))
+    models = [engine.apply(PruningPlan(sparsity=record["sparsity"], round_to=granule)).model for record in records]
     measurer = measurer_for(device, min_seconds=MEASURE_MIN_SECONDS)
-    stats = interleaved_rounds(measurer, models, engine.input_shape, rounds=rounds).stats
-    last = len(models) - 1
-
-    def dense_at(round_stats: list[Any], i: int) -> float:
-        first, end = round_stats[0].p50_ms, round_stats[last].p50_ms
-        return first + (end - first) * i / last
-
+    per_model = ratios_beside_dense(measurer, engine.model, models, engine.input_shape, rounds=rounds)
     rows = []
-    for i, record in enumerate(records, start=1):
-        ratios = sorted(r[i].p50_ms / dense_at(r, i) for r in stats)
+    for record, read in zip(records, per_model, strict=True):
+        ratios = sorted(read)
         quartiles = statistics.quantiles(ratios, n=4)
         now = statistics.median(ratios)
         rows.append(

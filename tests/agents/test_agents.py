@@ -10,6 +10,7 @@ from agents.apply import (
     finish_plan,
     measured_ratios,
     meet_measured_budget,
+    meet_measured_budgets,
     plan_from_policy,
     replay_check,
 )
@@ -225,6 +226,14 @@ def test_the_measured_check_moves_a_plan_into_its_budget_band(digits):
     assert reading.timing == "worker" and len(reading.ratios) == LATENCY_ROUNDS
     with pytest.raises(PruneGymError, match="expected an environment on a device measured on this host"):
         meet_measured_budget(make_env(dataset=digits, **FAST), plan)  # an analytic profile: nothing to measure
+    # several plans checked together: each reading in one pass with the others', each check as it would be alone
+    together = meet_measured_budgets({"thick": (env, plan), "thin": (env, thin)})
+    (thick_kept, thick_check), (thin_kept, thin_check) = together["thick"], together["thin"]
+    assert thick_check["checked_with"] == thin_check["checked_with"] == 2
+    assert thick_check["thinned_by"] > 0 > thin_check["thinned_by"]
+    assert replay_check(env, plan, thick_check) == thick_kept and replay_check(env, thin, thin_check) == thin_kept
+    assert thick_check["latency_ratio_after_check"] <= 0.6 or thick_check["thinned_by"] == 1.0
+    assert thin_check["latency_ratio_before_check"] <= thin_check["latency_ratio_after_check"] <= 0.6
 
 
 def test_a_macs_budget_is_not_judged_by_latency(digits):

@@ -366,6 +366,29 @@ def test_benchmark_runs_the_transferred_policy_after_the_agents_and_before_the_s
     assert cell_order(ALL_METHODS, transfer=False) == list(ALL_METHODS)
 
 
+@pytest.mark.slow  # about a minute: every reading times the plans and the dense model 15 times
+def test_benchmark_checks_a_budgets_plans_together_and_keeps_the_checks(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--device", "host-cpu", "--budgets", "0.6", "--methods", "uniform-l1", "global-magnitude"]
+    argv += ["--finetune-epochs", "0", "--val-images", "100", "--bn-batches", "2", "--out", str(out)]
+    assert main(argv) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in records] == ["uniform-l1", "global-magnitude"]
+    assert all(r["checked_with"] == 2 and r["check_ratios"] for r in records)  # one yardstick for both plans
+    saved = json.loads((out / "checks" / "b0.6_s0.json").read_text())
+    assert saved["global-magnitude"]["check"]["check_ratios"] == records[1]["check_ratios"]
+    assert capsys.readouterr().out.count("budget check of 2 plans together") == 1
+    # stopped before the second cell was finished: it is finished with the check made beside the first, not again
+    (out / "results.json").write_text(json.dumps(records[:1]))
+    assert main(argv) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again[1]["check_ratios"] == records[1]["check_ratios"] and again[1]["sparsity"] == records[1]["sparsity"]
+    assert "budget check of" not in capsys.readouterr().out
+    # finished again on request: checked again
+    assert main([*argv, "--finish-again-before", "2999-01-01T00:00"]) == 0
+    assert capsys.readouterr().out.count("budget check of 2 plans together") == 1
+
+
 def test_benchmark_transfer_rows_cost_no_evaluations_and_are_searched_once(tmp_path, monkeypatch):
     import scripts.benchmark
 
