@@ -109,3 +109,20 @@ def sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def load_resume(path: Path | None, settings: str, what: str) -> dict[str, Any]:
+    """The state an interrupted run saved at ``path`` (empty when there is none), refused when it was made with other
+    ``settings`` (a JSON string the run saves under ``settings``); ``what`` names the run in the error.
+
+    Raises:
+        CheckpointError: The file holds a run with other settings (or is not a checkpoint).
+    """
+    if path is None or not path.exists():
+        return {}
+    saved = load_torch(path)
+    if saved.get("settings") != settings:
+        raise CheckpointError(
+            f"{path} holds {what} with other settings: expected {settings}, got {saved.get('settings')}"
+        )
+    return saved

@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pruning_core.checkpoint import load_torch, save_torch
+from pruning_core.checkpoint import load_resume, save_torch
 from pruning_core.data import ImageDataset
 from pruning_core.engine import replace_submodule
-from pruning_core.errors import CheckpointError, PlanError
+from pruning_core.errors import PlanError
 from pruning_core.graph import ModelGraph, skippable_blocks
 
 
@@ -368,13 +368,7 @@ def train_gates(
         sort_keys=True,
     )
     path = Path(resume) if resume is not None else None
-    saved: dict[str, Any] = {}
-    if path is not None and path.exists():
-        saved = load_torch(path)
-        if saved.get("settings") != settings:
-            raise CheckpointError(
-                f"{path} holds a gate training with other settings: expected {settings}, got {saved.get('settings')}"
-            )
+    if saved := load_resume(path, settings, "a gate training"):
         model.load_state_dict(saved["model"])
         if progress:
             print(

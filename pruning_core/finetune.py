@@ -10,10 +10,9 @@ from pathlib import Path
 
 from torch import nn
 
-from pruning_core.checkpoint import load_torch, save_torch
+from pruning_core.checkpoint import load_resume, save_torch
 from pruning_core.data import ImageDataset
 from pruning_core.engine import PrunedModel, PruningEngine, recalibrate_bn
-from pruning_core.errors import CheckpointError
 from pruning_core.plan import PruningPlan
 from pruning_core.training import (
     EpochLog,
@@ -89,17 +88,12 @@ def finetune_model(
         Top-1 on ``eval_split`` of the weights kept.
 
     Raises:
-        CheckpointError: ``resume`` holds a run of another recipe.
+        CheckpointError: ``resume`` holds a run with another recipe.
     """
     state = make_state(model, config)
     path = Path(resume) if resume is not None else None
     recipe = json.dumps({**asdict(config), "eval_split": eval_split}, default=str, sort_keys=True)
-    if path is not None and path.exists():
-        saved = load_torch(path)
-        if saved.get("recipe") != recipe:
-            raise CheckpointError(
-                f"{path} holds a fine-tuning run of another recipe: expected {recipe}, got {saved.get('recipe')}"
-            )
+    if saved := load_resume(path, recipe, "a fine-tuning run"):
         model.load_state_dict(saved["model"])
         state.optimizer.load_state_dict(saved["optimizer"])
         state.epoch = int(saved["epoch"])
@@ -120,7 +114,7 @@ def finetune_model(
             save_torch(
                 path,
                 {
-                    "recipe": recipe,
+                    "settings": recipe,
                     "model": state.model.state_dict(),
                     "optimizer": state.optimizer.state_dict(),
                     "epoch": state.epoch,

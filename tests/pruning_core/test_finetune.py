@@ -42,7 +42,7 @@ def test_interrupted_fine_tuning_resumes_where_it_stopped(digits, tmp_path):
     with pytest.raises(Killed):
         finetune_model(model, KilledAtEpoch(digits, 2), config, progress=False, resume=path)
     assert path.is_file()  # two epochs saved
-    with pytest.raises(CheckpointError, match="another recipe: expected"):
+    with pytest.raises(CheckpointError, match="a fine-tuning run with other settings: expected"):
         finetune_model(_model(), digits, finetune_recipe(4, lr=0.05, bf16=False), progress=False, resume=path)
     resumed = _model()
     assert finetune_model(resumed, KilledAtEpoch(digits, 1), config, progress=False, resume=path) == reference_top1
