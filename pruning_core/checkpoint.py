@@ -111,6 +111,16 @@ def sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def state_fingerprint(model: nn.Module) -> str:
+    """A short hash of a model's state (names, shapes and values): tells a resume file which starting model it
+    continues."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def load_resume(path: Path | None, settings: str, what: str) -> dict[str, Any]:
     """The state an interrupted run saved at ``path`` (empty when there is none), refused when it was made with other
     ``settings`` (a JSON string the run saves under ``settings``); ``what`` names the run in the error.

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pruning_core.checkpoint import load_resume, save_torch
+from pruning_core.checkpoint import load_resume, save_torch, state_fingerprint
 from pruning_core.data import ImageDataset
 from pruning_core.engine import replace_submodule
 from pruning_core.errors import PlanError
@@ -321,15 +321,16 @@ def train_gates(
         bf16: bfloat16 autocast in joint fine-tuning (None: where the CPU runs it natively, as the recipe does).
         progress: Show a progress bar.
         resume: A file that holds the training's state after every epoch (weights, optimizers, phase, the batch
-            order), written atomically. Started again with the same file, model and settings, an interrupted
-            training continues after the last epoch saved. Removed once training completes. None: nothing saved.
+            order), written atomically. Started again with the same file, starting model and settings, an
+            interrupted training continues after the last epoch saved; a completed one only evaluates. The caller
+            removes it once it has saved the model. None: nothing saved.
 
     Returns:
         Val accuracy and per-block execution rates at threshold 0.5.
 
     Raises:
         PlanError: A setting is out of range.
-        CheckpointError: ``resume`` holds a training with other settings.
+        CheckpointError: ``resume`` holds a training with other settings or another starting model.
     """
     from tqdm import tqdm
 
@@ -364,6 +365,7 @@ def train_gates(
             "joint_lr": joint_lr,
             "distill_weight": distill_weight,
             "bf16": bf16,
+            "start": state_fingerprint(model),  # the training continues this model, not another saved there
         },
         sort_keys=True,
     )
@@ -462,8 +464,6 @@ def train_gates(
         block.reset_counters()
         block.last_scores = None  # holds the last batch's graph, which would keep the model from being copied
     top1 = evaluate(model, dataset, "val").top1
-    if path is not None:
-        path.unlink(missing_ok=True)  # complete: the caller keeps the model
     return GateTrainingReport(top1, {name: block.execution_rate() for name, block in gated_blocks(model)})
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch import nn
 
-from pruning_core.checkpoint import load_resume, save_torch
+from pruning_core.checkpoint import load_resume, save_torch, state_fingerprint
 from pruning_core.data import ImageDataset
 from pruning_core.engine import PrunedModel, PruningEngine, recalibrate_bn
 from pruning_core.plan import PruningPlan
@@ -80,19 +80,20 @@ def finetune_model(
         eval_split: Split that selects the best epoch (``val``: the test split is for reporting only).
         progress: Show progress bars.
         resume: A file that holds the run's state after every epoch (weights, optimizer, the best epoch so far),
-            written atomically. Started again with the same file, model and recipe, an interrupted run continues
-            after the last epoch saved, on the same batches (they are seeded per epoch). Removed once the run
-            completes. None: nothing saved.
+            written atomically. Started again with the same file, starting model and recipe, an interrupted run
+            continues after the last epoch saved, on the same batches (they are seeded per epoch); a completed one
+            returns its result at once. The caller removes it once it has saved the model. None: nothing saved.
 
     Returns:
         Top-1 on ``eval_split`` of the weights kept.
 
     Raises:
-        CheckpointError: ``resume`` holds a run with another recipe.
+        CheckpointError: ``resume`` holds a run with another recipe or starting model.
     """
     state = make_state(model, config)
     path = Path(resume) if resume is not None else None
-    recipe = json.dumps({**asdict(config), "eval_split": eval_split}, default=str, sort_keys=True)
+    start = state_fingerprint(model)  # the run continues this model, not another one saved in the same place
+    recipe = json.dumps({**asdict(config), "eval_split": eval_split, "start": start}, default=str, sort_keys=True)
     if saved := load_resume(path, recipe, "a fine-tuning run"):
         model.load_state_dict(saved["model"])
         state.optimizer.load_state_dict(saved["optimizer"])
@@ -128,8 +129,6 @@ def finetune_model(
         train(state, dataset, config, teacher=teacher, eval_split=eval_split, on_epoch_end=keep_best, progress=progress)
     model.load_state_dict(best_state)
     model.eval()
-    if path is not None:
-        path.unlink(missing_ok=True)  # complete: the caller keeps the model
     return best_top1
 
 

@@ -414,6 +414,7 @@ def main(argv: list[str] | None = None) -> None:
             # keeps the best val epoch, as for the static; saved every epoch, so a killed run resumes
             finetune_model(equal, dataset, config, teacher=teacher, resume=args.out / "static_equal.resume")
             save_torch(equal_path, equal.state_dict())
+            (args.out / "static_equal.resume").unlink(missing_ok=True)
         equal.eval()
     if args.static_only:
         print(f"static model saved in {args.out}; pass --compare {args.out} to a report to time it there", flush=True)
@@ -438,6 +439,7 @@ def main(argv: list[str] | None = None) -> None:
             resume=args.out / "gates.resume",
         )
         save_torch(gates_path, gated.state_dict())
+        (args.out / "gates.resume").unlink(missing_ok=True)
         report["gate_training"] = {
             **asdict(trained),
             "epochs": args.gate_epochs,

@@ -275,4 +275,5 @@ def test_interrupted_gate_training_resumes_where_it_stopped(digits, tmp_path):
     assert report.val_top1 == expected.val_top1 and report.execution_rate == expected.execution_rate
     for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
-    assert not path.exists()
+    again = train_gates(add_gates(base.build()), KilledAtEpoch(digits, 0), progress=False, resume=path, **settings)
+    assert again.val_top1 == expected.val_top1  # completed: evaluated only

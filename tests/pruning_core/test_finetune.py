@@ -48,4 +48,10 @@ def test_interrupted_fine_tuning_resumes_where_it_stopped(digits, tmp_path):
     assert finetune_model(resumed, KilledAtEpoch(digits, 1), config, progress=False, resume=path) == reference_top1
     for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
-    assert not path.exists()  # complete: removed
+    # a completed run returns its result at once; another starting model is refused
+    assert finetune_model(_model(), KilledAtEpoch(digits, 0), config, progress=False, resume=path) == reference_top1
+    other = _model()
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)
+    with pytest.raises(CheckpointError, match="other settings"):
+        finetune_model(other, digits, config, progress=False, resume=path)
