@@ -15,7 +15,7 @@ import torch
 
 from agents.policy_io import SavedPolicy
 from envs.layer_prune import LayerPruneEnv
-from hardware_models.measure import interleaved_rounds, ratios_beside_dense
+from hardware_models.measure import ratios_beside_dense
 from pruning_core.baselines import BudgetProblem, retargeted_plan
 from pruning_core.data import ImageDataset, atomic_write_bytes
 from pruning_core.dynamic import gated_blocks
@@ -52,22 +52,21 @@ class MeasuredRatios(NamedTuple):
 
 def measured_ratios(env: LayerPruneEnv, model: torch.nn.Module, *, in_worker: bool = True) -> MeasuredRatios:
     """Latency of ``model`` relative to the dense model on the env's measured device, in :data:`LATENCY_ROUNDS`
-    measurements side by side with the dense model, timed in a fresh worker process
-    (:func:`~hardware_models.measure.interleaved_rounds`; in this process with ``in_worker=False``). The model's
-    ratio is the median of the rounds'.
+    rounds of one interleaved pass beside the dense model (:func:`~hardware_models.measure.ratios_beside_dense`),
+    timed in a fresh worker process (in this process with ``in_worker=False``). The model's ratio is the median of
+    the rounds'.
 
     One such measurement can miss the ratio by several percent here (5 in a row of one resnet56 plan: 0.63-0.68),
     and the host drifts over minutes, so each round times both models in turn.
     """
     if env.measured is None:
         raise PruneGymError("expected an environment on a device measured on this host; got one without")
-    rounds = interleaved_rounds(
-        env.measured, [env.engine.model, model], env.engine.input_shape, rounds=LATENCY_ROUNDS, in_worker=in_worker
+    taken = ratios_beside_dense(
+        env.measured, env.engine.model, [model], env.engine.input_shape, rounds=LATENCY_ROUNDS, in_worker=in_worker
     )
-    dense_ms = [dense.p50_ms for dense, _ in rounds.stats]
-    pruned_ms = [pruned.p50_ms for _, pruned in rounds.stats]
-    ratios = [p / d for p, d in zip(pruned_ms, dense_ms, strict=True)]
-    return MeasuredRatios(ratios, dense_ms, pruned_ms, "worker" if rounds.in_worker else "process")
+    return MeasuredRatios(
+        taken.ratios[0], taken.dense_ms, taken.model_ms[0], "worker" if taken.in_worker else "process"
+    )
 
 
 def measured_verdict(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -173,13 +172,29 @@ def meet_measured_budgets(
     if not envs or any(env.measured is None for env in envs):
         raise PruneGymError("expected an environment on a device measured on this host; got none, or one without")
     first = envs[0]
+
+    def where(env: LayerPruneEnv) -> tuple[Any, ...]:
+        m = env.measured
+        return (
+            getattr(m, "device", None),
+            getattr(m, "runtime", None),
+            getattr(m, "threads", None),
+            env.engine.input_shape,
+        )
+
+    for env in envs[1:]:  # every plan is timed beside the first environment's dense model, on its device
+        if where(env) != where(first):
+            raise PruneGymError(
+                f"expected plans on one measured device, runtime, thread count and input shape; got {where(first)} "
+                f"and {where(env)}"
+            )
     checks = {name: _Check(env, plan) for name, (env, plan) in cells.items()}
 
     def read_together(models: dict[str, torch.nn.Module]) -> dict[str, float]:
         assert first.measured is not None
         per_model = ratios_beside_dense(
             first.measured, first.engine.model, list(models.values()), first.engine.input_shape, rounds=LATENCY_ROUNDS
-        )
+        ).ratios
         return {name: statistics.median(read) for name, read in zip(models, per_model, strict=True)}
 
     while pending := {name: c for name, c in checks.items() if c.next is not None}:

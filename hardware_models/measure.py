@@ -449,6 +449,17 @@ def interleaved_rounds(
     return Rounds(time_rounds(measurer, models, input_shape, rounds, batch_size), False)
 
 
+class BesideDense(NamedTuple):
+    """Models timed beside a dense one (:func:`ratios_beside_dense`): per model its ratio to dense and its latency
+    (ms) in each round, the dense model's latency per round (the mean of its two readings), and whether the timing
+    worker took them."""
+
+    ratios: list[list[float]]
+    model_ms: list[list[float]]
+    dense_ms: list[float]
+    in_worker: bool
+
+
 def ratios_beside_dense(
     measurer: TorchLatency | OrtLatency,
     dense: nn.Module,
@@ -456,19 +467,24 @@ def ratios_beside_dense(
     input_shape: tuple[int, ...],
     *,
     rounds: int,
-) -> list[list[float]]:
-    """Each model's latency relative to ``dense``, one ratio per round, all timed in one interleaved pass.
+    in_worker: bool = True,
+) -> BesideDense:
+    """Each model's latency relative to ``dense``, in every round of one interleaved pass.
 
-    Every round times the dense model first and last and ``models`` in turn between (:func:`interleaved_rounds`);
-    a model's ratio is to the dense reading interpolated at its place in the round, since the host's pace drifts
-    within a round of many models.
-
-    Returns:
-        Per model (in order), its ratio in each round.
+    Every round times the dense model first and last and ``models`` in turn between (:func:`interleaved_rounds`,
+    in the timing worker unless ``in_worker`` is False); a model's ratio is to the dense reading interpolated at its
+    place in the round, since the host's pace drifts within a round of many models.
     """
     timed = [dense, *models, copy.deepcopy(dense)]
     last = len(timed) - 1
-    stats = interleaved_rounds(measurer, timed, input_shape, rounds=rounds).stats
-    return [
-        [r[i].p50_ms / (r[0].p50_ms + (r[last].p50_ms - r[0].p50_ms) * i / last) for r in stats] for i in range(1, last)
-    ]
+    taken = interleaved_rounds(measurer, timed, input_shape, rounds=rounds, in_worker=in_worker)
+    stats = taken.stats
+    return BesideDense(
+        ratios=[
+            [r[i].p50_ms / (r[0].p50_ms + (r[last].p50_ms - r[0].p50_ms) * i / last) for r in stats]
+            for i in range(1, last)
+        ],
+        model_ms=[[r[i].p50_ms for r in stats] for i in range(1, last)],
+        dense_ms=[(r[0].p50_ms + r[last].p50_ms) / 2 for r in stats],
+        in_worker=taken.in_worker,
+    )

@@ -10,8 +10,11 @@ policy) is searched once per budget; its plan and search cost are saved under ``
 on (model, checkpoint, device and cost model, scoring recipe, the policy's weights), and fine-tuned per seed. Each
 budget builds its environment once (twice with a transferred policy, whose action mapping may differ) and keeps it
 across seeds. Every record has ``finish_seconds`` (pruning, BN recalibration, fine-tuning, measuring) and
-``search_reused``; ``results.md`` ends with where the time went. (Before 2026-11-28 every seed was fine-tuned
-with seed 0: do not resume an older ``results.json`` with several seeds.)
+``search_reused``; ``results.md`` ends with where the time went. For each seed and budget, every method's plan is
+made first; on a measured device their budget checks are then made together (one yardstick, see
+:func:`~agents.apply.meet_measured_budgets`) and saved under ``checks/``, and only then is each plan fine-tuned.
+(Before 2026-11-28 every seed was fine-tuned with seed 0: do not resume an older ``results.json`` with several
+seeds.)
 """
 
 from __future__ import annotations
@@ -236,7 +239,8 @@ class _PlanCache:
 
 
 class _Planned(NamedTuple):
-    """A cell's plan before its budget check: evaluations, search wall and CPU seconds, and whether it was saved."""
+    """A cell's plan before its budget check: evaluations, search wall and CPU seconds, and whether it was read from
+    ``plans/`` (a deterministic method's search, made once per budget)."""
 
     plan: PruningPlan
     evaluations: int
@@ -254,22 +258,27 @@ class _SharedChecks:
     path: Path
 
     def run(
-        self, cells: dict[str, tuple[LayerPruneEnv, PruningPlan]], *, fresh: set[str]
+        self, cells: dict[str, tuple[LayerPruneEnv, PruningPlan]], *, finished: dict[str, str]
     ) -> dict[str, tuple[PruningPlan, dict[str, Any]]]:
-        """Each cell's kept plan and check: saved ones where the searched plan is the same and the cell is not in
-        ``fresh``, the others checked now, together."""
+        """Each cell's kept plan and check: the saved one where it checked the same searched plan after the cell's
+        record (if any; ``finished``: when each cell with a record to replace was last finished, "" when unknown)
+        was finished, the others checked now, together."""
         saved = json.loads(self.path.read_text()) if self.path.exists() else {}
         out: dict[str, tuple[PruningPlan, dict[str, Any]]] = {}
         for method, (_, plan) in cells.items():
             kept = saved.get(method)
-            if method not in fresh and kept is not None and kept["searched"] == plan.to_json():
+            if kept is None or kept["searched"] != plan.to_json():
+                continue
+            if method not in finished or kept.get("checked", "") > finished[method]:  # not a check it replaces
                 out[method] = (PruningPlan.from_json(kept["kept"]), kept["check"])
         todo = {method: cell for method, cell in cells.items() if method not in out}
         if todo:
             print(f"== budget check of {len(todo)} plans together: {', '.join(todo)}", flush=True)
+            checked = time.strftime("%Y-%m-%dT%H:%M:%S")
             for method, (kept_plan, check) in meet_measured_budgets(todo).items():
                 out[method] = (kept_plan, check)
-                saved[method] = {"searched": todo[method][1].to_json(), "kept": kept_plan.to_json(), "check": check}
+                searched = todo[method][1].to_json()
+                saved[method] = {"searched": searched, "kept": kept_plan.to_json(), "check": check, "checked": checked}
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.path, lambda tmp: tmp.write_text(json.dumps(saved, indent=1)))
         return out
@@ -446,7 +455,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
             }
             checks = _SharedChecks(cfg.out / "checks" / f"b{budget:g}_s{seed}.json").run(
                 {m: (env_of(m, budget), p.plan) for m, p in planned.items() if needs_check(env_of(m, budget), p.plan)},
-                fresh={m for m, stale in stale_of.items() if stale},  # finished again: checked again
+                finished={m: max(r.get("finished", "") for r in stale) for m, stale in stale_of.items() if stale},
             )
             for method, p in planned.items():
                 print(f"== {method} at budget {budget:g}, seed {seed}: finish", flush=True)
@@ -535,8 +544,9 @@ def _remeasured(out: Path, records: list[dict[str, Any]]) -> dict[tuple[str, flo
 def now_written(out: Path) -> str:
     """The passes of ``remeasured.json``: how many, their rounds, and when each was written."""
     passes = load_passes(out / "remeasured.json")
-    when = ", ".join(p["written"] for p in passes)
-    return f"{len(passes)} pass{'es' if len(passes) > 1 else ''} of {passes[-1]['rounds']} rounds: {when}"
+    return f"{len(passes)} pass{'es' if len(passes) > 1 else ''}: " + ", ".join(
+        f"{p['written']} ({p['rounds']} rounds)" for p in passes
+    )
 
 
 def wall_time_lines(records: list[dict[str, Any]]) -> list[str]:
@@ -675,7 +685,8 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> None:
                 "One pass / dense: every cell's fine-tuned architecture timed again, all side by side with the dense "
                 f"model in one interleaved pass (`python -m scripts.remeasure_benchmark`, {now_written(out)}), so that "
                 "cells finished hours apart, on a host whose relative speed of two models drifts, share one yardstick; "
-                "per seed the median over the passes that timed its record (passes hours apart read the same plans "
+                "per seed the median over the passes that timed its record (a cell finished again since a pass is "
+                "left out of it) (passes hours apart read the same plans "
                 "several percent apart, all together), then the mean over seeds.",
             ]
             if now

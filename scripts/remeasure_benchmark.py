@@ -60,7 +60,7 @@ def remeasure(
     engine = PruningEngine(ckpt.build(), tuple(ckpt.meta["input_shape"]))
     models = [engine.apply(PruningPlan(sparsity=record["sparsity"], round_to=granule)).model for record in records]
     measurer = measurer_for(device, min_seconds=MEASURE_MIN_SECONDS)
-    per_model = ratios_beside_dense(measurer, engine.model, models, engine.input_shape, rounds=rounds)
+    per_model = ratios_beside_dense(measurer, engine.model, models, engine.input_shape, rounds=rounds).ratios
     rows = []
     for record, read in zip(records, per_model, strict=True):
         ratios = sorted(read)

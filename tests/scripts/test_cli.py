@@ -384,9 +384,22 @@ def test_benchmark_checks_a_budgets_plans_together_and_keeps_the_checks(tmp_path
     again = json.loads((out / "results.json").read_text())
     assert again[1]["check_ratios"] == records[1]["check_ratios"] and again[1]["sparsity"] == records[1]["sparsity"]
     assert "budget check of" not in capsys.readouterr().out
-    # finished again on request: checked again
-    assert main([*argv, "--finish-again-before", "2999-01-01T00:00"]) == 0
+    # finished again on request: checked again, and a finish-again stopped part-way keeps its new checks
+    for r in again:  # as if checked in 1999 and finished in 2000
+        r["finished"] = "2000-01-01T00:00:00"
+    (out / "results.json").write_text(json.dumps(again))
+    checks = json.loads((out / "checks" / "b0.6_s0.json").read_text())
+    (out / "checks" / "b0.6_s0.json").write_text(json.dumps({m: {**c, "checked": "1999"} for m, c in checks.items()}))
+    finish_again = [*argv, "--finish-again-before", "2001-01-01T00:00"]
+    assert main(finish_again) == 0
     assert capsys.readouterr().out.count("budget check of 2 plans together") == 1
+    refinished = json.loads((out / "results.json").read_text())
+    assert all(r["finished"] > "2001" for r in refinished) and len(refinished) == 2
+    (out / "results.json").write_text(json.dumps([refinished[0], again[1]]))  # stopped before the second cell
+    assert main(finish_again) == 0
+    assert "budget check of" not in capsys.readouterr().out
+    last = json.loads((out / "results.json").read_text())[-1]
+    assert last["method"] == "global-magnitude" and last["check_ratios"] == refinished[1]["check_ratios"]
 
 
 def test_benchmark_transfer_rows_cost_no_evaluations_and_are_searched_once(tmp_path, monkeypatch):
@@ -486,7 +499,10 @@ def test_old_benchmark_records_are_brought_up_to_date_and_tables_written_again(t
     (tmp_path / "remeasured.json").write_text(json.dumps({"passes": passes}))
     assert main(["benchmark", "--tables-only", "--out", str(tmp_path)]) == 0
     table = (tmp_path / "results.md").read_text()
-    assert "| 0% of seeds | 0.690 | 100% of seeds |" in table and "3 passes of 15 rounds: pass 0, pass 1" in table
+    assert (
+        "| 0% of seeds | 0.690 | 100% of seeds |" in table
+        and "3 passes: pass 0 (15 rounds), pass 1 (15 rounds)" in table
+    )
     assert main(["benchmark", "--tables-only", "--out", str(tmp_path / "none")]) != 0  # a one-line error
 
 
