@@ -174,13 +174,8 @@ def meet_measured_budgets(
     first = envs[0]
 
     def where(env: LayerPruneEnv) -> tuple[Any, ...]:
-        m = env.measured
-        return (
-            getattr(m, "device", None),
-            getattr(m, "runtime", None),
-            getattr(m, "threads", None),
-            env.engine.input_shape,
-        )
+        assert env.measured is not None
+        return env.measured.device, env.measured.runtime, env.measured.threads, env.engine.input_shape
 
     for env in envs[1:]:  # every plan is timed beside the first environment's dense model, on its device
         if where(env) != where(first):

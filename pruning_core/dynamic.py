@@ -353,23 +353,27 @@ def train_gates(
     gates = [block.gate for _, block in gated_blocks(model)]
     if not gates:
         raise PlanError("the model has no gated blocks; call add_gates first")
-    settings = json.dumps(
-        {
-            "epochs": epochs,
-            "lr": lr,
-            "rate_penalty": rate_penalty,
-            "rate_target": rate_target,
-            "block_target": block_target,
-            "batch_size": batch_size,
-            "joint_epochs": joint_epochs,
-            "joint_lr": joint_lr,
-            "distill_weight": distill_weight,
-            "bf16": bf16,
-            "start": state_fingerprint(model),  # the training continues this model, not another saved there
-        },
-        sort_keys=True,
-    )
     path = Path(resume) if resume is not None else None
+    settings = (
+        ""
+        if path is None
+        else json.dumps(  # what a resume file must match
+            {
+                "epochs": epochs,
+                "lr": lr,
+                "rate_penalty": rate_penalty,
+                "rate_target": rate_target,
+                "block_target": block_target,
+                "batch_size": batch_size,
+                "joint_epochs": joint_epochs,
+                "joint_lr": joint_lr,
+                "distill_weight": distill_weight,
+                "bf16": bf16,
+                "start": state_fingerprint(model),  # the training continues this model, not another saved there
+            },
+            sort_keys=True,
+        )
+    )
     if saved := load_resume(path, settings, "a gate training"):
         model.load_state_dict(saved["model"])
         if progress:

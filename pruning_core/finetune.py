@@ -92,8 +92,10 @@ def finetune_model(
     """
     state = make_state(model, config)
     path = Path(resume) if resume is not None else None
-    start = state_fingerprint(model)  # the run continues this model, not another one saved in the same place
-    recipe = json.dumps({**asdict(config), "eval_split": eval_split, "start": start}, default=str, sort_keys=True)
+    recipe = ""  # what a resume file must match: the recipe and the starting model (hashed only when resuming)
+    if path is not None:
+        start = state_fingerprint(model)
+        recipe = json.dumps({**asdict(config), "eval_split": eval_split, "start": start}, default=str, sort_keys=True)
     if saved := load_resume(path, recipe, "a fine-tuning run"):
         model.load_state_dict(saved["model"])
         state.optimizer.load_state_dict(saved["optimizer"])

@@ -684,10 +684,10 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> None:
                 "",
                 "One pass / dense: every cell's fine-tuned architecture timed again, all side by side with the dense "
                 f"model in one interleaved pass (`python -m scripts.remeasure_benchmark`, {now_written(out)}), so that "
-                "cells finished hours apart, on a host whose relative speed of two models drifts, share one yardstick; "
-                "per seed the median over the passes that timed its record (a cell finished again since a pass is "
-                "left out of it) (passes hours apart read the same plans "
-                "several percent apart, all together), then the mean over seeds.",
+                "cells finished hours apart, on a host whose relative speed of two models drifts, share one yardstick. "
+                "Passes hours apart read the same plans several percent apart, all together, so a seed's figure is "
+                "the median over the passes that timed its current record (a pass before the cell was finished again "
+                "does not count), and the column the mean over seeds.",
             ]
             if now
             else []
