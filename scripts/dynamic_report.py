@@ -7,8 +7,10 @@ then gets as many extra fine-tuning epochs, for a fair row). Finally every model
 split (batch 1, one thread) in one pass, taking turns every 25 images: the static model(s) and the gated model at each
 threshold of ``--thresholds``, with real skipping. Reported: accuracy, measured mean latency, the expected latency
 from the measured parts, per-block execution rates, and accuracy and latency by the number of blocks an image used.
-The static models, the gates and the timing are saved as soon as they exist, and the long trainings (the static
-model's extra epochs, the gates) after every epoch; re-running resumes.
+``--retime`` times the models again (a timing made while the host was busy is skewed); every
+earlier timing stays in the report and the table lists them all. The static models, the gates and the timing are
+saved as soon as they exist, and the long trainings (the static model's extra epochs, the gates) after every epoch;
+re-running resumes.
 
 To compare at equal accuracy, static pruning at other ratios can be timed in the same pass: make each with
 ``--static-only`` in its own folder (same epochs), then pass the folders to ``--compare``; the table then sets each
@@ -25,6 +27,7 @@ import argparse
 import copy
 import json
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,8 @@ from pruning_core.plan import PruningPlan
 from pruning_core.serialize import load_pruned, save_pruned
 from scripts.cli import add_target_args, env_from_args
 
+_TIMED_KEYS = ("timing", "static", "static_equal", "compare", "dynamic")
+"""What one timing pass writes into the report (kept under ``earlier_timings`` when the models are timed again)."""
 REPORT_VERSION = 2
 """2: every model is timed in one pass (static, static_equal, each threshold), taking turns."""
 TIMING_METHOD = 7
@@ -206,7 +211,44 @@ def _table(report: dict[str, Any]) -> str:
     if report["dynamic"]:
         lines += ["", f"By number of gated blocks an image executed (threshold {best['threshold']:.2f}, test):", ""]
         lines += _by_blocks_table(best["by_blocks_used"], len(best["exec_rate"]))
+    if report.get("earlier_timings"):
+        lines += ["", "Every timing of these models, oldest first (the table above is the last):", ""]
+        lines += _timings_table([*report["earlier_timings"], report])
     return "\n".join(lines) + "\n"
+
+
+def _timings_table(passes: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows, one per timing pass: the static model's mean latency and, per threshold, the gated model's
+    latency against it and measured / expected.
+
+    >>> row = {"threshold": 0.5, "latency_ms_measured": 4.0, "latency_ms_expected": 5.0}
+    >>> _timings_table([{"timing": {"method": 7}, "static": {"latency_ms_measured": 5.0}, "dynamic": [row]}])[2]
+    '| 1 | - | 7 | 5.000 | -20.0%, 0.800 |'
+    """
+    thresholds = sorted({r["threshold"] for p in passes for r in p.get("dynamic", [])})
+    lines = [
+        "| pass | timed | method | static ms | "
+        + " | ".join(f"t={t:.2f}: vs static, measured/expected" for t in thresholds)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(thresholds),
+    ]
+    for number, timed in enumerate(passes, 1):
+        static = timed["static"]["latency_ms_measured"]
+        rows = {r["threshold"]: r for r in timed.get("dynamic", [])}
+        cells = [
+            f"{rows[t]['latency_ms_measured'] / static - 1:+.1%}, "
+            f"{rows[t]['latency_ms_measured'] / rows[t]['latency_ms_expected']:.3f}"
+            if t in rows
+            else ""
+            for t in thresholds
+        ]
+        timing = timed.get("timing", {})
+        lines.append(
+            f"| {number} | {timing.get('timed', '-')} | {timing.get('method', '-')} | {static:.3f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines
 
 
 def _by_blocks_table(by_used: dict[Any, dict[str, float]], blocks: int, bins: int = 5) -> list[str]:
@@ -331,6 +373,12 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="other report folders whose static model (with its extra epochs, if any) is timed in the same pass: "
         "static pruning at other ratios, to compare at equal accuracy",
+    )
+    parser.add_argument(
+        "--retime",
+        action="store_true",
+        help="time the models again although the report holds a timing by the current method (made on a busy host, "
+        "say); every earlier timing is kept in the report (earlier_timings) and summarised in the table",
     )
     parser.add_argument(
         "--train-only",
@@ -460,10 +508,14 @@ def main(argv: list[str] | None = None) -> None:
     timing = report.get("timing", {})
     compare = {str(d): _compared_model(d) for d in args.compare}
     if (
-        timing.get("thresholds") != thresholds
+        args.retime
+        or timing.get("thresholds") != thresholds
         or timing.get("method") != TIMING_METHOD
         or timing.get("compare", []) != list(compare)
     ):
+        if timing:  # kept: a timing made on a busy host is still evidence of how far timings move
+            earlier = {key: report[key] for key in _TIMED_KEYS if key in report}
+            report.setdefault("earlier_timings", []).append(earlier)
         names = [name for name, _ in gated_blocks(gated)]
         for _, block in gated_blocks(gated):
             block.reset_counters()  # gate training leaves its val pass in the counters
@@ -510,6 +562,7 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
         report["timing"] = {
+            "timed": datetime.now().isoformat(timespec="seconds"),
             "method": TIMING_METHOD,
             "thresholds": thresholds,
             "interleaved": list(models),
