@@ -7,10 +7,11 @@ then gets as many extra fine-tuning epochs, for a fair row). Finally every model
 split (batch 1, one thread) in one pass, taking turns every 25 images: the static model(s) and the gated model at each
 threshold of ``--thresholds``, with real skipping. Reported: accuracy, measured mean latency, the expected latency
 from the measured parts, per-block execution rates, and accuracy and latency by the number of blocks an image used.
-``--retime`` times the models again (a timing made while the host was busy is skewed); every
-earlier timing stays in the report and the table lists them all. The static models, the gates and the timing are
-saved as soon as they exist, and the long trainings (the static model's extra epochs, the gates) after every epoch;
-re-running resumes.
+``--retime`` times the models again (a timing made while the host was busy is skewed). Whenever the
+models are timed again (``--retime``, other ``--thresholds`` or ``--compare``, a newer timing method), the earlier
+timing stays in the report (``earlier_timings``) and the table lists them all. The static models, the gates and the
+timing are saved as soon as they exist, and the long trainings (the static model's extra epochs, the gates) after
+every epoch; re-running resumes.
 
 To compare at equal accuracy, static pruning at other ratios can be timed in the same pass: make each with
 ``--static-only`` in its own folder (same epochs), then pass the folders to ``--compare``; the table then sets each
@@ -218,8 +219,14 @@ def _table(report: dict[str, Any]) -> str:
 
 
 def _timings_table(passes: list[dict[str, Any]]) -> list[str]:
-    """Markdown rows, one per timing pass: the static model's mean latency and, per threshold, the gated model's
-    latency against it and measured / expected.
+    """Markdown rows comparing timing passes of the same models.
+
+    Args:
+        passes: Each pass's part of a report (``timing``, ``static``, ``dynamic``), oldest first.
+
+    Returns:
+        A header, a rule, and one row per pass: the static model's mean latency and, per threshold, the gated model's
+        latency against it and measured / expected.
 
     >>> row = {"threshold": 0.5, "latency_ms_measured": 4.0, "latency_ms_expected": 5.0}
     >>> _timings_table([{"timing": {"method": 7}, "static": {"latency_ms_measured": 5.0}, "dynamic": [row]}])[2]
