@@ -495,6 +495,125 @@ def expected_latency(static_ms: float, block_ms: dict[str, float], rates: dict[s
     return static_ms + sum(block_ms[name] * rates.get(name, 1.0) for name in block_ms) + gate_ms
 
 
+DEFAULT_SEARCH_LEVELS = (0.0, 0.4, 0.5, 0.6, 0.7, 1.0)
+"""Thresholds a per-block search moves each block through (0: never skip; 1: always skip)."""
+
+
+@dataclass(frozen=True)
+class ThresholdStep:
+    """One point of a per-block threshold search.
+
+    Attributes:
+        thresholds: Each gated block's threshold.
+        top1: Accuracy on the split searched.
+        expected_ms: Expected latency (:func:`expected_latency`) at the split's execution rates.
+        exec_rate: Each gated block's execution rate on that split.
+    """
+
+    thresholds: dict[str, float]
+    top1: float
+    expected_ms: float
+    exec_rate: dict[str, float]
+
+
+@torch.inference_mode()
+def search_thresholds(
+    model: nn.Module,
+    dataset: ImageDataset,
+    parts: DynamicParts,
+    *,
+    levels: tuple[float, ...] = DEFAULT_SEARCH_LEVELS,
+    split: str = "val",
+    limit: int | None = None,
+    batch_size: int = 500,
+    stop_ms: float | None = None,
+    progress: bool = True,
+) -> list[ThresholdStep]:
+    """A threshold per gated block, chosen greedily (NetAdapt-style) on a split.
+
+    Every block starts at the lowest level. Each step tries, for every block, its next level that skips more inputs
+    (a level that skips none more is passed over) and keeps the one raise that loses the least accuracy per expected
+    millisecond saved; a raise that gains accuracy goes first. The expected latency of a point is
+    :func:`expected_latency` of the measured ``parts`` at the split's execution rates, so a block that costs more
+    saves more when it is skipped. The model runs on the device its parameters are on; the images are moved there
+    once.
+
+    Args:
+        model: A gated model (:func:`add_gates`); its thresholds are restored afterwards.
+        dataset: Where the images come from.
+        parts: The model's measured parts (:func:`measure_parts`), with a time for every gated block.
+        levels: The thresholds a block may take (sorted; each block starts at the lowest).
+        split: The split the search scores on (never ``test``, which reports).
+        limit: At most this many images of the split.
+        batch_size: Images per forward pass.
+        stop_ms: Stop once the expected latency is at or below this (None: go on until every block is at the top
+            level or no raise saves anything).
+        progress: Show a progress bar.
+
+    Returns:
+        The path: the starting point, then the point after each raise.
+
+    Raises:
+        PlanError: If the model has no gated blocks, ``parts`` lacks one of them, or ``levels`` is not an increasing
+            sequence within [0, 1].
+    """
+    from tqdm import tqdm
+
+    blocks = dict(gated_blocks(model))
+    order = list(levels)
+    if not blocks or set(blocks) - set(parts.block_ms):
+        raise PlanError(
+            f"expected a gated model whose every block has a measured part; got blocks {sorted(blocks)[:4]} and "
+            f"parts for {sorted(parts.block_ms)[:4]}"
+        )
+    if not order or order != sorted(set(order)) or order[0] < 0.0 or order[-1] > 1.0:
+        raise PlanError(f"expected increasing threshold levels within [0, 1]; got {list(levels)}")
+    model.eval()
+    device = next(model.parameters()).device
+    batches = [(x.to(device), y.to(device)) for x, y in dataset.batches(split, batch_size, limit=limit)]
+    kept = {name: block.threshold for name, block in blocks.items()}
+
+    def score(thresholds: dict[str, float]) -> ThresholdStep:
+        for name, block in blocks.items():
+            block.threshold = thresholds[name]
+            block.reset_counters()
+        correct = seen = 0
+        for images, labels in batches:
+            correct += int((model(images).argmax(1) == labels).sum())
+            seen += int(labels.numel())
+        rates = {name: block.execution_rate() for name, block in blocks.items()}
+        expected = expected_latency(parts.static_ms, {n: parts.block_ms[n] for n in blocks}, rates, 0.0)
+        return ThresholdStep(dict(thresholds), correct / max(1, seen), expected, rates)
+
+    try:
+        point = score(dict.fromkeys(blocks, order[0]))
+        path = [point]
+        with tqdm(total=len(blocks) * (len(order) - 1), desc="thresholds", unit="raise", disable=not progress) as bar:
+            while stop_ms is None or point.expected_ms > stop_ms:
+                best: tuple[float, ThresholdStep] | None = None
+                for name in blocks:
+                    for level in order[order.index(point.thresholds[name]) + 1 :]:
+                        trial = score({**point.thresholds, name: level})
+                        saved = point.expected_ms - trial.expected_ms
+                        if saved > 1e-9:
+                            cost = (point.top1 - trial.top1) / saved
+                            if best is None or cost < best[0]:
+                                best = (cost, trial)
+                            break
+                if best is None:
+                    break
+                raised = sum(order.index(best[1].thresholds[n]) - order.index(point.thresholds[n]) for n in blocks)
+                point = best[1]
+                path.append(point)
+                bar.update(raised)
+                bar.set_postfix(top1=f"{point.top1:.4f}", expected_ms=f"{point.expected_ms:.3f}")
+    finally:
+        for name, block in blocks.items():
+            block.threshold = kept[name]
+            block.reset_counters()
+    return path
+
+
 @dataclass(frozen=True)
 class TrainedGates:
     """Gate weights trained on the dense model, ready to be fitted to any pruned variant of it.

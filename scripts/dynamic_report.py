@@ -38,10 +38,13 @@ from hardware_models.measure import torch_threads
 from pruning_core.checkpoint import load_torch, save_torch
 from pruning_core.data import atomic_write_bytes
 from pruning_core.dynamic import (
+    DEFAULT_SEARCH_LEVELS,
+    DynamicParts,
     add_gates,
     gated_blocks,
     measure_parts,
     profile_from_rows,
+    search_thresholds,
     set_thresholds,
     time_models_per_image,
     train_gates,
@@ -98,6 +101,15 @@ def _compared_model(folder: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     return model.eval(), described
 
 
+def _setting(row: dict[str, Any]) -> str:
+    """How a gated row is named: its one threshold, or the label of per-block thresholds found by search.
+
+    >>> _setting({"threshold": 0.5}), _setting({"threshold": None, "label": "per-block 2"})
+    ('0.50', 'per-block 2')
+    """
+    return f"{row['threshold']:.2f}" if row.get("threshold") is not None else str(row["label"])
+
+
 def _iso_accuracy_lines(report: dict[str, Any]) -> list[str]:
     """Each gated setting against static pruning alone at the same test accuracy, as Markdown rows.
 
@@ -134,7 +146,7 @@ def _iso_accuracy_lines(report: dict[str, Any]) -> list[str]:
     ]
     for row in report["dynamic"]:
         accuracy, latency = row["top1"], row["latency_ms_measured"]
-        head = f"| {row['threshold']:.2f} | {accuracy:.4f} | {latency:.3f} |"
+        head = f"| {_setting(row)} | {accuracy:.4f} | {latency:.3f} |"
         candidates = [  # within 0.5 points, or more accurate and faster (which beats the gated setting)
             (name, s["top1"], s["latency_ms_measured"])
             for name, s in frontier
@@ -184,7 +196,7 @@ def _table(report: dict[str, Any]) -> str:
     for row in report["dynamic"]:
         change = row["latency_ms_measured"] / static["latency_ms_measured"] - 1
         lines.append(
-            f"| static + dynamic | {row['threshold']:.2f} | {row['top1']:.4f} | {row['latency_ms_measured']:.3f} | "
+            f"| static + dynamic | {_setting(row)} | {row['top1']:.4f} | {row['latency_ms_measured']:.3f} | "
             f"{row['latency_ms_expected']:.3f} | {row['mean_exec_rate']:.3f} | {change:+.1%} |"
         )
     reference = max(static["top1"], report.get("static_equal", {}).get("top1", 0.0))  # the harder bar
@@ -194,7 +206,7 @@ def _table(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"Fastest setting within 0.5 points of the better static-only accuracy ({reference:.4f}): "
-            f"threshold {best['threshold']:.2f}, measured mean latency "
+            f"threshold {_setting(best)}, measured mean latency "
             f"{best['latency_ms_measured'] / static['latency_ms_measured'] - 1:+.1%} against static only; "
             f"measured/expected {best['latency_ms_measured'] / best['latency_ms_expected']:.3f}.",
         ]
@@ -203,19 +215,75 @@ def _table(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"No setting is within 0.5 points of the better static-only accuracy ({reference:.4f}). The most accurate: "
-            f"threshold {best['threshold']:.2f}, {best['top1'] - reference:+.4f}, measured mean latency "
+            f"threshold {_setting(best)}, {best['top1'] - reference:+.4f}, measured mean latency "
             f"{best['latency_ms_measured'] / static['latency_ms_measured'] - 1:+.1%} against static only; "
             f"measured/expected {best['latency_ms_measured'] / best['latency_ms_expected']:.3f}.",
         ]
     if report.get("compare") and report["dynamic"]:
         lines += ["", "At equal accuracy (timed in the same pass):", "", *_iso_accuracy_lines(report)]
     if report["dynamic"]:
-        lines += ["", f"By number of gated blocks an image executed (threshold {best['threshold']:.2f}, test):", ""]
+        lines += ["", f"By number of gated blocks an image executed (threshold {_setting(best)}, test):", ""]
         lines += _by_blocks_table(best["by_blocks_used"], len(best["exec_rate"]))
+    searched = [r for r in report["dynamic"] if r.get("threshold") is None]
+    if searched:
+        lines += ["", "Per-block thresholds found by search on val (`threshold_search.json`), as timed above:", ""]
+        lines += _searched_table(searched)
     if report.get("earlier_timings"):
         lines += ["", "Every timing of these models, oldest first (the table above is the last):", ""]
         lines += _timings_table([*report["earlier_timings"], report])
     return "\n".join(lines) + "\n"
+
+
+def _searched_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows of the per-block settings: what the search saw on val beside what the test pass measured.
+
+    >>> row = {"label": "per-block 1", "val_top1": 0.87, "val_expected_ms": 5.0, "top1": 0.86,
+    ...        "latency_ms_measured": 5.2, "thresholds": {"a": 0.0, "b": 0.5, "c": 0.5}}
+    >>> _searched_table([row])[2]
+    '| per-block 1 | 0.8700 | 5.000 | 0.8600 | 5.200 | 0: 1, 0.5: 2 |'
+    """
+    lines = [
+        "| setting | val top-1 | val expected ms | test top-1 | test measured ms | blocks per threshold |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        levels = sorted(set(row["thresholds"].values()))
+        spread = ", ".join(f"{t:g}: {sum(v == t for v in row['thresholds'].values())}" for t in levels)
+        lines.append(
+            f"| {row['label']} | {row['val_top1']:.4f} | {row['val_expected_ms']:.3f} | {row['top1']:.4f} | "
+            f"{row['latency_ms_measured']:.3f} | {spread} |"
+        )
+    return lines
+
+
+def pick_searched(path: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """Up to ``count`` points of a threshold search's path, spread evenly over its expected latencies.
+
+    Only points no other beats in both val accuracy and expected latency are candidates; for each of ``count``
+    evenly spaced latencies from the slowest candidate to the fastest, the candidate nearest to it is taken (each at
+    most once), slowest first.
+
+    >>> path = [{"top1": 0.9, "expected_ms": 10.0}, {"top1": 0.91, "expected_ms": 9.0},
+    ...         {"top1": 0.88, "expected_ms": 7.0}, {"top1": 0.8, "expected_ms": 5.0}]
+    >>> [p["expected_ms"] for p in pick_searched(path, 2)]
+    [9.0, 5.0]
+    """
+    front = [
+        p
+        for p in path
+        if not any(
+            (o["top1"] >= p["top1"] and o["expected_ms"] < p["expected_ms"])
+            or (o["top1"] > p["top1"] and o["expected_ms"] <= p["expected_ms"])
+            for o in path
+        )
+    ]
+    front.sort(key=lambda p: -p["expected_ms"])
+    if count < 1 or not front:
+        return []
+    high, low = front[0]["expected_ms"], front[-1]["expected_ms"]
+    targets = [high] if count == 1 else [high + (low - high) * i / (count - 1) for i in range(count)]
+    picked = [min(front, key=lambda p: abs(p["expected_ms"] - target)) for target in targets]
+    return list({id(p): p for p in picked}.values())
 
 
 def _timings_table(passes: list[dict[str, Any]]) -> list[str]:
@@ -231,23 +299,25 @@ def _timings_table(passes: list[dict[str, Any]]) -> list[str]:
     >>> row = {"threshold": 0.5, "latency_ms_measured": 4.0, "latency_ms_expected": 5.0}
     >>> _timings_table([{"timing": {"method": 7}, "static": {"latency_ms_measured": 5.0}, "dynamic": [row]}])[2]
     '| 1 | - | 7 | 5.000 | -20.0%, 0.800 |'
+    >>> _timings_table([{"static": {"latency_ms_measured": 5.0}, "dynamic": [row]}])[0].split(" | ")[-1]
+    '0.50: vs static, measured/expected |'
     """
-    thresholds = sorted({r["threshold"] for p in passes for r in p.get("dynamic", [])})
+    settings = list(dict.fromkeys(_setting(r) for p in passes for r in p.get("dynamic", [])))
     lines = [
         "| pass | timed | method | static ms | "
-        + " | ".join(f"t={t:.2f}: vs static, measured/expected" for t in thresholds)
+        + " | ".join(f"{t}: vs static, measured/expected" for t in settings)
         + " |",
-        "|---|---|---|---|" + "---|" * len(thresholds),
+        "|---|---|---|---|" + "---|" * len(settings),
     ]
     for number, timed in enumerate(passes, 1):
         static = timed["static"]["latency_ms_measured"]
-        rows = {r["threshold"]: r for r in timed.get("dynamic", [])}
+        rows = {_setting(r): r for r in timed.get("dynamic", [])}
         cells = [
             f"{rows[t]['latency_ms_measured'] / static - 1:+.1%}, "
             f"{rows[t]['latency_ms_measured'] / rows[t]['latency_ms_expected']:.3f}"
             if t in rows
             else ""
-            for t in thresholds
+            for t in settings
         ]
         timing = timed.get("timing", {})
         lines.append(
@@ -288,7 +358,7 @@ def _plot_exec_rates(report: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4))
     for row in report["dynamic"]:
         names = list(row["exec_rate"])
-        ax.plot(range(len(names)), [row["exec_rate"][n] for n in names], "o-", ms=3, label=f"t={row['threshold']:.2f}")
+        ax.plot(range(len(names)), [row["exec_rate"][n] for n in names], "o-", ms=3, label=_setting(row))
     if report["dynamic"]:
         ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
         ax.legend(fontsize=7)
@@ -322,15 +392,24 @@ def _plot(report: dict[str, Any], path: Path) -> None:
             color="grey",
             label="static only, other ratios (--compare)",
         )
-    rows = report["dynamic"]
-    ax.plot(
-        [r["latency_ms_measured"] for r in rows], [r["top1"] for r in rows], "o-", label="static + dynamic (measured)"
-    )
-    ax.plot(
-        [r["latency_ms_expected"] for r in rows], [r["top1"] for r in rows], "x--", label="static + dynamic (expected)"
-    )
-    for r in rows:
-        ax.annotate(f"t={r['threshold']:.2f}", (r["latency_ms_measured"], r["top1"]), fontsize=7)
+    for kind, rows in (
+        ("one threshold", [r for r in report["dynamic"] if r.get("threshold") is not None]),
+        ("per-block thresholds", [r for r in report["dynamic"] if r.get("threshold") is None]),
+    ):
+        if not rows:
+            continue
+        measured = ax.plot(
+            [r["latency_ms_measured"] for r in rows], [r["top1"] for r in rows], "o-", label=f"dynamic, {kind}"
+        )
+        ax.plot(
+            [r["latency_ms_expected"] for r in rows],
+            [r["top1"] for r in rows],
+            "x--",
+            color=measured[0].get_color(),
+            label=f"dynamic, {kind} (expected)",
+        )
+        for r in rows:
+            ax.annotate(_setting(r), (r["latency_ms_measured"], r["top1"]), fontsize=7)
     ax.set_xlabel("mean batch-1 latency per test image (ms, 1 thread)")
     ax.set_ylabel("test top-1")
     ax.set_title(f"{report['model']}: dynamic skipping on top of static pruning")
@@ -367,6 +446,28 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.6, 0.7, 0.8])
     parser.add_argument("--latency-images", type=int, default=2000, help="test images timed one by one")
+    parser.add_argument(
+        "--search-thresholds",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also choose a threshold per block, greedily on val (search_thresholds; saved as threshold_search.json "
+        "and reused), and time K of the settings it finds, spread over their expected latencies",
+    )
+    parser.add_argument(
+        "--search-levels",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_SEARCH_LEVELS),
+        help="thresholds a block may take",
+    )
+    parser.add_argument("--search-images", type=int, default=None, help="val images the search scores on (all)")
+    parser.add_argument(
+        "--search-stop",
+        type=float,
+        default=0.45,
+        help="stop the search once the expected latency is the static part plus this share of every block's time",
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument(
         "--static-only",
@@ -509,6 +610,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"trained and saved in {args.out}; run again without --train-only to time the models", flush=True)
         return
 
+    picks = _threshold_search(args, report, gated, dataset) if args.search_thresholds else []
+
     # One pass over the test images, the models taking turns: a shared host drifts by 10-20% over minutes, so models
     # timed one after the other would be compared across that drift.
     thresholds = sorted(set(args.thresholds))
@@ -519,6 +622,7 @@ def main(argv: list[str] | None = None) -> None:
         or timing.get("thresholds") != thresholds
         or timing.get("method") != TIMING_METHOD
         or timing.get("compare", []) != list(compare)
+        or timing.get("searched", []) != [p["thresholds"] for p in picks]
     ):
         if timing:  # kept: a timing made on a busy host is still evidence of how far timings move
             earlier = {key: report[key] for key in _TIMED_KEYS if key in report}
@@ -534,6 +638,9 @@ def main(argv: list[str] | None = None) -> None:
         for threshold in thresholds:
             models[f"t={threshold}"] = copied = copy.deepcopy(gated)
             set_thresholds(copied, dict.fromkeys(names, threshold))
+        for number, point in enumerate(picks, 1):
+            models[f"search:{number}"] = copied = copy.deepcopy(gated)
+            set_thresholds(copied, point["thresholds"])
         print(f"timing {len(models)} models, taking turns, on {args.latency_images} test images, 1 thread", flush=True)
         with torch_threads(1):
             rows = time_models_per_image(models, dataset, "test", limit=args.latency_images)
@@ -541,6 +648,10 @@ def main(argv: list[str] | None = None) -> None:
                 threshold: {name: block.execution_rate() for name, block in gated_blocks(models[f"t={threshold}"])}
                 for threshold in thresholds
             }
+            searched_rates = [
+                {name: block.execution_rate() for name, block in gated_blocks(models[f"search:{number}"])}
+                for number in range(1, len(picks) + 1)
+            ]
             # The parts do not depend on the threshold (any above 0 makes every block skippable). Measuring resets
             # the counters, which is why the rates were read first.
             probe = next(iter(dataset.batches("test", 1)))[0]
@@ -568,12 +679,31 @@ def main(argv: list[str] | None = None) -> None:
                 f"{profile.latency_ms_expected:.3f} ms expected",
                 flush=True,
             )
+        for number, (point, point_rates) in enumerate(zip(picks, searched_rates, strict=True), 1):
+            profile = profile_from_rows(rows[f"search:{number}"], point_rates, parts)
+            row = {
+                "threshold": None,
+                "label": f"per-block {number}",
+                "thresholds": point["thresholds"],
+                "val_top1": point["top1"],
+                "val_expected_ms": point["expected_ms"],
+                **asdict(profile),
+            }
+            row["mean_exec_rate"] = sum(profile.exec_rate.values()) / len(profile.exec_rate)
+            report["dynamic"].append(row)
+            print(
+                f"per-block {number}: top-1 {profile.top1:.4f}, {profile.latency_ms_measured:.3f} ms measured "
+                f"({profile.latency_ms_measured / report['static']['latency_ms_measured']:.3f} of static), "
+                f"{profile.latency_ms_expected:.3f} ms expected",
+                flush=True,
+            )
         report["timing"] = {
             "timed": datetime.now().isoformat(timespec="seconds"),
             "method": TIMING_METHOD,
             "thresholds": thresholds,
             "interleaved": list(models),
             "compare": list(compare),
+            "searched": [p["thresholds"] for p in picks],
             "parts_scale": scale,
             "static_part_ms": parts.static_ms,
             "all_blocks_ms": parts.all_ms,
@@ -585,6 +715,42 @@ def main(argv: list[str] | None = None) -> None:
     _plot(report, args.out / "latency_accuracy.png")
     _plot_exec_rates(report, args.out / "exec_rates.png")
     print(table)
+
+
+def _threshold_search(
+    args: argparse.Namespace, report: dict[str, Any], gated: torch.nn.Module, dataset: Any
+) -> list[dict[str, Any]]:
+    """The per-block settings to time: a greedy search on val (saved in ``threshold_search.json`` with its settings
+    and reused while they match), then ``--search-thresholds`` of its points (:func:`pick_searched`).
+
+    The search prices a setting with the measured parts of the gated model: those of the report's last timing when
+    it has one, else parts measured now (one thread).
+    """
+    path = args.out / "threshold_search.json"
+    settings = {"levels": sorted(args.search_levels), "images": args.search_images, "stop": args.search_stop}
+    saved = json.loads(path.read_text()) if path.exists() else None
+    if saved is None or saved.get("settings") != settings:
+        names = [name for name, _ in gated_blocks(gated)]
+        timing = report.get("timing", {})
+        if set(names) <= set(timing.get("block_ms", {})):
+            parts = DynamicParts(timing["static_part_ms"], timing["block_ms"], timing["all_blocks_ms"])
+        else:
+            probe = copy.deepcopy(gated)
+            set_thresholds(probe, dict.fromkeys(names, 0.5))  # every block skippable: each one's part is timed
+            with torch_threads(1):
+                parts = measure_parts(probe, next(iter(dataset.batches("test", 1)))[0])
+        stop = parts.static_ms + args.search_stop * sum(parts.block_ms[name] for name in names)
+        steps = search_thresholds(
+            copy.deepcopy(gated),
+            dataset,
+            parts,
+            levels=tuple(settings["levels"]),
+            limit=args.search_images,
+            stop_ms=stop,
+        )
+        saved = {"settings": settings, "parts": asdict(parts), "path": [asdict(step) for step in steps]}
+        atomic_write_bytes(path, lambda tmp: tmp.write_text(json.dumps(saved, indent=1)))
+    return pick_searched(saved["path"], args.search_thresholds)
 
 
 if __name__ == "__main__":

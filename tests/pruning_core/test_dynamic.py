@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 
 import pytest
 import torch
@@ -277,3 +278,31 @@ def test_interrupted_gate_training_resumes_where_it_stopped(digits, tmp_path):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
     again = train_gates(add_gates(base.build()), KilledAtEpoch(digits, 0), progress=False, resume=path, **settings)
     assert again.val_top1 == expected.val_top1  # completed: evaluated only
+
+
+def test_threshold_search_raises_one_block_at_a_time_and_restores_thresholds(digits):
+    from pruning_core.dynamic import DynamicParts, search_thresholds
+
+    torch.manual_seed(0)
+    gated = add_gates(load_checkpoint("checkpoints/small_cnn_digits.pt").build()).eval()
+    for _, block in gated_blocks(gated):
+        torch.nn.init.normal_(block.gate.fc.weight, std=2.0)  # scores spread over the inputs
+    set_thresholds(gated, {"block1": 0.3, "block2": 0.0})
+    parts = DynamicParts(static_ms=1.0, block_ms={"block1": 2.0, "block2": 0.5}, all_ms=3.5)
+    levels = (0.0, 0.5, 1.0)
+    path = search_thresholds(gated, digits, parts, levels=levels, limit=200, progress=False)
+
+    assert path[0].thresholds == {"block1": 0.0, "block2": 0.0} and path[0].expected_ms == pytest.approx(3.5)
+    for before, after in itertools.pairwise(path):
+        raised = [n for n in before.thresholds if after.thresholds[n] != before.thresholds[n]]
+        assert len(raised) == 1 and after.thresholds[raised[0]] > before.thresholds[raised[0]]
+        assert after.expected_ms < before.expected_ms  # every raise skips more
+    assert path[-1].exec_rate == {"block1": 0.0, "block2": 0.0} and path[-1].expected_ms == pytest.approx(1.0)
+    assert {n: b.threshold for n, b in gated_blocks(gated)} == {"block1": 0.3, "block2": 0.0}
+
+    stopped = search_thresholds(gated, digits, parts, levels=levels, limit=200, stop_ms=3.0, progress=False)
+    assert stopped[-1].expected_ms <= 3.0 < stopped[-2].expected_ms and stopped == path[: len(stopped)]
+    with pytest.raises(PlanError, match="every block has a measured part"):
+        search_thresholds(gated, digits, DynamicParts(1.0, {"block1": 2.0}, 3.0), progress=False)
+    with pytest.raises(PlanError, match=r"increasing threshold levels within \[0, 1\]; got \[0.5, 0.0\]"):
+        search_thresholds(gated, digits, parts, levels=(0.5, 0.0), progress=False)

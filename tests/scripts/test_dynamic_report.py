@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from scripts.dynamic_report import main
+from scripts.dynamic_report import main, pick_searched
 
 
 def test_every_model_is_timed_in_one_interleaved_pass_and_a_rerun_resumes(tmp_path):
@@ -47,6 +47,21 @@ def test_every_model_is_timed_in_one_interleaved_pass_and_a_rerun_resumes(tmp_pa
     assert listed.count("\n| ") == 1 + 3  # the header, then the three passes
     main(argv)  # resumed: nothing timed again, nothing added
     assert json.loads((out / "report.json").read_text()) == retimed
+
+    search = [*argv, "--search-thresholds", "2", "--search-levels", "0", "0.5", "1", "--search-images", "100"]
+    main(search)  # thresholds per block searched on val, and the settings found timed in the same pass
+    report = json.loads((out / "report.json").read_text())
+    saved = json.loads((out / "threshold_search.json").read_text())
+    assert saved["settings"] == {"levels": [0.0, 0.5, 1.0], "images": 100, "stop": 0.45}
+    assert saved["parts"]["block_ms"].keys() == {"block1", "block2"}  # the last timing's parts price the search
+    rows = [row for row in report["dynamic"] if row["threshold"] is None]
+    assert [row["thresholds"] for row in rows] == [p["thresholds"] for p in pick_searched(saved["path"], 2)]
+    assert [row["label"] for row in rows] == [f"per-block {i}" for i in range(1, len(rows) + 1)] and rows
+    assert report["timing"]["interleaved"][-len(rows) :] == [f"search:{i}" for i in range(1, len(rows) + 1)]
+    assert all(sum(r["images"] for r in row["by_blocks_used"].values()) == 30 for row in rows)
+    assert "Per-block thresholds found by search on val" in (out / "table.md").read_text()
+    main(search)  # resumed: the search reused, nothing timed again
+    assert json.loads((out / "report.json").read_text()) == report
     with pytest.raises(SystemExit, match=r"other settings \(rate_penalty\)"):
         main([*argv, "--rate-penalty", "1.0"])
 
