@@ -463,6 +463,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--search-images", type=int, default=None, help="val images the search scores on (all)")
     parser.add_argument(
+        "--search-device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where the search runs the model (val accuracy only; latency comes from the parts measured here)",
+    )
+    parser.add_argument(
         "--search-stop",
         type=float,
         default=0.45,
@@ -726,6 +732,8 @@ def _threshold_search(
     The search prices a setting with the measured parts of the gated model: those of the report's last timing when
     it has one, else parts measured now (one thread).
     """
+    if args.search_device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--search-device cuda needs a CUDA GPU; none is available here")
     path = args.out / "threshold_search.json"
     settings = {"levels": sorted(args.search_levels), "images": args.search_images, "stop": args.search_stop}
     saved = json.loads(path.read_text()) if path.exists() else None
@@ -741,7 +749,7 @@ def _threshold_search(
                 parts = measure_parts(probe, next(iter(dataset.batches("test", 1)))[0])
         stop = parts.static_ms + args.search_stop * sum(parts.block_ms[name] for name in names)
         steps = search_thresholds(
-            copy.deepcopy(gated),
+            copy.deepcopy(gated).to(args.search_device),
             dataset,
             parts,
             levels=tuple(settings["levels"]),

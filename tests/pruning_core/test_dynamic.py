@@ -306,3 +306,19 @@ def test_threshold_search_raises_one_block_at_a_time_and_restores_thresholds(dig
         search_thresholds(gated, digits, DynamicParts(1.0, {"block1": 2.0}, 3.0), progress=False)
     with pytest.raises(PlanError, match=r"increasing threshold levels within \[0, 1\]; got \[0.5, 0.0\]"):
         search_thresholds(gated, digits, parts, levels=(0.5, 0.0), progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_threshold_search_on_a_gpu_follows_the_same_path(digits):
+    from pruning_core.dynamic import DynamicParts, search_thresholds
+
+    torch.manual_seed(0)
+    gated = add_gates(load_checkpoint("checkpoints/small_cnn_digits.pt").build()).eval()
+    for _, block in gated_blocks(gated):
+        torch.nn.init.normal_(block.gate.fc.weight, std=2.0)
+    parts = DynamicParts(static_ms=1.0, block_ms={"block1": 2.0, "block2": 0.5}, all_ms=3.5)
+    on_cpu = search_thresholds(gated, digits, parts, levels=(0.0, 0.5, 1.0), limit=200, progress=False)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # full precision, as on the CPU
+        on_gpu = search_thresholds(gated.cuda(), digits, parts, levels=(0.0, 0.5, 1.0), limit=200, progress=False)
+    assert [s.thresholds for s in on_gpu] == [s.thresholds for s in on_cpu]
+    assert [s.top1 for s in on_gpu] == pytest.approx([s.top1 for s in on_cpu], abs=0.011)
