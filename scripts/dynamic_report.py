@@ -673,36 +673,19 @@ def main(argv: list[str] | None = None) -> None:
             {**_static_row(rows[f"compare:{where}"]), **described, "folder": where}
             for where, (_, described) in compare.items()
         ]
-        report["dynamic"] = []
-        for threshold in thresholds:
-            profile = profile_from_rows(rows[f"t={threshold}"], rates[threshold], parts)
-            row = {"threshold": threshold, **asdict(profile)}
-            row["mean_exec_rate"] = sum(profile.exec_rate.values()) / len(profile.exec_rate)
-            report["dynamic"].append(row)
-            print(
-                f"threshold {threshold:.2f}: top-1 {profile.top1:.4f}, {profile.latency_ms_measured:.3f} ms measured "
-                f"({profile.latency_ms_measured / report['static']['latency_ms_measured']:.3f} of static), "
-                f"{profile.latency_ms_expected:.3f} ms expected",
-                flush=True,
-            )
+        static_ms = report["static"]["latency_ms_measured"]
+        report["dynamic"] = [
+            _gated_row({"threshold": t}, rows[f"t={t}"], rates[t], parts, static_ms) for t in thresholds
+        ]
         for number, (point, point_rates) in enumerate(zip(picks, searched_rates, strict=True), 1):
-            profile = profile_from_rows(rows[f"search:{number}"], point_rates, parts)
-            row = {
+            searched = {
                 "threshold": None,
                 "label": f"per-block {number}",
                 "thresholds": point["thresholds"],
                 "val_top1": point["top1"],
                 "val_expected_ms": point["expected_ms"],
-                **asdict(profile),
             }
-            row["mean_exec_rate"] = sum(profile.exec_rate.values()) / len(profile.exec_rate)
-            report["dynamic"].append(row)
-            print(
-                f"per-block {number}: top-1 {profile.top1:.4f}, {profile.latency_ms_measured:.3f} ms measured "
-                f"({profile.latency_ms_measured / report['static']['latency_ms_measured']:.3f} of static), "
-                f"{profile.latency_ms_expected:.3f} ms expected",
-                flush=True,
-            )
+            report["dynamic"].append(_gated_row(searched, rows[f"search:{number}"], point_rates, parts, static_ms))
         report["timing"] = {
             "timed": datetime.now().isoformat(timespec="seconds"),
             "method": TIMING_METHOD,
@@ -721,6 +704,26 @@ def main(argv: list[str] | None = None) -> None:
     _plot(report, args.out / "latency_accuracy.png")
     _plot_exec_rates(report, args.out / "exec_rates.png")
     print(table)
+
+
+def _gated_row(
+    setting: dict[str, Any],
+    rows: list[tuple[int, int, float]],
+    rates: dict[str, float],
+    parts: DynamicParts,
+    static_ms: float,
+) -> dict[str, Any]:
+    """A gated setting's report row: the setting, then its profile from the pass; printed as it is made."""
+    profile = profile_from_rows(rows, rates, parts)
+    row = {**setting, **asdict(profile)}
+    row["mean_exec_rate"] = sum(profile.exec_rate.values()) / len(profile.exec_rate)
+    print(
+        f"{'threshold ' if row.get('threshold') is not None else ''}{_setting(row)}: top-1 {profile.top1:.4f}, "
+        f"{profile.latency_ms_measured:.3f} ms measured ({profile.latency_ms_measured / static_ms:.3f} of static), "
+        f"{profile.latency_ms_expected:.3f} ms expected",
+        flush=True,
+    )
+    return row
 
 
 def _threshold_search(
