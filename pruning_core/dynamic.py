@@ -590,22 +590,22 @@ def search_thresholds(
         path = [point]
         with tqdm(total=len(blocks) * (len(order) - 1), desc="thresholds", unit="raise", disable=not progress) as bar:
             while stop_ms is None or point.expected_ms > stop_ms:
-                best: tuple[float, ThresholdStep] | None = None
+                best: tuple[float, int, ThresholdStep] | None = None  # cost per ms saved, levels raised, point
                 for name in blocks:
-                    for level in order[order.index(point.thresholds[name]) + 1 :]:
+                    here = order.index(point.thresholds[name])
+                    for up, level in enumerate(order[here + 1 :], 1):
                         trial = score({**point.thresholds, name: level})
                         saved = point.expected_ms - trial.expected_ms
                         if saved > 1e-9:
                             cost = (point.top1 - trial.top1) / saved
                             if best is None or cost < best[0]:
-                                best = (cost, trial)
+                                best = (cost, up, trial)
                             break
                 if best is None:
                     break
-                raised = sum(order.index(best[1].thresholds[n]) - order.index(point.thresholds[n]) for n in blocks)
-                point = best[1]
+                point = best[2]
                 path.append(point)
-                bar.update(raised)
+                bar.update(best[1])
                 bar.set_postfix(top1=f"{point.top1:.4f}", expected_ms=f"{point.expected_ms:.3f}")
     finally:
         for name, block in blocks.items():

@@ -650,14 +650,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"timing {len(models)} models, taking turns, on {args.latency_images} test images, 1 thread", flush=True)
         with torch_threads(1):
             rows = time_models_per_image(models, dataset, "test", limit=args.latency_images)
-            rates = {
-                threshold: {name: block.execution_rate() for name, block in gated_blocks(models[f"t={threshold}"])}
-                for threshold in thresholds
+            rates = {  # per gated model (one threshold, or searched per block)
+                key: {name: block.execution_rate() for name, block in gated_blocks(gated_model)}
+                for key, gated_model in models.items()
+                if key.startswith(("t=", "search:"))
             }
-            searched_rates = [
-                {name: block.execution_rate() for name, block in gated_blocks(models[f"search:{number}"])}
-                for number in range(1, len(picks) + 1)
-            ]
             # The parts do not depend on the threshold (any above 0 makes every block skippable). Measuring resets
             # the counters, which is why the rates were read first.
             probe = next(iter(dataset.batches("test", 1)))[0]
@@ -675,9 +672,9 @@ def main(argv: list[str] | None = None) -> None:
         ]
         static_ms = report["static"]["latency_ms_measured"]
         report["dynamic"] = [
-            _gated_row({"threshold": t}, rows[f"t={t}"], rates[t], parts, static_ms) for t in thresholds
+            _gated_row({"threshold": t}, rows[f"t={t}"], rates[f"t={t}"], parts, static_ms) for t in thresholds
         ]
-        for number, (point, point_rates) in enumerate(zip(picks, searched_rates, strict=True), 1):
+        for number, point in enumerate(picks, 1):
             searched = {
                 "threshold": None,
                 "label": f"per-block {number}",
@@ -685,7 +682,8 @@ def main(argv: list[str] | None = None) -> None:
                 "val_top1": point["top1"],
                 "val_expected_ms": point["expected_ms"],
             }
-            report["dynamic"].append(_gated_row(searched, rows[f"search:{number}"], point_rates, parts, static_ms))
+            key = f"search:{number}"
+            report["dynamic"].append(_gated_row(searched, rows[key], rates[key], parts, static_ms))
         report["timing"] = {
             "timed": datetime.now().isoformat(timespec="seconds"),
             "method": TIMING_METHOD,
@@ -743,16 +741,16 @@ def _threshold_search(
     if saved is None or saved.get("settings") != settings:
         names = [name for name, _ in gated_blocks(gated)]
         timing = report.get("timing", {})
+        searched = copy.deepcopy(gated)  # measured (when needed) and searched; the report's model is left as it is
         if set(names) <= set(timing.get("block_ms", {})):
             parts = DynamicParts(timing["static_part_ms"], timing["block_ms"], timing["all_blocks_ms"])
         else:
-            probe = copy.deepcopy(gated)
-            set_thresholds(probe, dict.fromkeys(names, 0.5))  # every block skippable: each one's part is timed
+            set_thresholds(searched, dict.fromkeys(names, 0.5))  # every block skippable: each one's part is timed
             with torch_threads(1):
-                parts = measure_parts(probe, next(iter(dataset.batches("test", 1)))[0])
+                parts = measure_parts(searched, next(iter(dataset.batches("test", 1)))[0])
         stop = parts.static_ms + args.search_stop * sum(parts.block_ms[name] for name in names)
         steps = search_thresholds(
-            copy.deepcopy(gated).to(args.search_device),
+            searched.to(args.search_device),
             dataset,
             parts,
             levels=tuple(settings["levels"]),
