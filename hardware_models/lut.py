@@ -55,7 +55,7 @@ import os
 import platform
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -722,6 +722,10 @@ class ValidationReport:
     ``halves_within_10pct``, ``halves_spearman``): how well the median of half the rounds ranks the median of the
     other half, about the best a predictor can score against a median of half the rounds (the median of all of them
     is somewhat more precise)."""
+    others: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Other predictors scored on the same measurements, relative to dense (``mape``, ``within_10pct``,
+    ``spearman``), by name: for example other builds of a table, whose spread from build to build this shows at no
+    extra measurement."""
 
 
 def validate(
@@ -733,6 +737,7 @@ def validate(
     seed: int = 0,
     granule: int = 1,
     rounds: int = 3,
+    others: Mapping[str, Callable[[Variant], float]] | None = None,
     progress: bool = True,
 ) -> ValidationReport:
     """Measure ``samples`` random variants and compare with ``predict`` and with MACs as a latency proxy.
@@ -742,7 +747,8 @@ def validate(
     :meth:`~hardware_models.measure.TorchLatency.measure_interleaved`) and returns their latencies in ms: each
     variant is timed together with the dense model, in ``rounds`` passes over all variants, and the report also
     compares latency relative to the dense model (what a budget is), which the host's speed drift cancels out of.
-    The MACs proxy predicts ``dense latency x variant MACs / dense MACs``.
+    The MACs proxy predicts ``dense latency x variant MACs / dense MACs``. Each of ``others`` (by name) predicts
+    the same variants and is scored on the same measurements, relative to dense.
     """
     from tqdm import tqdm
 
@@ -788,13 +794,28 @@ def validate(
     }
     repeat = [{"first": r[0], "last": r[-1]} for r in relative]
     repeatability = dict(zip(keys, _agreement(repeat, "last", "first"), strict=True)) if rounds > 1 else {}
+    others_report = {}
+    for name, other in (others or {}).items():
+        dense_other = other(Variant())
+        guesses = [{**row, "other": other(v) / dense_other} for row, v in zip(rows, variants, strict=True)]
+        others_report[name] = dict(zip(keys, _agreement(guesses, "measured_ratio", "other"), strict=True))
     if rounds >= 4:
         half = rounds // 2
         halves = [{"first": float(np.median(r[:half])), "second": float(np.median(r[half:]))} for r in relative]
         agreement = _agreement(halves, "second", "first")
         repeatability.update(zip(("halves_" + k for k in keys), agreement, strict=True))
     return ValidationReport(
-        mape, within, rho, macs_mape, macs_within, macs_rho, samples, rows, relative_report, repeatability
+        mape,
+        within,
+        rho,
+        macs_mape,
+        macs_within,
+        macs_rho,
+        samples,
+        rows,
+        relative_report,
+        repeatability,
+        others_report,
     )
 
 

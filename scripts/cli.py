@@ -389,20 +389,29 @@ def cmd_lut_validate(args: argparse.Namespace) -> int:
     measurer = measurer_for(lut.device, threads=threads)
     where = lut.meta.get("gpu", "GPU") if lut.device == "cuda" else f"{threads} thread(s)"
 
-    def predict(variant: Variant) -> float:
-        return lut.predict_variant(graph, variant, batch_size=lut.batch_size)
+    def predictor(table: LookupTable) -> Callable[[Variant], float]:
+        return lambda variant: table.predict_variant(graph, variant, batch_size=table.batch_size)
+
+    others = {str(path): LookupTable.load(path) for path in args.also}
+    for path, other in others.items():
+        if (other.device, other.batch_size) != (lut.device, lut.batch_size):
+            raise PruneGymError(
+                f"--also tables are scored on the same measurements; expected a {lut.device} table at batch size "
+                f"{lut.batch_size}, got {other.device} at batch size {other.batch_size} in {path}"
+            )
 
     def measure(models: list[torch.nn.Module]) -> list[float]:
         return [s.p50_ms for s in measurer.measure_interleaved(models, graph.input_shape, batch_size=lut.batch_size)]
 
     report = validate(
-        predict,
+        predictor(lut),
         graph,
         measure,
         samples=args.samples,
         seed=args.seed,
         granule=lut.granule if args.granule is None else args.granule,
         rounds=args.rounds,
+        others={path: predictor(other) for path, other in others.items()},
         progress=not args.json,
     )
     record = {k: v for k, v in asdict(report).items() if k != "rows"}
@@ -430,6 +439,11 @@ def cmd_lut_validate(args: argparse.Namespace) -> int:
                     if "halves_spearman" in r
                     else ""
                 )
+            )
+        for path, o in report.others.items():
+            print(
+                f"  {path} on the same measurements, relative: MAPE {o['mape']:.1%}, within 10% "
+                f"{o['within_10pct']:.0%}, Spearman {o['spearman']:.3f}"
             )
     if args.rows is not None:
         args.rows.write_text(json.dumps(report.rows, indent=1))
@@ -814,6 +828,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="passes over all variants (each timed beside dense)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--rows", type=Path, default=None, help="write every variant's figures here as JSON")
+    p.add_argument(
+        "--also",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="other tables (say, other builds) scored on the same measurements, relative to dense",
+    )
     p.set_defaults(handler=cmd_lut_validate)
 
     p = sub.add_parser("train", help="train an RL agent that searches per-layer sparsity for a device")

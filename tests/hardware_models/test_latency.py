@@ -299,9 +299,22 @@ def test_validate_reports_lut_and_macs(small_graph):
     def channels(variant):
         return sum(variant.kept.get(g.name, g.channels) for g in small_graph.groups)
 
+    def macs(variant):
+        return count_cost(build_variant(small_graph, variant), small_graph.input_shape).macs
+
     report = validate(
-        channels, small_graph, lambda models: [fake_measure(m) for m in models], samples=6, rounds=2, progress=False
+        channels,
+        small_graph,
+        lambda models: [fake_measure(m) for m in models],
+        samples=6,
+        rounds=2,
+        others={"channels": channels, "macs": macs},
+        progress=False,
     )
+    assert report.others["channels"] == pytest.approx(
+        {k: report.relative[k] for k in ("mape", "within_10pct", "spearman")}
+    )
+    assert report.others["macs"] == pytest.approx({"mape": 0.0, "within_10pct": 1.0, "spearman": 1.0}, abs=1e-9)
     assert report.macs_mape == pytest.approx(0.0, abs=1e-9) and report.macs_within_10pct == 1.0
     assert report.relative["macs_mape"] == pytest.approx(0.0, abs=1e-9) and report.relative["macs_spearman"] == 1.0
     assert report.samples == 6 and report.mape > 0.05

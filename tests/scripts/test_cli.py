@@ -75,6 +75,27 @@ def test_bad_input_is_one_line_and_nonzero(argv, message, capsys, tmp_path, monk
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+def test_lut_validate_scores_other_builds_on_the_same_measurements(tmp_path, capsys):
+    tables = []
+    for name, batch in (("a", "1"), ("b", "1"), ("c", "2")):
+        tables.append(tmp_path / f"{name}.json")
+        build = ["lut", "build", "--device", "host-cpu", "--model", "small_cnn", "--batch-size", batch]
+        assert main([*build, "--grid-points", "3", "--calibration-variants", "2", "--out", str(tables[-1])]) == 0
+    validate = ["lut", "validate", "--lut", str(tables[0]), "--model", "small_cnn", "--samples", "4", "--rounds", "2"]
+    capsys.readouterr()
+    assert main([*validate, "--json", "--also", str(tables[0]), str(tables[1])]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert {"mape", "within_10pct", "spearman", "macs_within_10pct", "macs_spearman", "samples"} <= record.keys()
+    assert list(record["others"]) == [str(tables[0]), str(tables[1])]
+    assert record["others"][str(tables[0])] == pytest.approx(
+        {k: record["relative"][k] for k in ("mape", "within_10pct", "spearman")}, nan_ok=True
+    )
+    assert main([*validate, "--also", str(tables[2])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "expected a host-cpu table at batch size 1, got host-cpu at batch size 2" in err
+    assert len(err.splitlines()) == 1
+
+
 def test_prune_evaluate_export(tmp_path, capsys):
     out = tmp_path / "pruned"
     assert (
