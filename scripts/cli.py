@@ -399,6 +399,7 @@ def cmd_lut_validate(args: argparse.Namespace) -> int:
                 f"--also tables are scored on the same measurements; expected a {lut.device} table at batch size "
                 f"{lut.batch_size}, got {other.device} at batch size {other.batch_size} in {path}"
             )
+        other.predict_variant(graph, Variant(), batch_size=other.batch_size)  # a table for another model fails now
 
     def measure(models: list[torch.nn.Module]) -> list[float]:
         return [s.p50_ms for s in measurer.measure_interleaved(models, graph.input_shape, batch_size=lut.batch_size)]

@@ -77,9 +77,10 @@ def test_bad_input_is_one_line_and_nonzero(argv, message, capsys, tmp_path, monk
 
 def test_lut_validate_scores_other_builds_on_the_same_measurements(tmp_path, capsys):
     tables = []
-    for name, batch in (("a", "1"), ("b", "1"), ("c", "2")):
+    for name, batch, shape in (("a", "1", "1,8,8"), ("b", "1", "1,8,8"), ("c", "2", "1,8,8"), ("d", "1", "1,12,12")):
         tables.append(tmp_path / f"{name}.json")
         build = ["lut", "build", "--device", "host-cpu", "--model", "small_cnn", "--batch-size", batch]
+        build += ["--input-shape", shape]
         assert main([*build, "--grid-points", "3", "--calibration-variants", "2", "--out", str(tables[-1])]) == 0
     validate = ["lut", "validate", "--lut", str(tables[0]), "--model", "small_cnn", "--samples", "4", "--rounds", "2"]
     capsys.readouterr()
@@ -94,6 +95,8 @@ def test_lut_validate_scores_other_builds_on_the_same_measurements(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert "expected a host-cpu table at batch size 1, got host-cpu at batch size 2" in err
     assert len(err.splitlines()) == 1
+    assert main([*validate, "--also", str(tables[3])]) == 2  # profiled on other shapes: refused before measuring
+    assert "lookup table lacks layer" in capsys.readouterr().err
 
 
 def test_prune_evaluate_export(tmp_path, capsys):
