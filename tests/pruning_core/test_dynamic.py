@@ -308,6 +308,44 @@ def test_threshold_search_raises_one_block_at_a_time_and_restores_thresholds(dig
         search_thresholds(gated, digits, parts, levels=(0.5, 0.0), progress=False)
 
 
+def test_threshold_search_scores_each_raise_as_a_pass_over_the_whole_split_would(digits):
+    from pruning_core.dynamic import DynamicParts, expected_latency, search_thresholds
+
+    torch.manual_seed(1)
+    gated = add_gates(load_checkpoint("checkpoints/small_cnn_digits.pt").build()).eval()
+    for _, block in gated_blocks(gated):
+        torch.nn.init.normal_(block.gate.fc.weight, std=2.0)
+    blocks = dict(gated_blocks(gated))
+    parts = DynamicParts(static_ms=1.0, block_ms={"block1": 2.0, "block2": 0.5}, all_ms=3.5)
+    levels = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+    @torch.inference_mode()
+    def whole_split(thresholds):  # every image through the model, as the search did before it recorded gates
+        set_thresholds(gated, thresholds)
+        for block in blocks.values():
+            block.reset_counters()
+        correct = seen = 0
+        for images, labels in digits.batches("val", 64, limit=300):
+            correct += int((gated(images).argmax(1) == labels).sum())
+            seen += len(labels)
+        rates = {n: b.execution_rate() for n, b in blocks.items()}
+        return correct / seen, rates, expected_latency(parts.static_ms, parts.block_ms, rates, 0.0)
+
+    path = search_thresholds(gated, digits, parts, levels=levels, limit=300, batch_size=64, progress=False)
+    assert len(path) > 4
+    for before, after in itertools.pairwise(path):
+        top1, rates, ms = whole_split(after.thresholds)
+        assert (after.top1, after.expected_ms) == pytest.approx((top1, ms)) and after.exec_rate == pytest.approx(rates)
+        raises = []  # every block's next level that saves anything, scored on the whole split
+        for name in blocks:
+            for level in levels[levels.index(before.thresholds[name]) + 1 :]:
+                top1, _, ms = whole_split({**before.thresholds, name: level})
+                if before.expected_ms - ms > 1e-9:
+                    raises.append((before.top1 - top1) / (before.expected_ms - ms))
+                    break
+        assert (before.top1 - after.top1) / (before.expected_ms - after.expected_ms) == pytest.approx(min(raises), rel=1e-5)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_threshold_search_on_a_gpu_follows_the_same_path(digits):
     from pruning_core.dynamic import DynamicParts, search_thresholds
