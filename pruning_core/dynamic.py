@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -55,9 +55,9 @@ class GatedBlock(nn.Module):
     """A residual block with an identity shortcut, wrapped with a skip gate.
 
     In eval mode the gate decides on its logit against the threshold's logit (the same decision as score against
-    threshold, without the sigmoid), a threshold of 0 does not run the gate at all, and the pooling and linear layer
-    are folded into one dot product with the whole input: at batch 1 on a CPU the gate's per-operation overhead is
-    what dynamic skipping has to win back.
+    threshold, without the sigmoid), a threshold of 0 does not run the gate at all (unless a search is recording the
+    gates, see :func:`search_thresholds`), and the pooling and linear layer are folded into one dot product with the
+    whole input: at batch 1 on a CPU the gate's per-operation overhead is what dynamic skipping has to win back.
 
     Args:
         block: The block; ``block(x)`` must equal ``x`` when its residual branch is zero.
@@ -73,7 +73,7 @@ class GatedBlock(nn.Module):
         self._counts = [0, 0]  # inputs that ran the block, and inputs seen, since the last reset (eval mode)
         self.last_scores: torch.Tensor | None = None  # gate scores of the last training batch
         self._folded: tuple[Any, ...] | None = None  # the gate folded for inputs of one shape (eval; see _fold)
-        self._log: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per batch: gate logits, ran (see _logged)
+        self._log: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per batch: gate logits, ran (_record_gates)
         self.register_load_state_dict_post_hook(_unfold_after_load)
 
     @property
@@ -138,7 +138,7 @@ class GatedBlock(nn.Module):
                 return self.block(x)
             return x
         logits = x.reshape(n, -1) @ flat + bias
-        run = logits >= self._cut
+        run = logits >= self._cut if self._threshold > 0.0 else torch.ones_like(logits, dtype=torch.bool)
         if log is not None:
             log.append((logits, run))
         count = int(run.sum())
@@ -552,26 +552,50 @@ class _GateRecord:
         )
 
 
+class _Raise(NamedTuple):
+    """A one-block raise a search step tried: its accuracy lost per ms saved, the levels it goes up, the point it
+    reaches, the images it changes and what they do then."""
+
+    cost: float
+    levels: int
+    point: ThresholdStep
+    changed: torch.Tensor
+    redone: _GateRecord
+
+
 def _record_gates(
-    model: nn.Module, blocks: dict[str, GatedBlock], images: torch.Tensor, labels: torch.Tensor, batch_size: int
+    model: nn.Module,
+    blocks: dict[str, GatedBlock],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    index: torch.Tensor,
+    batch_size: int,
 ) -> _GateRecord:
-    """Run ``images`` through ``model`` at its thresholds, recording every gate's logit and decision per image (a
-    block at threshold 0 runs every image, and its gate is asked for the record)."""
+    """Run the images at ``index`` through ``model`` at its thresholds, a batch at a time, recording every gate's
+    logit and decision per image (a block at threshold 0 runs every image, and its gate is asked for the record).
+
+    Raises:
+        PlanError: If a gated block does not see every image once per pass (nested or shared gated blocks).
+    """
     for block in blocks.values():
         block._log = []
     try:
-        correct = torch.cat(
-            [
-                model(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]
-                for i in range(0, len(images), batch_size)
-            ]
-        )
+        correct = []
+        for i in range(0, len(index), batch_size):
+            batch = index[i : i + batch_size]
+            correct.append(model(images[batch]).argmax(1) == labels[batch])
         logs = {name: block._log or [] for name, block in blocks.items()}
     finally:
         for block in blocks.values():
             block._log = None
+    for name, log in logs.items():
+        if sum(len(z) for z, _ in log) != len(index):
+            raise PlanError(
+                f"expected gated block {name} to see each of {len(index)} images once per pass; it saw "
+                f"{sum(len(z) for z, _ in log)}"
+            )
     return _GateRecord(
-        correct,
+        torch.cat(correct),
         {name: torch.cat([z for z, _ in log]) for name, log in logs.items()},
         {name: torch.cat([r for _, r in log]) for name, log in logs.items()},
     )
@@ -601,9 +625,11 @@ def search_thresholds(
 
     A raise changes only the images that ran the block and whose gate logit falls below the new level's: every other
     image reaches every block with the same input as before and decides the same. So the search records, per image,
-    whether it was right and each gate's logit and decision, and scores a raise by running only the images it changes
-    and gives the same figures as scoring the whole split again. On the gated resnet56 of the dynamic benchmark
-    (1,000 val images, its first 23 raises, 2 threads) that took 303 s against 1,147 s, along the same path.
+    whether it was right and each gate's logit and decision, and scores a raise by running only the images it changes.
+    That gives the same figures as scoring the whole split again, up to rounding that differs between batch shapes
+    (it can move an image whose gate logit, or whose top two classes, are within rounding of a tie). On the gated
+    resnet56 of the dynamic benchmark (1,000 val images, its first 23 raises, 2 threads) it took 303 s against
+    1,147 s, along the same path.
 
     Args:
         model: A gated model (:func:`add_gates`); its thresholds are restored afterwards.
@@ -638,12 +664,16 @@ def search_thresholds(
     model.eval()
     device = next(model.parameters()).device
     pairs = list(dataset.batches(split, batch_size, limit=limit))
+    if not pairs:
+        raise PlanError(f"expected images to search thresholds on; got none in the {split!r} split (limit {limit})")
     images = torch.cat([x for x, _ in pairs]).to(device)
     labels = torch.cat([y for _, y in pairs]).to(device)
+    del pairs
+    every = torch.arange(len(labels), device=device)
     kept = {name: block.threshold for name, block in blocks.items()}
 
     def point_of(thresholds: dict[str, float], state: _GateRecord) -> ThresholdStep:
-        seen = max(1, len(labels))
+        seen = len(labels)
         rates = {name: int(state.ran[name].sum()) / seen for name in blocks}
         expected = expected_latency(parts.static_ms, {n: parts.block_ms[n] for n in blocks}, rates, 0.0)
         return ThresholdStep(dict(thresholds), int(state.correct.sum()) / seen, expected, rates)
@@ -651,13 +681,12 @@ def search_thresholds(
     try:
         for block in blocks.values():
             block.threshold = order[0]
-        state = _record_gates(model, blocks, images, labels, batch_size)
+        state = _record_gates(model, blocks, images, labels, every, batch_size)
         point = point_of(dict.fromkeys(blocks, order[0]), state)
         path = [point]
         with tqdm(total=len(blocks) * (len(order) - 1), desc="thresholds", unit="raise", disable=not progress) as bar:
             while stop_ms is None or point.expected_ms > stop_ms:
-                # cost per ms saved, levels raised, point, the images the raise changes and what they do then
-                best: tuple[float, int, ThresholdStep, torch.Tensor, _GateRecord] | None = None
+                best: _Raise | None = None
                 for name in blocks:
                     here = order.index(point.thresholds[name])
                     for up, level in enumerate(order[here + 1 :], 1):
@@ -667,22 +696,22 @@ def search_thresholds(
                         if changed.numel() == 0:
                             continue
                         blocks[name].threshold = level
-                        redone = _record_gates(model, blocks, images[changed], labels[changed], batch_size)
+                        redone = _record_gates(model, blocks, images, labels, changed, batch_size)
                         blocks[name].threshold = point.thresholds[name]
                         trial = point_of({**point.thresholds, name: level}, state.replaced(changed, redone))
                         saved = point.expected_ms - trial.expected_ms
                         if saved > 1e-9:
                             cost = (point.top1 - trial.top1) / saved
-                            if best is None or cost < best[0]:
-                                best = (cost, up, trial, changed, redone)
+                            if best is None or cost < best.cost:
+                                best = _Raise(cost, up, trial, changed, redone)
                             break
                 if best is None:
                     break
-                point, state = best[2], state.replaced(best[3], best[4])
+                point, state = best.point, state.replaced(best.changed, best.redone)
                 for name, level in point.thresholds.items():
                     blocks[name].threshold = level
                 path.append(point)
-                bar.update(best[1])
+                bar.update(best.levels)
                 bar.set_postfix(top1=f"{point.top1:.4f}", expected_ms=f"{point.expected_ms:.3f}")
     finally:
         for name, block in blocks.items():

@@ -394,10 +394,11 @@ def cmd_lut_validate(args: argparse.Namespace) -> int:
 
     others = {str(path): LookupTable.load(path) for path in args.also}
     for path, other in others.items():
-        if (other.device, other.batch_size) != (lut.device, lut.batch_size):
+        if (other.device, other.batch_size, other.threads) != (lut.device, lut.batch_size, lut.threads):
             raise PruneGymError(
                 f"--also tables are scored on the same measurements; expected a {lut.device} table at batch size "
-                f"{lut.batch_size}, got {other.device} at batch size {other.batch_size} in {path}"
+                f"{lut.batch_size} with {lut.threads} thread(s), got {other.device} at batch size {other.batch_size} "
+                f"with {other.threads} thread(s) in {path}"
             )
         other.predict_variant(graph, Variant(), batch_size=other.batch_size)  # a table for another model fails now
 

@@ -34,20 +34,5 @@ for model in resnet56 mobilenetv2; do
 done
 "$bin/python" -m scripts.latency_noise --model resnet56 --threads 1 > "$out/noise_resnet56.txt"
 "$bin/prunegym" devices > "$out/devices.txt"
-"$bin/python" - "$out" > "$out/summary.md" <<'PY'
-import json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
-print("| table | build wall s | MAPE | within 10% | Spearman | relative: MAPE / within / Spearman | MACs relative: within / Spearman | host noise (halves Spearman) |")
-print("|---|---|---|---|---|---|---|---|")
-for path in sorted(out.glob("*.validate.json")):
-    r = json.loads(path.read_text())
-    name = path.name.removesuffix(".validate.json")
-    build = (out / f"{name}.build.log").read_text().strip().splitlines()[-1].split()[-2]
-    rel, rep = r["relative"], r["repeatability"]
-    print(f"| {name} | {build} | {r['mape']:.1%} | {r['within_10pct']:.0%} | {r['spearman']:.3f} | "
-          f"{rel['mape']:.1%} / {rel['within_10pct']:.0%} / {rel['spearman']:.3f} | "
-          f"{rel['macs_within_10pct']:.0%} / {rel['macs_spearman']:.3f} | {rep.get('halves_spearman', float('nan')):.3f} |")
-    for other, o in r.get("others", {}).items():
-        print(f"| {pathlib.Path(other).stem} (same measurements) | | | | | {o['mape']:.1%} / {o['within_10pct']:.0%} / {o['spearman']:.3f} | | |")
-PY
+"$bin/python" -m scripts.lut_summary "$out" > "$out/summary.md"
 cat "$out/summary.md"

@@ -332,7 +332,9 @@ def test_threshold_search_scores_each_raise_as_a_pass_over_the_whole_split_would
         return correct / seen, rates, expected_latency(parts.static_ms, parts.block_ms, rates, 0.0)
 
     path = search_thresholds(gated, digits, parts, levels=levels, limit=300, batch_size=64, progress=False)
-    assert len(path) > 4
+    assert len(path) > 4 and all(block._log is None for block in blocks.values())  # the gates record no more
+    with pytest.raises(PlanError, match="got none in the 'val' split"):
+        search_thresholds(gated, digits, parts, limit=0, progress=False)
     for before, after in itertools.pairwise(path):
         top1, rates, ms = whole_split(after.thresholds)
         assert (after.top1, after.expected_ms) == pytest.approx((top1, ms)) and after.exec_rate == pytest.approx(rates)
@@ -343,7 +345,9 @@ def test_threshold_search_scores_each_raise_as_a_pass_over_the_whole_split_would
                 if before.expected_ms - ms > 1e-9:
                     raises.append((before.top1 - top1) / (before.expected_ms - ms))
                     break
-        assert (before.top1 - after.top1) / (before.expected_ms - after.expected_ms) == pytest.approx(min(raises), rel=1e-5)
+        assert (before.top1 - after.top1) / (before.expected_ms - after.expected_ms) == pytest.approx(
+            min(raises), rel=1e-5
+        )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

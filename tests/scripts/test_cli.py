@@ -93,8 +93,10 @@ def test_lut_validate_scores_other_builds_on_the_same_measurements(tmp_path, cap
     )
     assert main([*validate, "--also", str(tables[2])]) == 2
     err = capsys.readouterr().err.strip()
-    assert "expected a host-cpu table at batch size 1, got host-cpu at batch size 2" in err
+    assert "expected a host-cpu table at batch size 1 with 1 thread(s), got host-cpu at batch size 2 with 1" in err
     assert len(err.splitlines()) == 1
+    assert main([*validate, "--also", str(tables[1])]) == 0
+    assert f"{tables[1]} on the same measurements, relative: MAPE" in capsys.readouterr().out
     assert main([*validate, "--also", str(tables[3])]) == 2  # profiled on other shapes: refused before measuring
     assert "lookup table lacks layer" in capsys.readouterr().err
 
