@@ -554,13 +554,12 @@ class _GateRecord:
 
 class _Raise(NamedTuple):
     """A one-block raise a search step tried: its accuracy lost per ms saved, the levels it goes up, the point it
-    reaches, the images it changes and what they do then."""
+    reaches and the split's record there."""
 
     cost: float
     levels: int
     point: ThresholdStep
-    changed: torch.Tensor
-    redone: _GateRecord
+    record: _GateRecord
 
 
 def _record_gates(
@@ -698,16 +697,17 @@ def search_thresholds(
                         blocks[name].threshold = level
                         redone = _record_gates(model, blocks, images, labels, changed, batch_size)
                         blocks[name].threshold = point.thresholds[name]
-                        trial = point_of({**point.thresholds, name: level}, state.replaced(changed, redone))
+                        after = state.replaced(changed, redone)
+                        trial = point_of({**point.thresholds, name: level}, after)
                         saved = point.expected_ms - trial.expected_ms
                         if saved > 1e-9:
                             cost = (point.top1 - trial.top1) / saved
                             if best is None or cost < best.cost:
-                                best = _Raise(cost, up, trial, changed, redone)
+                                best = _Raise(cost, up, trial, after)
                             break
                 if best is None:
                     break
-                point, state = best.point, state.replaced(best.changed, best.redone)
+                point, state = best.point, best.record
                 for name, level in point.thresholds.items():
                     blocks[name].threshold = level
                 path.append(point)
