@@ -14,6 +14,7 @@ learn to do without the ones that are skipped (BlockDrop's joint fine-tuning sta
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import itertools
@@ -74,6 +75,7 @@ class GatedBlock(nn.Module):
         self.last_scores: torch.Tensor | None = None  # gate scores of the last training batch
         self._folded: tuple[Any, ...] | None = None  # the gate folded for inputs of one shape (eval; see _fold)
         self._log: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per batch: gate logits, ran (_record_gates)
+        self._every = False  # training: run the block for every input, gate not asked (_every_block_runs)
         self.register_load_state_dict_post_hook(_unfold_after_load)
 
     @property
@@ -111,6 +113,8 @@ class GatedBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
+            if self._every:
+                return self.block(x)
             scores = self.gate(x)
             self.last_scores = scores
             hard = (scores >= 0.5).float()
@@ -236,6 +240,19 @@ class GateTrainingReport:
     execution_rate: dict[str, float]
 
 
+@contextlib.contextmanager
+def _every_block_runs(model: nn.Module) -> Iterator[None]:
+    """In training mode, run every gated block for every input (the gates are not asked) inside the block."""
+    blocks = [block for _, block in gated_blocks(model)]
+    for block in blocks:
+        block._every = True
+    try:
+        yield
+    finally:
+        for block in blocks:
+            block._every = False
+
+
 def _gate_loss(
     model: nn.Module,
     images: torch.Tensor,
@@ -247,10 +264,15 @@ def _gate_loss(
     temperature: float = 4.0,
     rate_target: float | None = None,
     block_target: float | None = None,
+    full_weight: float = 0.0,
 ) -> torch.Tensor:
     from pruning_core.training import distill_loss
 
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        full = None
+        if full_weight > 0:  # the same batch through every block: the backbone stays good with nothing skipped
+            with _every_block_runs(model):
+                full = F.cross_entropy(model(images).float(), labels)
         logits = model(images)
         # The execution rate of the hard decisions, with the scores' gradient (straight-through): a budget then
         # bounds what really runs, and the plain penalty's gradient is the mean score's.
@@ -263,6 +285,8 @@ def _gate_loss(
     loss = F.cross_entropy(logits.float(), labels)
     if soft is not None:
         loss = (1 - distill_weight) * loss + distill_weight * distill_loss(logits.float(), soft, temperature)
+    if full is not None:
+        loss = loss + full_weight * full
     rates = rates.float()
     if block_target is not None:  # every block pulled to run for this share of the batch (Convnet-AIG)
         return loss + rate_penalty * ((rates - block_target) ** 2).mean()
@@ -284,6 +308,7 @@ def train_gates(
     batch_size: int = 128,
     joint_epochs: int = 0,
     joint_lr: float = 0.01,
+    full_weight: float = 0.0,
     teacher: nn.Module | None = None,
     distill_weight: float = 0.0,
     bf16: bool | None = None,
@@ -303,7 +328,10 @@ def train_gates(
     In the following ``joint_epochs`` the whole model learns, BatchNorm included, with the gates deciding hard in the
     forward pass, under the shared fine-tuning recipe (:func:`~pruning_core.finetune.finetune_recipe`: SGD with
     momentum from ``joint_lr``, cosine decay, no weight decay on BatchNorm and biases, per-epoch seeded batches),
-    so a static model fine-tuned as many epochs with that recipe is a fair comparison.
+    so a static model fine-tuned as many epochs with that recipe is a fair comparison. With ``full_weight`` each
+    joint step also passes the batch through every block and adds that cross-entropy, so weighted (the sandwich rule
+    of slimmable networks, Yu and Huang, ICCV 2019): the backbone keeps what it needs with nothing skipped while it
+    learns to do without the skipped blocks, at twice the cost per step. Without it only the gated path learns.
 
     Args:
         model: A model with gated blocks (see :func:`add_gates`).
@@ -316,6 +344,7 @@ def train_gates(
         batch_size: Images per step.
         joint_epochs: Epochs of joint fine-tuning after the frozen ones (0: none).
         joint_lr: Peak learning rate of joint fine-tuning.
+        full_weight: Weight of the every-block cross-entropy in joint fine-tuning (0: the gated path alone).
         teacher: A model whose soft labels joint fine-tuning also learns (knowledge distillation), or None.
         distill_weight: Weight of the distillation term in joint fine-tuning (the cross-entropy keeps the rest).
         bf16: bfloat16 autocast in joint fine-tuning (None: where the CPU runs it natively, as the recipe does).
@@ -345,6 +374,8 @@ def train_gates(
         raise PlanError(f"expected block_target in (0, 1) or None; got {block_target}")
     if block_target is not None and rate_target is not None:
         raise PlanError("expected one of rate_target and block_target; got both")
+    if full_weight < 0:
+        raise PlanError(f"expected full_weight >= 0; got {full_weight}")
     if not 0.0 <= distill_weight <= 1.0 or (distill_weight > 0 and teacher is None):
         raise PlanError(
             f"expected distill_weight in [0, 1], and a teacher when it is above 0; got {distill_weight} and "
@@ -368,6 +399,7 @@ def train_gates(
                 "joint_epochs": joint_epochs,
                 "joint_lr": joint_lr,
                 "distill_weight": distill_weight,
+                **({"full_weight": full_weight} if full_weight else {}),  # resume files made before it still match
                 "bf16": bf16,
                 "start": state_fingerprint(model),  # the training continues this model, not another saved there
             },
@@ -456,6 +488,7 @@ def train_gates(
                     temperature=config.distill_temperature,
                     rate_target=rate_target,
                     block_target=block_target,
+                    full_weight=full_weight,
                 )
                 state.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

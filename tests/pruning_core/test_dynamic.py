@@ -188,6 +188,31 @@ def test_joint_fine_tuning_can_distil_from_the_dense_model(digits):
     assert all(not p.requires_grad or p.grad is None for p in base.parameters())  # the teacher did not learn
 
 
+def test_full_weight_adds_the_every_block_loss_to_the_gated_one(digits):
+    from pruning_core.dynamic import _gate_loss
+
+    checkpoint = load_checkpoint("checkpoints/small_cnn_digits.pt")
+    gated, plain = add_gates(checkpoint.build()).train(), checkpoint.build().train()
+    images, labels = next(iter(digits.batches("train", 64)))
+    torch.manual_seed(0)
+    for _, block in gated_blocks(gated):  # each gate set to skip half the batch, so the two paths differ
+        torch.nn.init.normal_(block.gate.fc.weight)
+        with torch.no_grad():
+            gated(images)
+            block.gate.fc.bias -= torch.logit(block.last_scores.double()).median().float()
+    gated_only = _gate_loss(gated, images, labels, rate_penalty=1.0, bf16=False)
+    skipped = [float((b.last_scores < 0.5).float().mean()) for _, b in gated_blocks(gated)]
+    both = _gate_loss(gated, images, labels, rate_penalty=1.0, bf16=False, full_weight=0.5)
+    every = torch.nn.functional.cross_entropy(plain(images), labels)  # the same weights, no gates at all
+    assert any(0 < s < 1 for s in skipped)
+    assert float((both - gated_only).detach()) == pytest.approx(0.5 * float(every.detach()), rel=1e-3)
+    assert not any(b._every for _, b in gated_blocks(gated))  # the gates decide again after the full pass
+    report = train_gates(gated, digits, epochs=0, joint_epochs=1, batch_size=64, full_weight=1.0, progress=False)
+    assert report.val_top1 > 0.85
+    with pytest.raises(PlanError, match="expected full_weight >= 0; got -1"):
+        train_gates(gated, digits, full_weight=-1.0)
+
+
 def test_gated_pruned_model_round_trips(tmp_path):
     from dataclasses import replace
 

@@ -70,10 +70,13 @@ def test_every_model_is_timed_in_one_interleaved_pass_and_a_rerun_resumes(tmp_pa
     other.mkdir()
     shutil.copytree(out / "static", other / "static")
     shutil.copy(out / "static_equal.pt", other / "static_equal.pt")
-    main([*argv[:-1], str(other), "--rate-penalty", "1.0"])
+    main([*argv[:-1], str(other), "--rate-penalty", "1.0", "--joint-full-weight", "1.0"])
     copied = json.loads((other / "report.json").read_text())
     assert copied["plan"] == report["plan"] and copied["accuracy"] == report["accuracy"]
     assert copied["static"]["top1"] == report["static"]["top1"]
+    assert copied["gate_training"]["full_weight"] == 1.0 and report["gate_training"]["full_weight"] == 0.0
+    assert "which passed each batch twice" in (other / "table.md").read_text()
+    assert "which passed each batch twice" not in (out / "table.md").read_text()
 
 
 def test_static_models_at_other_ratios_are_timed_in_the_same_pass(tmp_path):
