@@ -242,7 +242,7 @@ class GateTrainingReport:
 
 @contextlib.contextmanager
 def _every_block_runs(model: nn.Module) -> Iterator[None]:
-    """In training mode, run every gated block for every input (the gates are not asked) inside the block."""
+    """Within the context, gated blocks in training mode run for every input without asking their gates."""
     blocks = [block for _, block in gated_blocks(model)]
     for block in blocks:
         block._every = True
