@@ -331,7 +331,8 @@ def train_gates(
     so a static model fine-tuned as many epochs with that recipe is a fair comparison. With ``full_weight`` each
     joint step also passes the batch through every block and adds that cross-entropy, so weighted (the sandwich rule
     of slimmable networks, Yu and Huang, ICCV 2019): the backbone keeps what it needs with nothing skipped while it
-    learns to do without the skipped blocks, at twice the cost per step. Without it only the gated path learns.
+    learns to do without the skipped blocks, at twice the cost per step; BatchNorm's running statistics then average
+    both passes. Without it only the gated path learns.
 
     Args:
         model: A model with gated blocks (see :func:`add_gates`).
