@@ -758,13 +758,8 @@ def search_thresholds(
         return None
 
     def carried(old: _Raise, point: ThresholdStep, state: _GateRecord, raised: str) -> _Raise | None:
-        """``old``, a raise tried at the previous point, brought to ``point`` (reached by raising block ``raised``),
-        running again only the images whose path changes both ways; None when it must be tried afresh.
-
-        An image whose path through ``old``'s trial does not meet ``raised``'s new level goes as it went there; one
-        that does but runs ``old``'s block without falling below its level goes as at ``point``. Only images both
-        ways changed run again.
-        """
+        """``old``, tried at the previous point, brought to ``point`` (reached by raising ``raised``) as this search's
+        docstring says; None when it must be tried afresh."""
         name, level = old.block, old.point.thresholds[old.block]
         here, there = order.index(point.thresholds[name]), order.index(level)
         if any(changed(state, name, lower).numel() for lower in order[here + 1 : there]):
@@ -797,12 +792,9 @@ def search_thresholds(
                     break
                 point, state = best.point, best.record
                 path.append(point)
-                for name, old in list(tried.items()):
-                    kept_raise = carried(old, point, state, best.block) if old and name != best.block else None
-                    if kept_raise is None:
-                        del tried[name]
-                    else:
-                        tried[name] = kept_raise
+                raised = best.block
+                moved = {n: carried(old, point, state, raised) for n, old in tried.items() if old and n != raised}
+                tried = {n: kept_raise for n, kept_raise in moved.items() if kept_raise is not None}
                 bar.update(best.levels)
                 bar.set_postfix(top1=f"{point.top1:.4f}", expected_ms=f"{point.expected_ms:.3f}")
     finally:
