@@ -85,6 +85,8 @@ class SavedPolicy:
             "dynamic_skip": trained.get("dynamic_skip", False),
             "centre_on_uniform": trained.get("centre_on_uniform", False),
             "levels": trained.get("levels", DEFAULT_LEVELS),
+            "sensitivity": trained.get("sensitivity", False),
+            "action_mapping": trained.get("action_mapping", "clip"),
         }
 
     def check_compatible(self, observation_space: spaces.Space[Any], action_space: spaces.Space[Any]) -> None:

@@ -24,7 +24,7 @@ from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from agents.policy_io import save_policy
-from envs.layer_prune import DEFAULT_LEVELS, checked_budget_range
+from envs.layer_prune import ACTION_MAPPINGS, DEFAULT_LEVELS, checked_budget_range
 from pruning_core.data import atomic_write_bytes
 from pruning_core.errors import CheckpointError, PruneGymError
 from pruning_core.plan import PruningPlan
@@ -103,6 +103,17 @@ class TrainRunConfig:
     """Also decide a gate threshold per residual block (dynamic skipping)."""
     centre_on_uniform: bool = False
     """Centre the action range on the uniform sparsity that meets the episode's budget."""
+    sensitivity: bool = False
+    """Probe every group first (two plans each, counted in the run's evaluations) and give the policy what they
+    measure: three observation features, and the sensitivity plan as the ``scaled`` mapping's starting point."""
+    action_mapping: str = "clip"
+    """``clip`` (AMC's clipping towards the budget) or ``scaled`` (shifts from the prior plan, the whole plan then
+    moved to the budget; see ``LayerPruneEnv``)."""
+    calibrate_latency: bool | str = False
+    """On a measured device, correct the lookup table by timing a few plans beside the dense model before the search
+    (a path: the correction saved there is shared; see ``make_env``)."""
+    episodes_per_update: int = 4
+    """PPO: episodes per rollout (per update of the policy)."""
     levels: int = DEFAULT_LEVELS
     """Sparsity levels of a discrete agent's action (DQN), from 0 to ``max_sparsity``; centred on uniform, 3 levels are
     keep, uniform and thinnest."""
@@ -123,6 +134,12 @@ class TrainRunConfig:
             raise PruneGymError(f"action_std applies to continuous algorithms; got algo {self.algo!r}")
         if self.levels < 2:
             raise PruneGymError(f"levels must be >= 2; got {self.levels}")
+        if self.action_mapping not in ACTION_MAPPINGS:
+            raise PruneGymError(
+                f"action_mapping must be one of {', '.join(ACTION_MAPPINGS)}; got {self.action_mapping!r}"
+            )
+        if self.episodes_per_update < 1:
+            raise PruneGymError(f"episodes_per_update must be >= 1; got {self.episodes_per_update}")
         if self.levels != DEFAULT_LEVELS and ALGOS[self.algo].action_mode != "discrete":
             raise PruneGymError(f"levels applies to discrete algorithms; got algo {self.algo!r}")
         if self.budget_range is not None:  # a list when read back from config.json
@@ -147,6 +164,9 @@ class TrainRunConfig:
             "dynamic_skip": self.dynamic_skip,
             "centre_on_uniform": self.centre_on_uniform,
             "levels": self.levels,
+            "sensitivity": self.sensitivity,
+            "action_mapping": self.action_mapping,
+            "calibrate_latency": self.calibrate_latency,
             **({"budget_range": self.budget_range} if self.budget_range is not None else {}),
         }
 
@@ -186,6 +206,14 @@ class SearchState:
     cpu_seconds: float = 0.0
     """CPU time of this process spent searching (all its threads), summed over resumed runs; a paused process adds
     none. Environments in subprocesses (``n_envs > 1``) are not counted."""
+    probe_evaluations: int = 0
+    """Plans scored before the first episode: the sensitivity probes and, with the ``scaled`` mapping at one
+    budget, the prior plan (the first candidate for the best plan)."""
+
+    @property
+    def evaluations(self) -> int:
+        """Every plan the search scored: its episodes and what it scored before them."""
+        return self.episodes + self.probe_evaluations
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -325,10 +353,11 @@ def _new_model(config: TrainRunConfig, env: VecEnv, steps_per_episode: int, run:
     if config.algo in ("ppo", "sac") and config.action_std is not None:
         kwargs["policy_kwargs"]["log_std_init"] = float(np.log(config.action_std))
     if config.algo == "ppo":
-        n_steps = max(steps_per_episode * 4 // config.n_envs, 8)
+        n_steps = max(steps_per_episode * config.episodes_per_update // config.n_envs, 8)
         kwargs.update(
             n_steps=n_steps,
-            batch_size=min(64, n_steps * config.n_envs),
+            # the largest divisor of the rollout not above 64 (SB3 warns of a truncated last mini-batch otherwise)
+            batch_size=max(d for d in range(1, 65) if (n_steps * config.n_envs) % d == 0),
             n_epochs=10,
             learning_rate=3e-4,
             gamma=1.0,
@@ -408,6 +437,7 @@ def train_agent(
             model.load_replay_buffer(run / "replay_buffer.pkl")  # type: ignore[attr-defined]
     else:
         model = _new_model(config, env, steps_per_episode, run)
+        _score_before_episodes(run, config, env, state)
     if resume:
         _keep_progress_log(run / "tb", state.episodes)
     model.set_logger(configure(str(run / "tb"), ["tensorboard", "csv"]))
@@ -443,6 +473,23 @@ def train_agent(
     bar.close()
     env.close()
     return RunResult(run, state, time.perf_counter() - start)
+
+
+def _score_before_episodes(run: Path, config: TrainRunConfig, env: VecEnv, state: SearchState) -> None:
+    """Count the probes the environment made, and with the ``scaled`` mapping at one budget score its prior plan
+    and keep it as the best so far: a search that starts from a plan returns no worse a plan."""
+    probes = env.get_attr("sensitivity")[0]
+    state.probe_evaluations = 0 if probes is None else probes.evaluations
+    if config.action_mapping != "scaled" or config.budget_range is not None or config.dynamic_skip:
+        return
+    if config.reward not in ("residual", "accuracy", "lagrangian"):  # amc-flops: the prior's reward needs its MACs
+        return
+    prior = env.get_attr("prior_plan")[0]
+    top1 = float(env.env_method("prior_top1", indices=[0])[0])
+    state.probe_evaluations += 1
+    state.best_reward = 0.0 if config.reward == "residual" else top1
+    state.best_top1, state.best_episode, state.best_plan = top1, 0, prior.to_json()
+    _write_json(run / "best_plan.json", json.loads(prior.to_json()))
 
 
 def _keep_progress_log(tb: Path, episodes: int) -> Path | None:

@@ -22,6 +22,7 @@ from pruning_core.errors import PruneGymError
 from pruning_core.graph import ModelGraph
 from pruning_core.metrics import LayerwiseCost, MacsCost, ParamsCost
 from pruning_core.scoring import DEFAULT_FINETUNE_STEPS, PlanScorer, ScoreConfig
+from pruning_core.sensitivity import Sensitivity, cached_sensitivity
 from pruning_core.training import resolve_bf16
 
 REPO_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -95,6 +96,44 @@ def trained_gates(
     return TrainedGates.from_model(gated, engine.graph)
 
 
+def probed_sensitivity(
+    scorer: PlanScorer,
+    cost: LayerwiseCost,
+    *,
+    model: str,
+    checkpoint: Path,
+    device: str,
+    budget: float,
+    max_sparsity: float,
+    criterion: str,
+    progress: bool = True,
+) -> Sensitivity:
+    """The sensitivity probes of the dense model at ``budget``'s uniform sparsity, made once per model, checkpoint,
+    device (and its cost model), budget and scoring recipe, and cached (resumable) under the user cache directory."""
+    from pruning_core.baselines import BudgetProblem
+
+    engine = scorer.engine
+    dense = cost.total(engine.graph)
+    problem = BudgetProblem(engine, cost, budget * dense, max_sparsity)
+    meta = getattr(cost, "meta", {})
+    inputs = {
+        "model": model,
+        "checkpoint_sha256": sha256(checkpoint),
+        "device": device,
+        "cost_model": {"type": type(cost).__name__, "built": meta.get("built"), "granule": cost.granule},
+        "budget": budget,
+        "max_sparsity": max_sparsity,
+        "criterion": criterion,
+    }
+    key = hashlib.sha1(repr(sorted(inputs.items())).encode()).hexdigest()[:12]
+    path = (
+        cache_dir()
+        / "sensitivity"
+        / f"{model.replace(':', '_')}-{device.replace(':', '_').replace('/', '_')}-{key}.json"
+    )
+    return cached_sensitivity(path, problem, scorer, inputs, criterion=criterion, progress=progress)
+
+
 def make_env(
     model: str = "small_cnn",
     checkpoint: str | os.PathLike[str] | None = None,
@@ -114,6 +153,8 @@ def make_env(
     measure_final: bool = False,
     dynamic_skip: bool = False,
     gate_epochs: int = 2,
+    sensitivity: bool = False,
+    calibrate_latency: bool | str | os.PathLike[str] = False,
     seed: int = 0,
     render_mode: str | None = None,
     dataset: ImageDataset | None = None,
@@ -143,6 +184,15 @@ def make_env(
         measure_final: Measure the final plan's latency on a measured device.
         dynamic_skip: Add a gate threshold per residual block to each action (gates trained once and cached).
         gate_epochs: Epochs of gate training when the gates are not cached yet.
+        sensitivity: Probe every group (two plans each, cached: :func:`probed_sensitivity`) and give the env the
+            probes: three more observation features, and the sensitivity plan as the ``scaled`` mapping's prior.
+            Probed at ``budget``, or at the middle of a ``budget_range``.
+        calibrate_latency: On a measured device with a latency budget, time a few plans beside the dense model now
+            and correct the lookup table's relative prediction with them
+            (:func:`~hardware_models.correction.calibrate_cost`, recorded in ``env.budget_model.meta``), so that a
+            table built on another day or host does not bend the search's budget. A path: the correction saved
+            there (for the same table and budget) is reused, else made and saved there, so that several
+            environments of one run share it.
         seed: Seed recorded for reproducibility (episodes themselves are deterministic).
         render_mode: ``ansi`` or ``rgb_array``.
         dataset: An already loaded dataset (saves reloading it per environment).
@@ -160,11 +210,37 @@ def make_env(
         raise PruneGymError(f"checkpoint classes {ckpt.meta['classes'][:5]} differ from the dataset's")
     engine = PruningEngine(ckpt.build(), dataset.input_shape, dataset=dataset)
     cost, measured = budget_model_for(budget_metric, device, engine.graph, model, progress=progress)
+    if calibrate_latency is not False and measured is not None and budget_metric == "latency":
+        from hardware_models.correction import load_or_calibrate
+
+        budget_range = kwargs.get("budget_range")
+        cost = load_or_calibrate(
+            None if calibrate_latency is True else calibrate_latency,
+            cost,
+            engine,
+            measured,  # type: ignore[arg-type]
+            budget=budget if budget_range is None else sum(budget_range) / 2,
+            max_sparsity=max_sparsity,
+        )
     gates = trained_gates(engine, dataset, ckpt_path, epochs=gate_epochs, progress=progress) if dynamic_skip else None
     config = ScoreConfig(
         val_images=val_images, bn_batches=bn_batches, finetune_steps=finetune_steps, bf16=resolve_bf16(score_bf16)
     )
     scorer = PlanScorer(engine, dataset, config, gates=gates)
+    probes = None
+    if sensitivity:
+        budget_range = kwargs.get("budget_range")
+        probes = probed_sensitivity(
+            scorer,
+            cost,
+            model=model,
+            checkpoint=ckpt_path,
+            device=device,
+            budget=budget if budget_range is None else sum(budget_range) / 2,
+            max_sparsity=max_sparsity,
+            criterion=criterion,
+            progress=progress,
+        )
     env = LayerPruneEnv(
         scorer,
         cost,
@@ -176,6 +252,7 @@ def make_env(
         measured=measured,
         measure_final=measure_final,
         dynamic_skip=dynamic_skip,
+        sensitivity=probes,
         render_mode=render_mode,
         **kwargs,
     )

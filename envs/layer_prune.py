@@ -11,13 +11,14 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from pruning_core.baselines import BudgetProblem, uniform_sparsity
+from pruning_core.baselines import BudgetProblem, retargeted_plan, uniform_sparsity
 from pruning_core.engine import allowed_widths, kept_count, widest_within
 from pruning_core.errors import BudgetInfeasibleError, PruneGymError
 from pruning_core.graph import LayerType
 from pruning_core.metrics import LayerwiseCost
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import PlanScorer
+from pruning_core.sensitivity import Sensitivity, sensitivity_plan
 
 DEFAULT_LEVELS = 9
 """Sparsity levels of the discrete action (DQN's) unless told otherwise: 0 to ``max_sparsity`` in eighths."""
@@ -47,6 +48,14 @@ OBS_FEATURES = (
     "importance_max",
 )
 
+SENSITIVITY_FEATURES = ("sensitivity_drop", "sensitivity_per_cost", "sensitivity_rank")
+"""Observation features added when the environment is given sensitivity probes (:mod:`pruning_core.sensitivity`)."""
+
+ACTION_MAPPINGS = ("clip", "scaled")
+"""How actions become a plan: ``clip`` (AMC: each action clipped so the rest can still meet the budget) or
+``scaled`` (each action shifts its group's sparsity from the prior plan, and the whole plan is then moved to the
+budget, as random-search's candidates are)."""
+
 
 def checked_budget_range(budget_range: Any) -> tuple[float, float]:
     """``(low, high)`` as floats, from any pair (a JSON list too), with ``0 < low <= high <= 1``.
@@ -71,6 +80,8 @@ class RewardContext:
     cost_ratio: float
     """Budget-metric cost of the plan over the target."""
     macs: int
+    prior_top1: float = 0.0
+    """Val top-1 of the prior plan at the episode's budget (``residual`` reward)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,11 @@ REWARDS: dict[str, RewardSpec] = {
     ),
     "amc-flops": RewardSpec(
         lambda c, lam: -(1.0 - c.top1) * math.log(max(c.macs, 2)), True, "-error * log(MACs) (AMC's FLOPs reward)"
+    ),
+    "residual": RewardSpec(
+        lambda c, lam: c.top1 - c.prior_top1,
+        True,
+        "val top-1 minus the prior plan's at the same budget: what the policy adds to the plan it starts from",
     ),
 }
 
@@ -117,10 +133,15 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
     ``Discrete(levels x len(skip_levels))``. Blocks then run only for inputs whose gate score reaches the threshold;
     the reward uses the gated model's val accuracy and the expected cost (block costs weighted by their execution
     rates on val), and ``info["exec_rate"]`` reports the rates.
-    With a reward that clips actions (``accuracy``, ``amc-flops``), each action is raised to the least sparsity that
-    still lets the remaining groups reach the budget at maximum sparsity, so every finished episode meets the
-    budget as the budget model predicts it. ``info["sparsity"]`` is the action asked for, ``info["clipped"]`` the one
-    applied.
+    With ``action_mapping="scaled"`` an action instead shifts its group's sparsity from the prior plan (the
+    sensitivity plan where the environment has probes, else the uniform plan) by up to ``max_sparsity / 2`` either
+    way, and at the episode's end the whole plan is moved to the budget, every group the same fraction of the way to
+    ``max_sparsity`` or back to dense (:func:`~pruning_core.baselines.retargeted_plan`): every episode lands on the
+    budget and no group is forced by clipping; the zero action is the prior plan.
+    With ``action_mapping="clip"`` (the default) and a reward that clips actions (``accuracy``, ``amc-flops``,
+    ``residual``), each action is raised to the least sparsity that still lets the remaining groups reach the budget
+    at maximum sparsity, so every finished episode meets the budget as the budget model predicts it.
+    ``info["sparsity"]`` is the action asked for, ``info["clipped"]`` the one applied.
 
     ## Observation Space
     ``Box(0, 1, (22,), float32)``, model-agnostic features of the current group:
@@ -141,10 +162,16 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
     | 15 | previous_action | sparsity applied to the previous group / max_sparsity |
     | 16 | skippable | 1 when the group sits inside a residual block with an identity shortcut |
     | 17-21 | importance_cv, _min, _q25, _q75, _max | channel-score statistics, each over the mean, / 4 |
+    | 22 | sensitivity_drop | with probes: val lost with the group alone at the uniform sparsity / dense val |
+    | 23 | sensitivity_per_cost | with probes: val lost per unit of cost saved / the largest among groups |
+    | 24 | sensitivity_rank | with probes: rank of that rate among groups / (groups - 1), 0 cheapest to thin |
+
+    The last three are there only when the environment is given ``sensitivity`` (``Box(0, 1, (25,))`` then).
 
     ## Rewards
     0 on every step but the last. Then, by ``reward``: ``accuracy`` (val top-1), ``lagrangian``
-    (top-1 - lambda * max(0, cost / target - 1), no clipping), ``amc-flops`` (-error * log(MACs)).
+    (top-1 - lambda * max(0, cost / target - 1), no clipping), ``amc-flops`` (-error * log(MACs)), ``residual``
+    (top-1 minus the prior plan's top-1 at the same budget, scored once per budget: the policy's gain over its start).
 
     ## Starting State
     The first group, nothing pruned. ``reset(seed=...)`` seeds the environment; episodes are deterministic given
@@ -162,7 +189,8 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
     analytic profile, MACs or parameters), ``budget`` (fraction of the dense cost, in (0, 1]), ``reward``,
     ``action_mode``, ``max_sparsity``, ``levels``, ``criterion``, ``lagrange``, ``measured`` (the device's measured
     latency model, if it has one), ``measure_final`` (measure each episode's final plan with it), ``budget_range``
-    (draw each episode's budget from it), ``centre_on_uniform``, ``render_mode`` (``ansi`` or ``rgb_array``).
+    (draw each episode's budget from it), ``centre_on_uniform``, ``sensitivity`` (probes: observation features and
+    the prior plan), ``action_mapping`` (``clip`` or ``scaled``), ``render_mode`` (``ansi`` or ``rgb_array``).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
@@ -185,6 +213,8 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         skip_levels: tuple[float, ...] = (0.0, 0.5, 0.7, 0.9),
         budget_range: tuple[float, float] | None = None,
         centre_on_uniform: bool = False,
+        sensitivity: Sensitivity | None = None,
+        action_mapping: str = "clip",
         render_mode: str | None = None,
     ) -> None:
         if not 0 < budget <= 1:
@@ -197,6 +227,10 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
             raise PruneGymError(f"max_sparsity must be in (0, 0.95]; got {max_sparsity:g}")
         if levels < 2:
             raise PruneGymError(f"levels must be >= 2; got {levels}")
+        if action_mapping not in ACTION_MAPPINGS:
+            raise PruneGymError(f"action_mapping must be one of {', '.join(ACTION_MAPPINGS)}; got {action_mapping!r}")
+        if action_mapping == "scaled" and centre_on_uniform:
+            raise PruneGymError("centre_on_uniform applies to action_mapping 'clip'; 'scaled' starts from its prior")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise PruneGymError(f"render_mode must be ansi or rgb_array; got {render_mode!r}")
         self.scorer = scorer
@@ -231,6 +265,9 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         self._minimum = {name: widths[0] for name, widths in self._widths_allowed.items()}
         self.dense_cost = self._cost(self._full)
         self._floor = self._cost(self._minimum)
+        self.sensitivity = sensitivity
+        self.action_mapping = action_mapping
+        self._prior: dict[float, tuple[PruningPlan, float | None]] = {}
         self.centre_on_uniform = centre_on_uniform
         self.centre_sparsity = max_sparsity / 2
         """Sparsity in the middle of the action range: the budget's uniform sparsity when centred on uniform."""
@@ -254,7 +291,7 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
             self.action_space: spaces.Space[Any] = spaces.Box(-1.0, 1.0, (2 if dynamic_skip else 1,), np.float32)
         else:
             self.action_space = spaces.Discrete(levels * (len(self.skip_levels) if dynamic_skip else 1))
-        self.observation_space = spaces.Box(0.0, 1.0, (len(OBS_FEATURES),), np.float32)
+        self.observation_space = spaces.Box(0.0, 1.0, (self._static.shape[1],), np.float32)
         self._step = 0
         self._kept: dict[str, int] = {}
         self._sparsity: dict[str, float] = {}
@@ -330,7 +367,42 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
                     s.max / 4,
                 ]
             )
+        if self.sensitivity is not None:
+            missing = [g.name for g in self.groups if g.name not in self.sensitivity.probes]
+            if missing:
+                raise PruneGymError(f"expected sensitivity probes of every group; got none for {missing[:3]}")
+            features = self.sensitivity.features()
+            for row, g in zip(rows, self.groups, strict=True):
+                row.extend(features[g.name])
         return np.clip(np.asarray(rows, dtype=np.float32), 0.0, 1.0)
+
+    @property
+    def prior_plan(self) -> PruningPlan:
+        """The plan the ``scaled`` action mapping starts from at the current budget: the sensitivity plan where the
+        environment has probes, else the uniform plan (cached per budget)."""
+        if self.budget not in self._prior:
+            problem = self.budget_problem()
+            if self.sensitivity is not None:
+                plan = sensitivity_plan(problem, self.sensitivity, criterion=self.criterion)
+            else:
+                sparsity = uniform_sparsity(problem)
+                kept = {g.name: kept_count(g.channels, sparsity, self.granule) for g in self.groups}
+                plan = PruningPlan(
+                    sparsity={g.name: 1 - kept[g.name] / g.channels for g in self.groups},
+                    criterion=self.criterion,
+                    round_to=self.granule,
+                )
+            self._prior[self.budget] = (plan, None)
+        return self._prior[self.budget][0]
+
+    def prior_top1(self) -> float:
+        """Val top-1 of :attr:`prior_plan` (scored once per budget)."""
+        plan = self.prior_plan
+        top1 = self._prior[self.budget][1]
+        if top1 is None:
+            top1 = self.scorer.score(plan).top1
+            self._prior[self.budget] = (plan, top1)
+        return top1
 
     def _observation(self) -> np.ndarray:
         obs = self._static[min(self._step, len(self.groups) - 1)].copy()
@@ -374,16 +446,25 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         return centre + (2.0 * fraction - 1.0) * (self.max_sparsity - centre)
 
     def decode_action(self, action: Any) -> tuple[float, float]:
-        """The sparsity an action asks for (before clipping) and its skip threshold (0 without dynamic skip)."""
+        """The sparsity an action asks for (before clipping, or before the ``scaled`` mapping moves the whole plan to
+        the budget) and its skip threshold (0 without dynamic skip)."""
         if self.action_mode == "continuous":
             values = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0)
             threshold = (values[1] + 1.0) / 2.0 if self.dynamic_skip else 0.0
-            return self._sparsity_at((values[0] + 1.0) / 2.0), float(threshold)
+            return self._sparsity_from((values[0] + 1.0) / 2.0), float(threshold)
         index = int(np.asarray(action).reshape(-1)[0])
         if not 0 <= index < self.action_space.n:  # type: ignore[attr-defined]
             raise PruneGymError(f"discrete action must be in [0, {self.action_space.n - 1}]; got {index}")  # type: ignore[attr-defined]
         level, skip = divmod(index, len(self.skip_levels)) if self.dynamic_skip else (index, 0)
-        return self._sparsity_at(level / (self.levels - 1)), self.skip_levels[skip] if self.dynamic_skip else 0.0
+        return self._sparsity_from(level / (self.levels - 1)), self.skip_levels[skip] if self.dynamic_skip else 0.0
+
+    def _sparsity_from(self, fraction: float) -> float:
+        """The sparsity at ``fraction`` in [0, 1] of the action range, for the current group."""
+        if self.action_mapping == "clip":
+            return self._sparsity_at(fraction)
+        group = self.groups[min(self._step, len(self.groups) - 1)]
+        start = self.prior_plan.sparsity.get(group.name, 0.0)
+        return float(np.clip(start + (2.0 * fraction - 1.0) * self.max_sparsity / 2, 0.0, self.max_sparsity))
 
     def action_to_sparsity(self, action: Any) -> float:
         """The sparsity an action asks for (before clipping)."""
@@ -409,7 +490,7 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
             # The budget is clipped as if the block always ran: skipping can only lower the expected cost.
             self._thresholds[group.block] = threshold
         kept = kept_count(group.channels, wanted_sparsity, self.granule)
-        if self.reward_spec.clips_actions:
+        if self.reward_spec.clips_actions and self.action_mapping == "clip":
             kept = self._clip(group.name, kept)
         applied = 1.0 - kept / group.channels if kept < group.channels else 0.0
         self._kept[group.name] = kept
@@ -426,10 +507,16 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         return self._observation(), float(info["reward"]), True, False, info
 
     def _finish(self) -> dict[str, Any]:
+        moved = 0.0
+        if self.action_mapping == "scaled":  # the whole plan moved to the budget
+            final, moved = retargeted_plan(self.budget_problem(), self.plan, self.target)
+            self._kept = {g.name: kept_count(g.channels, final.sparsity[g.name], self.granule) for g in self.groups}
+            self._sparsity = {g.name: 1.0 - self._kept[g.name] / g.channels for g in self.groups}
         plan = self.plan
         score = self.scorer.score(plan)
         cost = self._expected_cost(score.exec_rate)
-        context = RewardContext(top1=score.top1, cost_ratio=cost / self.target, macs=score.macs)
+        prior = self.prior_top1() if self.reward_name == "residual" else 0.0
+        context = RewardContext(top1=score.top1, cost_ratio=cost / self.target, macs=score.macs, prior_top1=prior)
         info: dict[str, Any] = {
             "plan": plan.to_json(),
             "top1": score.top1,
@@ -443,6 +530,10 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
             "score_seconds": score.seconds,
             "reward": self.reward_spec.fn(context, self.lagrange),
         }
+        if self.action_mapping == "scaled":
+            info["scaled_by"] = moved
+        if self.reward_name == "residual":
+            info["prior_top1"] = prior
         if self.dynamic_skip:
             info["exec_rate"] = score.exec_rate
             info["cost_static"] = self._cost(self._kept)

@@ -216,6 +216,14 @@ class PlanScorer:
             log.append(key, score, seconds=score.seconds, cpu_seconds=time.process_time() - cpu_start)
         return score
 
+    def remember(self, plan: PruningPlan, top1: float) -> None:
+        """Take ``top1`` as ``plan``'s score without scoring it (a score made earlier with this recipe, saved
+        elsewhere, such as a sensitivity probe); a search that asks for the plan then pays nothing for it."""
+        key = plan.to_json()
+        if key not in self._cache:
+            pruned = self.engine.apply(plan)
+            self._cache[key] = Score(top1, pruned.cost.macs, pruned.cost.params, 0.0, cached=False)
+
     @contextlib.contextmanager
     def logging_to(self, path: str | os.PathLike[str], inputs: Mapping[str, Any]) -> Iterator[ScoreLog]:
         """Within the block, log every score to ``path`` as it is made, and take back the scores an earlier run

@@ -5,6 +5,8 @@
   pruning is a strong baseline (Li et al., CVPR 2022).
 - ``greedy-lut``: NetAdapt-style (ECCV 2018): repeatedly thin the group whose step costs the least val accuracy per
   unit of cost saved, until the budget is met.
+- ``tpe``: what a user would try first with a hyper-parameter library: Optuna's TPE sampler (Bergstra et al.,
+  NeurIPS 2011) over per-group relative sparsities, each candidate scaled to the budget as random-search's are.
 """
 
 from __future__ import annotations
@@ -34,8 +36,16 @@ def random_candidate(problem: BudgetProblem, rng: random.Random) -> dict[str, in
 
     The result may miss the budget when the random shape cannot reach it within ``max_sparsity``; check it.
     """
+    return scaled_candidate(problem, {g.name: rng.random() for g in problem.engine.groups})
+
+
+def scaled_candidate(problem: BudgetProblem, shape: dict[str, float]) -> dict[str, int]:
+    """Relative sparsities ``shape`` (per group, >= 0) scaled by one factor, found by bisection, so the cost lands
+    just under the target: group ``g`` at sparsity ``min(max_sparsity, scale * shape[g])``.
+
+    The result may miss the budget when the shape cannot reach it within ``max_sparsity``; check it.
+    """
     groups = problem.engine.groups
-    shape = {g.name: rng.random() for g in groups}
 
     def kept(scale: float) -> dict[str, int]:
         return {
@@ -90,7 +100,10 @@ def greedy_search(
     on_step: Callable[[int, float], None] | None = None,
 ) -> SearchResult:
     """NetAdapt: in each round, every group proposes the fewest channels removed that cut about 1/``steps`` of the
-    cost still to remove; the proposal that loses the least val accuracy per unit of cost saved is taken."""
+    cost still to remove; the proposal that loses the least val accuracy per unit of cost saved is taken.
+
+    ``evaluations`` counts the plans scored by this search: a plan already in the scorer's cache (a sensitivity probe
+    that the first round would score again, see :mod:`pruning_core.sensitivity`) is not counted."""
     groups = problem.engine.groups
     widths = {g.name: allowed_widths(g.channels, problem.granule, problem.max_sparsity) for g in groups}
     kept = {g.name: g.channels for g in groups}
@@ -117,8 +130,9 @@ def greedy_search(
             saved = now - problem.cost_of(trial)
             if saved <= 0:
                 continue
-            top1 = scorer.score(plan_from_kept(problem, trial, criterion)).top1
-            evaluations += 1
+            score = scorer.score(plan_from_kept(problem, trial, criterion))
+            top1 = score.top1
+            evaluations += 0 if score.cached else 1  # a probe made before (sensitivity) is not paid twice
             loss_per_cost = (current - top1) / saved
             if best is None or loss_per_cost < best[0]:
                 best = (loss_per_cost, dict(trial), top1)
@@ -129,3 +143,43 @@ def greedy_search(
         if on_step is not None:
             on_step(evaluations, current)
     return SearchResult(plan_from_kept(problem, kept, criterion), current, evaluations, history)
+
+
+def tpe_search(
+    problem: BudgetProblem,
+    scorer: PlanScorer,
+    *,
+    evaluations: int,
+    seed: int = 0,
+    criterion: str = "l1",
+    on_step: Callable[[int, float], None] | None = None,
+) -> SearchResult:
+    """Best of ``evaluations`` plans proposed by Optuna's TPE sampler: per-group relative sparsities in [0, 1], scaled
+    to the budget as :func:`random_candidate`'s are. A shape that cannot reach the budget is told so (the worst
+    score) without an evaluation, and asked again. TPE's first 10 proposals are random (Optuna's default)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    groups = problem.engine.groups
+    best: SearchResult | None = None
+    history: list[float] = []
+    attempts = 0
+    while len(history) < evaluations and attempts < evaluations * 20:
+        attempts += 1
+        trial = study.ask()
+        kept = scaled_candidate(problem, {g.name: trial.suggest_float(g.name, 0.0, 1.0) for g in groups})
+        if not problem.meets(kept):
+            study.tell(trial, 0.0)
+            continue
+        plan = plan_from_kept(problem, kept, criterion)
+        top1 = scorer.score(plan).top1
+        study.tell(trial, top1)
+        history.append(top1)
+        if best is None or top1 > best.val_top1:
+            best = SearchResult(plan, top1, len(history))
+        if on_step is not None:
+            on_step(len(history), best.val_top1)
+    if best is None:
+        raise RuntimeError("tpe search found no plan within the budget")
+    return SearchResult(best.plan, best.val_top1, len(history), history)

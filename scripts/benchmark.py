@@ -25,7 +25,7 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -47,10 +47,10 @@ from pruning_core.errors import BudgetInfeasibleError, PruneGymError
 from pruning_core.finetune import finetune_recipe
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import DEFAULT_FINETUNE_STEPS
-from pruning_core.search import greedy_search, random_search
+from pruning_core.search import greedy_search, random_search, tpe_search
 from scripts.remeasure_benchmark import load_passes
 
-SEARCHES = ("random-search", "greedy-lut")
+SEARCHES = ("random-search", "tpe", "greedy-lut")
 ALL_METHODS = ("dqn", "ppo", *BASELINES, *SEARCHES)
 DETERMINISTIC = (*BASELINES, "greedy-lut", "transfer")
 """Methods whose plan does not depend on the seed: searched once per budget (the plan and its search cost saved under
@@ -83,6 +83,19 @@ class BenchmarkConfig:
     """DQN's sparsity levels (see ``TrainRunConfig.levels``)."""
     action_std: float | None = None
     """Agents' initial exploration (see ``TrainRunConfig.action_std``)."""
+    sensitivity: bool = False
+    """Probe every group before the searches (cached per budget): the agents observe the probes and start from the
+    sensitivity plan with the ``scaled`` mapping, and greedy-lut's first round reuses them (its evaluations then
+    include them)."""
+    action_mapping: str = "clip"
+    """The agents' action mapping (see ``LayerPruneEnv``)."""
+    agent_reward: str = "accuracy"
+    """The agents' reward (``residual``: gain over the prior plan)."""
+    episodes_per_update: int = 4
+    """PPO's episodes per update."""
+    calibrate_latency: bool = False
+    """On a measured device, correct the lookup table by timing a few plans beside the dense model before the
+    searches of each budget (saved under ``corrections/`` and shared by every method of the run)."""
     finish_again_before: str | None = None
     """Finish again, reusing their searches, the selected cells whose record was finished before this ISO time (or
     does not say when): for cells whose measured check met a host in another state (``scripts.remeasure_benchmark``).
@@ -132,15 +145,25 @@ def _plan_for(
             levels=cfg.levels if ALGOS[method].action_mode == "discrete" else DEFAULT_LEVELS,
             # DQN's exploration is epsilon-greedy: the initial action spread is for the continuous agents only
             action_std=cfg.action_std if ALGOS[method].action_mode == "continuous" else None,
+            sensitivity=cfg.sensitivity,
+            action_mapping=cfg.action_mapping,
+            reward=cfg.agent_reward,
+            episodes_per_update=cfg.episodes_per_update,
+            calibrate_latency=str(_correction_path(cfg, budget)) if cfg.calibrate_latency else False,
         )
         search = train_agent(config, run, resume=(run / "model.zip").exists())
-        return search.state_plan(), search.state.episodes, (search.state.seconds, search.state.cpu_seconds)
+        return search.state_plan(), search.state.evaluations, (search.state.seconds, search.state.cpu_seconds)
     if method == "transfer":
         if policy is None:
             raise PruneGymError("method 'transfer' needs --transfer-from RUN")
         plan, _ = plan_from_policy(policy, env)
         return plan, 0, None
     raise PruneGymError(f"method must be one of {', '.join(ALL_METHODS)} or transfer; got {method!r}")
+
+
+def _correction_path(cfg: BenchmarkConfig, budget: float) -> Path:
+    """Where a budget's latency correction is saved (see ``BenchmarkConfig.calibrate_latency``)."""
+    return cfg.out / "corrections" / f"b{budget:g}.json"
 
 
 def _search_plan(
@@ -156,12 +179,12 @@ def _search_plan(
 
     from pruning_core.checkpoint import sha256
 
-    name = f"{method}_b{budget:g}" + (f"_s{seed}" if method == "random-search" else "")
+    name = f"{method}_b{budget:g}" + (f"_s{seed}" if method in ("random-search", "tpe") else "")
     inputs = {**_plan_inputs(cfg, method, env), "data": cfg.data}
     if cfg.checkpoint is not None:
         inputs["checkpoint_sha256"] = sha256(Path(cfg.checkpoint))
     start = (time.perf_counter(), time.process_time())
-    total = cfg.episodes if method == "random-search" else None
+    total = cfg.episodes if method in ("random-search", "tpe") else None
     with (
         env.scorer.logging_to(cfg.out / "searches" / f"{name}.jsonl", inputs) as log,
         tqdm(total=total, desc=method, unit="evaluation") as bar,
@@ -171,10 +194,13 @@ def _search_plan(
             bar.update(evaluations - bar.n)
             bar.set_postfix(val_top1=f"{top1:.4f}")
 
-        if method == "random-search":
-            result = random_search(problem, env.scorer, evaluations=cfg.episodes, seed=seed, on_step=on_step)
+        if method in ("random-search", "tpe"):
+            search = random_search if method == "random-search" else tpe_search
+            result = search(problem, env.scorer, evaluations=cfg.episodes, seed=seed, on_step=on_step)
         else:
             result = greedy_search(problem, env.scorer, on_step=on_step)
+            if env.sensitivity is not None:  # its first round reused the probes: they count
+                result = replace(result, evaluations=result.evaluations + env.sensitivity.evaluations)
     seconds = time.perf_counter() - start[0] + log.carried_seconds
     cpu_seconds = time.process_time() - start[1] + log.carried_cpu_seconds
     return result.plan, result.evaluations, (seconds, cpu_seconds)
@@ -202,6 +228,10 @@ def _plan_inputs(cfg: BenchmarkConfig, method: str, env: Any) -> dict[str, Any]:
         },
         "scoring": asdict(env.scorer.config),
     }
+    if "correction" in meta:  # a table corrected by timings: plans made with another correction are not reused
+        inputs["cost_model"]["correction"] = meta["correction"]["points"]
+    if env.sensitivity is not None and method == "greedy-lut":
+        inputs["sensitivity"] = True
     if method == "transfer" and cfg.transfer_from is not None:
         inputs["policy"] = sha256(Path(cfg.transfer_from) / "policy.pt")
     return inputs
@@ -405,7 +435,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
             finetune_steps=cfg.finetune_steps,
             dataset=dataset,
             progress=True,
-            **settings,
+            calibrate_latency=_correction_path(cfg, budget) if cfg.calibrate_latency else False,
+            **{"sensitivity": cfg.sensitivity, **settings},
         )
 
     policy = load_policy(cfg.transfer_from) if cfg.transfer_from else None

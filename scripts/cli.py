@@ -477,6 +477,10 @@ def _train_config(args: argparse.Namespace):
         centre_on_uniform=args.centre_on_uniform,
         **({"levels": args.levels} if args.levels is not None else {}),
         action_std=args.action_std,
+        sensitivity=args.sensitivity,
+        action_mapping=args.action_mapping,
+        episodes_per_update=args.episodes_per_update,
+        calibrate_latency=args.calibrate_latency,
     )
 
 
@@ -652,6 +656,11 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         centre_on_uniform=args.centre_on_uniform,
         **({"levels": args.levels} if args.levels is not None else {}),
         action_std=args.action_std,
+        sensitivity=args.sensitivity,
+        action_mapping=args.action_mapping,
+        agent_reward=args.agent_reward,
+        episodes_per_update=args.episodes_per_update,
+        calibrate_latency=args.calibrate_latency,
         finish_again_before=_iso_time(args.finish_again_before) if args.finish_again_before else None,
     )
     run_benchmark(config)
@@ -715,6 +724,29 @@ def _add_agent_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="initial exploration of continuous agents, in action-range units (default 1.0 PPO/SAC, 0.5 TD3/DDPG)",
+    )
+
+
+def _add_learner_args(parser: argparse.ArgumentParser) -> None:
+    """What the agents observe and how they start and learn (train and benchmark)."""
+    parser.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="probe every group first (2 plans each, cached): the agents observe the probes and, with --action-mapping "
+        "scaled, start from the plan they suggest",
+    )
+    parser.add_argument(
+        "--action-mapping",
+        default="clip",
+        choices=["clip", "scaled"],
+        help="clip: AMC's clipping towards the budget; scaled: shifts from a prior plan, the whole plan then moved "
+        "to the budget (every episode lands on it)",
+    )
+    parser.add_argument("--episodes-per-update", type=int, default=4, help="PPO's episodes per policy update")
+    parser.add_argument(
+        "--calibrate-latency",
+        action="store_true",
+        help="on a measured device, time a few plans beside the dense model first and correct the lookup table",
     )
 
 
@@ -844,13 +876,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algo", default="ppo", choices=["dqn", "ppo", "sac", "td3", "ddpg"])
     p.add_argument("--episodes", type=int, default=None, help="episodes in all (default 100)")
     p.add_argument("--warmup-episodes", type=int, default=25, help="random episodes first (off-policy algorithms)")
-    p.add_argument("--reward", default="accuracy", choices=["accuracy", "lagrangian", "amc-flops"])
+    p.add_argument("--reward", default="accuracy", choices=["accuracy", "lagrangian", "amc-flops", "residual"])
     p.add_argument("--n-envs", type=int, default=1, help="environments in parallel processes")
     p.add_argument("--val-images", type=int, default=1000)
     p.add_argument("--bn-batches", type=int, default=10)
     _add_search_args(p)
     p.add_argument("--dynamic-skip", action="store_true", help="also choose a gate threshold per residual block")
     _add_agent_args(p)
+    _add_learner_args(p)
     p.add_argument(
         "--budget-range",
         type=float,
@@ -896,6 +929,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_args(p)
     p.add_argument("--transfer-from", type=Path, default=None, help="also apply this run's policy (zero search)")
     _add_agent_args(p)
+    _add_learner_args(p)
+    p.add_argument("--agent-reward", default="accuracy", choices=["accuracy", "lagrangian", "amc-flops", "residual"])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument(
         "--finish-again-before",

@@ -64,6 +64,10 @@ def plot(records: list[dict], path: Path, title: str, dense_top1: float | None =
     plt.close(fig)
 
 
+DEMO_ACTION_STD = 0.15
+"""The demo agent's initial exploration around the sensitivity plan, in action-range units."""
+
+
 def run_demo(
     *,
     model: str = "small_cnn",
@@ -96,7 +100,11 @@ def run_demo(
         algo="ppo",
         episodes=episodes,
         centre_on_uniform=centre_on_uniform,
-        action_std=action_std,
+        action_std=action_std if action_std is not None or centre_on_uniform else DEMO_ACTION_STD,
+        # the agent starts where the probes point (the baselines' budget handling: every plan lands on the budget)
+        sensitivity=not centre_on_uniform,
+        action_mapping="clip" if centre_on_uniform else "scaled",
+        reward="accuracy" if centre_on_uniform else "residual",
     )
     run = out / f"ppo_{time.strftime('%Y%m%d-%H%M%S')}"
     search = train_agent(config, run)
@@ -111,7 +119,7 @@ def run_demo(
             out=out / "ppo_pruned",
             base_model=model,
             search_seconds=search.seconds,
-            evaluations=search.state.episodes,
+            evaluations=search.state.evaluations,
         )
     ]
     for method in ("uniform-l1", "global-magnitude"):

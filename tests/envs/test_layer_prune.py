@@ -10,6 +10,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs
 from envs.factory import make_env
+from envs.layer_prune import SENSITIVITY_FEATURES
 from pruning_core.engine import width_step
 from pruning_core.errors import BudgetInfeasibleError, PruneGymError
 
@@ -155,6 +156,12 @@ def test_render_modes(digits):
         ({"device": "tpu"}, PruneGymError, "device must be one of"),
         ({"model": "resnet20"}, PruneGymError, "checkpoint holds small_cnn"),
         ({"action_mode": "binary"}, PruneGymError, "action_mode must be continuous or discrete"),
+        ({"action_mapping": "bend"}, PruneGymError, "action_mapping must be one of clip, scaled; got 'bend'"),
+        (
+            {"action_mapping": "scaled", "centre_on_uniform": True},
+            PruneGymError,
+            "centre_on_uniform applies to action_mapping 'clip'",
+        ),
         ({"budget_range": (0.8, 0.6)}, PruneGymError, r"budget_range must be \(low, high\)"),
         ({"budget_range": (0.01, 0.6)}, BudgetInfeasibleError, "budget 0.01 is below what max_sparsity"),
     ],
@@ -165,6 +172,33 @@ def test_bad_arguments_fail_at_construction(kwargs, error, message, digits):
         args["checkpoint"] = "checkpoints/small_cnn_digits.pt"
     with pytest.raises(error, match=message):
         make_env(**args)
+
+
+@pytest.mark.parametrize("budget", [0.4, 0.7])
+@pytest.mark.parametrize("sensitivity", [False, True])
+def test_scaled_episodes_land_on_the_budget_and_start_from_the_prior(budget, sensitivity, digits):
+    env = make_env(budget=budget, dataset=digits, action_mapping="scaled", sensitivity=sensitivity, **FAST)
+    features = len(envs.OBS_FEATURES) + (len(SENSITIVITY_FEATURES) if sensitivity else 0)
+    assert env.observation_space.shape == (features,)
+    # the zero action is the prior plan (the sensitivity plan with probes, else uniform), already on the budget
+    _, info = _run_episode(env, [np.zeros(1, np.float32) for _ in env.groups])
+    assert json.loads(info["plan"])["sparsity"] == dict(env.prior_plan.sparsity)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        actions = [rng.uniform(-1, 1, 1).astype(np.float32) for _ in env.groups]
+        _, info = _run_episode(env, actions)
+        assert info["budget_met"] and info["cost"] > 0.95 * env.target  # within a granule step of the budget
+        asked = [env.decode_action(a)[0] for a in actions]
+        assert any(abs(s - env.prior_plan.sparsity[g.name]) > 0.01 for s, g in zip(asked, env.groups, strict=True))
+
+
+def test_residual_reward_is_the_gain_over_the_prior_plan(digits):
+    env = make_env(budget=0.5, dataset=digits, action_mapping="scaled", reward="residual", **FAST)
+    reward, info = _run_episode(env, [np.full(1, 0.5, np.float32) for _ in env.groups])
+    assert info["prior_top1"] == env.scorer.score(env.prior_plan).top1
+    assert reward == pytest.approx(info["top1"] - info["prior_top1"])
+    reward, _ = _run_episode(env, [np.zeros(1, np.float32) for _ in env.groups])
+    assert reward == 0.0
 
 
 @pytest.mark.parametrize("action_mode", ["continuous", "discrete"])

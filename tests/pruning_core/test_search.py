@@ -11,7 +11,7 @@ from pruning_core.baselines import BASELINES, BudgetProblem, baseline_plan, plan
 from pruning_core.engine import kept_count, width_step
 from pruning_core.errors import BudgetInfeasibleError, PruneGymError
 from pruning_core.metrics import MacsCost
-from pruning_core.search import greedy_search, random_candidate, random_search
+from pruning_core.search import greedy_search, random_candidate, random_search, tpe_search
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,15 @@ def test_random_search_keeps_the_best_of_its_evaluations(problem_env):
     result = random_search(problem, env.scorer, evaluations=5, seed=1)
     assert result.evaluations == 5 and result.val_top1 == max(result.history)
     assert problem.meets(_kept(env, result.plan))
+
+
+def test_tpe_search_scores_plans_on_the_budget_and_is_reproducible(problem_env):
+    env, problem = problem_env
+    result = tpe_search(problem, env.scorer, evaluations=12, seed=3)
+    assert result.evaluations == 12 == len(result.history) and result.val_top1 == max(result.history)
+    assert problem.meets(_kept(env, result.plan))
+    again = tpe_search(problem, env.scorer, evaluations=12, seed=3)
+    assert again.plan == result.plan and again.history == result.history
 
 
 def test_an_interrupted_search_scores_again_only_what_it_had_not(problem_env, tmp_path):

@@ -386,7 +386,7 @@ def test_benchmark_runs_the_transferred_policy_after_the_agents_and_before_the_s
     from scripts.benchmark import ALL_METHODS, cell_order
 
     order = cell_order(ALL_METHODS, transfer=True)
-    assert order.index("transfer") == order.index("ppo") + 1 and order[-2:] == ["random-search", "greedy-lut"]
+    assert order.index("transfer") == order.index("ppo") + 1 and order[-3:] == ["random-search", "tpe", "greedy-lut"]
     assert sorted(order) == sorted([*ALL_METHODS, "transfer"])
     assert cell_order(["uniform-l1", "greedy-lut"], transfer=True) == ["transfer", "uniform-l1", "greedy-lut"]
     assert cell_order(ALL_METHODS, transfer=False) == list(ALL_METHODS)

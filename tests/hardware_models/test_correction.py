@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from envs.factory import make_env
+from hardware_models.correction import CorrectedCost, corrected_ratio, monotone_points
+from pruning_core.baselines import uniform_plan
+from pruning_core.engine import kept_count
+
+
+def test_the_correction_is_monotone_and_leaves_dense_alone():
+    points = monotone_points([(0.4, 0.5), (0.5, 0.45), (0.8, 0.7)])
+    assert points[-1] == (1.0, 1.0)
+    measured = [y for _, y in points]
+    assert measured == sorted(measured)
+    grid = [i / 20 for i in range(1, 25)]
+    values = [corrected_ratio(points, r) for r in grid]
+    assert values == sorted(values) and corrected_ratio(points, 1.0) == 1.0
+
+
+@pytest.mark.slow
+def test_a_measured_device_is_calibrated_before_the_search_and_the_correction_shared(digits, tmp_path):
+    path = tmp_path / "correction.json"
+    env = make_env(budget=0.6, val_images=100, bn_batches=1, dataset=digits, calibrate_latency=path)
+    cost = env.budget_model
+    assert isinstance(cost, CorrectedCost) and path.is_file()
+    readings = cost.meta["correction"]["readings"]
+    assert len(readings) == 5 and all(0 < r["measured"] < 1.5 and len(r["rounds"]) == 15 for r in readings)
+    assert cost.granule == cost.base.granule and cost.is_latency
+    # the search's budget is the corrected one: a plan at the target is predicted at the budget after correction
+    problem = env.budget_problem()
+    plan = uniform_plan(problem)
+    kept = {g.name: kept_count(g.channels, plan.sparsity[g.name], plan.round_to) for g in env.engine.groups}
+    ratio = problem.cost_of(kept) / env.dense_cost
+    assert ratio <= 0.6 + 1e-9
+    table_ratio = cost.base.total(env.graph, kept) / cost.base.total(env.graph)
+    assert ratio == pytest.approx(corrected_ratio(cost.points, table_ratio))
+    # a second environment of the run reads the saved correction instead of timing again
+    again = make_env(budget=0.6, val_images=100, bn_batches=1, dataset=digits, calibrate_latency=path)
+    assert again.budget_model.points == cost.points
+    assert again.budget_model.measured_at == json.loads(path.read_text())["measured_at"]
