@@ -157,7 +157,7 @@ def _plan_for(
         if policy is None:
             raise PruneGymError("method 'transfer' needs --transfer-from RUN")
         plan, _ = plan_from_policy(policy, env)
-        return plan, 0, None
+        return plan, 1 + (env.sensitivity.evaluations if env.sensitivity is not None else 0), None
     raise PruneGymError(f"method must be one of {', '.join(ALL_METHODS)} or transfer; got {method!r}")
 
 

@@ -566,6 +566,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     env = env_from_args(args, **policy.action_settings())
     plan, _ = plan_from_policy(policy, env)
+    probes = env.sensitivity.evaluations if env.sensitivity is not None else 0
     result = finish_plan(
         "policy",
         env,
@@ -574,8 +575,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
         finetune=_finetune_config(args),
         out=args.out,
         base_model=args.model,
+        evaluations=probes + 1,
     )
     _print_records([result.record])
+    print(f"the new model cost {probes + 1} evaluations ({probes} sensitivity probes, 1 the policy's plan)")
     print(f"saved {args.out} (report.json, plan.json, weights.pt)")
     return 0
 

@@ -428,7 +428,7 @@ def test_benchmark_checks_a_budgets_plans_together_and_keeps_the_checks(tmp_path
     assert last["method"] == "global-magnitude" and last["check_ratios"] == refinished[1]["check_ratios"]
 
 
-def test_benchmark_transfer_rows_cost_no_evaluations_and_are_searched_once(tmp_path, monkeypatch):
+def test_benchmark_transfer_rows_cost_one_evaluation_and_are_searched_once(tmp_path, monkeypatch):
     import scripts.benchmark
 
     builds = []
@@ -442,7 +442,9 @@ def test_benchmark_transfer_rows_cost_no_evaluations_and_are_searched_once(tmp_p
     assert main([*bench, "--seeds", "2", "--transfer-from", str(run), "--out", str(tmp_path / "bench")]) == 0
     records = json.loads((tmp_path / "bench" / "results.json").read_text())
     transfer = [r for r in records if r["method"] == "transfer"]
-    assert [r["seed"] for r in transfer] == [0, 1] and all(r["evaluations"] == 0 for r in transfer)
+    assert [r["seed"] for r in transfer] == [0, 1] and all(
+        r["evaluations"] == 1 for r in transfer
+    )  # the policy's plan, scored once
     assert all(r["budget_met"] for r in transfer) and transfer[0]["sparsity"] == transfer[1]["sparsity"]
     assert not transfer[0]["search_reused"] and transfer[1]["search_reused"]  # seed 1 read seed 0's saved plan
     # one env per action mapping (the policy's for the transfer rows, which run first), kept across seeds
