@@ -279,3 +279,34 @@ def _counted_search(
         state.best_plan or "",
         [h["top1"] for h in state.history],
     )
+
+
+def plot_sensitivity(sensitivity: Any, plans: dict[str, dict[str, float]], path: Path, *, title: str = "") -> None:
+    """The probes per group (val lost thinned alone to the floor and to the uniform sparsity, and per unit of cost
+    saved) above each method's sparsity per group: which groups a plan spares, and whether the probes say why."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(sensitivity.probes)
+    x = list(range(len(groups)))
+    fig, (top, mid, low) = plt.subplots(3, 1, figsize=(max(8, len(groups) * 0.32), 8), dpi=100, sharex=True)
+    width = 0.4
+    top.bar([i - width / 2 for i in x], [sensitivity.drop(g, "floor") for g in groups], width, label="floor")
+    top.bar([i + width / 2 for i in x], [sensitivity.drop(g, "uniform") for g in groups], width, label="uniform")
+    top.set_ylabel("val lost, alone")
+    top.legend(fontsize=7)
+    rates = [min(sensitivity.drop_per_cost(g), 1e3) for g in groups]
+    mid.bar(x, rates, color="tab:red")
+    mid.set_ylabel("lost per cost saved")
+    for i, (name, sparsity) in enumerate(plans.items()):
+        low.plot(x, [sparsity.get(g, 0.0) for g in groups], marker="o", markersize=3, color=f"C{i % 10}", label=name)
+    low.set_ylabel("sparsity")
+    low.set_ylim(-0.02, 1.0)
+    low.legend(fontsize=7, ncol=3)
+    low.set_xticks(x, groups, rotation=90, fontsize=7)
+    top.set_title(title or f"sensitivity probes (dense val {sensitivity.dense_top1:.3f}) and each method's plan")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -48,11 +48,14 @@ from pruning_core.finetune import finetune_recipe
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import DEFAULT_FINETUNE_STEPS
 from pruning_core.search import greedy_search, random_search, tpe_search
+from pruning_core.sensitivity import sensitivity_plan
 from scripts.remeasure_benchmark import load_passes
 
 SEARCHES = ("random-search", "tpe", "greedy-lut")
-ALL_METHODS = ("dqn", "ppo", *BASELINES, *SEARCHES)
-DETERMINISTIC = (*BASELINES, "greedy-lut", "transfer")
+PROBED = ("sensitivity",)
+"""Methods made from the sensitivity probes alone (2 plans per group): the plan they suggest."""
+ALL_METHODS = ("dqn", "ppo", *BASELINES, *PROBED, *SEARCHES)
+DETERMINISTIC = (*BASELINES, *PROBED, "greedy-lut", "transfer")
 """Methods whose plan does not depend on the seed: searched once per budget (the plan and its search cost saved under
 ``plans/``), then fine-tuned with every seed."""
 
@@ -126,6 +129,9 @@ def _plan_for(
         return baseline_plan(method, problem), 0, None
     if method in SEARCHES:
         return _search_plan(method, cfg, env, problem, seed, budget)
+    if method in PROBED:
+        probes = env.sensitivity or probed_sensitivity_of(env, cfg, budget)
+        return sensitivity_plan(problem, probes, criterion=env.criterion), probes.evaluations, None
     if method in ALGOS:
         run = cfg.out / "runs" / f"{method}_b{budget:g}_s{seed}"
         config = TrainRunConfig(
@@ -159,6 +165,23 @@ def _plan_for(
         plan, _ = plan_from_policy(policy, env)
         return plan, 1 + (env.sensitivity.evaluations if env.sensitivity is not None else 0), None
     raise PruneGymError(f"method must be one of {', '.join(ALL_METHODS)} or transfer; got {method!r}")
+
+
+def probed_sensitivity_of(env: LayerPruneEnv, cfg: BenchmarkConfig, budget: float) -> Any:
+    """The probes of the benchmark's model at ``budget`` (cached; see :func:`envs.factory.probed_sensitivity`)."""
+    from envs.factory import default_checkpoint, probed_sensitivity
+
+    checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else default_checkpoint(cfg.model, cfg.data)
+    return probed_sensitivity(
+        env.scorer,
+        env.budget_model,
+        model=cfg.model,
+        checkpoint=checkpoint,
+        device=cfg.device,
+        budget=budget,
+        max_sparsity=env.max_sparsity,
+        criterion=env.criterion,
+    )
 
 
 def _correction_path(cfg: BenchmarkConfig, budget: float) -> Path:
