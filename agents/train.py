@@ -476,10 +476,14 @@ def train_agent(
 
 
 def _score_before_episodes(run: Path, config: TrainRunConfig, env: VecEnv, state: SearchState) -> None:
-    """Count the probes the environment made, and with the ``scaled`` mapping at one budget score its prior plan
-    and keep it as the best so far: a search that starts from a plan returns no worse a plan."""
+    """Count the probes the environment made, record the latency table's correction (if any), and with the
+    ``scaled`` mapping at one budget score its prior plan and keep it as the best so far: a search that starts from a
+    plan returns no worse a plan."""
     probes = env.get_attr("sensitivity")[0]
     state.probe_evaluations = 0 if probes is None else probes.evaluations
+    correction = getattr(env.get_attr("budget_model")[0], "correction", None)
+    if correction is not None:  # the table was corrected by timings before the search: recorded with the run
+        _write_json(run / "latency_correction.json", correction())
     if config.action_mapping != "scaled" or config.budget_range is not None or config.dynamic_skip:
         return
     if config.reward not in ("residual", "accuracy", "lagrangian"):  # amc-flops: the prior's reward needs its MACs

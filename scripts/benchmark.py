@@ -142,7 +142,8 @@ def _plan_for(
             device=cfg.device,
             budget=budget,
             algo=method,
-            episodes=cfg.episodes,
+            # the probes and the prior plan count: the agent's evaluations in all are the search baselines'
+            episodes=max(1, cfg.episodes - _scored_before_episodes(cfg, env)),
             seed=seed,
             val_images=cfg.val_images,
             bn_batches=cfg.bn_batches,
@@ -165,6 +166,13 @@ def _plan_for(
         plan, _ = plan_from_policy(policy, env)
         return plan, 1 + (env.sensitivity.evaluations if env.sensitivity is not None else 0), None
     raise PruneGymError(f"method must be one of {', '.join(ALL_METHODS)} or transfer; got {method!r}")
+
+
+def _scored_before_episodes(cfg: BenchmarkConfig, env: LayerPruneEnv) -> int:
+    """Plans an agent's run scores before its first episode: the probes, and the prior plan of the ``scaled``
+    mapping (see ``agents.train``)."""
+    probes = env.sensitivity.evaluations if cfg.sensitivity and env.sensitivity is not None else 0
+    return probes + (1 if cfg.action_mapping == "scaled" else 0)
 
 
 def probed_sensitivity_of(env: LayerPruneEnv, cfg: BenchmarkConfig, budget: float) -> Any:

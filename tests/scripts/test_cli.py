@@ -557,3 +557,17 @@ def test_old_records_get_the_sparsity_of_the_plan_the_check_kept(digits):
     assert unchecked["sparsity"] == unchecked["sparsity_searched"] == {"a": 0.5}
     assert "sparsity_searched" not in wrong and new["sparsity_searched"] == {"a": 0.4}
     assert not restore_checked_sparsity([new], lambda method, budget: env)
+
+
+def test_benchmark_gives_the_probed_agent_the_search_baselines_evaluations(tmp_path):
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--device", "pixel-a76", "--budgets", "0.6", "--methods", "sensitivity", "tpe", "ppo"]
+    argv += ["--episodes", "14", "--finetune-epochs", "0", "--val-images", "100", "--bn-batches", "2"]
+    argv += ["--finetune-steps", "0", "--sensitivity", "--action-mapping", "scaled", "--agent-reward", "residual"]
+    assert main([*argv, "--out", str(out)]) == 0
+    records = {r["method"]: r for r in json.loads((out / "results.json").read_text())}
+    probes = records["sensitivity"]["evaluations"]
+    assert 0 < probes <= 1 + 2 * 4  # dense and two probes per group of small_cnn
+    assert records["tpe"]["evaluations"] == 14 and records["ppo"]["evaluations"] == 14
+    state = json.loads((out / "runs" / "ppo_b0.6_s0" / "search_state.json").read_text())
+    assert state["episodes"] == 14 - probes - 1 and state["probe_evaluations"] == probes + 1
