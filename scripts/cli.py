@@ -620,6 +620,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         finetune_epochs=args.finetune_epochs,
         centre_on_uniform=args.centre_on_uniform,
         action_std=args.action_std,
+        seed=args.seed,
         out=args.out,
     )
     return 0
@@ -956,6 +957,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=60)
     p.add_argument("--finetune-epochs", type=int, default=3)
     _add_agent_args(p)
+    p.add_argument("--seed", type=int, default=0, help="the agent's seed and every method's fine-tuning seed")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.set_defaults(handler=cmd_demo)
     return parser

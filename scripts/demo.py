@@ -79,9 +79,11 @@ def run_demo(
     finetune_epochs: int = 3,
     centre_on_uniform: bool = False,
     action_std: float | None = None,
+    seed: int = 0,
     out: str | os.PathLike[str] = "runs/demo",
 ) -> list[dict]:
-    """Run the demo and return one record per method (``centre_on_uniform`` and ``action_std``: the agent's)."""
+    """Run the demo and return one record per method (``centre_on_uniform`` and ``action_std``: the agent's;
+    ``seed``: the agent's and every method's fine-tuning)."""
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,6 +101,7 @@ def run_demo(
         budget=budget,
         algo="ppo",
         episodes=episodes,
+        seed=seed,
         centre_on_uniform=centre_on_uniform,
         action_std=action_std if action_std is not None or centre_on_uniform else DEMO_ACTION_STD,
         # the agent starts where the probes point (the baselines' budget handling: every plan lands on the budget)
@@ -106,9 +109,9 @@ def run_demo(
         action_mapping="clip" if centre_on_uniform else "scaled",
         reward="accuracy" if centre_on_uniform else "residual",
     )
-    run = out / f"ppo_{time.strftime('%Y%m%d-%H%M%S')}"
+    run = out / f"ppo_s{seed}_{time.strftime('%Y%m%d-%H%M%S')}"
     search = train_agent(config, run)
-    finetune = finetune_recipe(finetune_epochs)
+    finetune = finetune_recipe(finetune_epochs, seed=seed)
     results: list[MethodResult] = [
         finish_plan(
             "ppo",
