@@ -386,7 +386,7 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
                 plan = sensitivity_plan(problem, self.sensitivity, criterion=self.criterion)
             else:
                 sparsity = uniform_sparsity(problem)
-                kept = {g.name: kept_count(g.channels, sparsity, self.granule) for g in self.groups}
+                kept = self._filled({g.name: kept_count(g.channels, sparsity, self.granule) for g in self.groups})
                 plan = PruningPlan(
                     sparsity={g.name: 1 - kept[g.name] / g.channels for g in self.groups},
                     criterion=self.criterion,
@@ -510,7 +510,9 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         moved = 0.0
         if self.action_mapping == "scaled":  # the whole plan moved to the budget
             final, moved = retargeted_plan(self.budget_problem(), self.plan, self.target)
-            self._kept = {g.name: kept_count(g.channels, final.sparsity[g.name], self.granule) for g in self.groups}
+            self._kept = self._filled(
+                {g.name: kept_count(g.channels, final.sparsity[g.name], self.granule) for g in self.groups}
+            )
             self._sparsity = {g.name: 1.0 - self._kept[g.name] / g.channels for g in self.groups}
         plan = self.plan
         score = self.scorer.score(plan)
@@ -541,6 +543,25 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
             pruned = self.engine.apply(plan)
             info["latency_ms_measured"] = self.measured.predict(pruned.model, self.graph.input_shape)
         return info
+
+    def _filled(self, kept: dict[str, int]) -> dict[str, int]:
+        """``kept`` with groups given their next wider width while the plan stays within the target, the cheapest
+        step first: rounded widths leave a moved plan up to a step of a wide group under its target, budget it may
+        spend."""
+        kept = dict(kept)
+        while True:
+            now = self._cost(kept)
+            steps = []
+            for g in self.groups:
+                wider = [w for w in self._widths_allowed[g.name] if w > kept[g.name]]
+                if wider:
+                    cost = self._cost({**kept, g.name: wider[0]})
+                    if cost <= self.target * (1 + 1e-9):
+                        steps.append((cost - now, g.index, g.name, wider[0]))
+            if not steps:
+                return kept
+            _, _, name, width = min(steps)
+            kept[name] = width
 
     def _expected_cost(self, exec_rate: dict[str, float]) -> float:
         """Cost of the decided widths with each gated block's layers weighted by its execution rate."""

@@ -187,7 +187,7 @@ def test_scaled_episodes_land_on_the_budget_and_start_from_the_prior(budget, sen
     for _ in range(5):
         actions = [rng.uniform(-1, 1, 1).astype(np.float32) for _ in env.groups]
         _, info = _run_episode(env, actions)
-        assert info["budget_met"] and info["cost"] > 0.95 * env.target  # within a granule step of the budget
+        assert info["budget_met"] and info["cost"] > 0.99 * env.target  # within 1% of the budget
         asked = [env.decode_action(a)[0] for a in actions]
         assert any(abs(s - env.prior_plan.sparsity[g.name]) > 0.01 for s, g in zip(asked, env.groups, strict=True))
 
