@@ -114,6 +114,8 @@ class TrainRunConfig:
     (a path: the correction saved there is shared; see ``make_env``)."""
     episodes_per_update: int = 4
     """PPO: episodes per rollout (per update of the policy)."""
+    learning_rate: float | None = None
+    """PPO's learning rate (None: 3e-4)."""
     levels: int = DEFAULT_LEVELS
     """Sparsity levels of a discrete agent's action (DQN), from 0 to ``max_sparsity``; centred on uniform, 3 levels are
     keep, uniform and thinnest."""
@@ -359,8 +361,11 @@ def _new_model(config: TrainRunConfig, env: VecEnv, steps_per_episode: int, run:
             # the largest divisor of the rollout not above 64 (SB3 warns of a truncated last mini-batch otherwise)
             batch_size=max(d for d in range(1, 65) if (n_steps * config.n_envs) % d == 0),
             n_epochs=10,
-            learning_rate=3e-4,
+            learning_rate=3e-4 if config.learning_rate is None else config.learning_rate,
             gamma=1.0,
+            # The reward comes at the episode's end and the critic explains little of it (explained variance about 0
+            # on resnet56): Monte Carlo advantages (R - V(s)) rather than bootstrapping on that critic.
+            gae_lambda=1.0,
             ent_coef=0.01,
         )
     return spec.cls("MlpPolicy", env, **kwargs)

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--action-std", type=float, default=None)
     parser.add_argument("--episodes-per-update", type=int, default=4)
     parser.add_argument("--centre-on-uniform", action="store_true")
+    parser.add_argument("--learning-rate", type=float, default=None, help="PPO's learning rate (default 3e-4)")
     parser.add_argument("--transfer-from", type=Path, default=None, help="a policy's run folder (method transfer)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         action_std=args.action_std,
         episodes_per_update=args.episodes_per_update,
         centre_on_uniform=args.centre_on_uniform,
+        learning_rate=args.learning_rate,
     )
     cfg = YardstickConfig(
         model=args.model,
