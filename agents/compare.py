@@ -150,7 +150,34 @@ def compare_searches(cfg: YardstickConfig, out: str | Path, *, progress: bool = 
                     row = _counted_search(cfg, env, method, n, seed, out, logged)
                     save(row)
     plot_curves(rows, out / "learning_curves.png")
+    atomic_write_bytes(out / "yardstick.md", lambda tmp: tmp.write_text(yardstick_table(rows)))
     return rows
+
+
+def yardstick_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: per method, budget and evaluation count, the best val score over seeds (mean, and each seed's),
+    the evaluations spent, the search time, and for searches that score one plan per evaluation the mean score of
+    their first and last fifth."""
+    groups: dict[tuple[float, str, int | None], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["budget"], r["method"], r["evaluations_allowed"]), []).append(r)
+    lines = [
+        "| budget | method | evaluations allowed | seeds | best val (mean) | per seed | evaluations | search s | "
+        "first fifth | last fifth |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (budget, method, allowed), rs in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][2] or 0, kv[0][1])):
+        rs = sorted(rs, key=lambda r: r["seed"])
+        vals = [r["val_top1"] for r in rs]
+        curves = [fifths(r["curve"]) for r in rs if r.get("curve")]
+        first = f"{sum(c[0] for c in curves) / len(curves):.4f}" if curves else ""
+        last = f"{sum(c[1] for c in curves) / len(curves):.4f}" if curves else ""
+        lines.append(
+            f"| {budget:g} | {method} | {allowed if allowed is not None else '-'} | {len(rs)} | "
+            f"{sum(vals) / len(vals):.4f} | {', '.join(f'{v:.4f}' for v in vals)} | "
+            f"{max(r['evaluations'] for r in rs)} | {sum(r['seconds'] for r in rs) / len(rs):.0f} | {first} | {last} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def fifths(curve: list[float]) -> tuple[float, float]:

@@ -31,6 +31,8 @@ def test_searches_meet_one_yardstick_at_equal_evaluations_and_resume(tmp_path, c
     # it starts from the sensitivity plan and keeps it unless an episode scores higher
     assert by["ppo"]["val_top1"] >= by["sensitivity"]["val_top1"]
     assert (tmp_path / "y" / "learning_curves.png").is_file()
+    table = (tmp_path / "y" / "yardstick.md").read_text().splitlines()
+    assert len(table) == 2 + 3 and any(line.startswith("| 0.5 | ppo | 16 | 1 |") for line in table)
     assert "first fifth" in capsys.readouterr().out
     again = compare_searches(cfg, tmp_path / "y", progress=False)  # every row saved: nothing runs again
     assert again == rows and json.loads((tmp_path / "y" / "yardstick.json").read_text()) == rows
