@@ -47,6 +47,9 @@ class YardstickConfig:
     """The agents' settings (algo, episodes, seed and the target are set per run)."""
     transfer_from: str | None = None
     """A trained policy's run folder, applied with no search beyond what its settings ask (``transfer``)."""
+    calibrate_latency: bool = False
+    """Correct the lookup table by timing a few plans beside the dense model first (measured devices; saved as
+    ``correction.json`` in the output folder and shared by every method)."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.methods) - set(SEARCH_METHODS))
@@ -87,6 +90,9 @@ def compare_searches(cfg: YardstickConfig, out: str | Path, *, progress: bool = 
     path = out / "yardstick.json"
     rows: list[dict[str, Any]] = json.loads(path.read_text()) if path.exists() else []
     done = {_key(r) for r in rows}
+    correction: str | bool = str(out / "correction.json") if cfg.calibrate_latency else False
+    if cfg.calibrate_latency:
+        cfg = replace(cfg, agent=replace(cfg.agent, calibrate_latency=correction))
     env = make_env(
         model=cfg.model,
         checkpoint=cfg.checkpoint,
@@ -98,6 +104,7 @@ def compare_searches(cfg: YardstickConfig, out: str | Path, *, progress: bool = 
         bn_batches=cfg.bn_batches,
         finetune_steps=0,
         sensitivity=True,
+        calibrate_latency=correction,
         progress=progress,
     )
     probes = env.sensitivity
@@ -246,6 +253,7 @@ def _transferred(cfg: YardstickConfig, probed: Any) -> YardstickRow:
         bn_batches=cfg.bn_batches,
         finetune_steps=0,
         dataset=probed.scorer.dataset,
+        calibrate_latency=cfg.agent.calibrate_latency,
         **policy.action_settings(),
     )
     plan, info = plan_from_policy(policy, env)

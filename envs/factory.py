@@ -120,7 +120,12 @@ def probed_sensitivity(
         "model": model,
         "checkpoint_sha256": sha256(checkpoint),
         "device": device,
-        "cost_model": {"type": type(cost).__name__, "built": meta.get("built"), "granule": cost.granule},
+        "cost_model": {
+            "type": type(cost).__name__,
+            "built": meta.get("built"),
+            "granule": cost.granule,
+            **({"correction": meta["correction"]["points"]} if "correction" in meta else {}),
+        },
         "budget": budget,
         "max_sparsity": max_sparsity,
         "criterion": criterion,

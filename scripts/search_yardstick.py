@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--episodes-per-update", type=int, default=4)
     parser.add_argument("--centre-on-uniform", action="store_true")
     parser.add_argument("--learning-rate", type=float, default=None, help="PPO's learning rate (default 3e-4)")
+    parser.add_argument(
+        "--calibrate-latency", action="store_true", help="correct the lookup table by timings first (measured devices)"
+    )
     parser.add_argument("--transfer-from", type=Path, default=None, help="a policy's run folder (method transfer)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -59,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         val_images=args.val_images,
         agent=agent,
         transfer_from=str(args.transfer_from) if args.transfer_from else None,
+        calibrate_latency=args.calibrate_latency,
     )
     compare_searches(cfg, args.out)
 
