@@ -90,23 +90,9 @@ def compare_searches(cfg: YardstickConfig, out: str | Path, *, progress: bool = 
     path = out / "yardstick.json"
     rows: list[dict[str, Any]] = json.loads(path.read_text()) if path.exists() else []
     done = {_key(r) for r in rows}
-    correction: str | bool = str(out / "correction.json") if cfg.calibrate_latency else False
-    if cfg.calibrate_latency:
-        cfg = replace(cfg, agent=replace(cfg.agent, calibrate_latency=correction))
-    env = make_env(
-        model=cfg.model,
-        checkpoint=cfg.checkpoint,
-        data=cfg.data,
-        data_root=cfg.data_root,
-        device=cfg.device,
-        budget=cfg.budget,
-        val_images=cfg.val_images,
-        bn_batches=cfg.bn_batches,
-        finetune_steps=0,
-        sensitivity=True,
-        calibrate_latency=correction,
-        progress=progress,
-    )
+    if cfg.calibrate_latency:  # one correction, saved with the results, for every method
+        cfg = replace(cfg, agent=replace(cfg.agent, calibrate_latency=str(out / "correction.json")))
+    env = _env(cfg, sensitivity=True, progress=progress)
     probes = env.sensitivity
     assert probes is not None
     problem = env.budget_problem()
@@ -233,16 +219,9 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def _transferred(cfg: YardstickConfig, probed: Any) -> YardstickRow:
-    """The policy applied deterministically: its plan's score, and the evaluations the new model cost (probes where
-    the policy observes them, the plan itself)."""
-    from agents.apply import plan_from_policy
-    from agents.policy_io import load_policy
-
-    assert cfg.transfer_from is not None
-    policy = load_policy(cfg.transfer_from)
-    start = time.perf_counter()
-    env = make_env(
+def _env(cfg: YardstickConfig, **settings: Any) -> Any:
+    """The comparison's environment: its target, scored by BN recalibration alone, its latency correction."""
+    return make_env(
         model=cfg.model,
         checkpoint=cfg.checkpoint,
         data=cfg.data,
@@ -252,10 +231,21 @@ def _transferred(cfg: YardstickConfig, probed: Any) -> YardstickRow:
         val_images=cfg.val_images,
         bn_batches=cfg.bn_batches,
         finetune_steps=0,
-        dataset=probed.scorer.dataset,
         calibrate_latency=cfg.agent.calibrate_latency,
-        **policy.action_settings(),
+        **settings,
     )
+
+
+def _transferred(cfg: YardstickConfig, probed: Any) -> YardstickRow:
+    """The policy applied deterministically: its plan's score, and the evaluations the new model cost (probes where
+    the policy observes them, the plan itself)."""
+    from agents.apply import plan_from_policy
+    from agents.policy_io import load_policy
+
+    assert cfg.transfer_from is not None
+    policy = load_policy(cfg.transfer_from)
+    start = time.perf_counter()
+    env = _env(cfg, dataset=probed.scorer.dataset, **policy.action_settings())
     plan, info = plan_from_policy(policy, env)
     probes = env.sensitivity.evaluations if env.sensitivity is not None else 0
     seconds = time.perf_counter() - start

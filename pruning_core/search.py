@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pruning_core.baselines import BudgetProblem, bisect_smallest, plan_from_kept
 from pruning_core.engine import allowed_widths, kept_count, widest_within
@@ -70,25 +71,46 @@ def random_search(
 ) -> SearchResult:
     """Best of ``evaluations`` random plans that meet the budget."""
     rng = random.Random(seed)
+    return _best_of(
+        problem, scorer, lambda: random_candidate(problem, rng), evaluations, criterion, on_step, name="random search"
+    )
+
+
+def _best_of(
+    problem: BudgetProblem,
+    scorer: PlanScorer,
+    propose: Callable[[], dict[str, int]],
+    evaluations: int,
+    criterion: str,
+    on_step: Callable[[int, float], None] | None,
+    *,
+    tell: Callable[[float | None], None] | None = None,
+    name: str,
+) -> SearchResult:
+    """Score ``evaluations`` proposed plans that meet the budget and keep the best. ``tell`` hears each proposal's
+    score, None for one that misses the budget (not scored); at most 20 proposals per evaluation are asked for."""
     best: SearchResult | None = None
-    history = []
-    done = attempts = 0
-    while done < evaluations and attempts < evaluations * 20:
+    history: list[float] = []
+    attempts = 0
+    while len(history) < evaluations and attempts < evaluations * 20:
         attempts += 1
-        kept = random_candidate(problem, rng)
+        kept = propose()
         if not problem.meets(kept):
+            if tell is not None:
+                tell(None)
             continue
         plan = plan_from_kept(problem, kept, criterion)
         top1 = scorer.score(plan).top1
-        done += 1
+        if tell is not None:
+            tell(top1)
         history.append(top1)
         if best is None or top1 > best.val_top1:
-            best = SearchResult(plan, top1, done)
+            best = SearchResult(plan, top1, len(history))
         if on_step is not None:
-            on_step(done, best.val_top1)
+            on_step(len(history), best.val_top1)
     if best is None:
-        raise RuntimeError("random search found no plan within the budget")
-    return SearchResult(best.plan, best.val_top1, done, history)
+        raise RuntimeError(f"{name} found no plan within the budget")
+    return SearchResult(best.plan, best.val_top1, len(history), history)
 
 
 def greedy_search(
@@ -162,24 +184,14 @@ def tpe_search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     groups = problem.engine.groups
-    best: SearchResult | None = None
-    history: list[float] = []
-    attempts = 0
-    while len(history) < evaluations and attempts < evaluations * 20:
-        attempts += 1
+    asked: list[Any] = []
+
+    def propose() -> dict[str, int]:
         trial = study.ask()
-        kept = scaled_candidate(problem, {g.name: trial.suggest_float(g.name, 0.0, 1.0) for g in groups})
-        if not problem.meets(kept):
-            study.tell(trial, 0.0)
-            continue
-        plan = plan_from_kept(problem, kept, criterion)
-        top1 = scorer.score(plan).top1
-        study.tell(trial, top1)
-        history.append(top1)
-        if best is None or top1 > best.val_top1:
-            best = SearchResult(plan, top1, len(history))
-        if on_step is not None:
-            on_step(len(history), best.val_top1)
-    if best is None:
-        raise RuntimeError("tpe search found no plan within the budget")
-    return SearchResult(best.plan, best.val_top1, len(history), history)
+        asked.append(trial)
+        return scaled_candidate(problem, {g.name: trial.suggest_float(g.name, 0.0, 1.0) for g in groups})
+
+    def tell(top1: float | None) -> None:
+        study.tell(asked.pop(), 0.0 if top1 is None else top1)
+
+    return _best_of(problem, scorer, propose, evaluations, criterion, on_step, tell=tell, name="tpe search")
