@@ -363,9 +363,6 @@ def _new_model(config: TrainRunConfig, env: VecEnv, steps_per_episode: int, run:
             n_epochs=10,
             learning_rate=3e-4 if config.learning_rate is None else config.learning_rate,
             gamma=1.0,
-            # The reward comes at the episode's end and the critic explains little of it (explained variance about 0
-            # on resnet56): Monte Carlo advantages (R - V(s)) rather than bootstrapping on that critic.
-            gae_lambda=1.0,
             ent_coef=0.01,
         )
     return spec.cls("MlpPolicy", env, **kwargs)
