@@ -142,6 +142,14 @@ def compare_searches(cfg: YardstickConfig, out: str | Path, *, progress: bool = 
                         continue
                     row = _counted_search(cfg, env, method, n, seed, out, logged)
                     save(row)
+    write_tables(out)
+    return rows
+
+
+def write_tables(out: str | Path) -> list[dict[str, Any]]:
+    """``yardstick.md`` and ``learning_curves.png`` from ``out/yardstick.json`` (rows of one or several runs)."""
+    out = Path(out)
+    rows: list[dict[str, Any]] = json.loads((out / "yardstick.json").read_text())
     plot_curves(rows, out / "learning_curves.png")
     atomic_write_bytes(out / "yardstick.md", lambda tmp: tmp.write_text(yardstick_table(rows)))
     return rows

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from agents.compare import SEARCH_METHODS, YardstickConfig, compare_searches
+from agents.compare import SEARCH_METHODS, YardstickConfig, compare_searches, write_tables
 from agents.train import TrainRunConfig
 from scripts.cli import add_target_args
 
@@ -38,7 +38,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--transfer-from", type=Path, default=None, help="a policy's run folder (method transfer)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--tables-only", action="store_true", help="run nothing: write yardstick.md and the plot from yardstick.json"
+    )
     args = parser.parse_args(argv)
+    if args.tables_only:
+        write_tables(args.out)
+        print((args.out / "yardstick.md").read_text())
+        return
     torch.set_num_threads(args.threads or 1)
     agent = TrainRunConfig(
         reward=args.reward,

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from agents.compare import YardstickConfig, compare_searches
+from agents.compare import YardstickConfig, compare_searches, write_tables
 from agents.train import TrainRunConfig, train_agent
 from pruning_core.errors import PruneGymError
 
@@ -34,6 +34,8 @@ def test_searches_meet_one_yardstick_at_equal_evaluations_and_resume(tmp_path, c
     table = (tmp_path / "y" / "yardstick.md").read_text().splitlines()
     assert len(table) == 2 + 3 and any(line.startswith("| 0.5 | ppo | 16 | 1 |") for line in table)
     assert "first fifth" in capsys.readouterr().out
+    (tmp_path / "y" / "yardstick.md").unlink()
+    assert write_tables(tmp_path / "y") == rows and (tmp_path / "y" / "yardstick.md").is_file()
     again = compare_searches(cfg, tmp_path / "y", progress=False)  # every row saved: nothing runs again
     assert again == rows and json.loads((tmp_path / "y" / "yardstick.json").read_text()) == rows
 
