@@ -18,6 +18,7 @@ from hardware_models.measure import MEASURED_DEVICES
 from pruning_core.data import ImageDataset
 from pruning_core.models import default_input_shape
 from pruning_core.scoring import DEFAULT_FINETUNE_STEPS
+from scripts.record_table import print_records
 
 if TYPE_CHECKING:
     from envs.layer_prune import LayerPruneEnv
@@ -200,7 +201,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _dynamic_record(model: torch.nn.Module, dataset: ImageDataset, args: argparse.Namespace) -> dict[str, object]:
     """For a model with skip gates: batch-1 latency with real skipping, expected latency and execution rates."""
-    from pruning_core.dynamic import gated_blocks, profile_dynamic
+    from hardware_models.dynamic import profile_dynamic
+    from pruning_core.dynamic import gated_blocks
 
     if not any(True for _ in gated_blocks(model)):
         return {}
@@ -515,31 +517,6 @@ def _finetune_config(args: argparse.Namespace):
     return finetune_recipe(args.finetune_epochs, lr=args.lr, seed=args.seed)
 
 
-def _print_records(records: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(
-        title="pruned models (cost: the budget model's prediction; measured: side by side with the dense model)"
-    )
-    for column in ("method", "cost / dense", "measured / dense", "MACs", "val (BN)", "test (BN)", "test (FT)"):
-        table.add_column(column)
-    for r in records:
-        table.add_row(
-            r["method"],
-            f"{r['cost_predicted'] / r['dense_cost_predicted']:.3f}",
-            f"{r['latency_ratio_measured']:.3f} ({r['latency_ms_measured']:.2f} ms)"
-            + ("" if r.get("budget_met_measured", True) else ", over budget")
-            if "latency_ratio_measured" in r
-            else "-",
-            f"{r['macs'] / 1e6:.2f}M",
-            f"{r['val_bn']:.4f}",
-            f"{r['test_bn']:.4f}",
-            f"{r['test_finetuned']:.4f}" if "test_finetuned" in r else "-",
-        )
-    Console().print(table)
-
-
 def env_from_args(args: argparse.Namespace, **overrides: object) -> LayerPruneEnv:
     """The environment named by the target arguments (see :func:`add_target_args`)."""
     from envs.factory import make_env
@@ -577,7 +554,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         base_model=args.model,
         evaluations=probes + 1,
     )
-    _print_records([result.record])
+    print_records([result.record])
     print(f"the new model cost {probes + 1} evaluations ({probes} sensitivity probes, 1 the policy's plan)")
     print(f"saved {args.out} (report.json, plan.json, weights.pt)")
     return 0
@@ -602,7 +579,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         base_model=args.model,
         search_seconds=seconds,
     )
-    _print_records([result.record])
+    print_records([result.record])
     return 0
 
 

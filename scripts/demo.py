@@ -21,6 +21,7 @@ from pruning_core.data import atomic_write_bytes, load_dataset
 from pruning_core.finetune import finetune_recipe
 from pruning_core.models import build_model
 from pruning_core.training import TrainConfig, pretrain
+from scripts.record_table import print_records
 
 
 def ensure_checkpoint(model: str, data: str, data_root: str | None, checkpoint: str | os.PathLike[str] | None) -> Path:
@@ -146,9 +147,7 @@ def run_demo(
 
     dense_top1 = evaluate(env.engine.model, dataset, "test").top1
     plot(records, out / "accuracy_vs_latency.png", f"{model} on {data}, budget {budget:g} of host latency", dense_top1)
-    from scripts.cli import _print_records
-
-    _print_records(records)
+    print_records(records)
     print(
         f"demo done in {time.perf_counter() - start:.0f}s: {out / 'results.json'}, "
         f"{out / 'accuracy_vs_latency.png'}, TensorBoard logs in {run / 'tb'}"

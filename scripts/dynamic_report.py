@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from hardware_models.dynamic import measure_parts
 from hardware_models.measure import torch_threads
 from pruning_core.checkpoint import load_torch, save_torch
 from pruning_core.data import atomic_write_bytes
@@ -42,7 +43,6 @@ from pruning_core.dynamic import (
     DynamicParts,
     add_gates,
     gated_blocks,
-    measure_parts,
     profile_from_rows,
     search_thresholds,
     set_thresholds,

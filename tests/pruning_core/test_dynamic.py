@@ -108,21 +108,6 @@ def test_threshold_zero_does_not_ask_the_gate():
     assert gated.execution_rate() == 1.0
 
 
-def test_profile_counts_blocks_used_and_restores_thresholds(digits):
-    from pruning_core.dynamic import profile_dynamic
-
-    gated = add_gates(load_checkpoint("checkpoints/small_cnn_digits.pt").build()).eval()
-    blocks = dict(gated_blocks(gated))
-    with torch.no_grad():
-        blocks["block1"].gate.fc.bias.fill_(-5.0)  # never reaches 0.5: always skipped
-    set_thresholds(gated, {"block1": 0.5, "block2": 0.0})
-    profile = profile_dynamic(gated, digits, "test", limit=20, repeats=3)
-    assert profile.exec_rate == {"block1": 0.0, "block2": 1.0}
-    assert profile.by_blocks_used.keys() == {1} and profile.by_blocks_used[1]["images"] == 20
-    assert {name: b.threshold for name, b in blocks.items()} == {"block1": 0.5, "block2": 0.0}
-    assert profile.latency_ms_measured > 0 and profile.latency_ms_expected > 0
-
-
 def test_gate_training_keeps_accuracy_and_learns_rates(digits):
     gated = add_gates(load_checkpoint("checkpoints/small_cnn_digits.pt").build())
     report = train_gates(gated, digits, epochs=2, batch_size=64, progress=False)
@@ -235,18 +220,6 @@ def test_gated_pruned_model_round_trips(tmp_path):
     assert max_abs_difference(gated, loaded.model, torch.randn(6, 3, 32, 32)) < 1e-6
 
 
-def test_profile_dynamic_measures_real_skipping(digits):
-    from pruning_core.dynamic import profile_dynamic
-
-    gated = add_gates(load_checkpoint("checkpoints/small_cnn_digits.pt").build())
-    set_thresholds(gated, {"block1": 0.0, "block2": 1.0})  # block2 never runs
-    profile = profile_dynamic(gated, digits, limit=40, repeats=5)
-    assert profile.exec_rate == {"block1": 1.0, "block2": 0.0}
-    assert set(profile.by_blocks_used) == {1} and profile.by_blocks_used[1]["images"] == 40
-    assert profile.latency_ms_measured > 0 and profile.latency_ms_expected > 0
-    assert dict(gated_blocks(gated))["block2"].threshold == 1.0  # thresholds restored after timing the parts
-
-
 def test_models_take_turns_on_the_same_images_and_warm_up_calls_are_not_counted(digits):
     from pruning_core.dynamic import time_models_per_image
 
@@ -260,23 +233,6 @@ def test_models_take_turns_on_the_same_images_and_warm_up_calls_are_not_counted(
     assert [b.seen for _, b in gated_blocks(gated)] == [12, 12]  # the untimed call of each turn left no trace
     with pytest.raises(PlanError, match="expected one or more distinct models and chunk >= 1; got 2 entries naming 1"):
         time_models_per_image({"a": base, "b": base}, digits)
-
-
-def test_parts_time_each_block_alone_and_restore_thresholds(digits):
-    from pruning_core.dynamic import measure_parts
-
-    gated = add_gates(load_checkpoint("checkpoints/small_cnn_digits.pt").build()).eval()
-    set_thresholds(gated, {"block1": 0.5, "block2": 0.0})  # block2 never skips: part of the static part
-    probe = next(iter(digits.batches("test", 1)))[0]
-    parts = measure_parts(gated, probe, repeats=5, reference=load_checkpoint("checkpoints/small_cnn_digits.pt").build())
-    # small_cnn's block1 costs about as much as the timing noise (it measured 0.0 once, all_ms under static_ms): its
-    # share is never negative, and the parts add up to the whole
-    assert parts.static_ms > 0 and set(parts.block_ms) == {"block1"} and parts.block_ms["block1"] >= 0
-    assert parts.reference_ms is not None and parts.reference_ms > 0
-    assert parts.static_ms + parts.block_ms["block1"] == pytest.approx(max(parts.all_ms, parts.static_ms))
-    blocks = dict(gated_blocks(gated))
-    assert {name: b.threshold for name, b in blocks.items()} == {"block1": 0.5, "block2": 0.0}
-    assert not blocks["block1"]._forward_pre_hooks  # the hooks that caught each block's input are gone
 
 
 def test_interrupted_gate_training_resumes_where_it_stopped(digits, tmp_path):
