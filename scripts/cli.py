@@ -606,6 +606,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from scripts.benchmark import ALL_METHODS, BenchmarkConfig, rewrite_tables, run_benchmark
 
+    if args.budget is not None:
+        raise PruneGymError(f"expected --budgets (one or more); got {' '.join(['--budget', *args.budget])}")
+    if args.budget_metric is not None:
+        raise PruneGymError(
+            f"budgets are fractions of the dense model's latency on --device; got --budget-metric {args.budget_metric}"
+        )
     if args.tables_only:
         rewrite_tables(args.out)
         print((args.out / "results.md").read_text())
@@ -663,14 +669,23 @@ def _iso_time(text: str) -> str:
         raise PruneGymError(f"expected a time like 2026-12-04T11:00; got {text!r}") from None
 
 
-def add_target_args(parser: argparse.ArgumentParser, *, model_default: str | None = "small_cnn") -> None:
-    """Model, checkpoint, data, threads, device and budget arguments (shared by commands and scripts)."""
+def add_target_args(
+    parser: argparse.ArgumentParser, *, model_default: str | None = "small_cnn", budget: bool = True
+) -> None:
+    """Model, checkpoint, data, threads, device and budget arguments (shared by commands and scripts).
+
+    Args:
+        parser: The parser to add them to.
+        model_default: ``--model``'s default; None makes it required.
+        budget: Add ``--budget`` and ``--budget-metric`` (False for a command that takes budgets its own way).
+    """
     parser.add_argument("--model", default=model_default, required=model_default is None)
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: checkpoints/<model>_<data>.pt")
     _add_data_args(parser)
     parser.add_argument("--device", default="host-cpu", help="target device (see `prunegym devices`)")
-    parser.add_argument("--budget", type=float, default=0.5, help="fraction of the dense model's cost")
-    parser.add_argument("--budget-metric", default="latency", choices=["latency", "macs", "params"])
+    if budget:
+        parser.add_argument("--budget", type=float, default=0.5, help="fraction of the dense model's cost")
+        parser.add_argument("--budget-metric", default="latency", choices=["latency", "macs", "params"])
 
 
 def _add_search_args(parser: argparse.ArgumentParser) -> None:
@@ -899,8 +914,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
 
     p = sub.add_parser("benchmark", help="agents and baselines at several budgets and seeds; tables and plots")
-    add_target_args(p)
+    add_target_args(p, budget=False)
     p.add_argument("--budgets", type=float, nargs="+", default=[0.7, 0.5])
+    # Refused by name in cmd_benchmark: left out, argparse would read --budget as an abbreviation of --budgets.
+    p.add_argument("--budget", nargs="*", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--budget-metric", default=None, help=argparse.SUPPRESS)
     p.add_argument("--methods", nargs="+", default=["all"], help="'all' or names (dqn ppo uniform-l1 ...)")
     p.add_argument("--episodes", type=int, default=100, help="episodes of each agent = evaluations of random search")
     p.add_argument("--finetune-epochs", type=int, default=2)

@@ -75,6 +75,24 @@ def test_bad_input_is_one_line_and_nonzero(argv, message, capsys, tmp_path, monk
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--budget", "0.6"], "expected --budgets (one or more); got --budget 0.6"),
+        (["--budget", "0.7", "0.5"], "expected --budgets (one or more); got --budget 0.7 0.5"),
+        (
+            ["--budget-metric", "macs"],
+            "budgets are fractions of the dense model's latency on --device; got --budget-metric macs",
+        ),
+    ],
+)
+def test_benchmark_refuses_the_single_budget_flags_it_would_ignore(flags, message, capsys, tmp_path):
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--methods", "uniform-l1", "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"prunegym benchmark: error: {message}" and not out.exists()
+
+
 def test_lut_validate_scores_other_builds_on_the_same_measurements(tmp_path, capsys):
     tables = []
     for name, batch, shape in (("a", "1", "1,8,8"), ("b", "1", "1,8,8"), ("c", "2", "1,8,8"), ("d", "1", "1,12,12")):
