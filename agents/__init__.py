@@ -1,1 +1,58 @@
-"""stable-baselines3 agents trained per target device, and policy application."""
+"""stable-baselines3 agents trained per target device, and policy application.
+
+The public API is below, in ``__all__``. Each name is imported from its module on first use (PEP 562), so
+``import agents`` does not import stable-baselines3 and torch (about 2 s) until something needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agents.apply import MethodResult, finish_plan, meet_measured_budget, plan_from_policy
+    from agents.compare import SEARCH_METHODS, YardstickConfig, YardstickRow, compare_searches
+    from agents.policy_io import SavedPolicy, load_policy, save_policy
+    from agents.train import ALGOS, RunResult, SearchCallback, TrainRunConfig, best_plan, train_agent
+
+_LAZY: dict[str, tuple[str, ...]] = {
+    "apply": ("MethodResult", "finish_plan", "meet_measured_budget", "plan_from_policy"),
+    "compare": ("SEARCH_METHODS", "YardstickConfig", "YardstickRow", "compare_searches"),
+    "policy_io": ("SavedPolicy", "load_policy", "save_policy"),
+    "train": ("ALGOS", "RunResult", "SearchCallback", "TrainRunConfig", "best_plan", "train_agent"),
+}
+"""The module of this package behind each public name; imported on first use."""
+_MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
+
+__all__ = [
+    "ALGOS",
+    "SEARCH_METHODS",
+    "MethodResult",
+    "RunResult",
+    "SavedPolicy",
+    "SearchCallback",
+    "TrainRunConfig",
+    "YardstickConfig",
+    "YardstickRow",
+    "best_plan",
+    "compare_searches",
+    "finish_plan",
+    "load_policy",
+    "meet_measured_budget",
+    "plan_from_policy",
+    "save_policy",
+    "train_agent",
+]
+
+
+def __getattr__(name: str) -> object:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # the next lookup finds it without this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import gymnasium
 
-from envs.layer_prune import OBS_FEATURES, REWARDS, LayerPruneEnv
+from envs.factory import BUDGET_METRICS, make_env
+from envs.layer_prune import ACTION_MAPPINGS, DEFAULT_LEVELS, OBS_FEATURES, REWARDS, LayerPruneEnv
 
 ENV_ID = "PruneGym/LayerPrune-v0"
 
 if ENV_ID not in gymnasium.registry:
     gymnasium.register(id=ENV_ID, entry_point="envs.factory:make_env")
 
-__all__ = ["ENV_ID", "OBS_FEATURES", "REWARDS", "LayerPruneEnv"]
+__all__ = [
+    "ACTION_MAPPINGS",
+    "BUDGET_METRICS",
+    "DEFAULT_LEVELS",
+    "ENV_ID",
+    "OBS_FEATURES",
+    "REWARDS",
+    "LayerPruneEnv",
+    "make_env",
+]
