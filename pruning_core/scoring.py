@@ -90,6 +90,8 @@ class Score:
     params: int
     seconds: float
     cached: bool
+    """Scored before by this scorer, or remembered (a sensitivity probe), and not paid for again. A score read back
+    from the log of an interrupted run of the same search is not cached: it is one of that search's evaluations."""
     exec_rate: dict[str, float] = field(default_factory=dict)
     """Dynamic skipping: fraction of the scored images that executed each gated block."""
     timings: dict[str, float] = field(default_factory=dict)
@@ -174,14 +176,16 @@ class PlanScorer:
         """Val top-1 of ``plan`` after the recipe (cached for identical plans)."""
         key = plan.to_json()
         log = self._log
-        if log is not None and key in log.saved:  # scored by an earlier run of this search
+        if log is not None and key in log.saved:  # scored by an earlier run of this search, which paid for it
             row = log.saved.pop(key)
             log.carried_seconds += row["seconds"]
             log.carried_cpu_seconds += row["cpu_seconds"]
             log.logged.add(key)
-            self._cache[key] = Score(
+            carried = Score(
                 row["top1"], row["macs"], row["params"], row["seconds"], cached=False, exec_rate=row["exec_rate"]
             )
+            self._cache[key] = carried
+            return replace(carried, seconds=0.0)  # its seconds are in the log's carried_seconds
         if key in self._cache:
             hit = self._cache[key]
             if log is not None and key not in log.logged:  # scored before the log began: logged at no cost

@@ -94,6 +94,22 @@ def test_an_interrupted_search_scores_again_only_what_it_had_not(problem_env, tm
     assert [(r["plan"], r["seconds"]) for r in rows()] == [(result.plan.to_json(), 0.0)]
 
 
+def test_a_greedy_search_read_back_from_its_log_counts_the_evaluations_it_paid_for_then(problem_env, tmp_path):
+    from pruning_core.scoring import PlanScorer
+
+    env, problem = problem_env
+    log, inputs = tmp_path / "greedy.jsonl", {"model": "small_cnn"}
+    first = PlanScorer(env.engine, env.scorer.dataset, env.scorer.config)
+    with first.logging_to(log, inputs):
+        whole = greedy_search(problem, first, steps=3)
+    again = PlanScorer(env.engine, env.scorer.dataset, env.scorer.config)
+    with again.logging_to(log, inputs):
+        replayed = greedy_search(problem, again, steps=3)
+    assert again.evaluations == 0  # nothing scored again
+    assert (replayed.plan, replayed.history) == (whole.plan, whole.history)
+    assert replayed.evaluations == whole.evaluations == first.evaluations
+
+
 def test_greedy_meets_the_budget(problem_env):
     env, problem = problem_env
     result = greedy_search(problem, env.scorer, steps=3)
