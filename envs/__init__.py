@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import gymnasium
 
-from envs.factory import BUDGET_METRICS, make_env
+from envs.factory import make_env
 from envs.layer_prune import ACTION_MAPPINGS, DEFAULT_LEVELS, OBS_FEATURES, REWARDS, LayerPruneEnv
+from envs.target import BUDGET_METRICS, Target
 
 ENV_ID = "PruneGym/LayerPrune-v0"
 
@@ -20,5 +21,6 @@ __all__ = [
     "OBS_FEATURES",
     "REWARDS",
     "LayerPruneEnv",
+    "Target",
     "make_env",
 ]

@@ -1,4 +1,4 @@
-"""Build ``PruneGym/LayerPrune-v0`` from names: model, checkpoint, data, device and budget."""
+"""Build ``PruneGym/LayerPrune-v0`` from a :class:`~envs.target.Target` (model, checkpoint, data, device, budget)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from envs.layer_prune import LayerPruneEnv
+from envs.target import BUDGET_METRICS, Target
 from hardware_models.base import LatencyModel
 from hardware_models.lut import BUILD_METHOD, DEFAULT_GRANULE, LookupTable, build_lut
 from hardware_models.measure import MEASURE_MIN_SECONDS, MEASURED_DEVICES, default_threads, measurer_for
@@ -24,17 +25,6 @@ from pruning_core.metrics import LayerwiseCost, MacsCost, ParamsCost
 from pruning_core.scoring import DEFAULT_FINETUNE_STEPS, PlanScorer, ScoreConfig
 from pruning_core.sensitivity import Sensitivity, cached_sensitivity
 from pruning_core.training import resolve_bf16
-
-REPO_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
-BUDGET_METRICS = ("latency", "macs", "params")
-
-
-def default_checkpoint(model: str, data: str) -> Path:
-    """The committed checkpoint of ``model`` on ``data`` (``checkpoints/<model>_<data>.pt``)."""
-    path = REPO_CHECKPOINTS / f"{model}_{data}.pt"
-    if not path.is_file():
-        raise PruneGymError(f"no checkpoint given and none committed for {model} on {data} ({path}); pass checkpoint")
-    return path
 
 
 def cached_lut(graph: ModelGraph, device: str, model_name: str, *, progress: bool = True) -> LookupTable:
@@ -140,13 +130,15 @@ def probed_sensitivity(
 
 
 def make_env(
-    model: str = "small_cnn",
+    target: Target | None = None,
+    *,
+    model: str | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
-    data: str = "digits",
+    data: str | None = None,
     data_root: str | os.PathLike[str] | None = None,
-    device: str = "host-cpu",
-    budget: float = 0.5,
-    budget_metric: str = "latency",
+    device: str | None = None,
+    budget: float | None = None,
+    budget_metric: str | None = None,
     reward: str = "accuracy",
     action_mode: str = "continuous",
     max_sparsity: float = 0.9,
@@ -168,14 +160,19 @@ def make_env(
 ) -> LayerPruneEnv:
     """Build the environment from names; every bad argument fails here, not mid-episode.
 
+    The target is given whole (``target``) or by its fields (``model`` to ``budget_metric``), not both; a field
+    left out takes :class:`~envs.target.Target`'s default.
+
     Args:
-        model: Model name of the checkpoint (checked against it).
+        target: The model, checkpoint, data, device and budget.
+        model: Model name of the checkpoint (checked against it; default ``small_cnn``).
         checkpoint: Dense checkpoint (default: the committed ``checkpoints/<model>_<data>.pt``).
-        data: Dataset name.
+        data: Dataset name (default ``digits``).
         data_root: Dataset folder (ImageFolder datasets).
-        device: Target device (``host-cpu``, ``host-cpu-ort``, ``cuda``, an analytic profile, ``lut:PATH``).
-        budget: Fraction of the dense model's cost to reach, in (0, 1].
-        budget_metric: ``latency`` on the device, ``macs`` or ``params``.
+        device: Target device (``host-cpu``, the default, ``host-cpu-ort``, ``cuda``, an analytic profile,
+            ``lut:PATH``).
+        budget: Fraction of the dense model's cost to reach, in (0, 1] (default 0.5).
+        budget_metric: ``latency`` on the device (the default), ``macs`` or ``params``.
         reward: ``accuracy``, ``lagrangian`` or ``amc-flops``.
         action_mode: ``continuous`` or ``discrete``.
         max_sparsity: Largest sparsity of one group.
@@ -204,18 +201,24 @@ def make_env(
         progress: Show progress bars while building caches.
         **kwargs: Passed to :class:`LayerPruneEnv` (``levels``, ``lagrange``).
     """
-    if not 0 < budget <= 1:
-        raise PruneGymError(f"budget must be in (0, 1]; got {budget:g}")
-    ckpt_path = Path(checkpoint) if checkpoint is not None else default_checkpoint(model, data)
+    named: dict[str, Any] = {"model": model, "checkpoint": checkpoint, "data": data, "data_root": data_root}
+    named |= {"device": device, "budget": budget, "budget_metric": budget_metric}
+    given = {name: value for name, value in named.items() if value is not None}
+    if target is None:
+        target = Target(**given)
+    elif given:
+        raise PruneGymError(f"expected the target whole or by its fields, not both; got target and {', '.join(given)}")
+    model, data, device, budget = target.model, target.data, target.device, target.budget
+    ckpt_path = target.checkpoint_path
     ckpt = load_checkpoint(ckpt_path)
     if ckpt.meta["model"] != model:
         raise PruneGymError(f"model is {model} but the checkpoint holds {ckpt.meta['model']}")
-    dataset = dataset if dataset is not None else load_dataset(data, data_root, progress=progress)
+    dataset = dataset if dataset is not None else load_dataset(data, target.data_root, progress=progress)
     if list(dataset.classes) != list(ckpt.meta["classes"]):
         raise PruneGymError(f"checkpoint classes {ckpt.meta['classes'][:5]} differ from the dataset's")
     engine = PruningEngine(ckpt.build(), dataset.input_shape, dataset=dataset)
-    cost, measured = budget_model_for(budget_metric, device, engine.graph, model, progress=progress)
-    if calibrate_latency is not False and measured is not None and budget_metric == "latency":
+    cost, measured = budget_model_for(target.budget_metric, device, engine.graph, model, progress=progress)
+    if calibrate_latency is not False and measured is not None and target.budget_metric == "latency":
         from hardware_models.correction import load_or_calibrate
 
         budget_range = kwargs.get("budget_range")
@@ -266,7 +269,7 @@ def make_env(
         "data": data,
         "device": device,
         "budget": budget,  # type: ignore[attr-defined]
-        "budget_metric": budget_metric,
+        "budget_metric": target.budget_metric,
         "seed": seed,
     }
     return env

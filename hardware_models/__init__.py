@@ -19,7 +19,7 @@ from hardware_models.measure import (
     time_interleaved,
     torch_threads,
 )
-from hardware_models.registry import DEVICES, DeviceEntry, get_latency_model, list_devices
+from hardware_models.registry import DEVICES, DeviceEntry, check_device, get_latency_model, list_devices
 
 __all__ = [
     "DEVICES",
@@ -40,6 +40,7 @@ __all__ = [
     "Variant",
     "build_lut",
     "calibrate_cost",
+    "check_device",
     "default_threads",
     "get_latency_model",
     "interleaved_rounds",

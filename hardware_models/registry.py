@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from hardware_models.analytic import PROFILES, AnalyticLatency
 from hardware_models.base import DeviceKind, LatencyModel
@@ -61,16 +62,29 @@ def _entries() -> dict[str, DeviceEntry]:
 DEVICES = _entries()
 
 
+def check_device(name: str) -> str:
+    """``name`` if it names a device: a registered one, or ``lut:PATH`` with a file at PATH (not read here).
+
+    >>> check_device("pixel-a76")
+    'pixel-a76'
+    """
+    if name.startswith(LUT_PREFIX):
+        if not Path(name[len(LUT_PREFIX) :]).is_file():
+            raise PruneGymError(f"expected lut:PATH with a lookup table at PATH; got {name!r} (no such file)")
+        return name
+    if name not in DEVICES:
+        raise PruneGymError(f"device must be one of {', '.join(DEVICES)} or lut:PATH; got {name!r}")
+    return name
+
+
 def get_latency_model(name: str) -> LatencyModel:
     """The latency model of a device name (``host-cpu``, ``host-cpu-ort``, ``cuda``, a profile, or ``lut:PATH``).
 
     >>> get_latency_model("jetson-orin-nano").kind.value
     'analytic (estimate)'
     """
-    if name.startswith(LUT_PREFIX):
+    if check_device(name).startswith(LUT_PREFIX):
         return LookupTable.load(name[len(LUT_PREFIX) :])
-    if name not in DEVICES:
-        raise PruneGymError(f"device must be one of {', '.join(DEVICES)} or lut:PATH; got {name!r}")
     return DEVICES[name].factory()
 
 

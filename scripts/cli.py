@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,6 +22,7 @@ from scripts.record_table import print_records
 
 if TYPE_CHECKING:
     from envs.layer_prune import LayerPruneEnv
+    from envs.target import Target
     from pruning_core.checkpoint import Checkpoint
 from pruning_core.errors import PruneGymError
 
@@ -458,14 +459,8 @@ def _train_config(args: argparse.Namespace):
     from agents.train import TrainRunConfig
 
     return TrainRunConfig(
-        model=args.model,
-        checkpoint=str(args.checkpoint) if args.checkpoint else None,
-        data=args.data,
-        data_root=args.data_root,
-        device=args.device,
-        budget=args.budget,
+        **target_from_args(args).as_kwargs(),
         budget_range=tuple(args.budget_range) if args.budget_range else None,
-        budget_metric=args.budget_metric,
         reward=args.reward,
         algo=args.algo,
         episodes=args.episodes if args.episodes is not None else 100,
@@ -517,22 +512,28 @@ def _finetune_config(args: argparse.Namespace):
     return finetune_recipe(args.finetune_epochs, lr=args.lr, seed=args.seed)
 
 
-def env_from_args(args: argparse.Namespace, **overrides: object) -> LayerPruneEnv:
-    """The environment named by the target arguments (see :func:`add_target_args`)."""
-    from envs.factory import make_env
+def target_from_args(args: argparse.Namespace, **fields: Any) -> Target:
+    """The target named by the target arguments (see :func:`add_target_args`); ``fields`` replace theirs (for a
+    command that takes its budgets its own way)."""
+    from envs.target import Target
 
-    kwargs = {
+    named = {
         "model": args.model,
-        "checkpoint": args.checkpoint,
+        "checkpoint": str(args.checkpoint) if args.checkpoint is not None else None,
         "data": args.data,
         "data_root": args.data_root,
         "device": args.device,
-        "budget": args.budget,
-        "budget_metric": args.budget_metric,
-        "progress": True,
-        **overrides,
+        "budget": getattr(args, "budget", None),
+        "budget_metric": getattr(args, "budget_metric", None),
     }
-    return make_env(**kwargs)
+    return Target(**{name: value for name, value in {**named, **fields}.items() if value is not None})
+
+
+def env_from_args(args: argparse.Namespace, **settings: Any) -> LayerPruneEnv:
+    """The environment of the target arguments (see :func:`target_from_args`), with ``settings`` for ``make_env``."""
+    from envs.factory import make_env
+
+    return make_env(target_from_args(args), **{"progress": True, **settings})
 
 
 def cmd_apply(args: argparse.Namespace) -> int:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from agents.apply import MethodResult, finish_plan
 from agents.train import TrainRunConfig, train_agent
-from envs.factory import REPO_CHECKPOINTS, make_env
+from envs.factory import make_env
+from envs.target import REPO_CHECKPOINTS
 from pruning_core.baselines import baseline_plan
 from pruning_core.data import atomic_write_bytes, load_dataset
 from pruning_core.finetune import finetune_recipe

@@ -1,0 +1,78 @@
+"""What a search aims at: a model and its checkpoint, its data, a device and a budget there, in one value.
+
+It lives in ``envs`` because :func:`~envs.factory.make_env` is the first thing that needs it, and every layer that
+uses it (``agents``, ``scripts``) sits above.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from hardware_models.registry import check_device
+from pruning_core.data import DATASETS
+from pruning_core.errors import CheckpointError, PruneGymError
+
+REPO_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+BUDGET_METRICS = ("latency", "macs", "params")
+
+
+def default_checkpoint(model: str, data: str) -> Path:
+    """The committed checkpoint of ``model`` on ``data`` (``checkpoints/<model>_<data>.pt``)."""
+    path = REPO_CHECKPOINTS / f"{model}_{data}.pt"
+    if not path.is_file():
+        raise CheckpointError(f"expected a checkpoint: none given, and none committed for {model} on {data} ({path})")
+    return path
+
+
+@dataclass(frozen=True)
+class Target:
+    """A model to prune and the budget it must meet on a device; checked when built, so that a typo fails at once.
+
+    >>> target = Target(device="pixel-a76", budget=0.6)
+    >>> target.model, target.checkpoint_path.name, target.budget_metric
+    ('small_cnn', 'small_cnn_digits.pt', 'latency')
+    """
+
+    model: str = "small_cnn"
+    """Model name (the checkpoint's)."""
+    checkpoint: str | None = None
+    """Dense checkpoint (None: the committed ``checkpoints/<model>_<data>.pt``)."""
+    data: str = "digits"
+    """Dataset name (``digits``, ``cifar10``, ``imagefolder``)."""
+    data_root: str | None = None
+    """Dataset folder (ImageFolder datasets; CIFAR-10 defaults to ``$PRUNEGYM_CIFAR10``)."""
+    device: str = "host-cpu"
+    """Target device (see ``prunegym devices``; ``lut:PATH`` for a lookup table)."""
+    budget: float = 0.5
+    """Fraction of the dense model's cost to reach, in (0, 1]."""
+    budget_metric: str = "latency"
+    """What the budget is a fraction of: ``latency`` on the device, ``macs`` or ``params``."""
+
+    def __post_init__(self) -> None:
+        for name in ("checkpoint", "data_root"):  # a Path given for a path is kept as its text
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                object.__setattr__(self, name, os.fspath(value))
+        if self.data not in DATASETS:
+            raise PruneGymError(f"data must be one of {', '.join(DATASETS)}; got {self.data!r}")
+        check_device(self.device)
+        if self.budget_metric not in BUDGET_METRICS:
+            raise PruneGymError(f"budget_metric must be one of {', '.join(BUDGET_METRICS)}; got {self.budget_metric!r}")
+        if not 0 < self.budget <= 1:
+            raise PruneGymError(f"budget must be in (0, 1]; got {self.budget:g}")
+        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
+            raise CheckpointError(f"expected a checkpoint file; got {self.checkpoint} (no such file)")
+        if self.checkpoint is None:
+            default_checkpoint(self.model, self.data)  # the committed one must exist
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """The checkpoint file: the one given, else the committed one."""
+        return Path(self.checkpoint) if self.checkpoint is not None else default_checkpoint(self.model, self.data)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The fields as keyword arguments (of :func:`~envs.factory.make_env` and ``agents.TrainRunConfig``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
