@@ -1,4 +1,4 @@
-"""stable-baselines3 agents trained per target device, and policy application.
+"""stable-baselines3 agents trained per target device, policy application, and the benchmark of every method.
 
 The public API is below, in ``__all__``. Each name is imported from its module on first use (PEP 562), so
 ``import agents`` does not import stable-baselines3 and torch (about 2 s) until something needs them.
@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from agents.apply import MethodResult, finish_plan, meet_measured_budget, plan_from_policy
+    from agents.benchmark import ALL_METHODS, BenchmarkConfig, rewrite_tables, run_benchmark
     from agents.compare import SEARCH_METHODS, YardstickConfig, YardstickRow, compare_searches
     from agents.policy_io import SavedPolicy, load_policy, save_policy
     from agents.train import ALGOS, RunResult, SearchCallback, TrainRunConfig, best_plan, train_agent
 
 _LAZY: dict[str, tuple[str, ...]] = {
     "apply": ("MethodResult", "finish_plan", "meet_measured_budget", "plan_from_policy"),
+    "benchmark": ("ALL_METHODS", "BenchmarkConfig", "rewrite_tables", "run_benchmark"),
     "compare": ("SEARCH_METHODS", "YardstickConfig", "YardstickRow", "compare_searches"),
     "policy_io": ("SavedPolicy", "load_policy", "save_policy"),
     "train": ("ALGOS", "RunResult", "SearchCallback", "TrainRunConfig", "best_plan", "train_agent"),
@@ -26,7 +28,9 @@ _MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
 
 __all__ = [
     "ALGOS",
+    "ALL_METHODS",
     "SEARCH_METHODS",
+    "BenchmarkConfig",
     "MethodResult",
     "RunResult",
     "SavedPolicy",
@@ -40,6 +44,8 @@ __all__ = [
     "load_policy",
     "meet_measured_budget",
     "plan_from_policy",
+    "rewrite_tables",
+    "run_benchmark",
     "save_policy",
     "train_agent",
 ]

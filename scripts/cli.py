@@ -605,7 +605,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from scripts.benchmark import ALL_METHODS, BenchmarkConfig, rewrite_tables, run_benchmark
+    from agents.benchmark import BenchmarkConfig, rewrite_tables, run_benchmark
 
     if args.budget is not None:
         raise PruneGymError(f"expected --budgets (one or more); got {' '.join(['--budget', *args.budget])}")
@@ -618,25 +618,14 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         print((args.out / "results.md").read_text())
         return 0
     _set_threads(args)
-    methods = ALL_METHODS if args.methods == ["all"] else tuple(args.methods)
-    unknown = sorted(set(methods) - set(ALL_METHODS))
-    if unknown:
-        raise PruneGymError(f"methods must be 'all' or some of {', '.join(ALL_METHODS)}; got {unknown}")
-    for budget in args.budgets:
-        if not 0 < budget <= 1:
-            raise PruneGymError(f"budgets must be in (0, 1]; got {budget:g}")
     config = BenchmarkConfig(
-        model=args.model,
-        checkpoint=str(args.checkpoint) if args.checkpoint else None,
-        data=args.data,
-        data_root=args.data_root,
-        device=args.device,
+        target=target_from_args(args, budget_metric="latency"),
+        out=args.out,
         budgets=tuple(args.budgets),
-        methods=methods,
+        methods=tuple(args.methods),
         episodes=args.episodes,
         finetune_epochs=args.finetune_epochs,
         seeds=args.seeds,
-        out=args.out,
         val_images=args.val_images,
         bn_batches=args.bn_batches,
         finetune_steps=args.finetune_steps,
@@ -649,25 +638,11 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         agent_reward=args.agent_reward,
         episodes_per_update=args.episodes_per_update,
         calibrate_latency=args.calibrate_latency,
-        finish_again_before=_iso_time(args.finish_again_before) if args.finish_again_before else None,
+        finish_again_before=args.finish_again_before,
     )
     run_benchmark(config)
     print((args.out / "results.md").read_text())
     return 0
-
-
-def _iso_time(text: str) -> str:
-    """``text`` as the benchmark's records write times (``YYYY-MM-DDTHH:MM:SS``).
-
-    >>> _iso_time("2026-12-04T11:00")
-    '2026-12-04T11:00:00'
-    """
-    import datetime
-
-    try:
-        return datetime.datetime.fromisoformat(text).strftime("%Y-%m-%dT%H:%M:%S")
-    except ValueError:
-        raise PruneGymError(f"expected a time like 2026-12-04T11:00; got {text!r}") from None
 
 
 def add_target_args(

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from agents.benchmark import load_passes
 from hardware_models.measure import MEASURE_MIN_SECONDS, measurer_for, ratios_beside_dense
 from pruning_core.checkpoint import load_checkpoint
 from pruning_core.data import atomic_write_bytes
@@ -80,17 +81,6 @@ def remeasure(
             }
         )
     return rows
-
-
-def load_passes(path: Path) -> list[dict[str, Any]]:
-    """The passes saved in ``remeasured.json``, oldest first (none when there is no file yet).
-
-    A file written before passes were kept holds one pass at its top level.
-    """
-    if not path.is_file():
-        return []
-    saved = json.loads(path.read_text())
-    return list(saved["passes"]) if "passes" in saved else [saved]
 
 
 def drift(previous: dict[str, Any], rows: Sequence[dict[str, Any]]) -> tuple[float, int] | None:

@@ -7,7 +7,7 @@ import statistics
 import pytest
 
 from agents.apply import LATENCY_ROUNDS
-from scripts.benchmark import rewrite_tables
+from agents.benchmark import rewrite_tables
 from scripts.cli import main
 
 
@@ -400,16 +400,6 @@ def test_benchmark_scores_every_search_with_its_recipe_and_refuses_to_resume_an_
     assert "finetune_steps=5" in capsys.readouterr().err
 
 
-def test_benchmark_runs_the_transferred_policy_after_the_agents_and_before_the_searches():
-    from scripts.benchmark import ALL_METHODS, cell_order
-
-    order = cell_order(ALL_METHODS, transfer=True)
-    assert order.index("transfer") == order.index("ppo") + 1 and order[-3:] == ["random-search", "tpe", "greedy-lut"]
-    assert sorted(order) == sorted([*ALL_METHODS, "transfer"])
-    assert cell_order(["uniform-l1", "greedy-lut"], transfer=True) == ["transfer", "uniform-l1", "greedy-lut"]
-    assert cell_order(ALL_METHODS, transfer=False) == list(ALL_METHODS)
-
-
 @pytest.mark.slow  # about a minute: every reading times the plans and the dense model 15 times
 def test_benchmark_checks_a_budgets_plans_together_and_keeps_the_checks(tmp_path, capsys):
     out = tmp_path / "bench"
@@ -447,11 +437,11 @@ def test_benchmark_checks_a_budgets_plans_together_and_keeps_the_checks(tmp_path
 
 
 def test_benchmark_transfer_rows_cost_one_evaluation_and_are_searched_once(tmp_path, monkeypatch):
-    import scripts.benchmark
+    import agents.benchmark
 
     builds = []
-    make_env = scripts.benchmark.make_env
-    monkeypatch.setattr(scripts.benchmark, "make_env", lambda **kw: builds.append(kw) or make_env(**kw))
+    make_env = agents.benchmark.make_env
+    monkeypatch.setattr(agents.benchmark, "make_env", lambda *a, **kw: builds.append(kw) or make_env(*a, **kw))
     run = tmp_path / "policy"
     common = ["--device", "pixel-a76", "--val-images", "100", "--bn-batches", "2"]
     train = ["train", "--algo", "ppo", "--episodes", "3", "--budget-range", "0.5", "0.8", "--centre-on-uniform"]
@@ -507,74 +497,16 @@ def test_dynamic_skip_train_apply_evaluate(tmp_path, capsys):
     assert set(record["exec_rate"]) == {"block1", "block2"}
 
 
-def test_old_benchmark_records_are_brought_up_to_date_and_tables_written_again(tmp_path):
-    from scripts.benchmark import load_records
-
-    old = {"method": "ppo", "budget": 0.7, "latency_ratio_after_check": 0.689, "latency_ratio_measured": 0.707}
-    unchecked = {"method": "dqn", "budget": 0.7, "latency_ratio_measured": 0.71}
-    (tmp_path / "results.json").write_text(json.dumps([old, unchecked]))
-    ppo, dqn = load_records(tmp_path / "results.json")
-    # the check's own reading was chosen for being within the budget: the verdict does not count it
-    assert ppo["latency_ratio_final"] == ppo["latency_ratio_measured"] == 0.707 and not ppo["budget_met_measured"]
-    assert dqn["latency_ratio_final"] == 0.71 and not dqn["budget_met_measured"]
-    assert json.loads((tmp_path / "results.json").read_text()) == [old, unchecked]  # the file is left as it was
-    for r in (old, unchecked):
-        r.update(seed=0, macs=1e6, val_top1=0.5, test_top1_bn=0.5, test_top1_finetuned=0.8, search_seconds=1.0)
-        r.update(evaluations=0, latency_ms_measured=1.0, sparsity={"a": 0.5})
-    (tmp_path / "results.json").write_text(json.dumps([old, unchecked]))
-    assert main(["benchmark", "--tables-only", "--out", str(tmp_path)]) == 0  # timed in process: left out, named
-    assert "ppo at 0.7 seed 0, dqn at 0.7 seed 0." in (tmp_path / "results.md").read_text()
-    for r in (old, unchecked):
-        r["latency_timing"] = "worker"
-    (tmp_path / "results.json").write_text(json.dumps([old, unchecked]))
-    assert main(["benchmark", "--tables-only", "--out", str(tmp_path)]) == 0  # runs nothing, writes it all again
-    assert json.loads((tmp_path / "results.json").read_text())[0]["latency_ratio_final"] == 0.707
-    assert (tmp_path / "results.md").exists() and (tmp_path / "accuracy_vs_latency.png").exists()
-    assert "| 0.7 | ppo | 1 | 0.707 |" in (tmp_path / "results.md").read_text()  # seeds: 1
-    # a one-pass re-measurement (scripts.remeasure_benchmark) adds its columns, "-" where a cell was not in it
-    cells = [{"method": "ppo", "budget": 0.7, "seed": 0, "ratio_now": 0.72}]
-    cells.append({"method": "dqn", "budget": 0.7, "seed": 0, "ratio_now": 0.69, "finished": "2026-12-04T09:00:00"})
-    (tmp_path / "remeasured.json").write_text(json.dumps({"written": "now", "rounds": 15, "cells": cells}))
+def test_benchmark_tables_only_rewrites_a_folders_tables_and_refuses_a_folder_without_records(tmp_path, capsys):
+    record = {"method": "ppo", "budget": 0.7, "seed": 0, "macs": 1e6, "val_top1": 0.5, "test_top1_bn": 0.5}
+    record.update(test_top1_finetuned=0.8, search_seconds=1.0, evaluations=0, sparsity={"a": 0.5})
+    (tmp_path / "results.json").write_text(json.dumps([record]))
     assert main(["benchmark", "--tables-only", "--out", str(tmp_path)]) == 0
-    table = (tmp_path / "results.md").read_text()
-    assert "| 0.8000 | 1 | 0 | 0% of seeds | 0.720 | 0% of seeds |" in table
-    assert "| 0% of seeds | - | - |" in table  # dqn's timed record is not this one (finished again since)
-    # later passes are kept beside it: per seed the median over the passes that timed the record
-    later = [{**cells[0], "ratio_now": 0.66}, {**cells[0], "ratio_now": 0.69}]
-    passes = [{"written": f"pass {i}", "rounds": 15, "cells": [c]} for i, c in enumerate([cells[0], *later])]
-    (tmp_path / "remeasured.json").write_text(json.dumps({"passes": passes}))
-    assert main(["benchmark", "--tables-only", "--out", str(tmp_path)]) == 0
-    table = (tmp_path / "results.md").read_text()
-    assert (
-        "| 0% of seeds | 0.690 | 100% of seeds |" in table
-        and "3 passes: pass 0 (15 rounds), pass 1 (15 rounds)" in table
+    assert "| 0.7 | ppo | 1 |" in capsys.readouterr().out and (tmp_path / "results.csv").exists()
+    assert main(["benchmark", "--tables-only", "--out", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"prunegym benchmark: error: expected a benchmark folder holding results.json; got {tmp_path / 'none'}"
     )
-    assert main(["benchmark", "--tables-only", "--out", str(tmp_path / "none")]) != 0  # a one-line error
-
-
-def test_old_records_get_the_sparsity_of_the_plan_the_check_kept(digits):
-    from envs.factory import make_env
-    from pruning_core.baselines import retargeted_plan
-    from pruning_core.plan import PruningPlan
-    from scripts.benchmark import restore_checked_sparsity
-
-    env = make_env(dataset=digits, val_images=150, bn_batches=2, device="pixel-a76", budget=0.6)
-    problem = env.budget_problem()
-    searched = PruningPlan.uniform(env.engine.group_names, 0.2, round_to=env.granule)
-    widths = {name: len(kept) for name, kept in env.engine.kept_channels(searched).items()}
-    # a check that read the plan at 0.8 of dense, aimed at 0.98 of the budget, and kept what it read next
-    kept, moved = retargeted_plan(problem, searched, problem.cost_of(widths) * 0.6 * 0.98 / 0.8)
-    checked = {"method": "ppo", "budget": 0.6, "seed": 0, "sparsity": dict(searched.sparsity), "check_steps": 1}
-    checked.update(check_ratios=[0.8, 0.57], latency_ratio_after_check=0.57, thinned_by=moved)
-    unchecked = {"method": "uniform-l1", "budget": 0.6, "seed": 0, "sparsity": {"a": 0.5}, "check_steps": 0}
-    wrong = {**checked, "seed": 1, "thinned_by": moved / 2}  # another table's check: left as it was
-    new = {**unchecked, "sparsity_searched": {"a": 0.4}}  # written by the current code: left as it was
-    records = [checked, unchecked, wrong, new]
-    assert restore_checked_sparsity(records, lambda method, budget: env)
-    assert moved > 0 and checked["sparsity"] == dict(kept.sparsity) != checked["sparsity_searched"]
-    assert unchecked["sparsity"] == unchecked["sparsity_searched"] == {"a": 0.5}
-    assert "sparsity_searched" not in wrong and new["sparsity_searched"] == {"a": 0.4}
-    assert not restore_checked_sparsity([new], lambda method, budget: env)
 
 
 def test_benchmark_gives_the_probed_agent_the_search_baselines_evaluations(tmp_path):

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
+from agents.benchmark import load_passes
 from pruning_core.checkpoint import load_checkpoint
 from pruning_core.engine import PruningEngine
-from scripts.remeasure_benchmark import load_passes, main
+from scripts.remeasure_benchmark import main
 
 CHECKPOINT = "checkpoints/small_cnn_digits.pt"
 

@@ -13,13 +13,19 @@ across seeds. Every record has ``finish_seconds`` (pruning, BN recalibration, fi
 ``search_reused``; ``results.md`` ends with where the time went. For each seed and budget, every method's plan is
 made first; on a measured device their budget checks are then made together (one yardstick, see
 :func:`~agents.apply.meet_measured_budgets`) and saved under ``checks/``, and only then is each plan fine-tuned.
-(Before 2026-11-28 every seed was fine-tuned with seed 0: do not resume an older ``results.json`` with several
-seeds.)
+
+From Python::
+
+    from agents import BenchmarkConfig, run_benchmark
+    from envs import Target
+
+    run_benchmark(BenchmarkConfig(Target(device="pixel-a76"), Path("bench"), budgets=(0.7, 0.5)))
 """
 
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 import statistics
 import time
@@ -40,7 +46,8 @@ from agents.apply import (
 from agents.policy_io import SavedPolicy, load_policy
 from agents.train import ALGOS, TrainRunConfig, train_agent
 from envs.factory import make_env
-from envs.layer_prune import DEFAULT_LEVELS, LayerPruneEnv
+from envs.layer_prune import ACTION_MAPPINGS, DEFAULT_LEVELS, REWARDS, LayerPruneEnv
+from envs.target import Target
 from pruning_core.baselines import BASELINES, BudgetProblem, baseline_plan
 from pruning_core.data import atomic_write_bytes, load_dataset
 from pruning_core.errors import BudgetInfeasibleError, PruneGymError
@@ -49,7 +56,6 @@ from pruning_core.plan import PruningPlan
 from pruning_core.scoring import DEFAULT_FINETUNE_STEPS
 from pruning_core.search import greedy_search, random_search, tpe_search
 from pruning_core.sensitivity import sensitivity_plan
-from scripts.remeasure_benchmark import load_passes
 
 SEARCHES = ("random-search", "tpe", "greedy-lut")
 PROBED = ("sensitivity",)
@@ -62,24 +68,36 @@ DETERMINISTIC = (*BASELINES, *PROBED, "greedy-lut", "transfer")
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
-    """One benchmark run."""
+    """One benchmark run: methods x budgets x seeds on one target; checked when built.
 
-    model: str
-    checkpoint: str | None
-    data: str
-    data_root: str | None
-    device: str
-    budgets: tuple[float, ...]
-    methods: tuple[str, ...]
-    episodes: int
-    finetune_epochs: int
-    seeds: int
+    Example (the methods that search nothing, on an analytic device)::
+
+        BenchmarkConfig(Target(device="pixel-a76"), Path("bench"), budgets=(0.7, 0.5), methods=("uniform-l1", "taylor"))
+    """
+
+    target: Target
+    """The model, checkpoint, data and device. Its budget is the default of ``budgets``; its budget metric must be
+    latency (the benchmark measures latency)."""
     out: Path
+    """Folder of the results, resumable (see the module's docstring)."""
+    budgets: tuple[float, ...] = ()
+    """Fractions of the dense model's latency on the device, each in (0, 1] (empty: the target's budget)."""
+    methods: tuple[str, ...] = ALL_METHODS
+    """Some of :data:`ALL_METHODS`, or ``("all",)``."""
+    episodes: int = 100
+    """Episodes of each agent, and evaluations of random-search and tpe."""
+    finetune_epochs: int = 2
+    """Epochs of every method's fine-tuning."""
+    seeds: int = 1
+    """Seeds 0 to ``seeds - 1`` (see the module's docstring for what a seed varies)."""
     val_images: int = 1000
+    """Val images a plan is scored on."""
     bn_batches: int = 10
+    """BN recalibration batches in the score."""
     finetune_steps: int = DEFAULT_FINETUNE_STEPS
     """SGD steps of the short fine-tune in every search's score (agents, random-search, greedy-lut)."""
     transfer_from: str | None = None
+    """A trained policy's run folder, also applied with no search (method ``transfer``)."""
     centre_on_uniform: bool = False
     """Agents' action range centred on the uniform plan (see ``LayerPruneEnv``)."""
     levels: int = DEFAULT_LEVELS
@@ -103,6 +121,53 @@ class BenchmarkConfig:
     """Finish again, reusing their searches, the selected cells whose record was finished before this ISO time (or
     does not say when): for cells whose measured check met a host in another state (``scripts.remeasure_benchmark``).
     Resumable, as the new records say when they were finished."""
+
+    def __post_init__(self) -> None:
+        if self.target.budget_metric != "latency":
+            raise PruneGymError(
+                "budgets are fractions of the dense model's latency on the target's device; expected budget_metric "
+                f"'latency', got {self.target.budget_metric!r}"
+            )
+        methods = ALL_METHODS if tuple(self.methods) == ("all",) else tuple(self.methods)
+        unknown = sorted(set(methods) - set(ALL_METHODS))
+        if unknown:
+            raise PruneGymError(f"methods must be 'all' or some of {', '.join(ALL_METHODS)}; got {unknown}")
+        budgets = tuple(self.budgets) or (self.target.budget,)
+        for budget in budgets:
+            if not 0 < budget <= 1:
+                raise PruneGymError(f"budgets must be in (0, 1]; got {budget:g}")
+        if self.episodes < 1 or self.seeds < 1 or self.finetune_epochs < 0:
+            raise PruneGymError(
+                "expected episodes >= 1, seeds >= 1 and finetune_epochs >= 0; "
+                f"got {self.episodes}, {self.seeds} and {self.finetune_epochs}"
+            )
+        if self.action_mapping not in ACTION_MAPPINGS:
+            raise PruneGymError(
+                f"action_mapping must be one of {', '.join(ACTION_MAPPINGS)}; got {self.action_mapping!r}"
+            )
+        if self.agent_reward not in REWARDS:
+            raise PruneGymError(f"agent_reward must be one of {', '.join(REWARDS)}; got {self.agent_reward!r}")
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "methods", methods)
+        object.__setattr__(self, "budgets", budgets)
+        if self.finish_again_before is not None:
+            object.__setattr__(self, "finish_again_before", iso_time(self.finish_again_before))
+
+    def target_at(self, budget: float) -> Target:
+        """The target at one of the budgets."""
+        return replace(self.target, budget=budget)
+
+
+def iso_time(text: str) -> str:
+    """``text`` as the benchmark's records write times (``YYYY-MM-DDTHH:MM:SS``).
+
+    >>> iso_time("2026-12-04T11:00")
+    '2026-12-04T11:00:00'
+    """
+    try:
+        return datetime.datetime.fromisoformat(text).strftime("%Y-%m-%dT%H:%M:%S")
+    except ValueError:
+        raise PruneGymError(f"expected a time like 2026-12-04T11:00; got {text!r}") from None
 
 
 def _record_keys(record: dict[str, Any], budget: float, seed: int) -> dict[str, Any]:
@@ -135,12 +200,7 @@ def _plan_for(
     if method in ALGOS:
         run = cfg.out / "runs" / f"{method}_b{budget:g}_s{seed}"
         config = TrainRunConfig(
-            model=cfg.model,
-            checkpoint=cfg.checkpoint,
-            data=cfg.data,
-            data_root=cfg.data_root,
-            device=cfg.device,
-            budget=budget,
+            **cfg.target_at(budget).as_kwargs(),
             algo=method,
             # the probes and the prior plan count: the agent's evaluations in all are the search baselines'
             episodes=max(1, cfg.episodes - _scored_before_episodes(cfg, env)),
@@ -177,15 +237,14 @@ def _scored_before_episodes(cfg: BenchmarkConfig, env: LayerPruneEnv) -> int:
 
 def probed_sensitivity_of(env: LayerPruneEnv, cfg: BenchmarkConfig, budget: float) -> Any:
     """The probes of the benchmark's model at ``budget`` (cached; see :func:`envs.factory.probed_sensitivity`)."""
-    from envs.factory import default_checkpoint, probed_sensitivity
+    from envs.factory import probed_sensitivity
 
-    checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else default_checkpoint(cfg.model, cfg.data)
     return probed_sensitivity(
         env.scorer,
         env.budget_model,
-        model=cfg.model,
-        checkpoint=checkpoint,
-        device=cfg.device,
+        model=cfg.target.model,
+        checkpoint=cfg.target.checkpoint_path,
+        device=cfg.target.device,
         budget=budget,
         max_sparsity=env.max_sparsity,
         criterion=env.criterion,
@@ -211,9 +270,9 @@ def _search_plan(
     from pruning_core.checkpoint import sha256
 
     name = f"{method}_b{budget:g}" + (f"_s{seed}" if method in ("random-search", "tpe") else "")
-    inputs = {**_plan_inputs(cfg, method, env), "data": cfg.data}
-    if cfg.checkpoint is not None:
-        inputs["checkpoint_sha256"] = sha256(Path(cfg.checkpoint))
+    inputs = {**_plan_inputs(cfg, method, env), "data": cfg.target.data}
+    if cfg.target.checkpoint is not None:
+        inputs["checkpoint_sha256"] = sha256(Path(cfg.target.checkpoint))
     start = (time.perf_counter(), time.process_time())
     total = cfg.episodes if method in ("random-search", "tpe") else None
     with (
@@ -248,9 +307,9 @@ def _plan_inputs(cfg: BenchmarkConfig, method: str, env: Any) -> dict[str, Any]:
     cost = env.budget_model
     meta = getattr(cost, "meta", {})
     inputs: dict[str, Any] = {
-        "model": cfg.model,
-        "checkpoint": cfg.checkpoint,
-        "device": cfg.device,
+        "model": cfg.target.model,
+        "checkpoint": cfg.target.checkpoint,
+        "device": cfg.target.device,
         "cost_model": {
             "type": type(cost).__name__,
             "built": meta.get("built"),
@@ -361,8 +420,8 @@ def load_records(path: Path) -> list[dict[str, Any]]:
 def restore_checked_sparsity(records: list[dict[str, Any]], env_of: Callable[[str, float], LayerPruneEnv]) -> bool:
     """Give records written before reports kept the plan that was fine-tuned its per-group sparsity.
 
-    Until 2026-12-04 a record's ``sparsity`` was the searched plan's, also where the measured budget check then moved
-    the plan; that plan is rebuilt from the check's saved readings (:func:`~agents.apply.replay_check`, with the
+    Their ``sparsity`` is the searched plan's, also where the measured budget check then moved the plan; that plan
+    is rebuilt from the check's saved readings (:func:`~agents.apply.replay_check`, with the
     method's environment from ``env_of(method, budget)``) and the searched one kept as ``sparsity_searched``.
     Returns whether any record changed.
     """
@@ -451,16 +510,11 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
         (r["method"], r["budget"], r["seed"]) for r in records if is_current(r) and not _finish_again(cfg, methods, r)
     }
     superseded_path = cfg.out / "superseded.json"
-    dataset = load_dataset(cfg.data, cfg.data_root)
+    dataset = load_dataset(cfg.target.data, cfg.target.data_root)
 
     def env_for(budget: float, **settings: Any) -> Any:
         return make_env(
-            model=cfg.model,
-            checkpoint=cfg.checkpoint,
-            data=cfg.data,
-            data_root=cfg.data_root,
-            device=cfg.device,
-            budget=budget,
+            cfg.target_at(budget),
             val_images=cfg.val_images,
             bn_batches=cfg.bn_batches,
             finetune_steps=cfg.finetune_steps,
@@ -529,7 +583,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                     dataset,
                     finetune=finetune_recipe(cfg.finetune_epochs, seed=seed),
                     out=None,
-                    base_model=cfg.model,
+                    base_model=cfg.target.model,
                     search_seconds=p.seconds,
                     evaluations=p.evaluations,
                     checked=checks.get(method),
@@ -588,6 +642,15 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 row[key + "_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
         rows.append(row)
     return rows
+
+
+def load_passes(path: Path) -> list[dict[str, Any]]:
+    """The passes of ``scripts.remeasure_benchmark`` saved in ``remeasured.json``, oldest first (none when there is
+    no file yet). A file written before passes were kept holds one pass at its top level."""
+    if not path.is_file():
+        return []
+    saved = json.loads(path.read_text())
+    return list(saved["passes"]) if "passes" in saved else [saved]
 
 
 def _remeasured(out: Path, records: list[dict[str, Any]]) -> dict[tuple[str, float, int], list[float]]:

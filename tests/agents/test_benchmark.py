@@ -1,0 +1,114 @@
+"""The benchmark's library: its configuration, run through the Python API, records brought up to date, tables.
+
+``prunegym benchmark`` itself (flags, resuming, caches) is tested in ``tests/scripts/test_cli.py``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agents import ALL_METHODS, BenchmarkConfig
+from agents.benchmark import cell_order, load_records, restore_checked_sparsity, rewrite_tables
+from envs import Target
+from envs.factory import make_env
+from pruning_core.baselines import retargeted_plan
+from pruning_core.errors import PruneGymError
+from pruning_core.plan import PruningPlan
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"budgets": (0.7, 1.5)}, r"budgets must be in \(0, 1\]; got 1.5"),
+        ({"methods": ("ppo", "magic")}, r"methods must be 'all' or some of dqn, ppo, .*; got \['magic'\]"),
+        ({"episodes": 0}, "expected episodes >= 1, seeds >= 1 and finetune_epochs >= 0; got 0, 1 and 2"),
+        ({"action_mapping": "bend"}, "action_mapping must be one of clip, scaled; got 'bend'"),
+        ({"agent_reward": "speed"}, "agent_reward must be one of accuracy, .*; got 'speed'"),
+        ({"finish_again_before": "yesterday"}, "expected a time like 2026-12-04T11:00; got 'yesterday'"),
+    ],
+)
+def test_a_bad_benchmark_config_fails_when_built(settings, message, tmp_path):
+    with pytest.raises(PruneGymError, match=message):
+        BenchmarkConfig(Target(device="pixel-a76"), tmp_path, **settings)
+
+
+def test_a_benchmark_config_defaults_to_every_method_at_the_targets_budget_and_measures_latency(tmp_path):
+    config = BenchmarkConfig(Target(budget=0.7), tmp_path, methods=("all",), finish_again_before="2026-12-04T11:00")
+    assert config.budgets == (0.7,) and config.methods == ALL_METHODS and config.target_at(0.5).budget == 0.5
+    assert config.finish_again_before == "2026-12-04T11:00:00"
+    with pytest.raises(PruneGymError, match="expected budget_metric 'latency', got 'macs'"):
+        BenchmarkConfig(Target(budget_metric="macs"), tmp_path)
+
+
+def test_benchmark_runs_the_transferred_policy_after_the_agents_and_before_the_searches():
+    order = cell_order(ALL_METHODS, transfer=True)
+    assert order.index("transfer") == order.index("ppo") + 1 and order[-3:] == ["random-search", "tpe", "greedy-lut"]
+    assert sorted(order) == sorted([*ALL_METHODS, "transfer"])
+    assert cell_order(["uniform-l1", "greedy-lut"], transfer=True) == ["transfer", "uniform-l1", "greedy-lut"]
+    assert cell_order(ALL_METHODS, transfer=False) == list(ALL_METHODS)
+
+
+def test_old_benchmark_records_are_brought_up_to_date_and_tables_written_again(tmp_path):
+    old = {"method": "ppo", "budget": 0.7, "latency_ratio_after_check": 0.689, "latency_ratio_measured": 0.707}
+    unchecked = {"method": "dqn", "budget": 0.7, "latency_ratio_measured": 0.71}
+    (tmp_path / "results.json").write_text(json.dumps([old, unchecked]))
+    ppo, dqn = load_records(tmp_path / "results.json")
+    # the check's own reading was chosen for being within the budget: the verdict does not count it
+    assert ppo["latency_ratio_final"] == ppo["latency_ratio_measured"] == 0.707 and not ppo["budget_met_measured"]
+    assert dqn["latency_ratio_final"] == 0.71 and not dqn["budget_met_measured"]
+    assert json.loads((tmp_path / "results.json").read_text()) == [old, unchecked]  # the file is left as it was
+    for r in (old, unchecked):
+        r.update(seed=0, macs=1e6, val_top1=0.5, test_top1_bn=0.5, test_top1_finetuned=0.8, search_seconds=1.0)
+        r.update(evaluations=0, latency_ms_measured=1.0, sparsity={"a": 0.5})
+    (tmp_path / "results.json").write_text(json.dumps([old, unchecked]))
+    rewrite_tables(tmp_path)  # timed in process: left out, named
+    assert "ppo at 0.7 seed 0, dqn at 0.7 seed 0." in (tmp_path / "results.md").read_text()
+    for r in (old, unchecked):
+        r["latency_timing"] = "worker"
+    (tmp_path / "results.json").write_text(json.dumps([old, unchecked]))
+    rewrite_tables(tmp_path)  # runs nothing, writes it all again
+    assert json.loads((tmp_path / "results.json").read_text())[0]["latency_ratio_final"] == 0.707
+    assert (tmp_path / "results.md").exists() and (tmp_path / "accuracy_vs_latency.png").exists()
+    assert "| 0.7 | ppo | 1 | 0.707 |" in (tmp_path / "results.md").read_text()  # seeds: 1
+    # a one-pass re-measurement (scripts.remeasure_benchmark) adds its columns, "-" where a cell was not in it
+    cells = [{"method": "ppo", "budget": 0.7, "seed": 0, "ratio_now": 0.72}]
+    cells.append({"method": "dqn", "budget": 0.7, "seed": 0, "ratio_now": 0.69, "finished": "2026-12-04T09:00:00"})
+    (tmp_path / "remeasured.json").write_text(json.dumps({"written": "now", "rounds": 15, "cells": cells}))
+    rewrite_tables(tmp_path)
+    table = (tmp_path / "results.md").read_text()
+    assert "| 0.8000 | 1 | 0 | 0% of seeds | 0.720 | 0% of seeds |" in table
+    assert "| 0% of seeds | - | - |" in table  # dqn's timed record is not this one (finished again since)
+    # later passes are kept beside it: per seed the median over the passes that timed the record
+    later = [{**cells[0], "ratio_now": 0.66}, {**cells[0], "ratio_now": 0.69}]
+    passes = [{"written": f"pass {i}", "rounds": 15, "cells": [c]} for i, c in enumerate([cells[0], *later])]
+    (tmp_path / "remeasured.json").write_text(json.dumps({"passes": passes}))
+    rewrite_tables(tmp_path)
+    table = (tmp_path / "results.md").read_text()
+    assert (
+        "| 0% of seeds | 0.690 | 100% of seeds |" in table
+        and "3 passes: pass 0 (15 rounds), pass 1 (15 rounds)" in table
+    )
+    with pytest.raises(PruneGymError, match=r"expected a benchmark folder holding results\.json; got "):
+        rewrite_tables(tmp_path / "none")
+
+
+def test_old_records_get_the_sparsity_of_the_plan_the_check_kept(digits):
+    env = make_env(dataset=digits, val_images=150, bn_batches=2, device="pixel-a76", budget=0.6)
+    problem = env.budget_problem()
+    searched = PruningPlan.uniform(env.engine.group_names, 0.2, round_to=env.granule)
+    widths = {name: len(kept) for name, kept in env.engine.kept_channels(searched).items()}
+    # a check that read the plan at 0.8 of dense, aimed at 0.98 of the budget, and kept what it read next
+    kept, moved = retargeted_plan(problem, searched, problem.cost_of(widths) * 0.6 * 0.98 / 0.8)
+    checked = {"method": "ppo", "budget": 0.6, "seed": 0, "sparsity": dict(searched.sparsity), "check_steps": 1}
+    checked.update(check_ratios=[0.8, 0.57], latency_ratio_after_check=0.57, thinned_by=moved)
+    unchecked = {"method": "uniform-l1", "budget": 0.6, "seed": 0, "sparsity": {"a": 0.5}, "check_steps": 0}
+    wrong = {**checked, "seed": 1, "thinned_by": moved / 2}  # another table's check: left as it was
+    new = {**unchecked, "sparsity_searched": {"a": 0.4}}  # written by the current code: left as it was
+    records = [checked, unchecked, wrong, new]
+    assert restore_checked_sparsity(records, lambda method, budget: env)
+    assert moved > 0 and checked["sparsity"] == dict(kept.sparsity) != checked["sparsity_searched"]
+    assert unchecked["sparsity"] == unchecked["sparsity_searched"] == {"a": 0.5}
+    assert "sparsity_searched" not in wrong and new["sparsity_searched"] == {"a": 0.4}
+    assert not restore_checked_sparsity([new], lambda method, budget: env)
