@@ -9,13 +9,36 @@ import json
 
 import pytest
 
-from agents import ALL_METHODS, BenchmarkConfig
+from agents import ALL_METHODS, BenchmarkConfig, run_benchmark
 from agents.benchmark import cell_order, load_records, restore_checked_sparsity, rewrite_tables
 from envs import Target
 from envs.factory import make_env
 from pruning_core.baselines import retargeted_plan
 from pruning_core.errors import PruneGymError
 from pruning_core.plan import PruningPlan
+
+
+def test_the_benchmark_runs_from_python_and_resumes(tmp_path, capsys):
+    config = BenchmarkConfig(
+        Target(device="pixel-a76"),  # an analytic device: nothing is timed, and the budget arithmetic is exact
+        tmp_path / "bench",
+        budgets=(0.6,),
+        methods=("uniform-l1", "random-search"),
+        episodes=2,
+        finetune_epochs=0,
+        val_images=100,
+        bn_batches=2,
+    )
+    records = run_benchmark(config)
+    assert [(r["method"], r["seed"]) for r in records] == [("uniform-l1", 0), ("random-search", 0)]
+    assert all(r["budget_met"] and 0 <= r["test_top1_finetuned"] <= 1 for r in records)
+    assert [r["evaluations"] for r in records] == [0, 2]
+    assert json.loads((tmp_path / "bench" / "results.json").read_text()) == records
+    table = (tmp_path / "bench" / "results.md").read_text()
+    assert "| 0.6 | uniform-l1 | 1 |" in table and "| 0.6 | random-search | 1 |" in table
+    capsys.readouterr()
+    assert run_benchmark(config) == records  # resumed: every cell is done, nothing runs again
+    assert "plan" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
