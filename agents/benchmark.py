@@ -16,6 +16,8 @@ made first; on a measured device their budget checks are then made together (one
 
 From Python::
 
+    from pathlib import Path
+
     from agents import BenchmarkConfig, run_benchmark
     from envs import Target
 
