@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from pruning_core.engine import PrunedModel, PruningEngine, apply_plan, describe, recalibrate_bn
     from pruning_core.export import ExportReport, export_onnx, quantize_int8
     from pruning_core.finetune import finetune_model, finetune_recipe, prune_and_finetune
-    from pruning_core.graph import LayerType, ModelGraph, PrunableGroup, build_dependency_graph
+    from pruning_core.graph import LayerType, ModelGraph, PrunableGroup, UnprunableLayer, build_dependency_graph
     from pruning_core.importance import CRITERIA, Criterion, make_criterion
     from pruning_core.metrics import LayerwiseCost, MacsCost, ModelCost, ParamsCost, count_cost
     from pruning_core.models import build_model, default_input_shape, model_names
@@ -62,7 +62,7 @@ _LAZY: dict[str, tuple[str, ...]] = {
     "engine": ("PrunedModel", "PruningEngine", "apply_plan", "describe", "recalibrate_bn"),
     "export": ("ExportReport", "export_onnx", "quantize_int8"),
     "finetune": ("finetune_model", "finetune_recipe", "prune_and_finetune"),
-    "graph": ("LayerType", "ModelGraph", "PrunableGroup", "build_dependency_graph"),
+    "graph": ("LayerType", "ModelGraph", "PrunableGroup", "UnprunableLayer", "build_dependency_graph"),
     "importance": ("CRITERIA", "Criterion", "make_criterion"),
     "metrics": ("LayerwiseCost", "MacsCost", "ModelCost", "ParamsCost", "count_cost"),
     "models": ("build_model", "default_input_shape", "model_names"),
@@ -113,6 +113,7 @@ __all__ = [
     "SearchResult",
     "Sensitivity",
     "TrainConfig",
+    "UnprunableLayer",
     "UnsupportedModelError",
     "add_gates",
     "apply_plan",

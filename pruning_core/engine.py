@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +19,16 @@ import torch.nn.utils.prune as torch_prune
 from torch import nn
 
 from pruning_core.data import ImageDataset
-from pruning_core.errors import PlanError
-from pruning_core.graph import ModelGraph, PrunableGroup, build_dependency_graph
+from pruning_core.errors import PlanError, UnsupportedModelError
+from pruning_core.graph import (
+    ModelGraph,
+    PrunableGroup,
+    UnprunableLayer,
+    build_dependency_graph,
+    mixing_reason,
+    one_line,
+    uneven_slices,
+)
 from pruning_core.importance import Criterion, make_criterion
 from pruning_core.metrics import ModelCost, count_cost
 from pruning_core.plan import Granularity, PruningPlan
@@ -70,38 +79,64 @@ class PrunedModel:
         return self.cost.params / self.base_cost.params
 
 
-def width_step(channels: int, round_to: int = 1) -> int:
+def width_step(channels: int, round_to: int = 1, *, channel_groups: int = 1) -> int:
     """The multiple a group's kept width is rounded to: ``round_to``, but at most a quarter of the group, so a narrow
-    group keeps a choice of widths.
+    group keeps a choice of widths. A group cut into ``channel_groups`` equal slices (grouped convolutions) keeps the
+    same width in each slice: its step is a multiple of ``channel_groups``, rounded up to a multiple of ``round_to``
+    where a quarter of a slice allows.
 
     >>> width_step(64, 8), width_step(16, 8), width_step(3, 8), width_step(64)
     (8, 4, 1, 1)
+    >>> width_step(128, 8, channel_groups=32), width_step(64, 8, channel_groups=2), width_step(8, 8, channel_groups=2)
+    (32, 8, 2)
     """
-    return max(1, min(round_to, channels // 4))
+    per_slice = max(1, channels // channel_groups)
+    per_slice_round = math.lcm(round_to, channel_groups) // channel_groups
+    return channel_groups * max(1, min(per_slice_round, per_slice // 4))
 
 
-def kept_count(channels: int, sparsity: float, round_to: int = 1) -> int:
+def kept_count(channels: int, sparsity: float, round_to: int = 1, *, channel_groups: int = 1) -> int:
     """Channels kept when ``sparsity`` of ``channels`` is removed: rounded to a multiple of
-    :func:`width_step` (``round_to``, at most a quarter of the group), at least one step, at most all.
+    :func:`width_step` (``round_to``, at most a quarter of the group, a multiple of ``channel_groups``), at least one
+    step, at most all.
 
     >>> kept_count(64, 0.5), kept_count(16, 0.95), kept_count(64, 0.4, round_to=8), kept_count(12, 0.9, round_to=8)
     (32, 1, 40, 3)
+    >>> kept_count(128, 0.3, channel_groups=32), kept_count(128, 0.6, channel_groups=32)
+    (96, 64)
     """
-    step = width_step(channels, round_to)
+    step = width_step(channels, round_to, channel_groups=channel_groups)
     keep = math.floor(channels * (1.0 - sparsity) / step + 0.5) * step
     return int(min(channels, max(step, keep)))
 
 
-def allowed_widths(channels: int, granule: int = 1, max_sparsity: float = 1.0) -> list[int]:
+def allowed_widths(channels: int, granule: int = 1, max_sparsity: float = 1.0, *, channel_groups: int = 1) -> list[int]:
     """Widths a group of ``channels`` may keep, narrowest first: the multiples of its :func:`width_step` from the
     floor ``kept_count(channels, max_sparsity, granule)`` up, and all of it.
 
     >>> allowed_widths(20, 8), allowed_widths(4), allowed_widths(16, 8), allowed_widths(64, 8, max_sparsity=0.8)
     ([5, 10, 15, 20], [1, 2, 3, 4], [4, 8, 12, 16], [16, 24, 32, 40, 48, 56, 64])
+    >>> allowed_widths(96, 8, channel_groups=6)
+    [24, 48, 72, 96]
     """
-    step = width_step(channels, granule)
-    floor = kept_count(channels, max_sparsity, granule)
+    step = width_step(channels, granule, channel_groups=channel_groups)
+    floor = kept_count(channels, max_sparsity, granule, channel_groups=channel_groups)
     return [*range(floor, channels, step), channels]
+
+
+def top_channels(scores: torch.Tensor, keep: int, channel_groups: int = 1) -> list[int]:
+    """The ``keep`` highest-scoring channels, sorted; with ``channel_groups`` equal slices, the same positions in
+    every slice (the ``keep / channel_groups`` positions of highest mean score), so grouped convolutions keep equal
+    slices (as Torch-Pruning's pruners do).
+
+    >>> top_channels(torch.tensor([1.0, 4.0, 3.0, 2.0]), 2), top_channels(torch.tensor([1.0, 4.0, 3.0, 2.0]), 2, 2)
+    ([1, 2], [1, 3])
+    """
+    if channel_groups == 1:
+        return sorted(scores.topk(keep).indices.tolist())
+    per_slice = scores.numel() // channel_groups
+    positions = scores.reshape(channel_groups, per_slice).mean(0).topk(keep // channel_groups).indices.tolist()
+    return sorted(s * per_slice + p for s in range(channel_groups) for p in positions)
 
 
 def widest_within(widths: list[int], limit: int, fits: Callable[[int], bool]) -> int:
@@ -150,7 +185,9 @@ def prune_channels(model: nn.Module, input_shape: tuple[int, ...], kept: dict[st
     """Physically remove every channel of each named group that is not in its kept list, in place.
 
     Raises:
-        PlanError: A kept list is empty, out of range or repeats a channel.
+        PlanError: A kept list is empty, out of range or repeats a channel; it prunes channels that must stay dense;
+            or it keeps different positions in the equal slices of a grouped convolution.
+        UnsupportedModelError: The model cannot be traced, or Torch-Pruning fails on a layer (named, one line).
     """
     to_prune = {}
     for name, keep in kept.items():
@@ -164,9 +201,22 @@ def prune_channels(model: nn.Module, input_shape: tuple[int, ...], kept: dict[st
         return
     graph = build_dependency_graph(model, input_shape)
     for name, idxs in to_prune.items():
+        # One group at a time, after the previous one is pruned: Torch-Pruning updates concatenation offsets as it goes.
         module = model.get_submodule(name)
         pruner = graph.get_pruner_of_module(module)
-        graph.get_pruning_group(module, pruner.prune_out_channels, idxs).prune()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Torch-Pruning's notes on its shape inference
+            group = graph.get_pruning_group(module, pruner.prune_out_channels, idxs)
+        reason = mixing_reason(group) or uneven_slices(graph, group)
+        if reason is not None:
+            raise PlanError(f"channels of {name} cannot be pruned as planned: {reason}")
+        try:
+            group.prune()
+        except Exception as exc:  # Torch-Pruning raises assertions, index and shape errors; name the group
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise UnsupportedModelError(
+                f"Torch-Pruning failed to prune the channels of {name}: {type(exc).__name__}: {first}"
+            ) from exc
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -206,6 +256,7 @@ class PruningEngine:
         self.model = model.eval()
         self.input_shape = tuple(input_shape)
         self.graph = ModelGraph(model, self.input_shape)
+        self.graph.leave_dense(self._breaking_groups())
         self.dataset = dataset
         self.calibration_batches = calibration_batches
         self.calibration_batch_size = calibration_batch_size
@@ -220,6 +271,62 @@ class PruningEngine:
     @property
     def group_names(self) -> list[str]:
         return [g.name for g in self.graph.groups]
+
+    @property
+    def unprunable(self) -> list[UnprunableLayer]:
+        """Layers whose channels every plan leaves dense, with the reason (a channel shuffle, say)."""
+        return self.graph.unprunable
+
+    def _trial(self, groups: list[PrunableGroup]) -> str | None:
+        """Prune half of each group's channels on a copy and run it: the error in one line, or None when it runs."""
+        kept = {
+            g.name: top_channels(
+                -torch.arange(g.channels, dtype=torch.float32),
+                kept_count(g.channels, 0.5, channel_groups=g.channel_groups),
+                g.channel_groups,
+            )
+            for g in groups
+        }
+        model = copy.deepcopy(self.model)
+        try:
+            prune_channels(model, self.input_shape, kept)
+            with torch.no_grad():
+                model(torch.zeros(1, *self.input_shape))
+        except Exception as exc:  # any failure means these groups cannot all be pruned
+            return one_line(exc)
+        finally:
+            del model
+        return None
+
+    def _breaking_groups(self) -> dict[str, str]:
+        """Groups whose pruning breaks the model (a width it reads from an attribute, as ViT's hidden size, or a
+        layer Torch-Pruning cannot cut), each with the error: all groups are pruned together on a copy, and on a
+        failure the culprits are found by bisection.
+
+        Raises:
+            UnsupportedModelError: The groups that work alone fail together.
+        """
+        groups = list(self.graph.groups)
+        error = self._trial(groups)
+        if error is None:
+            return {}
+        broken: dict[str, str] = {}
+
+        def bisect(part: list[PrunableGroup], part_error: str) -> None:
+            if len(part) == 1:
+                broken[part[0].name] = f"pruning its channels breaks the model ({part_error})"
+                return
+            for half in (part[: len(part) // 2], part[len(part) // 2 :]):
+                half_error = self._trial(half)
+                if half_error is not None:
+                    bisect(half, half_error)
+
+        bisect(groups, error)
+        rest = [g for g in groups if g.name not in broken]
+        error = self._trial(rest) if rest else None
+        if error is not None:
+            raise UnsupportedModelError(f"pruning all channel groups together breaks the model: {error}")
+        return broken
 
     def criterion(self, name: str) -> Criterion:
         """The prepared criterion ``name`` (prepared once, then cached)."""
@@ -256,12 +363,14 @@ class PruningEngine:
         for group in self.graph.groups:
             if group.block in removed:
                 continue
-            keep = kept_count(group.channels, plan.sparsity.get(group.name, 0.0), plan.round_to)
+            keep = kept_count(
+                group.channels, plan.sparsity.get(group.name, 0.0), plan.round_to, channel_groups=group.channel_groups
+            )
             if keep == group.channels:
                 kept[group.name] = list(range(group.channels))
                 continue
             scores = self.scores(plan.criterion)[group.name]
-            kept[group.name] = sorted(scores.topk(keep).indices.tolist())
+            kept[group.name] = top_channels(scores, keep, group.channel_groups)
         return kept
 
     def apply(self, plan: PruningPlan) -> PrunedModel:

@@ -4,18 +4,29 @@ A *group* is a set of channels that must be removed together: the output channel
 and every consumer's input channels; channels joined by a residual addition or a concatenation form ONE group, and a
 depthwise convolution follows the group of its producer. Each group gets one pruning decision. A group is named
 after its earliest-executed producer layer, a name that stays stable for a model architecture.
+
+Grouped convolutions (ResNeXt, RegNet) split their channels into equal slices that must stay equal: a group that
+feeds or leaves one is pruned alike in every slice (``channel_groups``), as Torch-Pruning's own pruners do. A group
+whose channels cannot be pruned consistently (they pass through a channel shuffle, or fill only part of a grouped
+convolution's input) is left dense and listed in ``ModelGraph.unprunable`` with the reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-from collections.abc import Callable, Iterable
+import itertools
+import math
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from pruning_core.errors import UnsupportedModelError
 from pruning_core.metrics import LayerRecord, trace_layers
@@ -47,6 +58,8 @@ class PrunableGroup:
         producers: Conv/linear layers whose output channels are the group's channels.
         consumers: Conv/linear layers whose input channels are the group's channels.
         block: Name of the skippable residual block that holds the root layer, or None.
+        channel_groups: Equal slices the channels are pruned alike in (the groups of the grouped convolutions the
+            channels feed or leave; 1 for none): kept widths are multiples of it.
     """
 
     name: str
@@ -62,6 +75,20 @@ class PrunableGroup:
     producers: tuple[str, ...]
     consumers: tuple[str, ...]
     block: str | None
+    channel_groups: int = 1
+
+
+@dataclass(frozen=True)
+class UnprunableLayer:
+    """A layer whose output channels are left dense, and why.
+
+    Attributes:
+        name: The layer (the earliest-executed producer of the channels left dense).
+        reason: Why its channels cannot be pruned.
+    """
+
+    name: str
+    reason: str
 
 
 # A residual block is skippable when its shortcut is an identity: removing it leaves the input unchanged
@@ -111,6 +138,10 @@ class ModelGraph:
         input_shape: ``(C, H, W)`` of one input.
         ignored: Names of layers whose output channels must not be pruned (the classifier always is).
 
+    Attributes:
+        groups: The prunable groups, in forward order.
+        unprunable: Layers whose channels are left dense (no group), with the reason.
+
     Raises:
         UnsupportedModelError: The model has no prunable group or cannot be traced.
     """
@@ -118,7 +149,15 @@ class ModelGraph:
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], *, ignored: Iterable[str] = ()) -> None:
         self.model = model
         self.input_shape = tuple(input_shape)
-        self.layers = trace_layers(model, self.input_shape)
+        running: list[str] = []
+        try:
+            with _track_modules(model, running):
+                self.layers = trace_layers(model, self.input_shape)
+        except Exception as exc:  # the model's own forward failed: a wrong input size, say
+            where = f" in {running[-1]}" if running else ""
+            raise UnsupportedModelError(
+                f"cannot run the model on a {self.input_shape} input{where}: {one_line(exc)}"
+            ) from exc
         if not self.layers:
             raise UnsupportedModelError("expected a model with conv or linear layers; found none")
         self.classifier = classifier_name(self.layers)
@@ -126,9 +165,13 @@ class ModelGraph:
         self.dependency_graph = build_dependency_graph(model, self.input_shape)
         self.names = {module: name for name, module in model.named_modules()}
         self.blocks = skippable_blocks(model)
+        self.unprunable: list[UnprunableLayer] = []
         self.groups = self._enumerate_groups()
         if not self.groups:
-            raise UnsupportedModelError("expected at least one prunable channel group; found none")
+            reasons = "; ".join(f"{u.name}: {u.reason}" for u in self.unprunable[:3])
+            raise UnsupportedModelError(
+                f"expected at least one prunable channel group; found none{' (' + reasons + ')' if reasons else ''}"
+            )
         self.out_group, self.in_group = self._layer_groups()
         self.total_macs = sum(r.macs for r in self.layers.values())
         self.total_params = sum(p.numel() for p in model.parameters())
@@ -137,9 +180,15 @@ class ModelGraph:
         modules = dict(self.model.named_modules())
         ignored_modules = [modules[n] for n in self.ignored]
         found = []
-        for group in self.dependency_graph.get_all_groups(
-            ignored_layers=ignored_modules, root_module_types=[nn.Conv2d, nn.Linear]
-        ):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Torch-Pruning's notes on its shape inference
+            all_groups = list(
+                self.dependency_graph.get_all_groups(
+                    ignored_layers=ignored_modules, root_module_types=[nn.Conv2d, nn.Linear]
+                )
+            )
+        for group in all_groups:
+            slices = channel_groups(self.dependency_graph, group)
             producers, consumers = [], []
             for dep, _ in group:
                 name = self.names.get(dep.target.module)
@@ -155,10 +204,17 @@ class ModelGraph:
             primary = [n for n in producers if not _is_depthwise(self.layers[n])] or producers
             if not primary:
                 continue
-            found.append((primary[0], producers, consumers))
+            reason = dense_reason(self.dependency_graph, group)
+            if reason is None and self.layers[primary[0]].out_channels % slices:
+                reason = f"its {self.layers[primary[0]].out_channels} channels do not split into {slices} equal slices"
+            if reason is not None:
+                self.unprunable.append(UnprunableLayer(primary[0], reason))
+                continue
+            found.append((primary[0], producers, consumers, slices))
         found.sort(key=lambda item: self.layers[item[0]].order)
+        self.unprunable.sort(key=lambda u: self.layers[u.name].order)
         groups = []
-        for index, (root, producers, consumers) in enumerate(found):
+        for index, (root, producers, consumers, slices) in enumerate(found):
             record = self.layers[root]
             members = {*producers, *consumers}
             if isinstance(modules[root], nn.Linear):
@@ -182,9 +238,29 @@ class ModelGraph:
                     producers=tuple(producers),
                     consumers=tuple(consumers),
                     block=next((b for b in self.blocks if root.startswith(b + ".")), None),
+                    channel_groups=slices,
                 )
             )
         return groups
+
+    def leave_dense(self, reasons: dict[str, str]) -> None:
+        """Take the named groups out of the prunable ones and list them as unprunable with their reasons.
+
+        Raises:
+            UnsupportedModelError: No prunable group is left.
+        """
+        if not reasons:
+            return
+        kept = [g for g in self.groups if g.name not in reasons]
+        self.unprunable = sorted(
+            [*self.unprunable, *(UnprunableLayer(name, reason) for name, reason in reasons.items())],
+            key=lambda u: self.layers[u.name].order,
+        )
+        if not kept:
+            first = self.unprunable[0]
+            raise UnsupportedModelError(f"expected at least one prunable channel group; {first.name}: {first.reason}")
+        self.groups = [dataclasses.replace(g, index=i) for i, g in enumerate(kept)]
+        self.out_group, self.in_group = self._layer_groups()
 
     def _layer_groups(self) -> tuple[dict[str, str], dict[str, str]]:
         """For each conv/linear layer, the group that sets its output channels and the one that sets its inputs."""
@@ -245,13 +321,318 @@ def _is_depthwise(record: LayerRecord) -> bool:
     return record.groups > 1 and record.groups == record.in_channels == record.out_channels
 
 
+def moves_channels(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
+    """Whether a reshape from ``before`` to ``after`` (batch first, channels second) splits the channel dimension
+    of a feature map into two, or merges two into it: the two halves of a channel shuffle.
+
+    >>> moves_channels((1, 48, 8, 8), (1, 2, 24, 8, 8)), moves_channels((1, 24, 2, 8, 8), (1, 48, 8, 8))
+    (True, True)
+    >>> moves_channels((1, 48, 8, 8), (1, 3072)), moves_channels((1, 48, 8, 8), (1, 48, 64))
+    (False, False)
+    """
+    if len(after) == len(before) + 1 and len(before) >= 4:
+        wide, narrow = after, before
+    elif len(before) == len(after) + 1 and len(after) >= 4:
+        wide, narrow = before, after
+    else:
+        return False
+    return (
+        wide[0] == narrow[0]
+        and wide[1] > 1
+        and wide[2] > 1
+        and wide[1] * wide[2] == narrow[1]
+        and tuple(wide[3:]) == tuple(narrow[2:])
+    )
+
+
+def followed_reshape(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
+    """Whether Torch-Pruning maps channel indices through a reshape from ``before`` to ``after`` correctly: a
+    flatten to ``(batch, features)`` for a classifier, or a reshape that keeps the batch and channel dimensions of a
+    feature map of at most 4 dimensions (``(N, C, H, W) <-> (N, C, H*W)``, ``(N, C) -> (N, C, 1, 1)``).
+
+    Other reshapes (window partitions, attention heads, channel shuffles) it follows wrongly or not at all; their
+    channels are left dense.
+
+    >>> followed_reshape((1, 48, 4, 4), (1, 768)), followed_reshape((1, 48, 16), (1, 48, 4, 4))
+    (True, True)
+    >>> followed_reshape((1, 8, 8, 96), (1, 2, 4, 2, 4, 96)), followed_reshape((1, 48, 8, 8), (1, 2, 24, 8, 8))
+    (False, False)
+    """
+    if tuple(before) == tuple(after):
+        return True
+    if len(after) == 2 and len(before) >= 2 and after[0] == before[0]:
+        return True
+    return (
+        len(before) >= 2
+        and len(after) >= 2
+        and max(len(before), len(after)) <= 4
+        and tuple(before[:2]) == tuple(after[:2])
+    )
+
+
+_RESHAPES = {"view", "reshape", "flatten", "unflatten"}
+_SHUFFLES = {"channel_shuffle", "native_channel_shuffle", "pixel_shuffle", "pixel_unshuffle"}
+
+
+class _ChannelMixing(torch.autograd.Function):
+    """A channel shuffle, or a reshape Torch-Pruning does not follow (:func:`followed_reshape`), run as one opaque
+    autograd node while Torch-Pruning traces.
+
+    Torch-Pruning would take a shuffle for an element-wise op (channel i stays channel i) and fails to infer the
+    index mapping of a reshape that splits the channels; as one node that carries ``prunegym_mixing`` it is
+    recognised, and the channels that cross it stay dense. Only used for tracing: it has no backward.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, func: Callable[..., Any], rest: tuple[Any, ...], kwargs: Any, label: str):  # type: ignore[override]
+        ctx.prunegym_mixing = label
+        return func(x, *rest, **kwargs).clone()
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> Any:
+        raise RuntimeError("channel-mixing fence is for dependency tracing only")
+
+
+class _FenceChannelMixing(TorchFunctionMode):
+    """Routes channel shuffles and reshapes that move channels through :class:`_ChannelMixing`."""
+
+    def __init__(self, where: Callable[[], str], followed: set[Any]) -> None:
+        super().__init__()
+        self.where = where
+        self.followed = followed
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if name not in _RESHAPES and name not in _SHUFFLES:
+            return out
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor) or not x.requires_grad:
+            return out
+        before, after = tuple(x.shape), tuple(out.shape)
+        if name in _RESHAPES and followed_reshape(before, after):
+            self.followed.add(out.grad_fn)
+            return out
+        if name in _SHUFFLES:
+            what = f"a {name.replace('native_', '').replace('_', ' ')}"
+        else:
+            kind = "a channel shuffle" if moves_channels(before, after) else "a reshape"
+            what = f"{kind} ({name} {before[1:]} -> {after[1:]})"
+        return _ChannelMixing.apply(x, func, tuple(args[1:]), kwargs, f"{what} in {self.where()}")
+
+
+@contextmanager
+def _track_modules(model: nn.Module, stack: list[str]) -> Iterator[None]:
+    """While active, ``stack`` holds the names of the modules of ``model`` whose forward is running (innermost
+    last), so that an error can say where it arose."""
+
+    def enter(label: str) -> Callable[..., None]:
+        return lambda module, inputs: stack.append(label)
+
+    def leave(module: nn.Module, inputs: Any, output: Any) -> None:  # returns None: the output stays as it is
+        if stack:
+            stack.pop()
+
+    hooks = []
+    for name, module in model.named_modules():
+        hooks.append(module.register_forward_pre_hook(enter(name or type(model).__name__)))
+        hooks.append(module.register_forward_hook(leave))
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+@contextmanager
+def _fenced_channel_mixing(model: nn.Module, stack: list[str], followed: set[Any]) -> Iterator[None]:
+    """While active, channel-mixing ops in ``model``'s forward become recognisable fences (see ``_ChannelMixing``);
+    ``stack`` holds the names of the modules running and ``followed`` collects the autograd nodes of the reshapes
+    Torch-Pruning follows."""
+    where = lambda: stack[-1] if stack else type(model).__name__  # noqa: E731
+    with _track_modules(model, stack), _FenceChannelMixing(where, followed):
+        yield
+
+
+class _DependencyGraph(tp.DependencyGraph):
+    """Torch-Pruning's dependency graph, told which reshapes it may map channel indices through.
+
+    Reshapes the model's code does not call itself, those inside ``linear`` or ``matmul`` on 3-D and 4-D inputs
+    (transformers), fold the leading dimensions and keep the last one, the features: they are traced as element-wise
+    ops. Torch-Pruning 1.6 would otherwise guess index mappings for them (it looks for ``_saved_self_sizes``, which
+    PyTorch 2 calls ``_saved_self_sym_sizes``), and its guesses for Swin multiply indices without end.
+    """
+
+    def __init__(self, followed: set[Any]) -> None:
+        super().__init__()
+        self._followed = followed
+
+    def _trace(self, *args: Any, **kwargs: Any) -> Any:
+        module2node = super()._trace(*args, **kwargs)
+        for node in module2node.values():
+            if node.type == tp.ops.OPTYPE.RESHAPE and node.grad_fn not in self._followed:
+                node.type = tp.ops.OPTYPE.ELEMENTWISE
+        return module2node
+
+
+def _mixing_label(node: Any) -> str | None:
+    return getattr(getattr(node, "grad_fn", None), "prunegym_mixing", None)
+
+
+def _is_grouped(module: Any) -> bool:
+    """A convolution with several groups that is not depthwise (Torch-Pruning prunes depthwise ones alike)."""
+    return isinstance(module, nn.Conv2d) and 1 < module.groups != module.out_channels
+
+
+def channel_groups(dependency_graph: tp.DependencyGraph, group: Any) -> int:
+    """The number of equal slices a Torch-Pruning group's channels must be pruned alike in: the least common
+    multiple of the groups of every grouped convolution (or group norm) whose channels it holds, 1 for none."""
+    slices = 1
+    for dep, _ in group:
+        module = dep.target.module
+        if not isinstance(module, nn.Module) or (isinstance(module, nn.Conv2d) and not _is_grouped(module)):
+            continue
+        pruner = dependency_graph.get_pruner_of_module(module)
+        if pruner is None:
+            continue
+        out = dependency_graph.is_out_channel_pruning_fn(dep.handler)
+        slices = math.lcm(
+            slices, int(pruner.get_out_channel_groups(module) if out else pruner.get_in_channel_groups(module))
+        )
+    return slices
+
+
+def mixing_reason(group: Any) -> str | None:
+    """Why a Torch-Pruning group's channels cannot be pruned consistently: they cross a channel shuffle or a reshape
+    that Torch-Pruning does not follow (traced as a fence by :func:`build_dependency_graph`); None when they do
+    not."""
+    for dep, _ in group:
+        for node in (dep.source, dep.target):
+            label = _mixing_label(node)
+            if label is not None:
+                return f"its channels pass through {label}"
+    return None
+
+
+def _sliced_layers(dependency_graph: tp.DependencyGraph, group: Any) -> Iterator[tuple[Any, bool, list[int], int, int]]:
+    """``(module, is_output, indices, width, slices)`` for each grouped convolution or group norm in ``group``."""
+    for dep, idxs in group:
+        module = dep.target.module
+        if _is_grouped(module) or isinstance(module, nn.GroupNorm):
+            pruner = dependency_graph.get_pruner_of_module(module)
+            out = dependency_graph.is_out_channel_pruning_fn(dep.handler)
+            width = pruner.get_out_channels(module) if out else pruner.get_in_channels(module)
+            slices = pruner.get_out_channel_groups(module) if out else pruner.get_in_channel_groups(module)
+            yield module, out, sorted(set(idxs)), int(width), int(slices)
+
+
+def dense_reason(dependency_graph: tp.DependencyGraph, group: Any) -> str | None:
+    """Why a Torch-Pruning group holding all of its root's channels must be left dense, or None when it can be pruned.
+
+    Its channels cannot be pruned when they cross a channel shuffle (:func:`mixing_reason`) or when they fill only
+    part of a grouped convolution's input or output, whose slices would then lose different numbers of channels.
+    """
+    reason = mixing_reason(group)
+    if reason is not None:
+        return reason
+    names = {module: name for name, module in dependency_graph.model.named_modules()}
+    for module, out, idxs, width, _ in _sliced_layers(dependency_graph, group):
+        if len(idxs) != width:
+            side = "outputs" if out else "inputs"
+            return f"its channels are {len(idxs)} of the {width} {side} of grouped layer {names.get(module, '?')}"
+    return None
+
+
+def uneven_slices(dependency_graph: tp.DependencyGraph, group: Any) -> str | None:
+    """Which grouped layer a Torch-Pruning group (with the indices to remove) would prune unevenly, or None: each
+    slice of a grouped convolution must lose the same positions."""
+    names = {module: name for name, module in dependency_graph.model.named_modules()}
+    for module, out, idxs, width, slices in _sliced_layers(dependency_graph, group):
+        if not same_in_every_slice(idxs, width, slices):
+            side = "outputs" if out else "inputs"
+            return f"it removes different positions from the {slices} slices of the {side} of {names.get(module, '?')}"
+    return None
+
+
+def same_in_every_slice(removed: list[int], channels: int, slices: int) -> bool:
+    """Whether ``removed`` channels repeat the same positions in each of ``slices`` equal slices of ``channels``.
+
+    >>> same_in_every_slice([0, 4], 8, 2), same_in_every_slice([0, 5], 8, 2), same_in_every_slice([3], 8, 1)
+    (True, False, True)
+    """
+    if slices <= 1:
+        return True
+    per_slice = channels // slices
+    positions = {i % per_slice for i in removed}
+    return len(set(removed)) == len(positions) * slices and all(0 <= i < channels for i in removed)
+
+
+def _repair_channel_splits(graph: tp.DependencyGraph) -> None:
+    """Give Torch-Pruning the true sizes and order of the pieces of a ``chunk``/``split`` along the channels.
+
+    Torch-Pruning 1.6 reads the sizes when the autograd node has ``_saved_self_sizes`` or ``_saved_split_sizes``;
+    ``chunk`` and ``split(int)`` in PyTorch 2 have ``_saved_self_sym_sizes`` and ``_saved_split_size``, so it guesses
+    them from the layers downstream, which goes wrong when a piece goes through a concatenation (ShuffleNet) and
+    then makes index lookups fail. It also maps the i-th consumer it found to the i-th piece, while consumers are
+    found in backward order: they are put in the order of the pieces they read. Torch-Pruning reads both each time
+    it builds a group, so setting them after the build is enough. Splits it cannot read unambiguously (a piece
+    read twice, say) are left as they are.
+    """
+    for node in graph.module2node.values():
+        grad_fn = node.grad_fn
+        if node.type != tp.ops.OPTYPE.SPLIT or getattr(grad_fn, "_saved_dim", None) != 1:
+            continue
+        pieces = []
+        for out in node.outputs:
+            read = {k for fn, k in getattr(out.grad_fn, "next_functions", ()) if fn is grad_fn}
+            pieces.append(read.pop() if len(read) == 1 else -1)
+        if sorted(pieces) != list(range(len(pieces))):
+            continue
+        node.outputs[:] = [out for _, out in sorted(zip(pieces, node.outputs, strict=True), key=lambda p: p[0])]
+        total = getattr(grad_fn, "_saved_self_sym_sizes", None)
+        size = getattr(grad_fn, "_saved_split_size", None)
+        if total is None or size is None:
+            continue  # split with explicit sizes: Torch-Pruning read them
+        sizes = [min(int(size), int(total[1]) - start) for start in range(0, int(total[1]), int(size))]
+        if len(sizes) == len(node.outputs):
+            node.module.split_sizes = sizes
+            node.module.offsets = [0, *itertools.accumulate(sizes)]
+
+
 def build_dependency_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph of ``model`` for a batch-1 input of ``input_shape``."""
+    """Torch-Pruning's dependency graph of ``model`` for a batch-1 input of ``input_shape``.
+
+    Channel shuffles and reshapes that move channels are traced as fences (see :func:`dense_reason`).
+
+    Raises:
+        UnsupportedModelError: The model cannot be traced (one line: the error and where it arose).
+    """
     was_training = model.training
     model.eval()
+    running: list[str] = []
+    followed: set[Any] = set()
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_shape))
-    except Exception as exc:  # tracing failures come in many types; say which model and why
-        raise UnsupportedModelError(f"cannot trace the model's channel dependencies: {exc}") from exc
+        with warnings.catch_warnings(), _fenced_channel_mixing(model, running, followed):
+            warnings.simplefilter("ignore")  # Torch-Pruning's notes on unwrapped parameters and unknown ops
+            graph = _DependencyGraph(followed).build_dependency(
+                model, example_inputs=torch.zeros(1, *input_shape), verbose=False
+            )
+        _repair_channel_splits(graph)
+        return graph
+    except Exception as exc:  # tracing failures come in many types; say where and why
+        where = f" in {running[-1]}" if running else ""
+        raise UnsupportedModelError(f"cannot trace the model's channel dependencies{where}: {one_line(exc)}") from exc
     finally:
         model.train(was_training)
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` of an exception, with the innermost frame of Torch-Pruning or the model
+    that raised it."""
+    import traceback
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].name} in {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {text}{where}"

@@ -218,6 +218,8 @@ MODELS: dict[str, ModelBuilder] = {
     "small_cnn": lambda num_classes, in_channels: SmallCNN(num_classes, in_channels),
 }
 TORCHVISION_PREFIX = "tv:"
+# torchvision families built for one input size, and the keyword that sets it (the others adapt to any size).
+TORCHVISION_SIZED = {"vit_": "image_size"}
 
 
 def model_names() -> list[str]:
@@ -236,7 +238,7 @@ def default_input_shape(name: str, in_channels: int | None = None) -> tuple[int,
     return (channels if in_channels is None else in_channels, size, size)
 
 
-def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, image_size: int | None = None) -> nn.Module:
     """Build an untrained model by name.
 
     Args:
@@ -244,6 +246,8 @@ def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3) -> nn
             torchvision classification model (built without pretrained weights).
         num_classes: Outputs of the classifier.
         in_channels: Channels of the input images (torchvision models need 3).
+        image_size: Side of the square input images, for torchvision models built for one size (ViT: positional
+            embeddings); None builds them for their default size. Other models ignore it.
 
     Raises:
         UnsupportedModelError: The name is unknown.
@@ -260,7 +264,12 @@ def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3) -> nn
             raise UnsupportedModelError(f"expected a torchvision classification model name; got {tv_name!r}")
         if in_channels != 3:
             raise UnsupportedModelError(f"torchvision models expect 3 input channels; got {in_channels}")
-        return torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes)
+        sized = {
+            keyword: image_size
+            for prefix, keyword in TORCHVISION_SIZED.items()
+            if tv_name.startswith(prefix) and image_size is not None
+        }
+        return torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **sized)
     if name not in MODELS:
         raise UnsupportedModelError(f"model must be one of {', '.join(model_names())}; got {name!r}")
     return MODELS[name](num_classes, in_channels)

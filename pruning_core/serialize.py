@@ -111,7 +111,12 @@ def _read_json(path: Path) -> dict[str, Any]:
 def build_pruned_architecture(structure: dict[str, Any]) -> nn.Module:
     """The base model with the recorded blocks removed and channels pruned (weights not loaded)."""
     shape = tuple(structure["input_shape"])
-    model = build_model(structure["base_model"], num_classes=len(structure["classes"]), in_channels=int(shape[0]))
+    model = build_model(
+        structure["base_model"],
+        num_classes=len(structure["classes"]),
+        in_channels=int(shape[0]),
+        image_size=int(shape[1]) if len(shape) == 3 and shape[1] == shape[2] else None,
+    )
     remove_blocks(model, tuple(structure.get("removed_blocks", ())))
     kept = {name: [int(i) for i in idxs] for name, idxs in structure["kept_channels"].items()}
     try:
