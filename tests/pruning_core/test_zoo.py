@@ -1,0 +1,33 @@
+"""Every torchvision classifier is pruned at 0.3 and 0.6, runs, reloads with the same outputs and exports to ONNX,
+or is refused in one line (issue 33). Slow: one model per test, random weights, the smallest input it runs at."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torchvision
+
+from pruning_core.zoo import SPARSITIES, check_model, zoo_table
+
+TORCHVISION = torchvision.models.list_models(module=torchvision.models)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_every_torchvision_classifier_is_pruned_or_refused_in_one_line(name, tmp_path):
+    result = check_model(f"tv:{name}", tmp_path)
+    if result.refused is not None:
+        assert "\n" not in result.refused and result.refused
+        return
+    assert result.groups >= 1
+    assert set(result.macs_kept) == set(SPARSITIES)
+    assert all(0 < kept < 1 for kept in result.macs_kept.values())
+    assert result.macs_kept[0.6] < result.macs_kept[0.3]
+    assert result.reload_diff <= 1e-5
+    assert all(":" in entry and "\n" not in entry for entry in result.left_dense)
+    if importlib.util.find_spec("onnx") is None:
+        assert result.onnx.startswith("skipped")
+    else:
+        assert result.onnx_ok, result.onnx
+    assert f"| tv:{name} |" in zoo_table([result])
