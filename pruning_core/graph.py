@@ -464,20 +464,30 @@ class _DependencyGraph(tp.DependencyGraph):
     PyTorch 2 calls ``_saved_self_sym_sizes``), and its guesses for Swin multiply indices without end.
     """
 
-    def __init__(self, followed: set[Any]) -> None:
+    def __init__(self, followed: set[Any], running: list[str]) -> None:
         super().__init__()
         self._followed = followed
+        self._running = running
 
     def _trace(self, *args: Any, **kwargs: Any) -> Any:
         module2node = super()._trace(*args, **kwargs)
+        self._running.clear()  # the forward is over: later failures arise in no layer
         for node in module2node.values():
             if node.type == tp.ops.OPTYPE.RESHAPE and node.grad_fn not in self._followed:
+                node.type = tp.ops.OPTYPE.ELEMENTWISE
+            elif node.type == tp.ops.OPTYPE.CONCAT and getattr(node.grad_fn, "_saved_dim", 1) >= 2**63:
+                # A negative dimension, saved as an unsigned integer, that Torch-Pruning reads as "unset" and then
+                # as the channels (Swin's patch merging, ``cat(..., -1)``): its channels stay dense.
+                names = [self._module2name.get(n.module) for n in node.outputs]
+                consumer = next((n for n in names if n), "the next layer")
+                node.prunegym_mixing = f"a concatenation along the last dimension (before {consumer})"
                 node.type = tp.ops.OPTYPE.ELEMENTWISE
         return module2node
 
 
 def _mixing_label(node: Any) -> str | None:
-    return getattr(getattr(node, "grad_fn", None), "prunegym_mixing", None)
+    label = getattr(node, "prunegym_mixing", None)
+    return label if label is not None else getattr(getattr(node, "grad_fn", None), "prunegym_mixing", None)
 
 
 def _is_grouped(module: Any) -> bool:
@@ -615,7 +625,7 @@ def build_dependency_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp
     try:
         with warnings.catch_warnings(), _fenced_channel_mixing(model, running, followed):
             warnings.simplefilter("ignore")  # Torch-Pruning's notes on unwrapped parameters and unknown ops
-            graph = _DependencyGraph(followed).build_dependency(
+            graph = _DependencyGraph(followed, running).build_dependency(
                 model, example_inputs=torch.zeros(1, *input_shape), verbose=False
             )
         _repair_channel_splits(graph)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,11 +156,19 @@ def load_pruned(folder: str | os.PathLike[str]) -> LoadedPruned:
     except PruneGymError as exc:
         raise CheckpointError(f"cannot rebuild {folder}: {exc}") from None
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(_with_versions(state, model))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"weights in {folder} do not fit the recorded structure: {first}") from None
     return LoadedPruned(model=model.eval(), plan=plan, structure=structure, meta=meta)
+
+
+def _with_versions(state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """``state`` with the module versions of ``model``'s own state dict: the saved weights are a plain mapping,
+    which drops them, and some modules (torchvision's MNASNet) refuse to load without their version."""
+    versioned: Any = OrderedDict(state)
+    versioned._metadata = getattr(model.state_dict(), "_metadata", None)
+    return versioned
 
 
 def max_abs_difference(a: nn.Module, b: nn.Module, inputs: torch.Tensor) -> float:

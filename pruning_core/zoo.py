@@ -198,11 +198,36 @@ def zoo_table(results: Iterable[ZooResult], sparsities: Sequence[float] = SPARSI
     return "\n".join(lines) + "\n"
 
 
+def update_rows(existing: str, table: str) -> str:
+    """``existing`` markdown with the rows of ``table``'s models replaced (and new models appended to its table).
+
+    >>> old = "# t\\n| model | x |\\n|---|---|\\n| a | 1 |\\n| b | 2 |\\n"
+    >>> print(update_rows(old, "| model | x |\\n|---|---|\\n| b | 3 |\\n| c | 4 |\\n"), end="")
+    # t
+    | model | x |
+    |---|---|
+    | a | 1 |
+    | b | 3 |
+    | c | 4 |
+    """
+    new = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
+    lines = []
+    for line in existing.splitlines():
+        model = line.split("|")[1].strip() if line.startswith("| ") else None
+        lines.append(new.pop(model) if model in new else line)
+    last_row = max((i for i, line in enumerate(lines) if line.startswith("| ")), default=len(lines) - 1)
+    lines[last_row + 1 : last_row + 1] = list(new.values())
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Check models (every torchvision classifier by default) and write the markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("models", nargs="*", help="model names (default: every torchvision classifier)")
     parser.add_argument("--out", type=Path, required=True, help="markdown file to write")
+    parser.add_argument(
+        "--update", action="store_true", help="replace only the given models' rows of an existing --out table"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     results = []
@@ -221,7 +246,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"`python -m pruning_core.zoo --out {args.out}` with torch {torch.__version__}.\n\n"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(header + zoo_table(results))
+    table = zoo_table(results)
+    if args.update and args.out.is_file():
+        table = update_rows(args.out.read_text(), table)
+        header = ""
+    args.out.write_text(header + table)
 
 
 if __name__ == "__main__":
