@@ -4,19 +4,23 @@ or is refused in one line (issue 33). Slow: one model per test, random weights, 
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 import torchvision
 
-from pruning_core.zoo import SPARSITIES, check_model, zoo_table
+from pruning_core.zoo import SPARSITIES, check_model, record, zoo_table
 
 TORCHVISION = torchvision.models.list_models(module=torchvision.models)
+TABLE = os.environ.get("PRUNEGYM_ZOO_TABLE")  # when set, each model's row goes into this markdown table
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TORCHVISION)
 def test_every_torchvision_classifier_is_pruned_or_refused_in_one_line(name, tmp_path):
     result = check_model(f"tv:{name}", tmp_path)
+    if TABLE:
+        record(TABLE, result)
     if result.refused is not None:
         assert "\n" not in result.refused and result.refused
         return
