@@ -4,7 +4,9 @@ or is refused in one line (issue 33). Slow: one model per test, random weights, 
 from __future__ import annotations
 
 import importlib.util
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 import torchvision
@@ -18,7 +20,9 @@ TABLE = os.environ.get("PRUNEGYM_ZOO_TABLE")  # when set, each model's row goes 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TORCHVISION)
 def test_every_torchvision_classifier_is_pruned_or_refused_in_one_line(name, tmp_path):
-    result = check_model(f"tv:{name}", tmp_path)
+    # each model in a fresh process: one long-lived process ran out of memory at vit_h_14 after 70 models
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        result = pool.submit(check_model, f"tv:{name}", tmp_path).result()
     if TABLE:
         record(TABLE, result)
     if result.refused is not None:
