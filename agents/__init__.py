@@ -6,8 +6,9 @@ The public API is below, in ``__all__``. Each name is imported from its module o
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from pruning_core.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from agents.apply import MethodResult, finish_plan, meet_measured_budget, plan_from_policy
@@ -24,7 +25,6 @@ _LAZY: dict[str, tuple[str, ...]] = {
     "train": ("ALGOS", "RunResult", "SearchCallback", "TrainRunConfig", "best_plan", "train_agent"),
 }
 """The module of this package behind each public name; imported on first use."""
-_MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
 
 __all__ = [
     "ALGOS",
@@ -51,14 +51,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # the next lookup finds it without this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+_MODULE_OF, __getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

@@ -6,7 +6,6 @@ The public API is below, in ``__all__``. Besides the errors, each name is import
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from pruning_core.errors import (
@@ -18,6 +17,7 @@ from pruning_core.errors import (
     PruneGymError,
     UnsupportedModelError,
 )
+from pruning_core.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from pruning_core.baselines import BASELINES, BudgetProblem, baseline_plan, global_plan, uniform_plan
@@ -74,7 +74,6 @@ _LAZY: dict[str, tuple[str, ...]] = {
     "training": ("EvalResult", "TrainConfig", "evaluate", "pretrain"),
 }
 """The module of this package behind each public name but the errors; imported on first use."""
-_MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
 
 __all__ = [
     "BASELINES",
@@ -153,14 +152,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # the next lookup finds it without this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+_MODULE_OF, __getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)
