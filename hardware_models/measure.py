@@ -37,7 +37,7 @@ from torch import nn
 
 from hardware_models.base import DeviceKind, LatencyStats, Variant
 from hardware_models.timing_worker import read_message, write_message
-from pruning_core.engine import prune_channels, remove_blocks
+from pruning_core.engine import prune_channels, remove_blocks, top_channels
 from pruning_core.errors import PruneGymError
 from pruning_core.graph import ModelGraph
 
@@ -98,11 +98,13 @@ def time_interleaved(
 
 
 def build_variant(graph: ModelGraph, variant: Variant) -> nn.Module:
-    """A real pruned copy of ``graph.model`` with the variant's widths (the first channels of each group kept)."""
+    """A real pruned copy of ``graph.model`` with the variant's widths (the first channels of each group kept; of
+    each slice where grouped convolutions split a group, so that the slices stay equal)."""
     model = copy.deepcopy(graph.model)
     remove_blocks(model, variant.removed_blocks)
+    first = {g.name: -torch.arange(g.channels, dtype=torch.float32) for g in graph.groups}  # earlier scores higher
     kept = {
-        g.name: list(range(variant.kept.get(g.name, g.channels)))
+        g.name: top_channels(first[g.name], variant.kept.get(g.name, g.channels), g.channel_groups)
         for g in graph.groups
         if g.block not in variant.removed_blocks
     }

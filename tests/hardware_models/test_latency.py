@@ -141,6 +141,19 @@ def test_variant_widths_match_the_description(resnet_graph):
     assert channels["layer1.0.conv1"] == (5, 16) and "layer3.1.conv1" not in channels
 
 
+def test_a_grouped_variant_keeps_equal_slices_of_every_grouped_conv():
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, padding=1, groups=4), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10),
+    )  # fmt: skip
+    graph = ModelGraph(net, (3, 8, 8))
+    grouped = [g for g in graph.groups if g.channel_groups == 4]
+    assert grouped, "the stem's channels feed a 4-group conv"
+    model = build_variant(graph, Variant(kept={g.name: g.channels // 2 for g in grouped}))
+    assert model[3].in_channels == 8 and model(torch.randn(1, 3, 8, 8)).shape == (1, 10)
+
+
 def test_layer_table_interpolates_between_grid_points():
     table = LayerTable("conv", 3, 1, (8, 8), (8, 8), [1, 2], [1, 3], [[1.0, 3.0], [2.0, 4.0]])
     assert table.lookup(1, 1) == 1.0 and table.lookup(2, 3) == 4.0
