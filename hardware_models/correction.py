@@ -112,16 +112,21 @@ class CorrectedCost(LayerwiseCost):
 
 def calibration_plans(problem: BudgetProblem, budget: float, *, seed: int = 0) -> list[dict[str, int]]:
     """Kept widths of the plans a calibration times: uniform plans at 0.8, 1 and 1.2 times the budget on the table
-    (below dense), and two random shapes at the budget (searches' plans are not uniform)."""
+    (below dense), and two random shapes at the budget (searches' plans are not uniform). A target below what the
+    table prices the thinnest plan at is raised to it (random shapes: to 1.1 times it), so that a table that puts the
+    budget out of reach still gets its correction, which may bring it back within reach."""
     engine, dense = problem.engine, problem.cost_of({g.name: g.channels for g in problem.engine.groups})
+    floor = problem.cost_of(
+        {g.name: kept_count(g.channels, problem.max_sparsity, problem.granule) for g in engine.groups}
+    )
     plans = []
     for factor in (0.8, 1.0, 1.2):
-        target = min(0.95, budget * factor) * dense
+        target = max(floor, min(0.95, budget * factor) * dense)
         sub = BudgetProblem(engine, problem.cost, target, problem.max_sparsity)
         plan = uniform_plan(sub)
         plans.append({g.name: kept_count(g.channels, plan.sparsity[g.name], plan.round_to) for g in engine.groups})
     rng = random.Random(seed)
-    at_budget = BudgetProblem(engine, problem.cost, budget * dense, problem.max_sparsity)
+    at_budget = BudgetProblem(engine, problem.cost, max(1.1 * floor, budget * dense), problem.max_sparsity)
     while len(plans) < 5:
         kept = random_candidate(at_budget, rng)
         if at_budget.meets(kept):

@@ -42,3 +42,18 @@ def test_a_measured_device_is_calibrated_before_the_search_and_the_correction_sh
     again = make_env(budget=0.6, val_images=100, bn_batches=1, dataset=digits, calibrate_latency=path)
     assert again.budget_model.points == cost.points
     assert again.budget_model.measured_at == json.loads(path.read_text())["measured_at"]
+
+
+def test_calibration_plans_reach_down_to_the_thinnest_plan_when_the_budget_is_out_of_reach():
+    from hardware_models.correction import calibration_plans
+    from pruning_core.baselines import BudgetProblem
+    from pruning_core.engine import PruningEngine
+    from pruning_core.metrics import MacsCost
+    from pruning_core.models import build_model
+
+    engine = PruningEngine(build_model("small_cnn", in_channels=1), (1, 8, 8))
+    problem = BudgetProblem(engine, MacsCost(), target=0.0, max_sparsity=0.5)  # the thinnest plan: half the MACs
+    plans = calibration_plans(problem, budget=0.05)
+    dense = problem.cost_of({g.name: g.channels for g in engine.groups})
+    ratios = [problem.cost_of(kept) / dense for kept in plans]
+    assert len(plans) == 5 and all(0.2 < r <= 0.6 for r in ratios)
