@@ -279,7 +279,9 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         self.set_budget(budget)
         self._affected = {
             g.name: [
-                n for n in self._layers if self.graph.out_group.get(n) == g.name or self.graph.in_group.get(n) == g.name
+                n
+                for n in self._layers
+                if self.graph.out_group.get(n) == g.name or g.name in self.graph.in_groups.get(n, {})
             ]
             for g in self.groups
         }
@@ -318,9 +320,7 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
 
     # Costs -------------------------------------------------------------------------------------------------------
     def _layer_cost(self, name: str, widths: dict[str, int]) -> float:
-        record = self.graph.layers[name]
-        c_in = widths[self.graph.in_group[name]] if name in self.graph.in_group else record.in_channels
-        c_out = widths[self.graph.out_group[name]] if name in self.graph.out_group else record.out_channels
+        c_in, c_out = self.graph.layer_width(name, widths)
         key = (name, c_in, c_out)
         if key not in self._cost_memo:
             self._cost_memo[key] = self.budget_model.layer_cost(self.graph, name, c_in, c_out)

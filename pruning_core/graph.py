@@ -18,7 +18,7 @@ import enum
 import itertools
 import math
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -141,6 +141,10 @@ class ModelGraph:
     Attributes:
         groups: The prunable groups, in forward order.
         unprunable: Layers whose channels are left dense (no group), with the reason.
+        out_group: For each conv/linear layer whose output channels belong to a group, that group.
+        in_group: For each conv/linear layer whose input channels belong to a group, one such group.
+        in_groups: For each such layer, every group its inputs belong to (several after a concatenation), with the
+            inputs each channel of the group fills (1, or H*W where a feature map is flattened into a linear layer).
 
     Raises:
         UnsupportedModelError: The model has no prunable group or cannot be traced.
@@ -166,13 +170,14 @@ class ModelGraph:
         self.names = {module: name for name, module in model.named_modules()}
         self.blocks = skippable_blocks(model)
         self.unprunable: list[UnprunableLayer] = []
+        self._input_share: dict[str, dict[str, int]] = {}  # group -> consumer -> inputs per channel of the group
         self.groups = self._enumerate_groups()
         if not self.groups:
             reasons = "; ".join(f"{u.name}: {u.reason}" for u in self.unprunable[:3])
             raise UnsupportedModelError(
                 f"expected at least one prunable channel group; found none{' (' + reasons + ')' if reasons else ''}"
             )
-        self.out_group, self.in_group = self._layer_groups()
+        self.out_group, self.in_group, self.in_groups = self._layer_groups()
         self.total_macs = sum(r.macs for r in self.layers.values())
         self.total_params = sum(p.numel() for p in model.parameters())
 
@@ -190,7 +195,8 @@ class ModelGraph:
         for group in all_groups:
             slices = channel_groups(self.dependency_graph, group)
             producers, consumers = [], []
-            for dep, _ in group:
+            inputs: dict[str, set[int]] = {}  # the input positions of each consumer that hold the group's channels
+            for dep, idxs in group:
                 name = self.names.get(dep.target.module)
                 if name not in self.layers:
                     continue
@@ -198,6 +204,7 @@ class ModelGraph:
                     producers.append(name)
                 else:
                     consumers.append(name)
+                    inputs.setdefault(name, set()).update(getattr(i, "idx", i) for i in idxs)
             producers = sorted(set(producers), key=lambda n: self.layers[n].order)
             consumers = sorted(set(consumers) - set(producers), key=lambda n: self.layers[n].order)
             # A depthwise conv's output pruning rides on its producer: the producer names the group.
@@ -211,6 +218,8 @@ class ModelGraph:
                 self.unprunable.append(UnprunableLayer(primary[0], reason))
                 continue
             found.append((primary[0], producers, consumers, slices))
+            channels = self.layers[primary[0]].out_channels
+            self._input_share[primary[0]] = {n: max(1, len(inputs[n]) // channels) for n in consumers}
         found.sort(key=lambda item: self.layers[item[0]].order)
         self.unprunable.sort(key=lambda u: self.layers[u.name].order)
         groups = []
@@ -260,20 +269,25 @@ class ModelGraph:
             first = self.unprunable[0]
             raise UnsupportedModelError(f"expected at least one prunable channel group; {first.name}: {first.reason}")
         self.groups = [dataclasses.replace(g, index=i) for i, g in enumerate(kept)]
-        self.out_group, self.in_group = self._layer_groups()
+        self.out_group, self.in_group, self.in_groups = self._layer_groups()
 
-    def _layer_groups(self) -> tuple[dict[str, str], dict[str, str]]:
-        """For each conv/linear layer, the group that sets its output channels and the one that sets its inputs."""
+    def _layer_groups(self) -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
+        """For each conv/linear layer, the group that sets its output channels, one that sets its inputs, and all
+        the groups its inputs hold with the inputs per channel of each."""
         out_group: dict[str, str] = {}
         in_group: dict[str, str] = {}
+        in_groups: dict[str, dict[str, int]] = {}
         for group in self.groups:
             for layer in group.producers:
                 out_group[layer] = group.name
                 if _is_depthwise(self.layers[layer]):
                     in_group[layer] = group.name  # a depthwise conv's inputs are its outputs' channels
+                    in_groups[layer] = {group.name: 1}
             for layer in group.consumers:
                 in_group[layer] = group.name
-        return out_group, in_group
+                in_groups.setdefault(layer, {})[group.name] = self._input_share[group.name].get(layer, 1)
+        self._group_channels = {g.name: g.channels for g in self.groups}
+        return out_group, in_group, in_groups
 
     def layer_channels(
         self, kept: dict[str, int] | None = None, removed_blocks: Iterable[str] = ()
@@ -292,14 +306,26 @@ class ModelGraph:
         kept = kept or {}
         removed = tuple(b + "." for b in removed_blocks)
         widths = {g.name: kept.get(g.name, g.channels) for g in self.groups}
-        channels = {}
-        for name, record in sorted(self.layers.items(), key=lambda item: item[1].order):
-            if name.startswith(removed):
-                continue
-            c_in = widths[self.in_group[name]] if name in self.in_group else record.in_channels
-            c_out = widths[self.out_group[name]] if name in self.out_group else record.out_channels
-            channels[name] = (c_in, c_out)
-        return channels
+        return {
+            name: self.layer_width(name, widths)
+            for name in sorted(self.layers, key=lambda n: self.layers[n].order)
+            if not name.startswith(removed)
+        }
+
+    def layer_width(self, name: str, widths: Mapping[str, int]) -> tuple[int, int]:
+        """``(in_channels, out_channels)`` of the conv/linear layer ``name`` when each group keeps ``widths[group]``
+        channels (every group named).
+
+        A layer that reads a concatenation loses the channels each of its groups loses; one that reads a flattened
+        feature map loses H*W inputs per channel.
+        """
+        record = self.layers[name]
+        c_in = record.in_channels - sum(
+            share * (self._group_channels[group] - widths[group])
+            for group, share in self.in_groups.get(name, {}).items()
+        )
+        c_out = widths[self.out_group[name]] if name in self.out_group else record.out_channels
+        return c_in, c_out
 
     def group(self, name: str) -> PrunableGroup:
         """The group called ``name``."""
