@@ -211,7 +211,7 @@ class RandomCriterion(Criterion):
 
 
 def _weight(module: nn.Module) -> torch.Tensor:
-    weight = module.weight
+    weight = getattr(module, "weight", None)  # modules without one (ReLU) raise AttributeError on .weight
     if not isinstance(weight, torch.Tensor):
         raise PlanError(f"expected a conv or linear layer with a weight tensor; got {type(module).__name__}")
     return weight
