@@ -42,7 +42,11 @@ class BudgetProblem:
 
 
 def bisect_smallest(meets: Callable[[float], bool], low: float, high: float, steps: int = 30) -> float:
-    """Smallest x in [low, high] with ``meets(x)`` (``meets`` monotone, ``meets(high)`` true)."""
+    """Smallest x in [low, high] with ``meets(x)`` (``meets`` monotone, ``meets(high)`` true).
+
+    >>> round(bisect_smallest(lambda x: x * x >= 0.25, 0.0, 1.0), 6), bisect_smallest(lambda x: True, 0.2, 1.0)
+    (0.5, 0.2)
+    """
     if meets(low):
         return low
     for _ in range(steps):
