@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from agents.apply import MethodResult, finish_plan, meet_measured_budget, plan_from_policy
     from agents.benchmark import ALL_METHODS, BenchmarkConfig, rewrite_tables, run_benchmark
     from agents.compare import SEARCH_METHODS, YardstickConfig, YardstickRow, compare_searches
+    from agents.dynamic import DynamicReport, DynamicReportConfig, run_dynamic_report
+    from agents.dynamic_tables import write_dynamic_tables
     from agents.policy_io import SavedPolicy, load_policy, save_policy
     from agents.train import ALGOS, RunResult, SearchCallback, TrainRunConfig, best_plan, train_agent
 
@@ -21,6 +23,8 @@ _LAZY: dict[str, tuple[str, ...]] = {
     "apply": ("MethodResult", "finish_plan", "meet_measured_budget", "plan_from_policy"),
     "benchmark": ("ALL_METHODS", "BenchmarkConfig", "rewrite_tables", "run_benchmark"),
     "compare": ("SEARCH_METHODS", "YardstickConfig", "YardstickRow", "compare_searches"),
+    "dynamic": ("DynamicReport", "DynamicReportConfig", "run_dynamic_report"),
+    "dynamic_tables": ("write_dynamic_tables",),
     "policy_io": ("SavedPolicy", "load_policy", "save_policy"),
     "train": ("ALGOS", "RunResult", "SearchCallback", "TrainRunConfig", "best_plan", "train_agent"),
 }
@@ -31,6 +35,8 @@ __all__ = [
     "ALL_METHODS",
     "SEARCH_METHODS",
     "BenchmarkConfig",
+    "DynamicReport",
+    "DynamicReportConfig",
     "MethodResult",
     "RunResult",
     "SavedPolicy",
@@ -46,8 +52,10 @@ __all__ = [
     "plan_from_policy",
     "rewrite_tables",
     "run_benchmark",
+    "run_dynamic_report",
     "save_policy",
     "train_agent",
+    "write_dynamic_tables",
 ]
 
 

@@ -21,6 +21,7 @@ from pruning_core.scoring import DEFAULT_FINETUNE_STEPS
 from scripts.record_table import print_records
 
 if TYPE_CHECKING:
+    from agents.dynamic import DynamicReportConfig
     from envs.layer_prune import LayerPruneEnv
     from envs.target import Target
     from pruning_core.checkpoint import Checkpoint
@@ -645,6 +646,150 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_dynamic_args(parser: argparse.ArgumentParser) -> None:
+    """The dynamic-skip report's arguments, the target's first (``prunegym dynamic`` and ``scripts.dynamic_report``);
+    each mirrors a field of :class:`agents.dynamic.DynamicReportConfig`."""
+    from pruning_core.dynamic import DEFAULT_SEARCH_LEVELS
+
+    add_target_args(parser)
+    parser.add_argument("--plan", type=Path, default=None, help="static plan (JSON)")
+    parser.add_argument("--uniform", type=float, default=None, help="uniform channel sparsity of the static plan")
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--gate-epochs", type=int, default=2)
+    parser.add_argument("--joint-epochs", type=int, default=0, help="then fine-tune backbone and gates jointly")
+    parser.add_argument("--joint-lr", type=float, default=0.01)
+    parser.add_argument("--rate-penalty", type=float, default=0.5, help="weight of the execution-rate penalty")
+    parser.add_argument(
+        "--rate-target", type=float, default=None, help="penalise only the mean execution rate above this budget"
+    )
+    parser.add_argument(
+        "--block-target",
+        type=float,
+        default=None,
+        help="instead pull every block's execution rate to this share of each batch (gates must tell inputs apart)",
+    )
+    parser.add_argument(
+        "--joint-distill",
+        type=float,
+        default=0.0,
+        help="weight of distillation from the dense model in the joint epochs (and in the static model's as many)",
+    )
+    parser.add_argument(
+        "--joint-full-weight",
+        type=float,
+        default=0.0,
+        help="weight of the every-block cross-entropy in the joint epochs: each step also runs the batch through every "
+        "block, so the backbone stays good with nothing skipped (the sandwich rule; twice the cost per step)",
+    )
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.6, 0.7, 0.8])
+    parser.add_argument("--latency-images", type=int, default=2000, help="test images timed one by one")
+    parser.add_argument(
+        "--search-thresholds",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also choose a threshold per block, greedily on val (search_thresholds; saved as threshold_search.json "
+        "and reused), and time K of the settings it finds, spread over their expected latencies",
+    )
+    parser.add_argument(
+        "--search-levels",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_SEARCH_LEVELS),
+        help="thresholds a block may take",
+    )
+    parser.add_argument("--search-images", type=int, default=None, help="val images the search scores on (all)")
+    parser.add_argument(
+        "--search-device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where the search runs the model (val accuracy only; latency comes from the parts measured here)",
+    )
+    parser.add_argument(
+        "--search-stop",
+        type=float,
+        default=0.45,
+        help="stop the search once the expected latency is the static part plus this share of every block's time",
+    )
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--static-only",
+        action="store_true",
+        help="stop once the static model (and its extra epochs) is trained and saved: a model to --compare with",
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="other report folders whose static model (with its extra epochs, if any) is timed in the same pass: "
+        "static pruning at other ratios, to compare at equal accuracy",
+    )
+    parser.add_argument(
+        "--retime",
+        action="store_true",
+        help="time the models again although the report holds a timing by the current method (made on a busy host, "
+        "say); every earlier timing is kept in the report (earlier_timings) and summarised in the table",
+    )
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="stop once the models are trained and saved; a later run times them (on a quiet host)",
+    )
+
+
+def dynamic_config_from_args(args: argparse.Namespace) -> DynamicReportConfig:
+    """The dynamic-skip report of the arguments of :func:`add_dynamic_args`."""
+    from agents.dynamic import DynamicReportConfig
+
+    return DynamicReportConfig(
+        target=target_from_args(args),
+        out=args.out,
+        plan=args.plan,
+        uniform=args.uniform,
+        finetune_epochs=args.finetune_epochs,
+        gate_epochs=args.gate_epochs,
+        joint_epochs=args.joint_epochs,
+        joint_lr=args.joint_lr,
+        rate_penalty=args.rate_penalty,
+        rate_target=args.rate_target,
+        block_target=args.block_target,
+        joint_distill=args.joint_distill,
+        joint_full_weight=args.joint_full_weight,
+        thresholds=tuple(args.thresholds),
+        latency_images=args.latency_images,
+        search_thresholds=args.search_thresholds,
+        search_levels=tuple(args.search_levels),
+        search_images=args.search_images,
+        search_device=args.search_device,
+        search_stop=args.search_stop,
+        static_only=args.static_only,
+        compare=tuple(args.compare),
+        retime=args.retime,
+        train_only=args.train_only,
+    )
+
+
+def report_dynamic(config: DynamicReportConfig, threads: int | None) -> None:
+    """Run the dynamic-skip report with ``threads`` torch threads (default 2), printing its progress, then its table
+    or where it stopped."""
+    from agents.dynamic import run_dynamic_report
+
+    torch.set_num_threads(threads or 2)
+    result = run_dynamic_report(config, log=lambda line: print(line, flush=True))
+    if result.stage == "static":
+        print(f"static model saved in {config.out}; pass --compare {config.out} to a report to time it there")
+    elif result.stage == "trained":
+        print(f"trained and saved in {config.out}; run again without --train-only to time the models")
+    else:
+        print(result.table)
+
+
+def cmd_dynamic(args: argparse.Namespace) -> int:
+    report_dynamic(dynamic_config_from_args(args), args.threads)
+    return 0
+
+
 def add_target_args(
     parser: argparse.ArgumentParser, *, model_default: str | None = "small_cnn", budget: bool = True
 ) -> None:
@@ -919,6 +1064,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="run nothing: bring --out's results.json up to date and write its tables and plots again",
     )
     p.set_defaults(handler=cmd_benchmark)
+
+    p = sub.add_parser(
+        "dynamic",
+        help="static pruning alone vs static + dynamic block skipping: gates, threshold search, batch-1 timing, "
+        "report (resumable)",
+    )
+    add_dynamic_args(p)
+    p.set_defaults(handler=cmd_dynamic)
 
     p = sub.add_parser("demo", help="the embedded demo: PPO vs two baselines on small_cnn/digits, host-CPU latency")
     p.add_argument("--model", default="small_cnn")

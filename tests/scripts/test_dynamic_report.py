@@ -99,3 +99,31 @@ def test_static_models_at_other_ratios_are_timed_in_the_same_pass(tmp_path):
     assert "static only, uniform 0.5, +1 epochs" in table and "At equal accuracy" in table
     with pytest.raises(SystemExit, match="expected a report folder with a static model"):
         main([*common, "--uniform", "0.2", "--thresholds", "0.5", "--out", str(out), "--compare", str(tmp_path)])
+
+
+def test_prunegym_dynamic_takes_the_report_arguments_and_refuses_bad_input_in_one_line(tmp_path, capsys):
+    from scripts.cli import main as prunegym
+
+    with pytest.raises(SystemExit) as exit_:
+        prunegym(["dynamic", "--help"])
+    assert exit_.value.code == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("usage: prunegym dynamic") and "--search-thresholds K" in shown and "--compare" in shown
+    bad = ["dynamic", "--device", "pixel-a76", "--out", str(tmp_path / "dyn"), "--uniform", "0.2"]
+    assert prunegym([*bad, "--plan", str(tmp_path / "plan.json")]) == 2
+    assert prunegym([*bad, "--thresholds", "0.5", "1.5"]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert errors == [
+        "prunegym dynamic: error: expected exactly one of a plan (JSON) or a uniform sparsity; got plan "
+        f"{tmp_path / 'plan.json'} and uniform 0.2",
+        "prunegym dynamic: error: expected one or more thresholds, each in [0, 1]; got [0.5, 1.5]",
+    ]
+    assert not (tmp_path / "dyn").exists()
+    with pytest.raises(SystemExit) as exit_:  # the script says the same, after its usage
+        main(bad[1:-2])
+    assert exit_.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .endswith("error: expected exactly one of a plan (JSON) or a uniform sparsity; got plan None and uniform None")
+    )
