@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from pruning_core.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from agents.apply import MethodResult, finish_plan, meet_measured_budget, plan_from_policy
+    from agents.apply import MethodResult, apply_policy, finish_plan, meet_measured_budget, plan_from_policy
     from agents.benchmark import ALL_METHODS, BenchmarkConfig, rewrite_tables, run_benchmark
     from agents.compare import SEARCH_METHODS, YardstickConfig, YardstickRow, compare_searches
     from agents.dynamic import DynamicReport, DynamicReportConfig, run_dynamic_report
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from agents.train import ALGOS, RunResult, SearchCallback, TrainRunConfig, best_plan, train_agent
 
 _LAZY: dict[str, tuple[str, ...]] = {
-    "apply": ("MethodResult", "finish_plan", "meet_measured_budget", "plan_from_policy"),
+    "apply": ("MethodResult", "apply_policy", "finish_plan", "meet_measured_budget", "plan_from_policy"),
     "benchmark": ("ALL_METHODS", "BenchmarkConfig", "rewrite_tables", "run_benchmark"),
     "compare": ("SEARCH_METHODS", "YardstickConfig", "YardstickRow", "compare_searches"),
     "dynamic": ("DynamicReport", "DynamicReportConfig", "run_dynamic_report"),
@@ -44,6 +44,7 @@ __all__ = [
     "TrainRunConfig",
     "YardstickConfig",
     "YardstickRow",
+    "apply_policy",
     "best_plan",
     "compare_searches",
     "finish_plan",

@@ -15,6 +15,7 @@ import torch
 
 from agents.policy_io import SavedPolicy
 from envs.layer_prune import LayerPruneEnv
+from envs.target import Target
 from hardware_models.measure import ratios_beside_dense
 from pruning_core.baselines import BudgetProblem, retargeted_plan
 from pruning_core.data import ImageDataset, atomic_write_bytes
@@ -264,6 +265,52 @@ def plan_from_policy(policy: SavedPolicy, env: LayerPruneEnv) -> tuple[PruningPl
     while not done:
         obs, _, done, _, info = env.step(policy.act(obs))
     return env.plan, info
+
+
+def apply_policy(
+    policy: SavedPolicy | str | os.PathLike[str],
+    target: Target,
+    *,
+    finetune: TrainConfig,
+    out: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    **env_settings: Any,
+) -> MethodResult:
+    """Apply a learned policy to a model (one it may never have seen), then finish its plan as every method's is.
+
+    The policy runs deterministically over the model's groups; where its settings ask for sensitivity probes they are
+    paid first. The record's ``evaluations`` is what the new model cost: the probes and the policy's one plan.
+
+    Args:
+        policy: A saved policy or its run folder.
+        target: The model to prune and the budget it must meet.
+        finetune: The fine-tuning recipe (see :func:`pruning_core.finetune.finetune_recipe`).
+        out: Folder for the pruned model and ``report.json`` (None: nothing saved).
+        progress: Show progress bars.
+        **env_settings: Further :func:`~envs.factory.make_env` settings (scoring recipe, calibration).
+
+    Raises:
+        IncompatiblePolicyError: The model's observation or action spaces differ from the policy's.
+    """
+    from agents.policy_io import load_policy
+    from envs.factory import make_env
+
+    if not isinstance(policy, SavedPolicy):
+        policy = load_policy(policy)
+    env = make_env(target, **{"progress": progress, **env_settings, **policy.action_settings()})
+    plan, _ = plan_from_policy(policy, env)
+    probes = env.sensitivity.evaluations if env.sensitivity is not None else 0
+    return finish_plan(
+        "policy",
+        env,
+        plan,
+        env.scorer.dataset,
+        finetune=finetune,
+        out=out,
+        base_model=target.model,
+        evaluations=probes + 1,
+        progress=progress,
+    )
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,7 @@ def _plan_for(
     if method in ALGOS:
         run = cfg.out / "runs" / f"{method}_b{budget:g}_s{seed}"
         config = TrainRunConfig(
-            **cfg.target_at(budget).as_kwargs(),
+            target=cfg.target_at(budget),
             algo=method,
             # the probes and the prior plan count: the agent's evaluations in all are the search baselines'
             episodes=max(1, cfg.episodes - _scored_before_episodes(cfg, env)),

@@ -19,6 +19,7 @@ from typing import Any
 
 from agents.train import TrainRunConfig, train_agent
 from envs.factory import make_env
+from envs.target import Target
 from pruning_core.data import atomic_write_bytes
 from pruning_core.errors import PruneGymError
 from pruning_core.search import SearchResult, greedy_search, random_search, tpe_search
@@ -31,12 +32,8 @@ SEARCH_METHODS = ("sensitivity", "greedy-lut", "random-search", "tpe", "ppo", "d
 class YardstickConfig:
     """One comparison: the target, the methods and how many evaluations each may spend."""
 
-    model: str
-    checkpoint: str | None
-    data: str
-    data_root: str | None
-    device: str
-    budget: float
+    target: Target
+    """The model, its checkpoint and data, the device and the budget there."""
     methods: tuple[str, ...]
     evaluations: tuple[int, ...]
     """Evaluation counts to compare at (random-search, tpe and the agents run once per count)."""
@@ -45,6 +42,12 @@ class YardstickConfig:
     bn_batches: int = 10
     agent: TrainRunConfig = field(default_factory=TrainRunConfig)
     """The agents' settings (algo, episodes, seed and the target are set per run)."""
+
+    @property
+    def budget(self) -> float:
+        """The target's budget."""
+        return self.target.budget
+
     transfer_from: str | None = None
     """A trained policy's run folder, applied with no search beyond what its settings ask (``transfer``)."""
     calibrate_latency: bool = False
@@ -113,7 +116,7 @@ def compare_searches(cfg: YardstickConfig, out: str | Path, *, progress: bool = 
     def logged(name: str, run: Any) -> tuple[SearchResult, float]:
         start = time.perf_counter()
         with env.scorer.logging_to(
-            out / "searches" / f"{name}.jsonl", {"model": cfg.model, "device": cfg.device}
+            out / "searches" / f"{name}.jsonl", {"model": cfg.target.model, "device": cfg.target.device}
         ) as log:
             result = run()
         return result, time.perf_counter() - start + log.carried_seconds
@@ -230,12 +233,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
 def _env(cfg: YardstickConfig, **settings: Any) -> Any:
     """The comparison's environment: its target, scored by BN recalibration alone, its latency correction."""
     return make_env(
-        model=cfg.model,
-        checkpoint=cfg.checkpoint,
-        data=cfg.data,
-        data_root=cfg.data_root,
-        device=cfg.device,
-        budget=cfg.budget,
+        cfg.target,
         val_images=cfg.val_images,
         bn_batches=cfg.bn_batches,
         finetune_steps=0,
@@ -285,12 +283,7 @@ def _counted_search(
         raise PruneGymError(f"expected more than {spent} evaluations for {method} (its probes and prior); got {n}")
     config = replace(
         cfg.agent,
-        model=cfg.model,
-        checkpoint=cfg.checkpoint,
-        data=cfg.data,
-        data_root=cfg.data_root,
-        device=cfg.device,
-        budget=cfg.budget,
+        target=cfg.target,
         algo=method,
         episodes=n - spent,
         seed=seed,

@@ -25,10 +25,13 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from agents.policy_io import save_policy
 from envs.layer_prune import ACTION_MAPPINGS, DEFAULT_LEVELS, checked_budget_range
+from envs.target import Target
 from pruning_core.data import atomic_write_bytes
 from pruning_core.errors import CheckpointError, PruneGymError
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import DEFAULT_FINETUNE_STEPS
+
+TARGET_FIELDS = tuple(f.name for f in fields(Target))
 
 
 @dataclass(frozen=True)
@@ -60,23 +63,12 @@ a 400-episode resnet56 search at 0.7 explored at random for most of its episodes
 class TrainRunConfig:
     """Everything that defines a search run; saved as ``config.json`` in the run folder."""
 
-    model: str = "small_cnn"
-    """Model name (the checkpoint's)."""
-    checkpoint: str | None = None
-    """Dense checkpoint (default: the committed one for model and data)."""
-    data: str = "digits"
-    """Dataset name."""
-    data_root: str | None = None
-    """Dataset folder for ImageFolder datasets."""
-    device: str = "host-cpu"
-    """Target device."""
-    budget: float = 0.5
-    """Fraction of the dense model's cost on the device."""
+    target: Target = field(default_factory=Target)
+    """The model, its checkpoint and data, the device and the budget there (``budget`` unused with
+    ``budget_range``)."""
     budget_range: tuple[float, float] | None = None
     """Draw each episode's budget uniformly from ``(low, high)`` instead: a policy for any budget in the range, to
     apply to new models. Plans at different budgets do not compare, so such a run keeps no best plan."""
-    budget_metric: str = "latency"
-    """latency, macs or params."""
     reward: str = "accuracy"
     """accuracy, lagrangian or amc-flops."""
     algo: str = "ppo"
@@ -126,6 +118,10 @@ class TrainRunConfig:
     start (0.3-0.5) searches near that plan."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.target, dict):  # read back from config.json
+            object.__setattr__(self, "target", Target(**self.target))
+        if not isinstance(self.target, Target):
+            raise PruneGymError(f"target must be an envs.Target; got {type(self.target).__name__}")
         if self.algo not in ALGOS:
             raise PruneGymError(f"algo must be one of {', '.join(ALGOS)}; got {self.algo!r}")
         if self.episodes < 1 or self.n_envs < 1:
@@ -147,15 +143,19 @@ class TrainRunConfig:
         if self.budget_range is not None:  # a list when read back from config.json
             object.__setattr__(self, "budget_range", checked_budget_range(self.budget_range))
 
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> TrainRunConfig:
+        """The configuration saved in a run's ``config.json`` (a setting added since takes its default; runs saved
+        before the target was one field keep its parts at the top level)."""
+        saved = dict(saved)
+        flat = {name: saved.pop(name) for name in TARGET_FIELDS if name in saved}
+        if flat:
+            saved["target"] = Target(**flat)
+        return cls(**saved)
+
     def env_kwargs(self) -> dict[str, Any]:
         return {
-            "model": self.model,
-            "checkpoint": self.checkpoint,
-            "data": self.data,
-            "data_root": self.data_root,
-            "device": self.device,
-            "budget": self.budget,
-            "budget_metric": self.budget_metric,
+            **self.target.as_kwargs(),
             "reward": self.reward,
             "action_mode": ALGOS[self.algo].action_mode,
             "max_sparsity": self.max_sparsity,
@@ -189,8 +189,8 @@ def _check_same_run(run: Path, saved: TrainRunConfig, given: TrainRunConfig) -> 
 
 def run_name(config: TrainRunConfig) -> str:
     """``{model}__{device}__{algo}__seed{seed}__{timestamp}``."""
-    device = config.device.replace("/", "_").replace(":", "_")
-    return f"{config.model}__{device}__{config.algo}__seed{config.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    device = config.target.device.replace("/", "_").replace(":", "_")
+    return f"{config.target.model}__{device}__{config.algo}__seed{config.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 @dataclass
@@ -413,7 +413,7 @@ def train_agent(
         saved = run / "config.json"
         if not saved.is_file() or not (run / "model.zip").is_file():
             raise CheckpointError(f"nothing to resume in {run}: config.json or model.zip is missing")
-        saved_config = TrainRunConfig(**json.loads(saved.read_text()))  # a setting added since: its default
+        saved_config = TrainRunConfig.from_dict(json.loads(saved.read_text()))
         if config is not None:
             _check_same_run(run, saved_config, config)
         config = saved_config

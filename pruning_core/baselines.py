@@ -40,6 +40,14 @@ class BudgetProblem:
     def meets(self, kept: dict[str, int]) -> bool:
         return self.cost_of(kept) <= self.target * (1 + 1e-9)
 
+    def out_of_reach(self, how: str, kept: dict[str, int]) -> BudgetInfeasibleError:
+        """The error for a budget that ``how`` cannot reach, its thinnest plan being ``kept``."""
+        dense = self.cost_of({g.name: g.channels for g in self.engine.groups})
+        return BudgetInfeasibleError(
+            f"budget out of reach for {how}: expected a budget of at least {self.cost_of(kept) / dense:.3f} of dense "
+            f"(every group at sparsity {self.max_sparsity:g}); got {self.target / dense:.3f}"
+        )
+
 
 def bisect_smallest(meets: Callable[[float], bool], low: float, high: float, steps: int = 30) -> float:
     """Smallest x in [low, high] with ``meets(x)`` (``meets`` monotone, ``meets(high)`` true).
@@ -65,8 +73,9 @@ def uniform_sparsity(problem: BudgetProblem) -> float:
     Raises:
         BudgetInfeasibleError: Not even ``max_sparsity`` everywhere meets it.
     """
-    if not problem.meets(_uniform_kept(problem, problem.max_sparsity)):
-        raise BudgetInfeasibleError(f"uniform sparsity {problem.max_sparsity} does not reach the budget")
+    thinnest = _uniform_kept(problem, problem.max_sparsity)
+    if not problem.meets(thinnest):
+        raise problem.out_of_reach("uniform sparsity", thinnest)
     return bisect_smallest(lambda x: problem.meets(_uniform_kept(problem, x)), 0.0, problem.max_sparsity)
 
 
@@ -162,7 +171,7 @@ def global_plan(problem: BudgetProblem, *, criterion: str = "l1") -> PruningPlan
 
     top = float(max(float(s.max()) for s in scores.values())) + 1e-6
     if not problem.meets(kept(top)):
-        raise BudgetInfeasibleError(f"global pruning to max sparsity {problem.max_sparsity} misses the budget")
+        raise problem.out_of_reach("global pruning", kept(top))
     threshold = bisect_smallest(lambda t: problem.meets(kept(t)), 0.0, top)
     return plan_from_kept(problem, kept(threshold), criterion)
 

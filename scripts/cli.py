@@ -460,7 +460,7 @@ def _train_config(args: argparse.Namespace):
     from agents.train import TrainRunConfig
 
     return TrainRunConfig(
-        **target_from_args(args).as_kwargs(),
+        target=target_from_args(args),
         budget_range=tuple(args.budget_range) if args.budget_range else None,
         reward=args.reward,
         algo=args.algo,
@@ -538,26 +538,13 @@ def env_from_args(args: argparse.Namespace, **settings: Any) -> LayerPruneEnv:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from agents.apply import finish_plan, plan_from_policy
-    from agents.policy_io import load_policy
+    from agents.apply import apply_policy
 
     _set_threads(args)
-    policy = load_policy(args.policy)
-    env = env_from_args(args, **policy.action_settings())
-    plan, _ = plan_from_policy(policy, env)
-    probes = env.sensitivity.evaluations if env.sensitivity is not None else 0
-    result = finish_plan(
-        "policy",
-        env,
-        plan,
-        env.scorer.dataset,
-        finetune=_finetune_config(args),
-        out=args.out,
-        base_model=args.model,
-        evaluations=probes + 1,
-    )
+    result = apply_policy(args.policy, target_from_args(args), finetune=_finetune_config(args), out=args.out)
+    evaluations = result.record["evaluations"]
     print_records([result.record])
-    print(f"the new model cost {probes + 1} evaluations ({probes} sensitivity probes, 1 the policy's plan)")
+    print(f"the new model cost {evaluations} evaluations ({evaluations - 1} sensitivity probes, 1 the policy's plan)")
     print(f"saved {args.out} (report.json, plan.json, weights.pt)")
     return 0
 

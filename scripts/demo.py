@@ -16,7 +16,7 @@ from pathlib import Path
 from agents.apply import MethodResult, finish_plan
 from agents.train import TrainRunConfig, train_agent
 from envs.factory import make_env
-from envs.target import REPO_CHECKPOINTS
+from envs.target import REPO_CHECKPOINTS, Target
 from pruning_core.baselines import baseline_plan
 from pruning_core.data import atomic_write_bytes, load_dataset
 from pruning_core.finetune import finetune_recipe
@@ -96,11 +96,7 @@ def run_demo(
         model=model, checkpoint=ckpt, data=data, data_root=data_root, budget=budget, dataset=dataset, progress=True
     )
     config = TrainRunConfig(
-        model=model,
-        checkpoint=str(ckpt),
-        data=data,
-        data_root=data_root,
-        budget=budget,
+        target=Target(model=model, checkpoint=str(ckpt), data=data, data_root=data_root, budget=budget),
         algo="ppo",
         episodes=episodes,
         seed=seed,

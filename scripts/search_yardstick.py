@@ -16,7 +16,7 @@ import torch
 
 from agents.compare import SEARCH_METHODS, YardstickConfig, compare_searches, write_tables
 from agents.train import TrainRunConfig
-from scripts.cli import add_target_args
+from scripts.cli import add_target_args, target_from_args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,12 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         learning_rate=args.learning_rate,
     )
     cfg = YardstickConfig(
-        model=args.model,
-        checkpoint=str(args.checkpoint) if args.checkpoint else None,
-        data=args.data,
-        data_root=args.data_root,
-        device=args.device,
-        budget=args.budget,
+        target=target_from_args(args),
         methods=tuple(args.methods),
         evaluations=tuple(args.evaluations),
         seeds=tuple(args.seeds),

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from agents.apply import (
 from agents.policy_io import load_policy
 from agents.train import ALGOS, TrainRunConfig, _keep_progress_log, _save_via_file, train_agent
 from envs.factory import make_env
+from envs.target import Target
 from pruning_core.errors import CheckpointError, IncompatiblePolicyError, PruneGymError
 from pruning_core.finetune import finetune_recipe
 from pruning_core.plan import PruningPlan
@@ -24,10 +26,12 @@ from pruning_core.serialize import load_pruned
 from pruning_core.training import TrainConfig
 
 FAST = {"val_images": 150, "bn_batches": 2, "device": "pixel-a76"}
+RUN_FAST = {"val_images": 150, "bn_batches": 2, "target": Target(device="pixel-a76")}
+"""The same for an agent's run configuration."""
 
 
 def _config(algo: str, episodes: int = 6) -> TrainRunConfig:
-    return TrainRunConfig(algo=algo, episodes=episodes, warmup_episodes=2, **FAST)
+    return TrainRunConfig(algo=algo, episodes=episodes, warmup_episodes=2, **RUN_FAST)
 
 
 @pytest.mark.parametrize("algo", sorted(ALGOS))
@@ -72,7 +76,7 @@ def test_resume_continues_where_the_run_stopped(tmp_path):
     # a resume given a configuration takes the saved one, and refuses a run started with other settings
     same = train_agent(_config("dqn", episodes=99), tmp_path / "run", resume=True, progress=False)
     assert same.state.episodes == 7 and same.seconds == 0.0  # the episode total is the saved one's
-    other = TrainRunConfig(algo="dqn", episodes=7, warmup_episodes=2, finetune_steps=5, **FAST)
+    other = TrainRunConfig(algo="dqn", episodes=7, warmup_episodes=2, finetune_steps=5, **RUN_FAST)
     with pytest.raises(PruneGymError, match="started with finetune_steps=5; got finetune_steps=50"):
         train_agent(other, tmp_path / "run", resume=True, progress=False)
     with pytest.raises(CheckpointError, match="nothing to resume"):
@@ -97,7 +101,7 @@ def test_dqn_explores_over_its_share_of_the_search_and_then_exploits(tmp_path):
 
 
 def test_dqn_on_three_levels_keeps_thins_or_follows_uniform_and_its_policy_applies_with_them(tmp_path):
-    config = TrainRunConfig(algo="dqn", episodes=3, warmup_episodes=1, levels=3, centre_on_uniform=True, **FAST)
+    config = TrainRunConfig(algo="dqn", episodes=3, warmup_episodes=1, levels=3, centre_on_uniform=True, **RUN_FAST)
     train_agent(config, tmp_path / "run", progress=False)
     policy = load_policy(tmp_path / "run")
     env = make_env(**policy.action_settings(), **FAST)
@@ -128,7 +132,7 @@ def test_a_save_cut_short_leaves_the_last_model_intact(tmp_path):
 
 
 def test_a_run_over_a_budget_range_learns_one_policy_for_every_budget(tmp_path):
-    config = TrainRunConfig(algo="ppo", episodes=5, budget_range=(0.5, 0.9), **FAST)
+    config = TrainRunConfig(algo="ppo", episodes=5, budget_range=(0.5, 0.9), **RUN_FAST)
     result = train_agent(config, tmp_path / "run", progress=False)
     budgets = [row["budget"] for row in result.state.history]
     assert len(set(budgets)) == 5 and all(0.5 <= b <= 0.9 for b in budgets)
@@ -149,7 +153,9 @@ def test_action_std_sets_the_initial_exploration(algo, tmp_path):
     import numpy as np
     from stable_baselines3 import PPO, TD3
 
-    config = TrainRunConfig(algo=algo, episodes=2, warmup_episodes=1, action_std=0.3, centre_on_uniform=True, **FAST)
+    config = TrainRunConfig(
+        algo=algo, episodes=2, warmup_episodes=1, action_std=0.3, centre_on_uniform=True, **RUN_FAST
+    )
     run = train_agent(config, tmp_path / "run", progress=False).run
     if algo == "ppo":
         model = PPO.load(run / "model.zip", device="cpu")
@@ -256,3 +262,12 @@ def test_a_resumed_log_is_kept_once_per_resume(tmp_path):
         _keep_progress_log(tmp_path, 3)  # resumed twice at episode 3: neither log is lost
     kept = {p.name: p.read_text() for p in tmp_path.glob("progress.upto-*")}
     assert kept == {"progress.upto-episode-3.csv": "a\n1\n", "progress.upto-episode-3.1.csv": "a\n2\n"}
+
+
+def test_a_run_configuration_saved_with_the_target_flat_reads_back():
+    flat = {"model": "small_cnn", "data": "digits", "device": "pixel-a76", "budget": 0.6, "algo": "dqn"}
+    config = TrainRunConfig.from_dict(flat)
+    assert config.target == Target(device="pixel-a76", budget=0.6) and config.algo == "dqn"
+    assert TrainRunConfig.from_dict(json.loads(json.dumps(asdict(config)))) == config
+    with pytest.raises(PruneGymError, match="budget must be in"):
+        TrainRunConfig.from_dict({**flat, "budget": 1.5})

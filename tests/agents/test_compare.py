@@ -6,16 +6,16 @@ import pytest
 
 from agents.compare import YardstickConfig, compare_searches, write_tables
 from agents.train import TrainRunConfig, train_agent
+from envs.target import Target
 from pruning_core.errors import PruneGymError
 
-TARGET = {"model": "small_cnn", "checkpoint": None, "data": "digits", "data_root": None, "device": "pixel-a76"}
+TARGET = {"model": "small_cnn", "data": "digits", "device": "pixel-a76"}
 AGENT = TrainRunConfig(sensitivity=True, action_mapping="scaled", reward="residual", action_std=0.2)
 
 
 def test_searches_meet_one_yardstick_at_equal_evaluations_and_resume(tmp_path, capsys):
     cfg = YardstickConfig(
-        **TARGET,
-        budget=0.5,
+        target=Target(**TARGET, budget=0.5),
         methods=("sensitivity", "tpe", "ppo"),
         evaluations=(16,),
         val_images=150,
@@ -43,7 +43,7 @@ def test_searches_meet_one_yardstick_at_equal_evaluations_and_resume(tmp_path, c
 def test_a_transferred_policy_costs_its_probes_and_one_plan(tmp_path):
     policy = tmp_path / "policy"
     config = TrainRunConfig(
-        **{k: v for k, v in TARGET.items() if k != "checkpoint"},
+        target=Target(**TARGET),
         budget_range=(0.4, 0.8),
         episodes=4,
         sensitivity=True,
@@ -53,8 +53,7 @@ def test_a_transferred_policy_costs_its_probes_and_one_plan(tmp_path):
     )
     train_agent(config, policy, progress=False)
     cfg = YardstickConfig(
-        **TARGET,
-        budget=0.6,
+        target=Target(**TARGET, budget=0.6),
         methods=("transfer",),
         evaluations=(1,),
         val_images=150,
@@ -68,6 +67,6 @@ def test_a_transferred_policy_costs_its_probes_and_one_plan(tmp_path):
 
 def test_bad_comparisons_are_refused():
     with pytest.raises(PruneGymError, match="methods must be some of"):
-        YardstickConfig(**TARGET, budget=0.5, methods=("annealing",), evaluations=(10,))
+        YardstickConfig(Target(**TARGET, budget=0.5), methods=("annealing",), evaluations=(10,))
     with pytest.raises(PruneGymError, match="method 'transfer' needs a policy"):
-        YardstickConfig(**TARGET, budget=0.5, methods=("transfer",), evaluations=(10,))
+        YardstickConfig(Target(**TARGET, budget=0.5), methods=("transfer",), evaluations=(10,))
