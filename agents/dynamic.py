@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -309,11 +309,10 @@ def _static_model(config: DynamicReportConfig, env: LayerPruneEnv, report: dict[
         macs_ratio, accuracy = loaded.meta["macs"] / loaded.meta["base_macs"], loaded.meta["accuracy"]
     else:
         engine, dataset = env.engine, env.scorer.dataset
-        plan = (
-            PruningPlan.load(config.plan)
-            if config.plan is not None
-            else PruningPlan.uniform(engine.group_names, config.uniform, round_to=env.granule)
-        )
+        if config.plan is not None:
+            plan = PruningPlan.load(config.plan)
+        else:  # exactly one of plan and uniform is set (checked when the config was built)
+            plan = PruningPlan.uniform(engine.group_names, cast(float, config.uniform), round_to=env.granule)
         pruned = prune_and_finetune(engine, plan, dataset, config=finetune_recipe(config.finetune_epochs))
         save_pruned(static_dir, pruned, base_model=config.target.model, classes=list(dataset.classes))
         model, macs_ratio, accuracy = pruned.model, pruned.macs_ratio, pruned.accuracy
@@ -398,7 +397,8 @@ def _threshold_search(
     it has one, else parts measured now (one thread).
     """
     path = config.out / "threshold_search.json"
-    settings = {"levels": sorted(config.search_levels), "images": config.search_images, "stop": config.search_stop}
+    levels = sorted(config.search_levels)
+    settings = {"levels": levels, "images": config.search_images, "stop": config.search_stop}
     saved = json.loads(path.read_text()) if path.exists() else None
     if saved is None or saved.get("settings") != settings:
         names = [name for name, _ in gated_blocks(gated)]
@@ -415,7 +415,7 @@ def _threshold_search(
             searched.to(config.search_device),
             dataset,
             parts,
-            levels=tuple(settings["levels"]),
+            levels=tuple(levels),
             limit=config.search_images,
             stop_ms=stop,
         )
