@@ -16,14 +16,37 @@ from pruning_core.data import DATASETS
 from pruning_core.errors import CheckpointError, PruneGymError
 
 REPO_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+"""The checkpoints committed with the source (present in a source checkout, not in an installed wheel)."""
+CHECKPOINTS_ENV = "PRUNEGYM_CHECKPOINTS"
 BUDGET_METRICS = ("latency", "macs", "params")
 
 
+def checkpoint_dirs() -> list[Path]:
+    """Where default checkpoints are looked for, in order: ``$PRUNEGYM_CHECKPOINTS``, ``./checkpoints``, and the
+    source checkout's ``checkpoints/``."""
+    dirs = [Path(os.environ[CHECKPOINTS_ENV])] if os.environ.get(CHECKPOINTS_ENV) else []
+    dirs += [Path.cwd() / "checkpoints", REPO_CHECKPOINTS]
+    return list(dict.fromkeys(d.resolve() for d in dirs))
+
+
+def find_checkpoint(model: str, data: str) -> Path | None:
+    """The first ``<model>_<data>.pt`` in :func:`checkpoint_dirs`, or None."""
+    return next((d / f"{model}_{data}.pt" for d in checkpoint_dirs() if (d / f"{model}_{data}.pt").is_file()), None)
+
+
 def default_checkpoint(model: str, data: str) -> Path:
-    """The committed checkpoint of ``model`` on ``data`` (``checkpoints/<model>_<data>.pt``)."""
-    path = REPO_CHECKPOINTS / f"{model}_{data}.pt"
-    if not path.is_file():
-        raise CheckpointError(f"expected a checkpoint: none given, and none committed for {model} on {data} ({path})")
+    """The default checkpoint of ``model`` on ``data``: ``<model>_<data>.pt`` in :func:`checkpoint_dirs`.
+
+    Raises:
+        CheckpointError: None of them holds one.
+    """
+    path = find_checkpoint(model, data)
+    if path is None:
+        looked = ", ".join(str(d) for d in checkpoint_dirs())
+        raise CheckpointError(
+            f"expected a checkpoint: none given, and no {model}_{data}.pt in {looked} (pass one, or set "
+            f"${CHECKPOINTS_ENV})"
+        )
     return path
 
 
@@ -39,7 +62,7 @@ class Target:
     model: str = "small_cnn"
     """Model name (the checkpoint's)."""
     checkpoint: str | None = None
-    """Dense checkpoint (None: the committed ``checkpoints/<model>_<data>.pt``)."""
+    """Dense checkpoint (None: ``<model>_<data>.pt`` from :func:`checkpoint_dirs`)."""
     data: str = "digits"
     """Dataset name (``digits``, ``cifar10``, ``imagefolder``)."""
     data_root: str | None = None
@@ -70,7 +93,7 @@ class Target:
 
     @property
     def checkpoint_path(self) -> Path:
-        """The checkpoint file: the one given, else the committed one."""
+        """The checkpoint file: the one given, else the default one."""
         return Path(self.checkpoint) if self.checkpoint is not None else default_checkpoint(self.model, self.data)
 
     def as_kwargs(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from agents.apply import MethodResult, finish_plan
 from agents.train import TrainRunConfig, train_agent
 from envs.factory import make_env
-from envs.target import REPO_CHECKPOINTS, Target
+from envs.target import Target, find_checkpoint
 from pruning_core.baselines import baseline_plan
 from pruning_core.data import atomic_write_bytes, load_dataset
 from pruning_core.finetune import finetune_recipe
@@ -26,12 +26,13 @@ from scripts.record_table import print_records
 
 
 def ensure_checkpoint(model: str, data: str, data_root: str | None, checkpoint: str | os.PathLike[str] | None) -> Path:
-    """The dense checkpoint: the one given, the committed one, or one trained now (small models only)."""
+    """The dense checkpoint: the one given, the default one (see ``envs.target.checkpoint_dirs``), or one trained now
+    (small models only)."""
     if checkpoint is not None:
         return Path(checkpoint)
-    committed = REPO_CHECKPOINTS / f"{model}_{data}.pt"
-    if committed.is_file():
-        return committed
+    found = find_checkpoint(model, data)
+    if found is not None:
+        return found
     from pruning_core.data import cache_dir
 
     path = cache_dir() / "checkpoints" / f"{model}_{data}.pt"

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from envs import Target
+from envs.target import CHECKPOINTS_ENV
 from envs.factory import make_env
 from pruning_core.errors import CheckpointError, PruneGymError
 
@@ -21,7 +22,7 @@ from pruning_core.errors import CheckpointError, PruneGymError
         ({"budget": 1.7}, PruneGymError, r"budget must be in \(0, 1\]; got 1.7"),
         ({"budget": 0.0}, PruneGymError, r"budget must be in \(0, 1\]; got 0"),
         ({"checkpoint": "/no/such.pt"}, CheckpointError, r"expected a checkpoint file; got /no/such.pt \(no such"),
-        ({"model": "resnet20"}, CheckpointError, "none committed for resnet20 on digits"),
+        ({"model": "resnet20"}, CheckpointError, r"none given, and no resnet20_digits.pt in .*checkpoints"),
     ],
 )
 def test_a_bad_target_fails_when_built_in_one_line(fields, error, message):
@@ -38,6 +39,21 @@ def test_a_target_is_frozen_keeps_paths_as_text_and_names_its_checkpoint(tmp_pat
     given = Target(checkpoint=target.checkpoint_path, data_root=tmp_path)  # type: ignore[arg-type]
     assert given.checkpoint == str(target.checkpoint_path) and given.data_root == str(tmp_path)
     assert Target(**given.as_kwargs()) == given
+
+
+def test_default_checkpoints_are_found_where_the_user_keeps_them(tmp_path, monkeypatch):
+    committed = Target().checkpoint_path
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "small_cnn_digits.pt").write_bytes(committed.read_bytes())
+    monkeypatch.setenv(CHECKPOINTS_ENV, str(mine))
+    assert Target().checkpoint_path == (mine / "small_cnn_digits.pt").resolve()
+    monkeypatch.delenv(CHECKPOINTS_ENV)
+    monkeypatch.chdir(mine.parent)
+    (tmp_path / "checkpoints").mkdir()
+    assert Target().checkpoint_path == committed  # ./checkpoints is empty: the source checkout's
+    (tmp_path / "checkpoints" / "small_cnn_digits.pt").write_bytes(committed.read_bytes())
+    assert Target().checkpoint_path == (tmp_path / "checkpoints" / "small_cnn_digits.pt").resolve()
 
 
 def test_make_env_takes_a_target_or_its_fields_but_not_both(digits):
