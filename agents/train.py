@@ -53,10 +53,8 @@ ALGOS: dict[str, AlgoSpec] = {
 
 
 DQN_EXPLORATION_FRACTION = 0.5
-"""Share of a DQN search over which its epsilon falls linearly from 1 to 0.05 (SB3's ``exploration_fraction``).
-Until 2026-11-29 SB3 was told twice the search's steps, so epsilon reached 0.05 only at the search's last episode:
-a 400-episode resnet56 search at 0.7 explored at random for most of its episodes (mean score 0.21 in every block of
-40 episodes) and never exploited what it had learned."""
+"""Share of a DQN search over which its epsilon falls linearly from 1 to 0.05 (SB3's ``exploration_fraction``), counted
+in the search's own steps: a search that explores at random to its end never exploits what it learned."""
 
 
 @dataclass(frozen=True)
