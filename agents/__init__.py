@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from agents.dynamic import DynamicReport, DynamicReportConfig, run_dynamic_report
     from agents.dynamic_tables import write_dynamic_tables
     from agents.policy_io import SavedPolicy, load_policy, save_policy
+    from agents.record import MethodRecord
     from agents.train import ALGOS, RunResult, SearchCallback, TrainRunConfig, best_plan, train_agent
 
 _LAZY: dict[str, tuple[str, ...]] = {
@@ -26,6 +27,7 @@ _LAZY: dict[str, tuple[str, ...]] = {
     "dynamic": ("DynamicReport", "DynamicReportConfig", "run_dynamic_report"),
     "dynamic_tables": ("write_dynamic_tables",),
     "policy_io": ("SavedPolicy", "load_policy", "save_policy"),
+    "record": ("MethodRecord",),
     "train": ("ALGOS", "RunResult", "SearchCallback", "TrainRunConfig", "best_plan", "train_agent"),
 }
 """The module of this package behind each public name; imported on first use."""
@@ -37,6 +39,7 @@ __all__ = [
     "BenchmarkConfig",
     "DynamicReport",
     "DynamicReportConfig",
+    "MethodRecord",
     "MethodResult",
     "RunResult",
     "SavedPolicy",

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import torch
 
 from agents.policy_io import SavedPolicy
+from agents.record import MethodRecord
 from envs.layer_prune import LayerPruneEnv
 from envs.target import Target
 from hardware_models.measure import ratios_beside_dense
@@ -318,8 +319,46 @@ class MethodResult:
     """One method's pruned model and figures, as reported by ``apply``, ``baseline`` and ``demo``."""
 
     method: str
-    record: dict[str, Any]
+    record: MethodRecord
+    """Its figures (``report.json`` holds them with the plan and the per-group widths)."""
     folder: Path | None
+    """Where the pruned model was saved (None: not saved)."""
+
+
+def _gated_fields(
+    env: LayerPruneEnv, kept: Mapping[str, int], exec_rate: Mapping[str, float], top1: float | None, *, latency: bool
+) -> dict[str, Any]:
+    """A gated model's record fields: its test top-1, the blocks' execution rates, and on a latency budget the
+    latency the latency model expects with each gated block weighted by its rate (none without gates)."""
+    if not exec_rate:
+        return {}
+    layer_costs = env.budget_model.layer_costs(env.engine.graph, dict(kept))
+    weighted = sum(
+        cost * next((r for b, r in exec_rate.items() if name.startswith(b + ".")), 1.0)
+        for name, cost in layer_costs.items()
+    )
+    expected = env.budget_model.combine(weighted) if latency else None
+    return {"test_top1_gated": top1, "exec_rate_test": dict(exec_rate), "latency_ms_expected": expected}
+
+
+def _measured_fields(env: LayerPruneEnv, model: torch.nn.Module, check: Mapping[str, Any]) -> dict[str, Any]:
+    """The record fields of a pruned model measured on this host beside the dense model (:func:`measured_ratios`)
+    and, on a latency budget, judged by the measurement (:func:`measured_verdict`, with the budget check's
+    confirming reading in ``check``, if any)."""
+    final = measured_ratios(env, model)
+    ratio = statistics.median(final.ratios)
+    fields: dict[str, Any] = {
+        "latency_timing": final.timing,
+        "latency_ms_measured": statistics.median(final.pruned_ms),
+        "dense_latency_ms_measured": statistics.median(final.dense_ms),
+        "latency_ratios_measured": tuple(final.ratios),
+        "latency_ratio_final": ratio,
+    }
+    if env.budget_model.is_latency:  # a MACs or parameter budget is not judged by latency
+        fields.update(measured_verdict({**check, "budget": env.budget, "latency_ratio_final": ratio}))
+    else:
+        fields["latency_ratio_measured"] = ratio
+    return fields
 
 
 def needs_check(env: LayerPruneEnv, plan: PruningPlan) -> bool:
@@ -351,6 +390,10 @@ def finish_plan(
     budget's band (:func:`meet_measured_budget`, with ``check_budget``; see :func:`needs_check`), unless ``checked``
     gives the plan a check already kept and what it did (:func:`meet_measured_budgets`, several plans checked
     together); the record says what the check did.
+
+    Returns:
+        The method's :class:`~agents.record.MethodRecord` (``report.json`` holds its :meth:`~MethodRecord.to_dict`
+        with the plan and the per-group widths) and the folder of the pruned model.
     """
     engine = env.engine
     check: dict[str, Any] = {}
@@ -366,43 +409,34 @@ def finish_plan(
         exec_rate = {name: block.execution_rate() for name, block in gated_blocks(pruned.model)}
     kept = {name: len(idxs) for name, idxs in pruned.kept_channels.items()}
     predicted = env.budget_model.total(engine.graph, kept)
-    record: dict[str, Any] = {
-        "method": method,
-        "budget": env.budget,
-        "device": getattr(env.budget_model, "device", type(env.budget_model).__name__),
-        "cost_predicted": predicted,
-        "dense_cost_predicted": env.dense_cost,
-        "budget_met": predicted <= env.target * (1 + 1e-9),
-        "macs": pruned.cost.macs,
-        "params": pruned.cost.params,
-        "dense_macs": pruned.base_cost.macs,
-        "dense_params": pruned.base_cost.params,
-        **pruned.accuracy,
-        "search_seconds": search_seconds,
-        "evaluations": evaluations,
-        "bn_recalibration": "augmented",  # the *_bn accuracies' batches (see pruning_core.engine.recalibrate_bn)
-        **check,
-        "sparsity": dict(plan.sparsity),  # the plan fine-tuned: after the check, where one ran
-    }
-    if exec_rate:
-        layer_costs = env.budget_model.layer_costs(engine.graph, kept)
-        weighted = sum(
-            cost * next((r for b, r in exec_rate.items() if name.startswith(b + ".")), 1.0)
-            for name, cost in layer_costs.items()
-        )
-        record["exec_rate_test"] = exec_rate
-        record["cost_expected"] = env.budget_model.combine(weighted)
-    if env.measured is not None:  # the device is this host: measure the pruned model there, beside the dense one
-        final = measured_ratios(env, pruned.model)
-        record["latency_timing"] = final.timing
-        record["latency_ms_measured"] = statistics.median(final.pruned_ms)
-        record["dense_latency_ms_measured"] = statistics.median(final.dense_ms)
-        record["latency_ratios_measured"] = final.ratios
-        record["latency_ratio_final"] = statistics.median(final.ratios)
-        if env.budget_model.is_latency:  # a MACs or parameter budget is not judged by latency
-            record.update(measured_verdict(record))
-        else:
-            record["latency_ratio_measured"] = record["latency_ratio_final"]
+    latency = env.budget_model.is_latency  # else a MACs or parameter count: no latency predicted, none judged
+    accuracy = pruned.accuracy
+    measured = _measured_fields(env, pruned.model, dict(check)) if env.measured is not None else {}
+    record = MethodRecord(
+        method=method,
+        budget=env.budget,
+        device=getattr(env.budget_model, "device", type(env.budget_model).__name__),
+        budget_met=predicted <= env.target * (1 + 1e-9),
+        macs=pruned.cost.macs,
+        params=pruned.cost.params,
+        dense_macs=pruned.base_cost.macs,
+        dense_params=pruned.base_cost.params,
+        val_top1_pruned=accuracy["val_pruned"],
+        test_top1_pruned=accuracy["test_pruned"],
+        val_top1=accuracy["val_bn"],
+        test_top1_bn=accuracy["test_bn"],
+        test_top1_finetuned=accuracy.get("test_finetuned", accuracy["test_bn"]),
+        val_top1_finetuned=accuracy.get("val_finetuned"),
+        search_seconds=search_seconds,
+        evaluations=evaluations,
+        bn_recalibration="augmented",  # the *_bn accuracies' batches (see pruning_core.engine.recalibrate_bn)
+        sparsity=dict(plan.sparsity),  # the plan fine-tuned: after the check, where one ran
+        latency_ms_predicted=predicted if latency else None,
+        dense_latency_ms_predicted=env.dense_cost if latency else None,
+        **_gated_fields(env, kept, exec_rate, accuracy.get("test_gated"), latency=latency),
+        **{name: tuple(value) if name == "check_ratios" else value for name, value in check.items()},
+        **measured,
+    )
     folder = None
     if out is not None:
         folder = save_pruned(
@@ -413,7 +447,7 @@ def finish_plan(
             extra_meta={"method": method, "groups": describe(pruned, engine.graph)},
         )
         report = {
-            **record,
+            **record.to_dict(),
             "plan": plan.to_dict(),
             "groups": describe(pruned, engine.graph),
             "written": time.strftime("%Y-%m-%dT%H:%M:%S"),

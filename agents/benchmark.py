@@ -46,6 +46,7 @@ from agents.apply import (
     replay_check,
 )
 from agents.policy_io import SavedPolicy, load_policy
+from agents.record import MethodRecord
 from agents.train import ALGOS, TrainRunConfig, train_agent
 from envs.factory import make_env
 from envs.layer_prune import ACTION_MAPPINGS, DEFAULT_LEVELS, REWARDS, LayerPruneEnv
@@ -170,20 +171,6 @@ def iso_time(text: str) -> str:
         return datetime.datetime.fromisoformat(text).strftime("%Y-%m-%dT%H:%M:%S")
     except ValueError:
         raise PruneGymError(f"expected a time like 2026-12-04T11:00; got {text!r}") from None
-
-
-def _record_keys(record: dict[str, Any], budget: float, seed: int) -> dict[str, Any]:
-    """The benchmark's record layout (accuracies as fractions)."""
-    return {
-        **record,
-        "budget": budget,
-        "seed": seed,
-        "latency_ms_predicted": record["cost_predicted"],
-        "val_top1": record["val_bn"],
-        "test_top1_pruned": record["test_pruned"],
-        "test_top1_bn": record["test_bn"],
-        "test_top1_finetuned": record.get("test_finetuned", record["test_bn"]),
-    }
 
 
 def _plan_for(
@@ -407,16 +394,21 @@ class _SharedChecks:
 
 
 def load_records(path: Path) -> list[dict[str, Any]]:
-    """A benchmark's records, those written before the final measurement was kept apart from the verdict brought up
-    to date: their ``latency_ratio_measured`` was the final measurement alone, now also ``latency_ratio_final``, and
-    the verdict is recomputed by :func:`~agents.apply.measured_verdict` (from the final measurement alone: they have
-    no confirming one)."""
+    """A benchmark's records in :class:`~agents.record.MethodRecord`'s layout (``results.json``'s), older layouts
+    read by :meth:`~agents.record.MethodRecord.from_dict`. Records written before the final measurement was kept
+    apart from the verdict are brought up to date: their ``latency_ratio_measured`` was the final measurement alone,
+    now also ``latency_ratio_final``, and the verdict is recomputed by :func:`~agents.apply.measured_verdict` (from
+    the final measurement alone: they have no confirming one).
+
+    Raises:
+        PruneGymError: A record is not one a method's finish wrote (see ``MethodRecord.from_dict``).
+    """
     records: list[dict[str, Any]] = json.loads(path.read_text())
     for record in records:
         if "latency_ratio_measured" in record and "latency_ratio_final" not in record:
             record["latency_ratio_final"] = record["latency_ratio_measured"]
             record.update(measured_verdict(record))
-    return records
+    return [MethodRecord.from_dict(record).to_dict() for record in records]
 
 
 def restore_checked_sparsity(records: list[dict[str, Any]], env_of: Callable[[str, float], LayerPruneEnv]) -> bool:
@@ -503,7 +495,11 @@ def _finish_again(cfg: BenchmarkConfig, methods: Sequence[str], record: dict[str
 
 
 def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
-    """Run every missing cell, then write the tables and plots."""
+    """Run every missing cell, then write the tables and plots.
+
+    Returns:
+        The records of ``results.json``: each a :class:`~agents.record.MethodRecord` as its ``to_dict`` writes it.
+    """
     cfg.out.mkdir(parents=True, exist_ok=True)
     results_path = cfg.out / "results.json"
     records = load_records(results_path) if results_path.exists() else []
@@ -590,14 +586,17 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                     evaluations=p.evaluations,
                     checked=checks.get(method),
                 )
-                record = _record_keys(result.record, budget, seed)
-                record["finish_seconds"] = time.perf_counter() - finish_start[0]  # prune, BN, fine-tune, measure
-                record["finish_cpu_seconds"] = time.process_time() - finish_start[1]
-                record["search_cpu_seconds"] = p.cpu_seconds  # wall time counts pauses; CPU time does not
                 stale = stale_of[method]
-                record["search_reused"] = p.cached or bool(stale)  # a stale record's search is complete
-                record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-                record["sparsity_searched"] = dict(p.plan.sparsity)  # record["sparsity"]: the plan after the check
+                record = replace(
+                    result.record,
+                    seed=seed,
+                    finish_seconds=time.perf_counter() - finish_start[0],  # prune, BN, fine-tune, measure
+                    finish_cpu_seconds=time.process_time() - finish_start[1],
+                    search_cpu_seconds=p.cpu_seconds,  # wall time counts pauses; CPU time does not
+                    search_reused=p.cached or bool(stale),  # a stale record's search is complete
+                    finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    sparsity_searched=dict(p.plan.sparsity),  # record.sparsity: the plan after the check
+                ).to_dict()
                 if stale:  # finished again under the current protocol: the old record is kept apart, not lost
                     old = json.loads(superseded_path.read_text()) if superseded_path.exists() else []
                     _write_records(superseded_path, old + stale)

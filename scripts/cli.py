@@ -542,7 +542,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     _set_threads(args)
     result = apply_policy(args.policy, target_from_args(args), finetune=_finetune_config(args), out=args.out)
-    evaluations = result.record["evaluations"]
+    evaluations = result.record.evaluations
     print_records([result.record])
     print(f"the new model cost {evaluations} evaluations ({evaluations - 1} sensitivity probes, 1 the policy's plan)")
     print(f"saved {args.out} (report.json, plan.json, weights.pt)")

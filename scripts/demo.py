@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from agents.apply import MethodResult, finish_plan
+from agents.record import MethodRecord
 from agents.train import TrainRunConfig, train_agent
 from envs.factory import make_env
 from envs.target import Target, find_checkpoint
@@ -44,20 +46,19 @@ def ensure_checkpoint(model: str, data: str, data_root: str | None, checkpoint: 
     return path
 
 
-def plot(records: list[dict], path: Path, title: str, dense_top1: float | None = None) -> None:
+def plot(records: Sequence[MethodRecord], path: Path, title: str, dense_top1: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    budget = records[0]["budget"]
+    budget = records[0].budget
     ax.axvline(budget, color="tab:red", linestyle=":", label=f"budget ({budget:g} x dense)")
     if dense_top1 is not None:
         ax.scatter(1.0, dense_top1, marker="*", s=150, color="black", label="dense")
     for r in records:
-        accuracy = r.get("test_finetuned", r["test_bn"])
-        ax.scatter(r["latency_ratio_measured"], accuracy, s=60, label=r["method"])
+        ax.scatter(r.latency_ratio_measured, r.test_top1_finetuned, s=60, label=r.method)
     ax.set_xlabel("measured latency / dense, batch 1, 1 thread (timed side by side)")
     ax.set_ylabel("test top-1 after fine-tuning")
     ax.set_title(title)
@@ -84,7 +85,7 @@ def run_demo(
     action_std: float | None = None,
     seed: int = 0,
     out: str | os.PathLike[str] = "runs/demo",
-) -> list[dict]:
+) -> list[MethodRecord]:
     """Run the demo and return one record per method (``centre_on_uniform`` and ``action_std``: the agent's;
     ``seed``: the agent's and every method's fine-tuning)."""
     start = time.perf_counter()
@@ -140,7 +141,8 @@ def run_demo(
             )
         )
     records = [r.record for r in results]
-    atomic_write_bytes(out / "results.json", lambda tmp: tmp.write_text(json.dumps(records, indent=1)))
+    text = json.dumps([r.to_dict() for r in records], indent=1)
+    atomic_write_bytes(out / "results.json", lambda tmp: tmp.write_text(text))
     from pruning_core.training import evaluate
 
     dense_top1 = evaluate(env.engine.model, dataset, "test").top1

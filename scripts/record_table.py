@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 
-def print_records(records: list[dict]) -> None:
+from agents.record import MethodRecord
+
+
+def print_records(records: Sequence[MethodRecord]) -> None:
     """Print pruned models' records (``MethodResult.record``) as one table: cost, latency and accuracy."""
     from rich.console import Console
     from rich.table import Table
@@ -14,16 +18,18 @@ def print_records(records: list[dict]) -> None:
     for column in ("method", "cost / dense", "measured / dense", "MACs", "val (BN)", "test (BN)", "test (FT)"):
         table.add_column(column)
     for r in records:
+        predicted = r.latency_ms_predicted
+        dense = r.dense_latency_ms_predicted
         table.add_row(
-            r["method"],
-            f"{r['cost_predicted'] / r['dense_cost_predicted']:.3f}",
-            f"{r['latency_ratio_measured']:.3f} ({r['latency_ms_measured']:.2f} ms)"
-            + ("" if r.get("budget_met_measured", True) else ", over budget")
-            if "latency_ratio_measured" in r
+            r.method,
+            f"{predicted / dense:.3f}" if predicted is not None and dense is not None else "-",
+            f"{r.latency_ratio_measured:.3f} ({r.latency_ms_measured:.2f} ms)"
+            + (", over budget" if r.budget_met_measured is False else "")
+            if r.latency_ratio_measured is not None
             else "-",
-            f"{r['macs'] / 1e6:.2f}M",
-            f"{r['val_bn']:.4f}",
-            f"{r['test_bn']:.4f}",
-            f"{r['test_finetuned']:.4f}" if "test_finetuned" in r else "-",
+            f"{r.macs / 1e6:.2f}M",
+            f"{r.val_top1:.4f}",
+            f"{r.test_top1_bn:.4f}",
+            f"{r.test_top1_finetuned:.4f}" if r.val_top1_finetuned is not None else "-",
         )
     Console().print(table)

@@ -199,12 +199,15 @@ def test_finish_plan_reports_and_saves(tmp_path, digits):
         progress=False,
     )
     record = result.record
-    assert {"test_pruned", "test_bn", "test_finetuned", "macs", "cost_predicted"} <= record.keys()
-    assert record["macs"] < record["dense_macs"] and record["sparsity"] == dict(plan.sparsity)
+    assert record.val_top1_finetuned is not None and 0 <= record.test_top1_finetuned <= 1
+    assert record.latency_ms_predicted is not None and record.latency_ms_predicted < record.dense_latency_ms_predicted
+    assert record.macs < record.dense_macs and record.sparsity == dict(plan.sparsity)
     report = json.loads((tmp_path / "p" / "report.json").read_text())
     assert report["plan"]["sparsity"] == dict(plan.sparsity)
+    # report.json: the record under the names results.json has, beside the plan and the widths
+    assert {k: v for k, v in report.items() if k not in ("plan", "groups", "written")} == record.to_dict()
     loaded = load_pruned(tmp_path / "p")
-    assert loaded.meta["macs"] == record["macs"] and loaded.plan == plan
+    assert loaded.meta["macs"] == record.macs and loaded.plan == plan
 
 
 def test_the_measured_check_moves_a_plan_into_its_budget_band(digits):
@@ -250,8 +253,10 @@ def test_a_macs_budget_is_not_judged_by_latency(digits):
         "uniform", env, plan, digits, finetune=recipe, out=None, base_model="small_cnn", progress=False
     )
     record = result.record
-    assert "thinned_by" not in record and "budget_met_measured" not in record  # measured, but not checked
-    assert record["latency_ratio_measured"] == record["latency_ratio_final"] > 0
+    assert record.thinned_by is None and record.budget_met_measured is None  # measured, but not checked
+    assert record.latency_ratio_measured == record.latency_ratio_final > 0
+    assert record.latency_ms_predicted is None  # a MACs count is not a latency
+    assert record.val_top1_finetuned is None and record.test_top1_finetuned == record.test_top1_bn  # not fine-tuned
 
 
 def test_a_resumed_log_is_kept_once_per_resume(tmp_path):

@@ -73,18 +73,31 @@ def test_benchmark_runs_the_transferred_policy_after_the_agents_and_before_the_s
     assert cell_order(ALL_METHODS, transfer=False) == list(ALL_METHODS)
 
 
+def _old_record(method: str, **measured: float) -> dict[str, object]:
+    """A benchmark record as written before its fields had ``MethodRecord``'s names: the benchmark's beside the
+    report's (``val_bn``, ``cost_predicted``, ...), and no final measurement kept apart from the verdict."""
+    record: dict[str, object] = {"method": method, "budget": 0.7, "seed": 0, "device": "host-cpu", "budget_met": True}
+    record.update(macs=1e6, params=1e4, dense_macs=2e6, dense_params=2e4, search_seconds=1.0, evaluations=0)
+    record.update(val_pruned=0.1, test_pruned=0.1, val_bn=0.5, test_bn=0.5, val_finetuned=0.8, test_finetuned=0.8)
+    record.update(val_top1=0.5, test_top1_pruned=0.1, test_top1_bn=0.5, test_top1_finetuned=0.8)
+    record.update(cost_predicted=1.0, dense_cost_predicted=2.0, latency_ms_predicted=1.0)
+    return {**record, "bn_recalibration": "augmented", "sparsity": {"a": 0.5}, **measured}
+
+
 def test_old_benchmark_records_are_brought_up_to_date_and_tables_written_again(tmp_path):
-    old = {"method": "ppo", "budget": 0.7, "latency_ratio_after_check": 0.689, "latency_ratio_measured": 0.707}
-    unchecked = {"method": "dqn", "budget": 0.7, "latency_ratio_measured": 0.71}
+    old = _old_record("ppo", latency_ratio_after_check=0.689, latency_ratio_measured=0.707)
+    unchecked = _old_record("dqn", latency_ratio_measured=0.71)
     (tmp_path / "results.json").write_text(json.dumps([old, unchecked]))
     ppo, dqn = load_records(tmp_path / "results.json")
     # the check's own reading was chosen for being within the budget: the verdict does not count it
     assert ppo["latency_ratio_final"] == ppo["latency_ratio_measured"] == 0.707 and not ppo["budget_met_measured"]
     assert dqn["latency_ratio_final"] == 0.71 and not dqn["budget_met_measured"]
+    # one name per figure: the report's old names give way to the benchmark's
+    assert ppo["val_top1"] == 0.5 and ppo["val_top1_finetuned"] == 0.8 and ppo["dense_latency_ms_predicted"] == 2.0
+    assert not {"val_bn", "test_finetuned", "cost_predicted", "dense_cost_predicted"} & ppo.keys()
     assert json.loads((tmp_path / "results.json").read_text()) == [old, unchecked]  # the file is left as it was
     for r in (old, unchecked):
-        r.update(seed=0, macs=1e6, val_top1=0.5, test_top1_bn=0.5, test_top1_finetuned=0.8, search_seconds=1.0)
-        r.update(evaluations=0, latency_ms_measured=1.0, sparsity={"a": 0.5})
+        r.update(latency_ms_measured=1.0)
     (tmp_path / "results.json").write_text(json.dumps([old, unchecked]))
     rewrite_tables(tmp_path)  # timed in process: left out, named
     assert "ppo at 0.7 seed 0, dqn at 0.7 seed 0." in (tmp_path / "results.md").read_text()

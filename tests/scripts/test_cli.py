@@ -8,6 +8,7 @@ import pytest
 
 from agents.apply import LATENCY_ROUNDS
 from agents.benchmark import rewrite_tables
+from agents.record import MethodRecord
 from scripts.cli import main
 
 
@@ -218,7 +219,7 @@ def test_train_apply_baseline(tmp_path, capsys):
         == 0
     )
     report = json.loads((tmp_path / "uniform" / "report.json").read_text())
-    assert report["budget_met"] and "test_finetuned" in report
+    assert report["budget_met"] and "val_top1_finetuned" in report and 0 <= report["test_top1_finetuned"] <= 1
     ratios = report["plan"]["sparsity"].values()
     assert max(ratios) - min(ratios) < 1 / 64  # uniform, up to rounding to whole channels
 
@@ -487,7 +488,7 @@ def test_dynamic_skip_train_apply_evaluate(tmp_path, capsys):
     assert main(["apply", "--policy", str(tmp_path / "run"), *common, "--out", str(tmp_path / "applied")]) == 0
     report = json.loads((tmp_path / "applied" / "report.json").read_text())
     assert set(report["exec_rate_test"]) == {"block1", "block2"}
-    assert report["cost_expected"] <= report["cost_predicted"] * (1 + 1e-9)
+    assert report["latency_ms_expected"] <= report["latency_ms_predicted"] * (1 + 1e-9)
     structure = json.loads((tmp_path / "applied" / "structure.json").read_text())
     assert set(structure["gates"]) == {"block1", "block2"}
     capsys.readouterr()
@@ -498,9 +499,27 @@ def test_dynamic_skip_train_apply_evaluate(tmp_path, capsys):
 
 
 def test_benchmark_tables_only_rewrites_a_folders_tables_and_refuses_a_folder_without_records(tmp_path, capsys):
-    record = {"method": "ppo", "budget": 0.7, "seed": 0, "macs": 1e6, "val_top1": 0.5, "test_top1_bn": 0.5}
-    record.update(test_top1_finetuned=0.8, search_seconds=1.0, evaluations=0, sparsity={"a": 0.5})
-    (tmp_path / "results.json").write_text(json.dumps([record]))
+    record = MethodRecord(
+        method="ppo",
+        budget=0.7,
+        device="pixel-a76",
+        budget_met=True,
+        macs=1_000_000,
+        params=10_000,
+        dense_macs=2_000_000,
+        dense_params=20_000,
+        val_top1_pruned=0.1,
+        test_top1_pruned=0.1,
+        val_top1=0.5,
+        test_top1_bn=0.5,
+        test_top1_finetuned=0.8,
+        search_seconds=1.0,
+        evaluations=0,
+        bn_recalibration="augmented",
+        sparsity={"a": 0.5},
+        seed=0,
+    )
+    (tmp_path / "results.json").write_text(json.dumps([record.to_dict()]))
     assert main(["benchmark", "--tables-only", "--out", str(tmp_path)]) == 0
     assert "| 0.7 | ppo | 1 |" in capsys.readouterr().out and (tmp_path / "results.csv").exists()
     assert main(["benchmark", "--tables-only", "--out", str(tmp_path / "none")]) == 2
