@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from envs import Target
-from envs.target import CHECKPOINTS_ENV
 from envs.factory import make_env
+from envs.target import CHECKPOINTS_ENV
 from pruning_core.errors import CheckpointError, PruneGymError
 
 

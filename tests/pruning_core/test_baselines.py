@@ -113,8 +113,8 @@ def test_unreachable_budgets_and_unknown_methods_are_refused(engine):
     problem = problem_at(engine, 0.001)
     with pytest.raises(
         BudgetInfeasibleError,
-        match=r"^budget out of reach for uniform sparsity: expected a budget of at least 0\.\d+ of dense \(every group at "
-        r"sparsity 0\.9\); got 0\.00\d$",
+        match=r"^budget out of reach for uniform sparsity: expected a budget of at least 0\.\d+ of dense "
+        r"\(every group at sparsity 0\.9\); got 0\.00\d$",
     ):
         baseline_plan("uniform-l1", problem)
     with pytest.raises(
