@@ -13,7 +13,7 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +91,206 @@ def _gate_loss(
     return loss + rate_penalty * rate
 
 
+@dataclass(frozen=True)
+class _GateSettings:
+    """The settings of a gate training that shape its result (see :func:`train_gates`)."""
+
+    epochs: int
+    lr: float
+    rate_penalty: float
+    rate_target: float | None
+    block_target: float | None
+    batch_size: int
+    joint_epochs: int
+    joint_lr: float
+    full_weight: float
+    distill_weight: float
+    bf16: bool | None
+
+    def check(self, teacher: nn.Module | None) -> None:
+        """Raises PlanError for a setting out of range."""
+        if self.epochs < 0 or self.joint_epochs < 0:
+            raise PlanError(f"expected epochs >= 0 and joint_epochs >= 0; got {self.epochs} and {self.joint_epochs}")
+        for name, target in (("rate_target", self.rate_target), ("block_target", self.block_target)):
+            if target is not None and not 0.0 < target < 1.0:
+                raise PlanError(f"expected {name} in (0, 1) or None; got {target}")
+        if self.block_target is not None and self.rate_target is not None:
+            raise PlanError("expected one of rate_target and block_target; got both")
+        if self.full_weight < 0:
+            raise PlanError(f"expected full_weight >= 0; got {self.full_weight}")
+        if not 0.0 <= self.distill_weight <= 1.0 or (self.distill_weight > 0 and teacher is None):
+            raise PlanError(
+                f"expected distill_weight in [0, 1], and a teacher when it is above 0; got {self.distill_weight} and "
+                f"{'a teacher' if teacher is not None else 'none'}"
+            )
+
+    def resume_json(self, model: nn.Module) -> str:
+        """What a resume file must match: these settings and the starting ``model``."""
+        return json.dumps(
+            {
+                "epochs": self.epochs,
+                "lr": self.lr,
+                "rate_penalty": self.rate_penalty,
+                "rate_target": self.rate_target,
+                "block_target": self.block_target,
+                "batch_size": self.batch_size,
+                "joint_epochs": self.joint_epochs,
+                "joint_lr": self.joint_lr,
+                "distill_weight": self.distill_weight,
+                # resume files made before full_weight existed still match
+                **({"full_weight": self.full_weight} if self.full_weight else {}),
+                "bf16": self.bf16,
+                "start": state_fingerprint(model),  # the training continues this model, not another saved there
+            },
+            sort_keys=True,
+        )
+
+
+def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+class _GateTrainer:
+    """A gate training under way: the model, its batch order, the epochs done, and the file they are saved to."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: ImageDataset,
+        settings: _GateSettings,
+        resume: str | os.PathLike[str] | None,
+        *,
+        progress: bool,
+    ) -> None:
+        self.model, self.dataset, self.settings, self.progress = model, dataset, settings, progress
+        self.path = Path(resume) if resume is not None else None
+        self.resume_json = "" if self.path is None else settings.resume_json(model)
+        self.saved = load_resume(self.path, self.resume_json, "a gate training")
+        if self.saved:
+            model.load_state_dict(self.saved["model"])
+            if progress:
+                print(
+                    f"resuming gate training from {self.path}: {self.saved['frozen_done']}/{settings.epochs} frozen, "
+                    f"{self.saved['joint_done']}/{settings.joint_epochs} joint epochs done",
+                    flush=True,
+                )
+        self.frozen_done = int(self.saved.get("frozen_done", 0))
+        self.joint_done = int(self.saved.get("joint_done", 0))
+        self.generator = torch.Generator().manual_seed(0)
+        if "generator" in self.saved:
+            self.generator.set_state(self.saved["generator"])
+
+    def save(self, **optimizers: torch.optim.Optimizer) -> None:
+        """Save the training's state to the resume file, if there is one."""
+        if self.path is not None:
+            save_torch(
+                self.path,
+                {
+                    "settings": self.resume_json,
+                    "model": self.model.state_dict(),
+                    "frozen_done": self.frozen_done,
+                    "joint_done": self.joint_done,
+                    "generator": self.generator.get_state(),
+                    **{name: opt.state_dict() for name, opt in optimizers.items()},
+                },
+            )
+
+    def _batches(self, desc: str) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's training batches, in the order of the training's generator, with a progress bar."""
+        from tqdm import tqdm
+
+        batches = self.dataset.batches(
+            "train", self.settings.batch_size, shuffle=True, augment=True, generator=self.generator
+        )
+        return tqdm(batches, desc=desc, disable=not self.progress, leave=False)
+
+    def frozen_epochs(self) -> None:
+        """Train the gates alone (Adam, float32) with the backbone's BatchNorm statistics frozen, then leave every
+        parameter trainable."""
+        s, model = self.settings, self.model
+        for p in model.parameters():
+            p.requires_grad_(False)
+        params = [p for _, block in gated_blocks(model) for p in block.gate.parameters()]
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.Adam(params, lr=s.lr)
+        if "gate_optimizer" in self.saved:
+            optimizer.load_state_dict(self.saved["gate_optimizer"])
+        while self.frozen_done < s.epochs:
+            model.eval()  # frozen BatchNorm statistics; GatedBlock's training flag is set below
+            for _, block in gated_blocks(model):
+                block.train()
+                block.block.eval()
+            for images, labels in self._batches(f"gates {self.frozen_done + 1}/{s.epochs}"):
+                loss = _gate_loss(
+                    model,
+                    images,
+                    labels,
+                    s.rate_penalty,
+                    bf16=False,
+                    rate_target=s.rate_target,
+                    block_target=s.block_target,
+                )
+                _step(optimizer, loss)
+            self.frozen_done += 1
+            self.save(gate_optimizer=optimizer)
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+    def joint_epochs(self, teacher: nn.Module | None) -> None:
+        """Fine-tune the whole model with its gates under the shared fine-tuning recipe."""
+        from pruning_core.finetune import finetune_recipe
+        from pruning_core.training import make_state
+
+        s = self.settings
+        config = finetune_recipe(s.joint_epochs, lr=s.joint_lr, bf16=s.bf16, distill_weight=s.distill_weight)
+        optimizer = make_state(self.model, config).optimizer
+        if "joint_optimizer" in self.saved:
+            optimizer.load_state_dict(self.saved["joint_optimizer"])
+        if teacher is not None:
+            teacher.eval()
+        steps_per_epoch = math.ceil(len(self.dataset.train) / s.batch_size)
+        self.model.train()
+        while self.joint_done < s.joint_epochs:
+            epoch = self.joint_done
+            self.generator.manual_seed(config.seed * 100_003 + epoch)
+            for i, (images, labels) in enumerate(self._batches(f"gates+backbone {epoch + 1}/{s.joint_epochs}")):
+                lr_now = config.lr_at(epoch * steps_per_epoch + i, s.joint_epochs * steps_per_epoch, steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_now
+                loss = _gate_loss(
+                    self.model,
+                    images,
+                    labels,
+                    s.rate_penalty,
+                    bf16=config.bf16,
+                    teacher=teacher,
+                    distill_weight=config.distill_weight,
+                    temperature=config.distill_temperature,
+                    rate_target=s.rate_target,
+                    block_target=s.block_target,
+                    full_weight=s.full_weight,
+                )
+                _step(optimizer, loss)
+            self.joint_done += 1
+            self.save(joint_optimizer=optimizer)
+
+
+def _gate_report(model: nn.Module, dataset: ImageDataset) -> GateTrainingReport:
+    """Val accuracy and per-block execution rates of the trained ``model``, deciding at threshold 0.5."""
+    from pruning_core.training import evaluate
+
+    model.eval()
+    for _, block in gated_blocks(model):
+        block.threshold = 0.5
+        block.reset_counters()
+        block.last_scores = None  # holds the last batch's graph, which would keep the model from being copied
+    top1 = evaluate(model, dataset, "val").top1
+    return GateTrainingReport(top1, {name: block.execution_rate() for name, block in gated_blocks(model)})
+
+
 def train_gates(
     model: nn.Module,
     dataset: ImageDataset,
@@ -157,144 +357,24 @@ def train_gates(
         PlanError: A setting is out of range.
         CheckpointError: ``resume`` holds a training with other settings or another starting model.
     """
-    from tqdm import tqdm
-
-    from pruning_core.finetune import finetune_recipe
-    from pruning_core.training import evaluate, make_state
-
-    if epochs < 0 or joint_epochs < 0:
-        raise PlanError(f"expected epochs >= 0 and joint_epochs >= 0; got {epochs} and {joint_epochs}")
-    if rate_target is not None and not 0.0 < rate_target < 1.0:
-        raise PlanError(f"expected rate_target in (0, 1) or None; got {rate_target}")
-    if block_target is not None and not 0.0 < block_target < 1.0:
-        raise PlanError(f"expected block_target in (0, 1) or None; got {block_target}")
-    if block_target is not None and rate_target is not None:
-        raise PlanError("expected one of rate_target and block_target; got both")
-    if full_weight < 0:
-        raise PlanError(f"expected full_weight >= 0; got {full_weight}")
-    if not 0.0 <= distill_weight <= 1.0 or (distill_weight > 0 and teacher is None):
-        raise PlanError(
-            f"expected distill_weight in [0, 1], and a teacher when it is above 0; got {distill_weight} and "
-            f"{'a teacher' if teacher is not None else 'none'}"
-        )
-    gates = [block.gate for _, block in gated_blocks(model)]
-    if not gates:
-        raise PlanError("the model has no gated blocks; call add_gates first")
-    path = Path(resume) if resume is not None else None
-    settings = (
-        ""
-        if path is None
-        else json.dumps(  # what a resume file must match
-            {
-                "epochs": epochs,
-                "lr": lr,
-                "rate_penalty": rate_penalty,
-                "rate_target": rate_target,
-                "block_target": block_target,
-                "batch_size": batch_size,
-                "joint_epochs": joint_epochs,
-                "joint_lr": joint_lr,
-                "distill_weight": distill_weight,
-                **({"full_weight": full_weight} if full_weight else {}),  # resume files made before it still match
-                "bf16": bf16,
-                "start": state_fingerprint(model),  # the training continues this model, not another saved there
-            },
-            sort_keys=True,
-        )
+    settings = _GateSettings(
+        epochs=epochs,
+        lr=lr,
+        rate_penalty=rate_penalty,
+        rate_target=rate_target,
+        block_target=block_target,
+        batch_size=batch_size,
+        joint_epochs=joint_epochs,
+        joint_lr=joint_lr,
+        full_weight=full_weight,
+        distill_weight=distill_weight,
+        bf16=bf16,
     )
-    if saved := load_resume(path, settings, "a gate training"):
-        model.load_state_dict(saved["model"])
-        if progress:
-            print(
-                f"resuming gate training from {path}: {saved['frozen_done']}/{epochs} frozen, "
-                f"{saved['joint_done']}/{joint_epochs} joint epochs done",
-                flush=True,
-            )
-    frozen_done, joint_done = int(saved.get("frozen_done", 0)), int(saved.get("joint_done", 0))
-
-    def checkpoint(**optimizers: torch.optim.Optimizer) -> None:
-        if path is not None:
-            save_torch(
-                path,
-                {
-                    "settings": settings,
-                    "model": model.state_dict(),
-                    "frozen_done": frozen_done,
-                    "joint_done": joint_done,
-                    "generator": generator.get_state(),
-                    **{name: opt.state_dict() for name, opt in optimizers.items()},
-                },
-            )
-
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = [p for gate in gates for p in gate.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    optimizer = torch.optim.Adam(params, lr=lr)
-    generator = torch.Generator().manual_seed(0)
-    if "gate_optimizer" in saved:
-        optimizer.load_state_dict(saved["gate_optimizer"])
-    if "generator" in saved:
-        generator.set_state(saved["generator"])
-    while frozen_done < epochs:
-        model.eval()  # frozen BatchNorm statistics; GatedBlock's training flag is set below
-        for _, block in gated_blocks(model):
-            block.train()
-            block.block.eval()
-        batches = dataset.batches("train", batch_size, shuffle=True, augment=True, generator=generator)
-        desc = f"gates {frozen_done + 1}/{epochs}"
-        for images, labels in tqdm(batches, desc=desc, disable=not progress, leave=False):
-            loss = _gate_loss(
-                model, images, labels, rate_penalty, bf16=False, rate_target=rate_target, block_target=block_target
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        frozen_done += 1
-        checkpoint(gate_optimizer=optimizer)
-    for p in model.parameters():
-        p.requires_grad_(True)
+    settings.check(teacher)
+    if next(gated_blocks(model), None) is None:
+        raise PlanError("the model has no gated blocks; call add_gates first")
+    trainer = _GateTrainer(model, dataset, settings, resume, progress=progress)
+    trainer.frozen_epochs()
     if joint_epochs:
-        config = finetune_recipe(joint_epochs, lr=joint_lr, bf16=bf16, distill_weight=distill_weight)
-        state = make_state(model, config)
-        if "joint_optimizer" in saved:
-            state.optimizer.load_state_dict(saved["joint_optimizer"])
-        if teacher is not None:
-            teacher.eval()
-        steps_per_epoch = math.ceil(len(dataset.train) / batch_size)
-        model.train()
-        while joint_done < joint_epochs:
-            epoch = joint_done
-            generator.manual_seed(config.seed * 100_003 + epoch)
-            batches = dataset.batches("train", batch_size, shuffle=True, augment=True, generator=generator)
-            desc = f"gates+backbone {epoch + 1}/{joint_epochs}"
-            for i, (images, labels) in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False)):
-                lr_now = config.lr_at(epoch * steps_per_epoch + i, joint_epochs * steps_per_epoch, steps_per_epoch)
-                for group in state.optimizer.param_groups:
-                    group["lr"] = lr_now
-                loss = _gate_loss(
-                    model,
-                    images,
-                    labels,
-                    rate_penalty,
-                    bf16=config.bf16,
-                    teacher=teacher,
-                    distill_weight=config.distill_weight,
-                    temperature=config.distill_temperature,
-                    rate_target=rate_target,
-                    block_target=block_target,
-                    full_weight=full_weight,
-                )
-                state.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                state.optimizer.step()
-            joint_done += 1
-            checkpoint(joint_optimizer=state.optimizer)
-    model.eval()
-    for _, block in gated_blocks(model):
-        block.threshold = 0.5
-        block.reset_counters()
-        block.last_scores = None  # holds the last batch's graph, which would keep the model from being copied
-    top1 = evaluate(model, dataset, "val").top1
-    return GateTrainingReport(top1, {name: block.execution_rate() for name, block in gated_blocks(model)})
+        trainer.joint_epochs(teacher)
+    return _gate_report(model, dataset)
