@@ -27,6 +27,7 @@ from agents.policy_io import save_policy
 from envs.layer_prune import ACTION_MAPPINGS, DEFAULT_LEVELS, checked_budget_range
 from pruning_core.data import atomic_write_bytes
 from pruning_core.errors import CheckpointError, PruneGymError
+from pruning_core.models import model_slug
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import DEFAULT_FINETUNE_STEPS
 
@@ -77,6 +78,8 @@ class TrainRunConfig:
     apply to new models. Plans at different budgets do not compare, so such a run keeps no best plan."""
     budget_metric: str = "latency"
     """latency, macs or params."""
+    input_size: tuple[int, int, int] | None = None
+    """``(C, H, W)`` the model takes, checked against the data (None: the data's)."""
     reward: str = "accuracy"
     """accuracy, lagrangian or amc-flops."""
     algo: str = "ppo"
@@ -146,6 +149,8 @@ class TrainRunConfig:
             raise PruneGymError(f"levels applies to discrete algorithms; got algo {self.algo!r}")
         if self.budget_range is not None:  # a list when read back from config.json
             object.__setattr__(self, "budget_range", checked_budget_range(self.budget_range))
+        if self.input_size is not None:  # a list too
+            object.__setattr__(self, "input_size", tuple(self.input_size))
 
     def env_kwargs(self) -> dict[str, Any]:
         return {
@@ -170,6 +175,7 @@ class TrainRunConfig:
             "action_mapping": self.action_mapping,
             "calibrate_latency": self.calibrate_latency,
             **({"budget_range": self.budget_range} if self.budget_range is not None else {}),
+            **({"input_size": self.input_size} if self.input_size is not None else {}),
         }
 
 
@@ -190,7 +196,7 @@ def _check_same_run(run: Path, saved: TrainRunConfig, given: TrainRunConfig) -> 
 def run_name(config: TrainRunConfig) -> str:
     """``{model}__{device}__{algo}__seed{seed}__{timestamp}``."""
     device = config.device.replace("/", "_").replace(":", "_")
-    return f"{config.model}__{device}__{config.algo}__seed{config.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    return f"{model_slug(config.model)}__{device}__{config.algo}__seed{config.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 @dataclass
