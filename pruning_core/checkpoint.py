@@ -41,7 +41,7 @@ class Checkpoint:
         """
         name = self.meta["model"]
         check_code_named(name, run_code, "the checkpoint")
-        shape = self.meta.get("input_shape") or ()
+        shape: list[int] = list(self.meta.get("input_shape") or ())
         model = build_model(
             name,
             num_classes=len(self.meta["classes"]),

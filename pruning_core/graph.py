@@ -211,6 +211,10 @@ class ModelGraph:
                 self.unprunable.append(UnprunableLayer(primary[0], reason))
                 continue
             found.append((primary[0], producers, consumers, slices))
+        for module, reason in getattr(self.dependency_graph, "runaway", {}).items():
+            name = self.names.get(module)
+            if name in self.layers:
+                self.unprunable.append(UnprunableLayer(name, reason))
         found.sort(key=lambda item: self.layers[item[0]].order)
         self.unprunable.sort(key=lambda u: self.layers[u.name].order)
         groups = []
@@ -345,6 +349,21 @@ def moves_channels(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
     )
 
 
+def channel_vector_view(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
+    """Whether a reshape turns a vector of per-channel values (a layer scale, a bias) into ``(1, C, 1, ...)`` that
+    broadcasts over a feature map (timm's ConvNeXt): channel i stays channel i, so it is traced as an element-wise op.
+
+    >>> channel_vector_view((40,), (1, 40, 1, 1)), channel_vector_view((1, 1, 40), (1, 40, 1, 1))
+    (True, False)
+    """
+    return (
+        len(before) == 1
+        and len(after) >= 2
+        and after[1] == before[0]
+        and all(d == 1 for i, d in enumerate(after) if i != 1)
+    )
+
+
 def followed_reshape(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
     """Whether Torch-Pruning maps channel indices through a reshape from ``before`` to ``after`` correctly: a
     flatten to ``(batch, features)`` for a classifier, or a reshape that keeps the batch and channel dimensions of a
@@ -411,6 +430,8 @@ class _FenceChannelMixing(TorchFunctionMode):
         if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor) or not x.requires_grad:
             return out
         before, after = tuple(x.shape), tuple(out.shape)
+        if name in _RESHAPES and channel_vector_view(before, after):
+            return out  # not among the followed: traced as element-wise
         if name in _RESHAPES and followed_reshape(before, after):
             self.followed.add(out.grad_fn)
             return out
@@ -469,6 +490,49 @@ class _DependencyGraph(tp.DependencyGraph):
         self._followed = followed
         self._running = running
 
+    @property
+    def group_limit(self) -> int:
+        """Most items a real group has: each node reached by a few index sets (concatenations). Torch-Pruning 1.6
+        follows some graphs without end (ReXNet's in-place addition into a slice of wider channels); a group past
+        this is refused instead."""
+        return 4 * len(self.module2node) + 100
+
+    def get_pruning_group(self, *args: Any, **kwargs: Any) -> Any:
+        """Torch-Pruning's group, or :class:`RunawayGroupError` when it grows past :attr:`group_limit`."""
+        with _bounded_groups(self.group_limit):
+            return super().get_pruning_group(*args, **kwargs)
+
+    def get_all_groups(self, ignored_layers: Any = (), root_module_types: Any = (nn.Conv2d, nn.Linear)) -> Any:
+        """Torch-Pruning's groups of every root layer, as in Torch-Pruning; a root whose group runs away
+        (:class:`RunawayGroupError`) is skipped and listed in ``self.runaway`` with the reason."""
+        self.runaway: dict[Any, str] = {}
+        visited: set[Any] = set()
+        ignored = [*ignored_layers, *self.IGNORED_LAYERS_IN_TRACING]
+        for module in list(self.module2node):
+            if (
+                module in visited
+                or any(module is i for i in ignored)
+                or not isinstance(module, tuple(root_module_types))
+            ):
+                continue
+            pruner = self.get_pruner_of_module(module)
+            if pruner is None or pruner.get_out_channels(module) is None:
+                continue
+            try:
+                group = self.get_pruning_group(
+                    module, pruner.prune_out_channels, list(range(pruner.get_out_channels(module)))
+                )
+            except RunawayGroupError as exc:
+                self.runaway[module] = f"Torch-Pruning's search for the channels coupled to it does not end ({exc})"
+                continue
+            prunable = True
+            for dep, _ in group:
+                if self.is_out_channel_pruning_fn(dep.handler):
+                    visited.add(dep.target.module)
+                    prunable = prunable and not any(dep.target.module is i for i in ignored)
+            if prunable:
+                yield group
+
     def _trace(self, *args: Any, **kwargs: Any) -> Any:
         module2node = super()._trace(*args, **kwargs)
         self._running.clear()  # the forward is over: later failures arise in no layer
@@ -483,6 +547,35 @@ class _DependencyGraph(tp.DependencyGraph):
                 node.prunegym_mixing = f"a concatenation along the last dimension (before {consumer})"
                 node.type = tp.ops.OPTYPE.ELEMENTWISE
         return module2node
+
+
+class RunawayGroupError(Exception):
+    """Torch-Pruning's search for the channels coupled to a layer grew past any real group (see
+    :class:`_DependencyGraph`)."""
+
+
+class _BoundedGroup(tp.dependency.group.Group):
+    """A Torch-Pruning group that refuses to grow past ``limit`` items."""
+
+    limit = 0
+
+    def add_dep(self, dep: Any, idxs: Any) -> None:
+        if self.limit and len(self._group) >= self.limit:
+            raise RunawayGroupError(f"the coupled channels grew past {self.limit} layer entries")
+        super().add_dep(dep, idxs)
+
+
+@contextmanager
+def _bounded_groups(limit: int) -> Iterator[None]:
+    """While active, the groups Torch-Pruning builds stop at ``limit`` items (raising :class:`RunawayGroupError`)."""
+    module = tp.dependency.graph
+    original = module.Group
+    bounded = type("_Bounded", (_BoundedGroup,), {"limit": limit})
+    module.Group = bounded
+    try:
+        yield
+    finally:
+        module.Group = original
 
 
 def _mixing_label(node: Any) -> str | None:
