@@ -9,6 +9,7 @@ from torch import nn
 from pruning_core import graph as graph_module
 from pruning_core.engine import PruningEngine, group_kept, group_widths, prune_channels
 from pruning_core.errors import PlanError, UnsupportedModelError
+from pruning_core.graph import ModelGraph
 from pruning_core.metrics import MacsCost, ParamsCost, count_cost
 from pruning_core.models import build_model
 from pruning_core.plan import PruningPlan
@@ -172,18 +173,18 @@ def test_searches_price_the_widths_the_engine_prunes():
 
 
 def test_channels_torch_pruning_follows_without_end_stay_dense_and_are_listed(monkeypatch):
-    """Torch-Pruning 1.6 follows some graphs without end (ReXNet's in-place addition into a slice of wider channels):
-    a group that grows past the graph's limit is left dense and listed, the rest is pruned. Shown on resnet20 with a
-    limit that only the residual streams' groups exceed."""
-    monkeypatch.setattr(graph_module._DependencyGraph, "group_limit", property(lambda self: 10))
-    engine = PruningEngine(build_model("resnet20").eval(), (3, 32, 32))
-    assert engine.group_names == [f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in (0, 1, 2)]
-    reasons = {u.name: u.reason for u in engine.unprunable}
-    assert "conv1" in reasons and "layer3.0.shortcut.0" in reasons
-    assert all(
-        r == "Torch-Pruning's search for the channels coupled to it does not end (the coupled channels grew "
-        "past 10 layer entries)"
-        for r in reasons.values()
+    """Torch-Pruning 1.6 follows some graphs without end (timm's ReXNet: an in-place addition into a slice of wider
+    channels): a group that reaches one layer more often than the graph's limit is left dense and listed, the rest
+    is pruned. Shown on Swin-T, whose third stage reaches a layer 11 times, with a limit of 8."""
+    monkeypatch.setattr(graph_module._DependencyGraph, "group_limit", 8)
+    graph = ModelGraph(build_model("tv:swin_t"), (3, 28, 28))
+    reasons = {u.name: u.reason for u in graph.unprunable}
+    runaway = {n for n, r in reasons.items() if r.startswith("Torch-Pruning's search for the channels coupled")}
+    assert "features.4.reduction" in runaway and all(
+        "reached" in reasons[n] and " 8 times)" in reasons[n] for n in runaway
     )
-    pruned = engine.apply(PruningPlan.uniform(engine.group_names, 0.5))
-    assert pruned.macs_ratio < 0.8 and pruned.model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+    assert runaway.isdisjoint(graph.out_group) and len(graph.groups) >= 12
+    monkeypatch.setattr(graph_module._DependencyGraph, "group_limit", 64)
+    assert not any(
+        "Torch-Pruning's search" in u.reason for u in ModelGraph(build_model("tv:swin_t"), (3, 28, 28)).unprunable
+    )
