@@ -21,7 +21,7 @@ from hardware_models.measure import ratios_beside_dense
 from pruning_core.baselines import BudgetProblem, retargeted_plan
 from pruning_core.data import ImageDataset, atomic_write_bytes
 from pruning_core.dynamic import gated_blocks
-from pruning_core.engine import describe, kept_count
+from pruning_core.engine import describe, group_kept
 from pruning_core.errors import PruneGymError
 from pruning_core.finetune import prune_and_finetune
 from pruning_core.plan import Granularity, PruningPlan
@@ -243,7 +243,7 @@ def replay_check(env: LayerPruneEnv, plan: PruningPlan, check: Mapping[str, Any]
 
     def predicted(candidate: PruningPlan) -> float:
         sparsity, step = candidate.sparsity, candidate.round_to
-        return problem.cost_of({g.name: kept_count(g.channels, sparsity.get(g.name, 0.0), step) for g in groups})
+        return problem.cost_of({g.name: group_kept(g, sparsity.get(g.name, 0.0), step) for g in groups})
 
     kept, moved = plan, 0.0
     for ratio in ratios[:chosen]:

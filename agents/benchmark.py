@@ -52,7 +52,7 @@ from envs.factory import make_env
 from envs.layer_prune import ACTION_MAPPINGS, DEFAULT_LEVELS, REWARDS, LayerPruneEnv
 from envs.target import Target
 from pruning_core.baselines import BASELINES, BudgetProblem, baseline_plan
-from pruning_core.data import atomic_write_bytes, load_dataset
+from pruning_core.data import atomic_write_bytes
 from pruning_core.errors import BudgetInfeasibleError, PruneGymError
 from pruning_core.finetune import finetune_recipe
 from pruning_core.plan import PruningPlan
@@ -508,7 +508,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
         (r["method"], r["budget"], r["seed"]) for r in records if is_current(r) and not _finish_again(cfg, methods, r)
     }
     superseded_path = cfg.out / "superseded.json"
-    dataset = load_dataset(cfg.target.data, cfg.target.data_root)
+    dataset = cfg.target.load_dataset()
 
     def env_for(budget: float, **settings: Any) -> Any:
         return make_env(

@@ -28,6 +28,7 @@ from envs.layer_prune import ACTION_MAPPINGS, DEFAULT_LEVELS, checked_budget_ran
 from envs.target import Target
 from pruning_core.data import atomic_write_bytes
 from pruning_core.errors import CheckpointError, PruneGymError
+from pruning_core.models import model_slug
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import DEFAULT_FINETUNE_STEPS
 
@@ -188,7 +189,8 @@ def _check_same_run(run: Path, saved: TrainRunConfig, given: TrainRunConfig) -> 
 def run_name(config: TrainRunConfig) -> str:
     """``{model}__{device}__{algo}__seed{seed}__{timestamp}``."""
     device = config.target.device.replace("/", "_").replace(":", "_")
-    return f"{config.target.model}__{device}__{config.algo}__seed{config.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{model_slug(config.target.model)}__{device}__{config.algo}__seed{config.seed}__{stamp}"
 
 
 @dataclass

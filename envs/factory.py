@@ -16,12 +16,13 @@ from hardware_models.lut import BUILD_METHOD, DEFAULT_GRANULE, LookupTable, buil
 from hardware_models.measure import MEASURE_MIN_SECONDS, MEASURED_DEVICES, default_threads, measurer_for
 from hardware_models.registry import get_latency_model
 from pruning_core.checkpoint import load_checkpoint, load_torch, save_torch, sha256
-from pruning_core.data import ImageDataset, cache_dir, load_dataset
+from pruning_core.data import ImageDataset, cache_dir
 from pruning_core.dynamic import TrainedGates, add_gates, train_gates
 from pruning_core.engine import PruningEngine
 from pruning_core.errors import PruneGymError
 from pruning_core.graph import ModelGraph
 from pruning_core.metrics import LayerwiseCost, MacsCost, ParamsCost
+from pruning_core.models import model_slug
 from pruning_core.scoring import DEFAULT_FINETUNE_STEPS, PlanScorer, ScoreConfig
 from pruning_core.sensitivity import Sensitivity, cached_sensitivity
 from pruning_core.training import resolve_bf16
@@ -35,7 +36,7 @@ def cached_lut(graph: ModelGraph, device: str, model_name: str, *, progress: boo
         f"{model_name}{graph.input_shape}{torch.__version__}{os.uname().nodename}g{DEFAULT_GRANULE}w"
         f"m{BUILD_METHOD}".encode()
     ).hexdigest()
-    path = cache_dir() / "luts" / f"{device}-{model_name.replace(':', '_')}-t{threads}-{key[:10]}.json"
+    path = cache_dir() / "luts" / f"{device}-{model_slug(model_name)}-t{threads}-{key[:10]}.json"
     if path.exists():
         return LookupTable.load(path)
     lut = build_lut(
@@ -121,11 +122,7 @@ def probed_sensitivity(
         "criterion": criterion,
     }
     key = hashlib.sha1(repr(sorted(inputs.items())).encode()).hexdigest()[:12]
-    path = (
-        cache_dir()
-        / "sensitivity"
-        / f"{model.replace(':', '_')}-{device.replace(':', '_').replace('/', '_')}-{key}.json"
-    )
+    path = cache_dir() / "sensitivity" / f"{model_slug(model)}-{device.replace(':', '_').replace('/', '_')}-{key}.json"
     return cached_sensitivity(path, problem, scorer, inputs, criterion=criterion, progress=progress)
 
 
@@ -139,6 +136,7 @@ def make_env(
     device: str | None = None,
     budget: float | None = None,
     budget_metric: str | None = None,
+    input_size: tuple[int, int, int] | None = None,
     reward: str = "accuracy",
     action_mode: str = "continuous",
     max_sparsity: float = 0.9,
@@ -173,6 +171,7 @@ def make_env(
             ``lut:PATH``).
         budget: Fraction of the dense model's cost to reach, in (0, 1] (default 0.5).
         budget_metric: ``latency`` on the device (the default), ``macs`` or ``params``.
+        input_size: ``(C, H, W)`` the model takes, checked against the data (default: the data's).
         reward: ``accuracy``, ``lagrangian`` or ``amc-flops``.
         action_mode: ``continuous`` or ``discrete``.
         max_sparsity: Largest sparsity of one group.
@@ -202,7 +201,7 @@ def make_env(
         **kwargs: Passed to :class:`LayerPruneEnv` (``levels``, ``lagrange``).
     """
     named: dict[str, Any] = {"model": model, "checkpoint": checkpoint, "data": data, "data_root": data_root}
-    named |= {"device": device, "budget": budget, "budget_metric": budget_metric}
+    named |= {"device": device, "budget": budget, "budget_metric": budget_metric, "input_size": input_size}
     given = {name: value for name, value in named.items() if value is not None}
     if target is None:
         target = Target(**given)
@@ -213,10 +212,10 @@ def make_env(
     ckpt = load_checkpoint(ckpt_path)
     if ckpt.meta["model"] != model:
         raise PruneGymError(f"model is {model} but the checkpoint holds {ckpt.meta['model']}")
-    dataset = dataset if dataset is not None else load_dataset(data, target.data_root, progress=progress)
+    dataset = dataset if dataset is not None else target.load_dataset(progress=progress)
     if list(dataset.classes) != list(ckpt.meta["classes"]):
         raise PruneGymError(f"checkpoint classes {ckpt.meta['classes'][:5]} differ from the dataset's")
-    engine = PruningEngine(ckpt.build(), dataset.input_shape, dataset=dataset)
+    engine = PruningEngine(ckpt.build(run_code=model), dataset.input_shape, dataset=dataset)
     cost, measured = budget_model_for(target.budget_metric, device, engine.graph, model, progress=progress)
     if calibrate_latency is not False and measured is not None and target.budget_metric == "latency":
         from hardware_models.correction import load_or_calibrate

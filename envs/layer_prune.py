@@ -12,7 +12,7 @@ import numpy as np
 from gymnasium import spaces
 
 from pruning_core.baselines import BudgetProblem, retargeted_plan, uniform_sparsity
-from pruning_core.engine import allowed_widths, kept_count, widest_within
+from pruning_core.engine import group_kept, group_widths, widest_within
 from pruning_core.errors import BudgetInfeasibleError, PruneGymError
 from pruning_core.graph import LayerType
 from pruning_core.metrics import LayerwiseCost
@@ -261,7 +261,7 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         self._full = {g.name: g.channels for g in self.groups}
         # Kept widths are multiples of the budget model's granule (a lookup table's channel step; 1 for MACs).
         self.granule = budget_model.granule
-        self._widths_allowed = {g.name: allowed_widths(g.channels, self.granule, max_sparsity) for g in self.groups}
+        self._widths_allowed = {g.name: group_widths(g, self.granule, max_sparsity) for g in self.groups}
         self._minimum = {name: widths[0] for name, widths in self._widths_allowed.items()}
         self.dense_cost = self._cost(self._full)
         self._floor = self._cost(self._minimum)
@@ -386,7 +386,7 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
                 plan = sensitivity_plan(problem, self.sensitivity, criterion=self.criterion)
             else:
                 sparsity = uniform_sparsity(problem)
-                kept = self._filled({g.name: kept_count(g.channels, sparsity, self.granule) for g in self.groups})
+                kept = self._filled({g.name: group_kept(g, sparsity, self.granule) for g in self.groups})
                 plan = PruningPlan(
                     sparsity={g.name: 1 - kept[g.name] / g.channels for g in self.groups},
                     criterion=self.criterion,
@@ -489,7 +489,7 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         if self.dynamic_skip and group.block is not None:
             # The budget is clipped as if the block always ran: skipping can only lower the expected cost.
             self._thresholds[group.block] = threshold
-        kept = kept_count(group.channels, wanted_sparsity, self.granule)
+        kept = group_kept(group, wanted_sparsity, self.granule)
         if self.reward_spec.clips_actions and self.action_mapping == "clip":
             kept = self._clip(group.name, kept)
         applied = 1.0 - kept / group.channels if kept < group.channels else 0.0
@@ -511,7 +511,7 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         if self.action_mapping == "scaled":  # the whole plan moved to the budget
             final, moved = retargeted_plan(self.budget_problem(), self.plan, self.target)
             self._kept = self._filled(
-                {g.name: kept_count(g.channels, final.sparsity[g.name], self.granule) for g in self.groups}
+                {g.name: group_kept(g, final.sparsity[g.name], self.granule) for g in self.groups}
             )
             self._sparsity = {g.name: 1.0 - self._kept[g.name] / g.channels for g in self.groups}
         plan = self.plan

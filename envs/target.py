@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from hardware_models.registry import check_device
-from pruning_core.data import DATASETS
+from pruning_core.data import DATASETS, ImageDataset, load_dataset
 from pruning_core.errors import CheckpointError, PruneGymError
+from pruning_core.models import USER_CODE_PREFIX, is_user_code
 
 REPO_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 """The checkpoints committed with the source (present in a source checkout, not in an installed wheel)."""
@@ -40,6 +41,12 @@ def default_checkpoint(model: str, data: str) -> Path:
     Raises:
         CheckpointError: None of them holds one.
     """
+    if is_user_code(model):
+        code = model.removeprefix(USER_CODE_PREFIX)
+        raise CheckpointError(
+            f"expected a checkpoint of the user's model {code}: train one with `prunegym pretrain --model-py {code} "
+            "--out MODEL.pt` (--epochs 0 keeps random weights) and pass --checkpoint MODEL.pt"
+        )
     path = find_checkpoint(model, data)
     if path is None:
         looked = ", ".join(str(d) for d in checkpoint_dirs())
@@ -60,7 +67,7 @@ class Target:
     """
 
     model: str = "small_cnn"
-    """Model name (the checkpoint's)."""
+    """Model name (the checkpoint's); ``py:<file>:<function>`` runs that file (a user's own model)."""
     checkpoint: str | None = None
     """Dense checkpoint (None: ``<model>_<data>.pt`` from :func:`checkpoint_dirs`)."""
     data: str = "digits"
@@ -73,12 +80,20 @@ class Target:
     """Fraction of the dense model's cost to reach, in (0, 1]."""
     budget_metric: str = "latency"
     """What the budget is a fraction of: ``latency`` on the device, ``macs`` or ``params``."""
+    input_size: tuple[int, int, int] | None = None
+    """``(C, H, W)`` the model takes, checked against the data (ImageFolder images are resized to it); None: the
+    data's."""
 
     def __post_init__(self) -> None:
         for name in ("checkpoint", "data_root"):  # a Path given for a path is kept as its text
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 object.__setattr__(self, name, os.fspath(value))
+        if self.input_size is not None:  # a list when read back from JSON
+            size = tuple(self.input_size)
+            if len(size) != 3 or not all(isinstance(x, int) and x >= 1 for x in size):
+                raise PruneGymError(f"input_size must be three positive integers (C, H, W); got {self.input_size!r}")
+            object.__setattr__(self, "input_size", size)
         if self.data not in DATASETS:
             raise PruneGymError(f"data must be one of {', '.join(DATASETS)}; got {self.data!r}")
         check_device(self.device)
@@ -95,6 +110,10 @@ class Target:
     def checkpoint_path(self) -> Path:
         """The checkpoint file: the one given, else the default one."""
         return Path(self.checkpoint) if self.checkpoint is not None else default_checkpoint(self.model, self.data)
+
+    def load_dataset(self, *, progress: bool = True) -> ImageDataset:
+        """The target's data, checked against (and for ImageFolder data resized to) ``input_size``."""
+        return load_dataset(self.data, self.data_root, input_size=self.input_size, progress=progress)
 
     def as_kwargs(self) -> dict[str, Any]:
         """The fields as keyword arguments (of :func:`~envs.factory.make_env` and ``agents.TrainRunConfig``)."""

@@ -23,7 +23,7 @@ from typing import Any
 from hardware_models.measure import OrtLatency, TorchLatency, ratios_beside_dense
 from pruning_core.baselines import BudgetProblem, plan_from_kept, uniform_plan
 from pruning_core.data import atomic_write_bytes
-from pruning_core.engine import PruningEngine, kept_count
+from pruning_core.engine import PruningEngine, group_kept
 from pruning_core.graph import ModelGraph
 from pruning_core.metrics import LayerwiseCost
 from pruning_core.search import random_candidate
@@ -116,15 +116,13 @@ def calibration_plans(problem: BudgetProblem, budget: float, *, seed: int = 0) -
     table prices the thinnest plan at is raised to it (random shapes: to 1.1 times it), so that a table that puts the
     budget out of reach still gets its correction, which may bring it back within reach."""
     engine, dense = problem.engine, problem.cost_of({g.name: g.channels for g in problem.engine.groups})
-    floor = problem.cost_of(
-        {g.name: kept_count(g.channels, problem.max_sparsity, problem.granule) for g in engine.groups}
-    )
+    floor = problem.cost_of({g.name: group_kept(g, problem.max_sparsity, problem.granule) for g in engine.groups})
     plans = []
     for factor in (0.8, 1.0, 1.2):
         target = max(floor, min(0.95, budget * factor) * dense)
         sub = BudgetProblem(engine, problem.cost, target, problem.max_sparsity)
         plan = uniform_plan(sub)
-        plans.append({g.name: kept_count(g.channels, plan.sparsity[g.name], plan.round_to) for g in engine.groups})
+        plans.append({g.name: group_kept(g, plan.sparsity[g.name], plan.round_to) for g in engine.groups})
     rng = random.Random(seed)
     at_budget = BudgetProblem(engine, problem.cost, max(1.1 * floor, budget * dense), problem.max_sparsity)
     while len(plans) < 5:

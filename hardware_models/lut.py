@@ -75,7 +75,7 @@ from hardware_models.measure import (
     torch_threads,
 )
 from pruning_core.data import atomic_write_bytes
-from pruning_core.engine import kept_count, width_step
+from pruning_core.engine import group_kept, width_step
 from pruning_core.errors import PruneGymError
 from pruning_core.graph import ModelGraph
 from pruning_core.metrics import LayerRecord, LayerwiseCost
@@ -108,14 +108,17 @@ TABLE_BLOCKS = (1, 16)
 """Channel blocks a build chooses among (see the module's notes; 1: widths read as they are)."""
 
 
-def grid_counts(channels: int, points: int, granule: int = 1) -> list[int]:
+def grid_counts(channels: int, points: int, granule: int = 1, *, channel_groups: int = 1) -> list[int]:
     """Channel counts profiled for a layer of ``channels``: about ``points`` even steps that are multiples of the
     group's width step (:func:`~pruning_core.engine.width_step`), the smallest width a search keeps and the full one.
+    A grouped convolution's counts are multiples of its ``channel_groups``.
 
     >>> grid_counts(64, 4), grid_counts(64, 8, granule=8), grid_counts(144, 8, granule=8), grid_counts(16, 8, 8)
     ([1, 16, 32, 48, 64], [8, 16, 24, 32, 40, 48, 56, 64], [8, 16, 32, 48, 64, 80, 96, 112, 128, 144], [4, 8, 12, 16])
+    >>> grid_counts(128, 4, 8, channel_groups=32)
+    [32, 64, 96, 128]
     """
-    unit = width_step(channels, granule)
+    unit = width_step(channels, granule, channel_groups=channel_groups)
     if unit == 1:
         return sorted({1, *(max(1, round(channels * i / points)) for i in range(1, points + 1))})
     step = unit * max(1, round(channels / (points * unit)))
@@ -127,7 +130,7 @@ def layer_signature(record: LayerRecord, kind: str, variable_in: bool, variable_
     return (
         f"{kind}:k{record.kernel}:s{record.stride}:in{record.input_hw[0]}x{record.input_hw[1]}"
         f":out{record.output_hw[0]}x{record.output_hw[1]}:c{record.in_channels}x{record.out_channels}"
-        f":var{int(variable_in)}{int(variable_out)}"
+        f":var{int(variable_in)}{int(variable_out)}" + (f":g{record.groups}" if kind == "gconv" else "")
     )
 
 
@@ -136,7 +139,9 @@ def _layer_kind(graph: ModelGraph, name: str) -> str:
     if isinstance(module, nn.Linear):
         return "linear"
     record = graph.layers[name]
-    return "dwconv" if record.groups > 1 and record.groups == record.in_channels else "conv"
+    if record.groups > 1 and record.groups == record.in_channels:
+        return "dwconv"
+    return "gconv" if record.groups > 1 else "conv"  # grouped: pruned widths keep its groups
 
 
 @dataclass
@@ -222,7 +227,7 @@ def _unit(kind: str, record: LayerRecord, c_in: int, c_out: int) -> tuple[nn.Mod
     """The module profiled for one grid point and the shape of its input (without batch)."""
     if kind == "linear":
         return nn.Linear(c_in, c_out), (c_in,)
-    groups = c_in if kind == "dwconv" else 1
+    groups = {"dwconv": c_in, "gconv": record.groups}.get(kind, 1)
     conv = nn.Conv2d(c_in, c_out, record.kernel, record.stride, record.kernel // 2, groups=groups, bias=False)
     return nn.Sequential(conv, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)).eval(), (c_in, *record.input_hw)
 
@@ -385,7 +390,7 @@ class LookupTable(LayerwiseCost):
 
 def random_variant(graph: ModelGraph, rng: random.Random, max_sparsity: float = 0.8, granule: int = 1) -> Variant:
     """Per-group sparsity uniform in [0, max_sparsity], the kept width rounded to a multiple of ``granule``."""
-    return Variant(kept={g.name: kept_count(g.channels, rng.uniform(0, max_sparsity), granule) for g in graph.groups})
+    return Variant(kept={g.name: group_kept(g, rng.uniform(0, max_sparsity), granule) for g in graph.groups})
 
 
 def profile_units(
@@ -501,11 +506,20 @@ def build_lut(
         signature = layer_signature(record, kind, var_in, var_out)
         if signature in todo:
             continue
-        outs = grid_counts(record.out_channels, grid_points, granule) if var_out else [record.out_channels]
+        slices = record.groups if kind == "gconv" else 1
+        outs = (
+            grid_counts(record.out_channels, grid_points, granule, channel_groups=slices)
+            if var_out
+            else [record.out_channels]
+        )
         ins = (
             [0]
             if kind == "dwconv"
-            else (grid_counts(record.in_channels, grid_points, granule) if var_in else [record.in_channels])
+            else (
+                grid_counts(record.in_channels, grid_points, granule, channel_groups=slices)
+                if var_in
+                else [record.in_channels]
+            )
         )
         todo[signature] = (kind, record, ins, outs)
     entries = [
@@ -547,7 +561,7 @@ def build_lut(
     rng = random.Random(seed)
     # Anchor both ends of the range the search explores (dense, and every group at the search's largest sparsity)
     # so the fitted per-model overhead cannot drift far from what the thinnest variants really take.
-    thinnest = Variant(kept={g.name: kept_count(g.channels, THINNEST_SPARSITY, granule) for g in graph.groups})
+    thinnest = Variant(kept={g.name: group_kept(g, THINNEST_SPARSITY, granule) for g in graph.groups})
     variants = [
         Variant(),
         thinnest,

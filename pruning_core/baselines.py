@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from pruning_core.engine import PruningEngine, kept_count
+from pruning_core.engine import PruningEngine, group_kept
 from pruning_core.errors import BudgetInfeasibleError, PruneGymError
 from pruning_core.metrics import LayerwiseCost
 from pruning_core.plan import PruningPlan
@@ -64,7 +64,7 @@ def bisect_smallest(meets: Callable[[float], bool], low: float, high: float, ste
 
 
 def _uniform_kept(problem: BudgetProblem, sparsity: float) -> dict[str, int]:
-    return {g.name: kept_count(g.channels, sparsity, problem.granule) for g in problem.engine.groups}
+    return {g.name: group_kept(g, sparsity, problem.granule) for g in problem.engine.groups}
 
 
 def uniform_sparsity(problem: BudgetProblem) -> float:
@@ -133,7 +133,7 @@ def retargeted_plan(problem: BudgetProblem, plan: PruningPlan, target: float) ->
         return {n: s + t * max(0.0, problem.max_sparsity - s) for n, s in start.items()}
 
     def kept_at(sparsity: dict[str, float]) -> dict[str, int]:
-        return {g.name: kept_count(g.channels, sparsity[g.name], problem.granule) for g in groups}
+        return {g.name: group_kept(g, sparsity[g.name], problem.granule) for g in groups}
 
     def within(kept: dict[str, int]) -> bool:
         return problem.cost_of(kept) <= target * (1 + 1e-9)
@@ -160,12 +160,12 @@ def global_plan(problem: BudgetProblem, *, criterion: str = "l1") -> PruningPlan
     """One global threshold on per-group-normalised channel scores that meets the budget."""
     engine = problem.engine
     scores = {name: s / s.mean().clamp_min(1e-12) for name, s in engine.scores(criterion).items()}
-    floor = {g.name: kept_count(g.channels, problem.max_sparsity, problem.granule) for g in engine.groups}
+    floor = {g.name: group_kept(g, problem.max_sparsity, problem.granule) for g in engine.groups}
 
     def kept(threshold: float) -> dict[str, int]:
         above = {g.name: int((scores[g.name] > threshold).sum()) for g in engine.groups}
         return {
-            g.name: max(floor[g.name], kept_count(g.channels, 1 - above[g.name] / g.channels, problem.granule))
+            g.name: max(floor[g.name], group_kept(g, 1 - above[g.name] / g.channels, problem.granule))
             for g in engine.groups
         }
 

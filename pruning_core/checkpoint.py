@@ -15,7 +15,7 @@ from torch import nn
 
 from pruning_core.data import atomic_write_bytes
 from pruning_core.errors import CheckpointError
-from pruning_core.models import build_model
+from pruning_core.models import build_model, check_code_named
 
 FORMAT = "prunegym-checkpoint"
 FORMAT_VERSION = 1
@@ -28,10 +28,25 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     meta: dict[str, Any]
 
-    def build(self) -> nn.Module:
-        """Rebuild the model named in the metadata and load the weights into it."""
+    def build(self, *, run_code: bool | str = False) -> nn.Module:
+        """Rebuild the model named in the metadata (for its input size, where it is built for one) and load the
+        weights into it.
+
+        Args:
+            run_code: Rebuild a model that is a user's model file (``py:`` names), which runs that file: True for any,
+                a model name for that one only (what ``--model-py`` named). A checkpoint alone never runs code.
+
+        Raises:
+            CheckpointError: The model is user code that ``run_code`` does not allow, or the weights do not fit.
+        """
+        name = self.meta["model"]
+        check_code_named(name, run_code, "the checkpoint")
+        shape: list[int] = list(self.meta.get("input_shape") or ())
         model = build_model(
-            self.meta["model"], num_classes=len(self.meta["classes"]), in_channels=int(self.meta["in_channels"])
+            name,
+            num_classes=len(self.meta["classes"]),
+            in_channels=int(self.meta["in_channels"]),
+            image_size=int(shape[1]) if len(shape) == 3 and shape[1] == shape[2] else None,
         )
         try:
             model.load_state_dict(self.state_dict)

@@ -385,12 +385,37 @@ DATASETS: dict[str, Callable[..., ImageDataset]] = {
 }
 
 
-def load_dataset(name: str, data_root: str | os.PathLike[str] | None = None, **kwargs: object) -> ImageDataset:
+def load_dataset(
+    name: str,
+    data_root: str | os.PathLike[str] | None = None,
+    *,
+    input_size: tuple[int, ...] | None = None,
+    **kwargs: object,
+) -> ImageDataset:
     """Load a dataset by name (``digits``, ``cifar10`` or ``imagefolder``).
+
+    Args:
+        name: The dataset.
+        data_root: Its folder (ImageFolder datasets; CIFAR-10 defaults to ``$PRUNEGYM_CIFAR10``).
+        input_size: ``(C, H, W)`` the model takes: ImageFolder images are resized to it (unless ``image_size`` is
+            given), and the images must have it.
+        **kwargs: Passed to the dataset's loader (``progress``, ``image_size``, ...).
+
+    Raises:
+        DataError: Unknown name, unreadable data, or images of another shape than ``input_size``.
 
     >>> load_dataset("digits").input_shape
     (1, 8, 8)
     """
     if name not in DATASETS:
         raise DataError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
-    return DATASETS[name](data_root, **kwargs)
+    if input_size is not None and name == "imagefolder":
+        kwargs.setdefault("image_size", int(input_size[1]))
+    dataset = DATASETS[name](data_root, **kwargs)
+    if input_size is not None and tuple(input_size) != tuple(dataset.input_shape):
+        resize = "" if name == "imagefolder" else " (only imagefolder data is resized to it)"
+        raise DataError(
+            f"input size must be the {','.join(map(str, dataset.input_shape))} of the {name} images{resize}; "
+            f"got {','.join(map(str, input_size))}"
+        )
+    return dataset

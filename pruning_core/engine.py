@@ -124,6 +124,18 @@ def allowed_widths(channels: int, granule: int = 1, max_sparsity: float = 1.0, *
     return [*range(floor, channels, step), channels]
 
 
+def group_kept(group: PrunableGroup, sparsity: float, round_to: int = 1) -> int:
+    """:func:`kept_count` of a group: its width after removing ``sparsity`` of it, a multiple of its slices (grouped
+    convolutions) as the engine prunes it. Every search, cost and latency table counts widths through it (or
+    :func:`group_widths`), so that the width priced is the width pruned."""
+    return kept_count(group.channels, sparsity, round_to, channel_groups=group.channel_groups)
+
+
+def group_widths(group: PrunableGroup, granule: int = 1, max_sparsity: float = 1.0) -> list[int]:
+    """:func:`allowed_widths` of a group, its slices (grouped convolutions) included."""
+    return allowed_widths(group.channels, granule, max_sparsity, channel_groups=group.channel_groups)
+
+
 def top_channels(scores: torch.Tensor, keep: int, channel_groups: int = 1) -> list[int]:
     """The ``keep`` highest-scoring channels, sorted; with ``channel_groups`` equal slices, the same positions in
     every slice (the ``keep / channel_groups`` positions of highest mean score), so grouped convolutions keep equal
@@ -282,7 +294,7 @@ class PruningEngine:
         kept = {
             g.name: top_channels(
                 -torch.arange(g.channels, dtype=torch.float32),
-                kept_count(g.channels, 0.5, channel_groups=g.channel_groups),
+                group_kept(g, 0.5),
                 g.channel_groups,
             )
             for g in groups
@@ -363,9 +375,7 @@ class PruningEngine:
         for group in self.graph.groups:
             if group.block in removed:
                 continue
-            keep = kept_count(
-                group.channels, plan.sparsity.get(group.name, 0.0), plan.round_to, channel_groups=group.channel_groups
-            )
+            keep = group_kept(group, plan.sparsity.get(group.name, 0.0), plan.round_to)
             if keep == group.channels:
                 kept[group.name] = list(range(group.channels))
                 continue

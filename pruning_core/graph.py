@@ -220,6 +220,10 @@ class ModelGraph:
             found.append((primary[0], producers, consumers, slices))
             channels = self.layers[primary[0]].out_channels
             self._input_share[primary[0]] = {n: max(1, len(inputs[n]) // channels) for n in consumers}
+        for module, reason in getattr(self.dependency_graph, "runaway", {}).items():
+            name = self.names.get(module)
+            if name in self.layers:
+                self.unprunable.append(UnprunableLayer(name, reason))
         found.sort(key=lambda item: self.layers[item[0]].order)
         self.unprunable.sort(key=lambda u: self.layers[u.name].order)
         groups = []
@@ -371,6 +375,21 @@ def moves_channels(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
     )
 
 
+def channel_vector_view(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
+    """Whether a reshape turns a vector of per-channel values (a layer scale, a bias) into ``(1, C, 1, ...)`` that
+    broadcasts over a feature map (timm's ConvNeXt): channel i stays channel i, so it is traced as an element-wise op.
+
+    >>> channel_vector_view((40,), (1, 40, 1, 1)), channel_vector_view((1, 1, 40), (1, 40, 1, 1))
+    (True, False)
+    """
+    return (
+        len(before) == 1
+        and len(after) >= 2
+        and after[1] == before[0]
+        and all(d == 1 for i, d in enumerate(after) if i != 1)
+    )
+
+
 def followed_reshape(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
     """Whether Torch-Pruning maps channel indices through a reshape from ``before`` to ``after`` correctly: a
     flatten to ``(batch, features)`` for a classifier, or a reshape that keeps the batch and channel dimensions of a
@@ -437,6 +456,8 @@ class _FenceChannelMixing(TorchFunctionMode):
         if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor) or not x.requires_grad:
             return out
         before, after = tuple(x.shape), tuple(out.shape)
+        if name in _RESHAPES and channel_vector_view(before, after):
+            return out  # not among the followed: traced as element-wise
         if name in _RESHAPES and followed_reshape(before, after):
             self.followed.add(out.grad_fn)
             return out
@@ -495,6 +516,49 @@ class _DependencyGraph(tp.DependencyGraph):
         self._followed = followed
         self._running = running
 
+    group_limit = 64
+    """Times a group may reach one layer. A real group reaches each layer once, or a few times through
+    concatenations (11 in torchvision's Swin-T, 1 in DenseNet-121); Torch-Pruning 1.6 follows some graphs without end
+    (timm's ReXNet, an in-place addition into a slice of wider channels, reached one layer over 1,300 times in
+    20,000 steps). A group past the limit is left dense instead."""
+
+    def get_pruning_group(self, *args: Any, **kwargs: Any) -> Any:
+        """Torch-Pruning's group, or :class:`RunawayGroupError` when it reaches a layer more than :attr:`group_limit`
+        times."""
+        with _bounded_groups(self.group_limit):
+            return super().get_pruning_group(*args, **kwargs)
+
+    def get_all_groups(self, ignored_layers: Any = (), root_module_types: Any = (nn.Conv2d, nn.Linear)) -> Any:
+        """Torch-Pruning's groups of every root layer, as in Torch-Pruning; a root whose group runs away
+        (:class:`RunawayGroupError`) is skipped and listed in ``self.runaway`` with the reason."""
+        self.runaway: dict[Any, str] = {}
+        visited: set[Any] = set()
+        ignored = [*ignored_layers, *self.IGNORED_LAYERS_IN_TRACING]
+        for module in list(self.module2node):
+            if (
+                module in visited
+                or any(module is i for i in ignored)
+                or not isinstance(module, tuple(root_module_types))
+            ):
+                continue
+            pruner = self.get_pruner_of_module(module)
+            if pruner is None or pruner.get_out_channels(module) is None:
+                continue
+            try:
+                group = self.get_pruning_group(
+                    module, pruner.prune_out_channels, list(range(pruner.get_out_channels(module)))
+                )
+            except RunawayGroupError as exc:
+                self.runaway[module] = f"Torch-Pruning's search for the channels coupled to it does not end ({exc})"
+                continue
+            prunable = True
+            for dep, _ in group:
+                if self.is_out_channel_pruning_fn(dep.handler):
+                    visited.add(dep.target.module)
+                    prunable = prunable and not any(dep.target.module is i for i in ignored)
+            if prunable:
+                yield group
+
     def _trace(self, *args: Any, **kwargs: Any) -> Any:
         module2node = super()._trace(*args, **kwargs)
         self._running.clear()  # the forward is over: later failures arise in no layer
@@ -509,6 +573,40 @@ class _DependencyGraph(tp.DependencyGraph):
                 node.prunegym_mixing = f"a concatenation along the last dimension (before {consumer})"
                 node.type = tp.ops.OPTYPE.ELEMENTWISE
         return module2node
+
+
+class RunawayGroupError(Exception):
+    """Torch-Pruning's search for the channels coupled to a layer reached one layer more often than any real group
+    does (see :class:`_DependencyGraph`)."""
+
+
+class _BoundedGroup(tp.dependency.group.Group):
+    """A Torch-Pruning group that refuses to reach one layer (with one pruning function) more than ``limit`` times."""
+
+    limit = 0
+
+    def add_dep(self, dep: Any, idxs: Any) -> None:
+        if self.limit:
+            counts = self.__dict__.setdefault("_prunegym_counts", {})
+            key = (id(dep.target), dep.handler)
+            counts[key] = counts.get(key, 0) + 1
+            if counts[key] > self.limit:
+                where = getattr(dep.target, "_name", None) or type(dep.target.module).__name__
+                raise RunawayGroupError(f"it reached {where} {self.limit} times")
+        super().add_dep(dep, idxs)
+
+
+@contextmanager
+def _bounded_groups(limit: int) -> Iterator[None]:
+    """While active, the groups Torch-Pruning builds reach one layer at most ``limit`` times (else
+    :class:`RunawayGroupError`)."""
+    module = tp.dependency.graph
+    original = module.Group
+    module.Group = type("_Bounded", (_BoundedGroup,), {"limit": limit})
+    try:
+        yield
+    finally:
+        module.Group = original
 
 
 def _mixing_label(node: Any) -> str | None:

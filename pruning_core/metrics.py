@@ -154,9 +154,11 @@ class LayerwiseCost:
 
 
 def _per_output(graph: ModelGraph, name: str, c_in: int) -> int:
+    """Weights (MACs per output value) of one output channel of a layer with ``c_in`` inputs: a depthwise kernel
+    reads one channel, a grouped one the ``c_in / groups`` of its slice (pruning keeps the groups)."""
     record = graph.layers[name]  # a linear layer is recorded as a 1x1 kernel, which gives c_in
     depthwise = record.groups > 1 and record.groups == record.in_channels
-    return record.kernel * record.kernel * (1 if depthwise else c_in)
+    return record.kernel * record.kernel * (1 if depthwise else max(1, c_in // record.groups))
 
 
 class MacsCost(LayerwiseCost):

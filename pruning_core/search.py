@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pruning_core.baselines import BudgetProblem, bisect_smallest, plan_from_kept
-from pruning_core.engine import allowed_widths, kept_count, widest_within
+from pruning_core.engine import group_kept, group_widths, widest_within
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import PlanScorer
 
@@ -50,8 +50,7 @@ def scaled_candidate(problem: BudgetProblem, shape: dict[str, float]) -> dict[st
 
     def kept(scale: float) -> dict[str, int]:
         return {
-            g.name: kept_count(g.channels, min(problem.max_sparsity, scale * shape[g.name]), problem.granule)
-            for g in groups
+            g.name: group_kept(g, min(problem.max_sparsity, scale * shape[g.name]), problem.granule) for g in groups
         }
 
     top = problem.max_sparsity / max(min(shape.values()), 1e-3)
@@ -127,7 +126,7 @@ def greedy_search(
     ``evaluations`` counts the plans scored by this search: a plan already in the scorer's cache (a sensitivity probe
     that the first round would score again, see :mod:`pruning_core.sensitivity`) is not counted."""
     groups = problem.engine.groups
-    widths = {g.name: allowed_widths(g.channels, problem.granule, problem.max_sparsity) for g in groups}
+    widths = {g.name: group_widths(g, problem.granule, problem.max_sparsity) for g in groups}
     kept = {g.name: g.channels for g in groups}
     step_size = (problem.cost_of(kept) - problem.target) / steps
     current = scorer.score(plan_from_kept(problem, kept, criterion)).top1

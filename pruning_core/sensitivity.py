@@ -23,7 +23,7 @@ from typing import Any
 
 from pruning_core.baselines import BudgetProblem, plan_from_kept, uniform_sparsity
 from pruning_core.data import atomic_write_bytes
-from pruning_core.engine import allowed_widths, kept_count
+from pruning_core.engine import group_kept, group_widths
 from pruning_core.errors import PruneGymError
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import PlanScorer
@@ -122,8 +122,8 @@ def probe_plans(problem: BudgetProblem, *, uniform: float | None = None, criteri
     plans: dict[str, Any] = {"dense": plan_from_kept(problem, full, criterion)}
     for g in groups:
         widths = {
-            "floor": allowed_widths(g.channels, problem.granule, problem.max_sparsity)[0],
-            "uniform": kept_count(g.channels, level, problem.granule),
+            "floor": group_widths(g, problem.granule, problem.max_sparsity)[0],
+            "uniform": group_kept(g, level, problem.granule),
         }
         plans[g.name] = {lv: (w, plan_from_kept(problem, {**full, g.name: w}, criterion)) for lv, w in widths.items()}
     return plans
@@ -282,7 +282,7 @@ def sensitivity_plan(
     if missing:
         raise PruneGymError(f"expected probes for every group; got none for {', '.join(missing[:3])}")
     dense_cost = problem.cost_of(full)
-    widths = {g.name: allowed_widths(g.channels, problem.granule, problem.max_sparsity) for g in groups}
+    widths = {g.name: group_widths(g, problem.granule, problem.max_sparsity) for g in groups}
     # each width's drop and the cost it saves, the group alone thinned
     table: dict[str, list[tuple[int, float, float]]] = {}
     for g in groups:

@@ -10,7 +10,8 @@ A pruned-model folder holds:
 - ``meta.json``: costs, accuracies and anything else worth reporting.
 
 Loading rebuilds the base model by name, replays the structure and loads the weights: a stranger's folder cannot run
-code.
+code. A folder pruned from a user's own model file (``py:<file>:<function>``) records that file's path; it is
+rebuilt only when the caller names that code (``run_code``, ``--model-py``), as that runs the file.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pruning_core.data import atomic_write_bytes
 from pruning_core.dynamic import add_gates, gated_blocks, set_thresholds
 from pruning_core.engine import PrunedModel, folded_state_dict, prune_channels, remove_blocks
 from pruning_core.errors import CheckpointError, PlanError, PruneGymError
-from pruning_core.models import build_model
+from pruning_core.models import build_model, check_code_named
 from pruning_core.plan import PruningPlan
 
 PRUNED_FORMAT = "prunegym-pruned"
@@ -109,8 +110,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def build_pruned_architecture(structure: dict[str, Any]) -> nn.Module:
-    """The base model with the recorded blocks removed and channels pruned (weights not loaded)."""
+def build_pruned_architecture(structure: dict[str, Any], *, run_code: bool | str = False) -> nn.Module:
+    """The base model with the recorded blocks removed and channels pruned (weights not loaded).
+
+    Raises:
+        CheckpointError: The base model is a user's model file that ``run_code`` does not allow (see
+            :func:`load_pruned`).
+    """
+    check_code_named(structure["base_model"], run_code, "the pruned-model folder")
     shape = tuple(structure["input_shape"])
     model = build_model(
         structure["base_model"],
@@ -131,11 +138,17 @@ def build_pruned_architecture(structure: dict[str, Any]) -> nn.Module:
     return model
 
 
-def load_pruned(folder: str | os.PathLike[str]) -> LoadedPruned:
+def load_pruned(folder: str | os.PathLike[str], *, run_code: bool | str = False) -> LoadedPruned:
     """Rebuild a pruned model from its folder.
 
+    Args:
+        folder: The pruned-model folder.
+        run_code: Rebuild a base model that is a user's model file (``py:`` names), which runs that file: True for
+            any, a model name for that one only (what ``--model-py`` named). A folder alone never runs code.
+
     Raises:
-        CheckpointError: A file is missing or damaged, the weights hold pickled objects, or they do not fit.
+        CheckpointError: A file is missing or damaged, the weights hold pickled objects, they do not fit, or the base
+            model is user code that ``run_code`` does not allow.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -149,10 +162,11 @@ def load_pruned(folder: str | os.PathLike[str]) -> LoadedPruned:
         plan = PruningPlan.load(folder / "plan.json")
     except PlanError as exc:
         raise CheckpointError(f"{folder}: {exc}") from None
+    check_code_named(str(structure.get("base_model")), run_code, str(folder))
     meta = _read_json(folder / "meta.json")
     state = load_torch(folder / "weights.pt")
     try:
-        model = build_pruned_architecture(structure)
+        model = build_pruned_architecture(structure, run_code=run_code)
     except PruneGymError as exc:
         raise CheckpointError(f"cannot rebuild {folder}: {exc}") from None
     try:

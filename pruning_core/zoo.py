@@ -5,7 +5,7 @@ save it to a pruned-model folder and reload it (same outputs), export the reload
 the engine cannot handle is refused by a :class:`~pruning_core.errors.PruneGymError`, one line.
 
 ``python -m pruning_core.zoo --out benchmarks/zoo_torchvision.md`` writes the table for every torchvision
-classifier.
+classifier, ``python -m pruning_core.zoo --timm --out benchmarks/zoo_timm.md`` the one for :data:`TIMM_MODELS`.
 """
 
 from __future__ import annotations
@@ -24,13 +24,34 @@ import torch
 
 from pruning_core.engine import PruningEngine
 from pruning_core.errors import PruneGymError
-from pruning_core.models import TORCHVISION_PREFIX, TORCHVISION_SIZED, build_model
+from pruning_core.models import TORCHVISION_PREFIX, build_model, built_for_one_size, model_slug
 from pruning_core.plan import PruningPlan
 from pruning_core.serialize import load_pruned, save_pruned
 
 # Square input sides tried, smallest first: a model is checked at the first one its dense forward accepts.
 INPUT_SIDES = (28, 32, 56, 64, 75, 96, 128, 224)
 SPARSITIES = (0.3, 0.6)
+TIMM_MODELS = (
+    "timm:resnet26d",  # residual bottlenecks, deep stem, average-pool shortcuts
+    "timm:resnext26ts",  # grouped convolutions
+    "timm:seresnext26d_32x4d",  # grouped convolutions and squeeze-excitation
+    "timm:ecaresnet26t",  # efficient channel attention (a 1-D convolution across the channels)
+    "timm:regnetx_002",  # grouped convolutions
+    "timm:regnety_002",  # grouped convolutions and squeeze-excitation
+    "timm:efficientnet_b0",  # depthwise convolutions and squeeze-excitation
+    "timm:mobilenetv3_small_100",  # depthwise, squeeze-excitation, hard-swish
+    "timm:mobilenetv3_large_100",
+    "timm:lcnet_050",  # depthwise, squeeze-excitation
+    "timm:ghostnet_100",  # ghost modules: cheap depthwise features concatenated, then sliced
+    "timm:mixnet_s",  # mixed depthwise kernels over channel splits
+    "timm:convnext_atto",  # depthwise 7x7, LayerNorm, layer scale
+    "timm:dla34",  # deep layer aggregation (concatenating trees)
+    "timm:rexnet_100",  # in-place additions into a slice of wider channels
+    "timm:mobilevit_xxs",  # hybrid: convolutions and transformer blocks over unfolded patches
+    "timm:edgenext_xx_small",  # hybrid: convolutions and transposed (channel) attention
+)
+"""A representative set of timm models, the smallest variant of each family: convolutional families with
+grouped, depthwise and squeeze-excitation layers, and two hybrids with attention."""
 
 
 @dataclass
@@ -62,6 +83,22 @@ class ZooResult:
     seconds: float = 0.0
 
 
+def versions() -> str:
+    """Versions of the libraries the models come from (timm where installed).
+
+    >>> versions().startswith("torch ")
+    True
+    """
+    import torchvision
+
+    found = [f"torch {torch.__version__}", f"torchvision {torchvision.__version__}"]
+    if importlib.util.find_spec("timm") is not None:
+        import timm
+
+        found.append(f"timm {timm.__version__}")
+    return ", ".join(found)
+
+
 def torchvision_classifiers() -> list[str]:
     """Every torchvision classification model, as ``tv:<name>``."""
     import torchvision
@@ -69,14 +106,9 @@ def torchvision_classifiers() -> list[str]:
     return [f"{TORCHVISION_PREFIX}{n}" for n in torchvision.models.list_models(module=torchvision.models)]
 
 
-def _sized(name: str) -> bool:
-    bare = name.removeprefix(TORCHVISION_PREFIX)
-    return name.startswith(TORCHVISION_PREFIX) and any(bare.startswith(p) for p in TORCHVISION_SIZED)
-
-
 def smallest_input_side(name: str, sides: Sequence[int] = INPUT_SIDES) -> int:
     """The first of ``sides`` at which the dense model (random weights, 10 classes) runs; the last one otherwise."""
-    model = None if _sized(name) else build_model(name, num_classes=10).eval()
+    model = None if built_for_one_size(name) else build_model(name, num_classes=10).eval()
     for side in sides:
         try:
             candidate = model if model is not None else build_model(name, num_classes=10, image_size=side).eval()
@@ -114,14 +146,16 @@ def check_model(
         Errors that are not :class:`~pruning_core.errors.PruneGymError` are bugs and propagate.
     """
     start = time.perf_counter()
-    side = input_side or smallest_input_side(name)
+    try:  # an unknown name, or a timm model without timm, is refused here
+        side = input_side or smallest_input_side(name)
+    except PruneGymError as exc:
+        return ZooResult(model=name, input_side=0, refused=str(exc), seconds=time.perf_counter() - start)
     result = ZooResult(model=name, input_side=side)
     shape = (3, side, side)
-    torch.manual_seed(seed)
-    model = build_model(name, num_classes=10, image_size=side)
     inputs = torch.randn(2, *shape, generator=torch.Generator().manual_seed(seed))
     try:
-        engine = PruningEngine(model, shape)
+        torch.manual_seed(seed)
+        engine = PruningEngine(build_model(name, num_classes=10, image_size=side), shape)
     except PruneGymError as exc:
         result.refused = str(exc)
         result.seconds = time.perf_counter() - start
@@ -143,7 +177,7 @@ def check_model(
         if out.shape != (2, 10) or not torch.isfinite(out).all():
             raise AssertionError(f"{name} at sparsity {sparsity}: expected finite (2, 10) outputs; got {out.shape}")
         result.macs_kept[sparsity] = pruned.macs_ratio
-        target = folder / f"{name.replace(':', '_')}_{sparsity}"
+        target = folder / f"{model_slug(name)}_{sparsity}"
         save_pruned(target, pruned, base_model=name, classes=[str(i) for i in range(10)])
         del pruned  # one pruned copy in memory at a time: the largest models fill this machine
         gc.collect()
@@ -234,9 +268,10 @@ def record(path: str | Path, result: ZooResult) -> None:
         path.write_text(
             "# Zoo check: prune at 0.3 and 0.6 uniform sparsity, run, reload, export\n\n"
             "Random weights, 10 classes, the smallest square input each model runs at (found by trying "
-            f"{', '.join(map(str, INPUT_SIDES))}), torch {torch.__version__}. Written by `pruning_core.zoo.record`, "
-            "from `python -m pruning_core.zoo --out <file>` or the slow test "
-            "`PRUNEGYM_ZOO_TABLE=<file> pytest -m slow tests/pruning_core/test_zoo.py`.\n\n" + zoo_table([])
+            f"{', '.join(map(str, INPUT_SIDES))}), {versions()}. Written by `pruning_core.zoo.record`, from "
+            "`python -m pruning_core.zoo --out <file> [--timm | models]` or the slow tests "
+            "`PRUNEGYM_ZOO_TABLE=<file> pytest -m slow tests/pruning_core/test_zoo.py` (`test_zoo_timm.py` for timm)."
+            "\n\n" + zoo_table([])
         )
     path.write_text(update_rows(path.read_text(), zoo_table([result])))
 
@@ -245,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Check models (every torchvision classifier by default) and write the markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("models", nargs="*", help="model names (default: every torchvision classifier)")
+    parser.add_argument("--timm", action="store_true", help="the timm models of TIMM_MODELS (timm must be installed)")
     parser.add_argument("--out", type=Path, required=True, help="markdown file to write")
     parser.add_argument(
         "--update", action="store_true", help="replace only the given models' rows of an existing --out table"
@@ -254,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.update:
         args.out.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models or torchvision_classifiers():
+        for name in args.models or (list(TIMM_MODELS) if args.timm else torchvision_classifiers()):
             try:
                 result = check_model(name, Path(tmp) / "zoo")
             except Exception as exc:  # a bug: keep going, and say so in the table

@@ -16,7 +16,7 @@ from envs.layer_prune import DEFAULT_LEVELS
 from hardware_models.lut import DEFAULT_CALIBRATION_VARIANTS, DEFAULT_GRANULE
 from hardware_models.measure import MEASURED_DEVICES
 from pruning_core.data import ImageDataset
-from pruning_core.models import default_input_shape
+from pruning_core.models import default_input_shape, is_user_code, user_model_spec
 from pruning_core.scoring import DEFAULT_FINETUNE_STEPS
 from scripts.record_table import print_records
 
@@ -28,6 +28,46 @@ if TYPE_CHECKING:
 from pruning_core.errors import PruneGymError
 
 Handler = Callable[[argparse.Namespace], int]
+
+MODEL_PY_HELP = (
+    "your own model instead of --model: FILE.py:FUNCTION, a function that returns a torch.nn.Module (called with "
+    "num_classes, in_channels and image_size where its signature takes them). THIS RUNS THE CODE IN FILE.py. "
+    "Checkpoints and pruned folders record the file's absolute path; loading them again needs --model-py"
+)
+INPUT_SIZE_HELP = "C,H,W the model takes, checked against the data (imagefolder images are resized to it)"
+
+
+def _add_model_args(parser: argparse.ArgumentParser, *, model_default: str | None, required: bool, help: str) -> None:
+    """``--model`` or ``--model-py`` (one of them), and ``--input-size``."""
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--model", default=model_default, help=help)
+    group.add_argument("--model-py", default=None, metavar="FILE.py:FUNCTION", help=MODEL_PY_HELP)
+    parser.add_argument("--input-size", default=None, metavar="C,H,W", help=INPUT_SIZE_HELP)
+
+
+def _parse_size(text: str, flag: str) -> tuple[int, int, int]:
+    try:
+        size = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        size = ()
+    if len(size) != 3 or min(size) < 1:
+        raise PruneGymError(f"{flag} must be C,H,W (e.g. 3,32,32); got {text!r}")
+    return size  # type: ignore[return-value]
+
+
+def resolve_model_args(args: argparse.Namespace) -> None:
+    """Put the model that ``--model-py`` names in ``args.model`` (``py:<absolute path>:<function>``) and parse
+    ``--input-size``, in place; idempotent."""
+    if getattr(args, "model_py", None) is not None:
+        args.model = user_model_spec(args.model_py)
+    if isinstance(getattr(args, "input_size", None), str):
+        args.input_size = _parse_size(args.input_size, "--input-size")
+
+
+def _named_code(args: argparse.Namespace) -> str | bool:
+    """The user's model file the command line names (it may run), or False."""
+    model = getattr(args, "model", None)
+    return model if model is not None and is_user_code(model) else False
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +89,7 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 def _load_data(args: argparse.Namespace, progress: bool = True):
     from pruning_core.data import load_dataset
 
-    kwargs: dict[str, object] = {"progress": progress}
+    kwargs: dict[str, object] = {"progress": progress, "input_size": getattr(args, "input_size", None)}
     if args.data == "imagefolder" and args.image_size is not None:
         kwargs["image_size"] = args.image_size
     return load_dataset(args.data, args.data_root, **kwargs)
@@ -83,14 +123,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         distill_weight=args.distill_weight if args.distill_from is not None else 0.0,
         distill_temperature=args.distill_temperature,
     )
-    model = build_model(args.model, num_classes=dataset.num_classes, in_channels=dataset.input_shape[0])
+    channels, height, width = dataset.input_shape
+    size = height if height == width else None
+    model = build_model(args.model, num_classes=dataset.num_classes, in_channels=channels, image_size=size)
     extra_meta: dict[str, object] = {}
     if args.init_from is not None:  # a resumed run overwrites these weights but keeps the record
-        extra_meta["init_from"] = _init_from(model, args.model, args.init_from, dataset.classes)
+        extra_meta["init_from"] = _init_from(model, args.model, args.init_from, dataset.classes, _named_code(args))
     teacher = None
     if args.distill_from is not None:
         source, extra_meta["distilled_from"] = _trained_source(args.distill_from, dataset.classes, "--distill-from")
-        teacher = source.build()
+        teacher = source.build(run_code=_named_code(args))
     command = "prunegym " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("prunegym") else None
     _, meta = pretrain(
         model,
@@ -125,12 +167,14 @@ def _trained_source(path: Path, classes: Sequence[str], flag: str) -> tuple[Chec
     return source, record
 
 
-def _init_from(model: torch.nn.Module, name: str, path: Path, classes: Sequence[str]) -> dict[str, object]:
+def _init_from(
+    model: torch.nn.Module, name: str, path: Path, classes: Sequence[str], run_code: str | bool
+) -> dict[str, object]:
     """Start ``model`` from a trained checkpoint: the same model's weights, or a shallower CIFAR ResNet's."""
     from pruning_core.models import CifarResNet, deepen_cifar_resnet
 
     source, record = _trained_source(path, classes, "--init-from")
-    trained = source.build()
+    trained = source.build(run_code=run_code)
     if record["model"] == name:
         model.load_state_dict(trained.state_dict())
     elif (
@@ -151,14 +195,14 @@ def _load_model_for_eval(args: argparse.Namespace) -> tuple[torch.nn.Module, str
     if args.pruned is not None:
         from pruning_core.serialize import load_pruned
 
-        loaded = load_pruned(args.pruned)
+        loaded = load_pruned(args.pruned, run_code=_named_code(args))
         return loaded.model, f"{loaded.structure['base_model']} (pruned)", loaded.classes
     from pruning_core.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(args.checkpoint)
     if args.model is not None and args.model != checkpoint.meta["model"]:
         raise PruneGymError(f"--model is {args.model} but {args.checkpoint} holds {checkpoint.meta['model']}")
-    return checkpoint.build(), checkpoint.meta["model"], list(checkpoint.meta["classes"])
+    return checkpoint.build(run_code=_named_code(args)), checkpoint.meta["model"], list(checkpoint.meta["classes"])
 
 
 def _check_classes(dataset: ImageDataset, classes: list[str], source: object) -> None:
@@ -233,7 +277,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise PruneGymError(f"--model is {args.model} but {args.checkpoint} holds {checkpoint.meta['model']}")
     dataset = _load_data(args)
     _check_classes(dataset, checkpoint.meta["classes"], args.checkpoint)
-    engine = PruningEngine(checkpoint.build(), dataset.input_shape, dataset=dataset)
+    engine = PruningEngine(checkpoint.build(run_code=_named_code(args)), dataset.input_shape, dataset=dataset)
     options = {
         "criterion": args.criterion,
         "granularity": args.granularity,
@@ -289,7 +333,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pruning_core.training import evaluate
 
     _set_threads(args)
-    loaded = load_pruned(args.pruned)
+    loaded = load_pruned(args.pruned, run_code=_named_code(args))
     report = export_onnx(loaded.model, loaded.input_shape, args.out)
     record: dict[str, object] = {
         "onnx": str(report.path),
@@ -316,13 +360,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _input_shape(args: argparse.Namespace) -> tuple[int, ...]:
     if args.input_shape is not None:
-        try:
-            shape = tuple(int(x) for x in args.input_shape.split(","))
-        except ValueError:
-            shape = ()
-        if len(shape) != 3 or min(shape) < 1:
-            raise PruneGymError(f"--input-shape must be C,H,W (e.g. 3,32,32); got {args.input_shape!r}")
-        return shape
+        return _parse_size(args.input_shape, "--input-shape")
     return default_input_shape(args.model)
 
 
@@ -332,7 +370,8 @@ def _graph_for(args: argparse.Namespace):
 
     shape = _input_shape(args)
     torch.manual_seed(0)
-    return ModelGraph(build_model(args.model, in_channels=shape[0]), shape)
+    size = shape[1] if shape[1] == shape[2] else None
+    return ModelGraph(build_model(args.model, in_channels=shape[0], image_size=size), shape)
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -518,6 +557,7 @@ def target_from_args(args: argparse.Namespace, **fields: Any) -> Target:
     command that takes its budgets its own way)."""
     from envs.target import Target
 
+    resolve_model_args(args)
     named = {
         "model": args.model,
         "checkpoint": str(args.checkpoint) if args.checkpoint is not None else None,
@@ -526,6 +566,7 @@ def target_from_args(args: argparse.Namespace, **fields: Any) -> Target:
         "device": args.device,
         "budget": getattr(args, "budget", None),
         "budget_metric": getattr(args, "budget_metric", None),
+        "input_size": getattr(args, "input_size", None),
     }
     return Target(**{name: value for name, value in {**named, **fields}.items() if value is not None})
 
@@ -787,7 +828,13 @@ def add_target_args(
         model_default: ``--model``'s default; None makes it required.
         budget: Add ``--budget`` and ``--budget-metric`` (False for a command that takes budgets its own way).
     """
-    parser.add_argument("--model", default=model_default, required=model_default is None)
+    default = f" (default {model_default})" if model_default else ""
+    _add_model_args(
+        parser,
+        model_default=model_default,
+        required=model_default is None,
+        help=f"zoo name, tv:<torchvision name> or timm:<timm name>{default}",
+    )
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: checkpoints/<model>_<data>.pt")
     _add_data_args(parser)
     parser.add_argument("--device", default="host-cpu", help="target device (see `prunegym devices`)")
@@ -858,8 +905,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunegym", description="Hardware-aware RL pruning of PyTorch models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pretrain", help="train a dense model (resumable)")
-    p.add_argument("--model", required=True, help="zoo name (resnet20, resnet56, small_cnn, ...) or tv:<name>")
+    p = sub.add_parser("pretrain", help="train a dense model (resumable; --epochs 0 saves random weights)")
+    _add_model_args(
+        p,
+        model_default=None,
+        required=True,
+        help="zoo name (resnet20, resnet56, small_cnn, ...), tv:<torchvision name> or timm:<timm name>",
+    )
     _add_data_args(p)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float, default=0.1)
@@ -886,7 +938,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_pretrain)
 
     p = sub.add_parser("evaluate", help="top-1 accuracy, MACs and parameters of a checkpoint or pruned model")
-    p.add_argument("--model", default=None, help="expected model name (checked against the checkpoint)")
+    _add_model_args(p, model_default=None, required=False, help="expected model name (checked against the checkpoint)")
     p.add_argument("--checkpoint", type=Path, default=None, help="dense checkpoint")
     p.add_argument("--pruned", type=Path, default=None, help="pruned-model folder written by prunegym prune")
     _add_data_args(p)
@@ -898,7 +950,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser("prune", help="apply a plan (or uniform sparsity), recalibrate BN, fine-tune, save")
-    p.add_argument("--model", default=None, help="expected model name (checked against the checkpoint)")
+    _add_model_args(p, model_default=None, required=False, help="expected model name (checked against the checkpoint)")
     p.add_argument("--checkpoint", type=Path, required=True)
     _add_data_args(p)
     p.add_argument("--plan", type=Path, default=None, help="plan JSON (keys: sparsity, criterion, ...)")
@@ -918,6 +970,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a pruned model to ONNX (optionally INT8)")
     p.add_argument("--pruned", type=Path, required=True)
+    p.add_argument("--model-py", default=None, metavar="FILE.py:FUNCTION", help=MODEL_PY_HELP)
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--int8", action="store_true", help="also write an INT8 statically quantized model")
     _add_data_args(p)
@@ -933,8 +986,12 @@ def build_parser() -> argparse.ArgumentParser:
     lut_sub = lut.add_subparsers(dest="lut_command", required=True)
     p = lut_sub.add_parser("build", help="profile every layer shape of a model on this host")
     p.add_argument("--device", required=True, choices=list(MEASURED_DEVICES))
-    p.add_argument("--model", required=True)
-    p.add_argument("--input-shape", default=None, help="C,H,W (default: 1,8,8 for small_cnn, else 3,32,32)")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--model")
+    group.add_argument("--model-py", default=None, metavar="FILE.py:FUNCTION", help=MODEL_PY_HELP)
+    p.add_argument(
+        "--input-shape", "--input-size", default=None, help="C,H,W (default: 1,8,8 for small_cnn, else 3,32,32)"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--grid-points", type=int, default=8, help="channel counts profiled per dimension")
@@ -956,8 +1013,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_lut_build)
     p = lut_sub.add_parser("validate", help="compare a table with measurements of random pruned variants")
     p.add_argument("--lut", type=Path, required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--input-shape", default=None)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--model")
+    group.add_argument("--model-py", default=None, metavar="FILE.py:FUNCTION", help=MODEL_PY_HELP)
+    p.add_argument("--input-shape", "--input-size", default=None)
     p.add_argument("--samples", type=int, default=50)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
@@ -1079,6 +1138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:
+        resolve_model_args(args)
         return handler(args)
     except PruneGymError as exc:
         print(f"prunegym {args.command}: error: {exc}", file=sys.stderr)

@@ -6,8 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from pruning_core.engine import PruningEngine, prune_channels
+from pruning_core import graph as graph_module
+from pruning_core.engine import PruningEngine, group_kept, group_widths, prune_channels
 from pruning_core.errors import PlanError, UnsupportedModelError
+from pruning_core.graph import ModelGraph
+from pruning_core.metrics import MacsCost, ParamsCost, count_cost
+from pruning_core.models import build_model
 from pruning_core.plan import PruningPlan
 
 SHAPE = (3, 16, 16)
@@ -147,3 +151,40 @@ def test_a_model_that_cannot_run_is_refused_in_one_line_naming_the_layer():
     with pytest.raises(UnsupportedModelError, match=refused) as info:
         PruningEngine(model, SHAPE)
     assert "\n" not in str(info.value)
+
+
+def test_searches_price_the_widths_the_engine_prunes():
+    """Widths a search or an environment chooses (``group_kept``, ``group_widths``) are multiples of the slices, and
+    the layer-wise costs of those widths are the pruned model's (a grouped kernel reads the inputs of its slice)."""
+    torch.manual_seed(0)
+    engine = PruningEngine(GroupedNet().eval(), SHAPE)
+    graph = engine.graph
+    assert MacsCost().total(graph) == graph.total_macs
+    for group in engine.groups:
+        widths = group_widths(group, 1, 0.9)
+        assert all(w % group.channel_groups == 0 for w in widths) and widths[-1] == group.channels
+    plan = PruningPlan.uniform(engine.group_names, 0.4)
+    kept = {g.name: group_kept(g, 0.4, plan.round_to) for g in engine.groups}
+    pruned = engine.apply(plan)
+    assert kept == {name: len(channels) for name, channels in pruned.kept_channels.items()}
+    assert MacsCost().total(graph, kept) == count_cost(pruned.model, SHAPE).macs
+    weights = sum(m.weight.numel() for m in pruned.model.modules() if isinstance(m, nn.Conv2d | nn.Linear))
+    assert ParamsCost().total(graph, kept) == weights
+
+
+def test_channels_torch_pruning_follows_without_end_stay_dense_and_are_listed(monkeypatch):
+    """Torch-Pruning 1.6 follows some graphs without end (timm's ReXNet: an in-place addition into a slice of wider
+    channels): a group that reaches one layer more often than the graph's limit is left dense and listed, the rest
+    is pruned. Shown on Swin-T, whose third stage reaches a layer 11 times, with a limit of 8."""
+    monkeypatch.setattr(graph_module._DependencyGraph, "group_limit", 8)
+    graph = ModelGraph(build_model("tv:swin_t"), (3, 28, 28))
+    reasons = {u.name: u.reason for u in graph.unprunable}
+    runaway = {n for n, r in reasons.items() if r.startswith("Torch-Pruning's search for the channels coupled")}
+    assert "features.4.reduction" in runaway and all(
+        "reached" in reasons[n] and " 8 times)" in reasons[n] for n in runaway
+    )
+    assert runaway.isdisjoint(graph.out_group) and len(graph.groups) >= 12
+    monkeypatch.setattr(graph_module._DependencyGraph, "group_limit", 64)
+    assert not any(
+        "Torch-Pruning's search" in u.reason for u in ModelGraph(build_model("tv:swin_t"), (3, 28, 28)).unprunable
+    )
