@@ -4,7 +4,6 @@ mid-search included; the local executor changes nothing and starts no Ray."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 
@@ -17,7 +16,6 @@ from pruning_core.plan import PruningPlan
 from pruning_core.scoring import PlanScorer
 from pruning_core.search import greedy_search, random_search, tpe_search
 
-RAY_START_SECONDS = 60
 SEARCHES = {
     "greedy-lut": lambda problem, scorer, executor: greedy_search(problem, scorer, steps=3, executor=executor),
     "random-search": lambda problem, scorer, executor: random_search(
@@ -59,28 +57,6 @@ def _same(result, expected) -> bool:
         expected.evaluations,
         expected.history,
     )
-
-
-@pytest.fixture(scope="module")
-def ray_instance():
-    ray = pytest.importorskip("ray", reason="Ray is not installed")
-
-    def too_long(*_: object) -> None:
-        raise TimeoutError(f"not started within {RAY_START_SECONDS} s")
-
-    # Ray must start in the main thread: the alarm bounds its start
-    previous = signal.signal(signal.SIGALRM, too_long)
-    signal.alarm(RAY_START_SECONDS)
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    except Exception as exc:  # any reason Ray cannot start here
-        ray.shutdown()
-        pytest.skip(f"a local Ray instance cannot start here: {exc!r}")
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-    yield ray
-    ray.shutdown()
 
 
 def test_scoring_a_batch_is_scoring_one_plan_after_the_other(env):
