@@ -146,6 +146,14 @@ class RayExecutor:
         """Plans random-search and tpe hand over at once: as asked, else 4 per worker."""
         return self._batch_size if self._batch_size is not None else 4 * (self.workers or 1)
 
+    def start(self, scorer: PlanScorer) -> None:
+        """Start Ray and ``scorer``'s workers now and wait until each has built its scorer (otherwise done when the
+        first plan comes): to time the start apart from the search."""
+        import ray
+
+        self._workers_for(scorer)
+        ray.get([actor.pid.remote() for actor in self.actors])
+
     def evaluate(self, scorer: PlanScorer, plans: Sequence[PruningPlan]) -> Iterator[Evaluation]:
         """Hand the first plans to the workers now, each later one to the next worker free; yield the results in the
         order of ``plans``."""
