@@ -54,6 +54,7 @@ from envs.target import Target
 from pruning_core.baselines import BASELINES, BudgetProblem, baseline_plan
 from pruning_core.data import atomic_write_bytes
 from pruning_core.errors import BudgetInfeasibleError, PruneGymError
+from pruning_core.executor import Executor, make_executor
 from pruning_core.finetune import finetune_recipe
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import DEFAULT_FINETUNE_STEPS
@@ -124,6 +125,14 @@ class BenchmarkConfig:
     """Finish again, reusing their searches, the selected cells whose record was finished before this ISO time (or
     does not say when): for cells whose measured check met a host in another state (``scripts.remeasure_benchmark``).
     Resumable, as the new records say when they were finished."""
+    executor: str = "local"
+    """Where the searches (greedy-lut, random-search, tpe) score their candidates: ``local``, in this process, or
+    ``ray``, on Ray workers (:mod:`pruning_core.executor`; the same plans, scores and evaluations). Latency is never
+    measured there."""
+    ray_address: str | None = None
+    """The Ray cluster to join with ``executor="ray"`` (None: start a local Ray instance)."""
+    ray_workers: int | None = None
+    """Ray workers scoring candidates (None: one per CPU of the Ray cluster)."""
 
     def __post_init__(self) -> None:
         if self.target.budget_metric != "latency":
@@ -150,6 +159,7 @@ class BenchmarkConfig:
             )
         if self.agent_reward not in REWARDS:
             raise PruneGymError(f"agent_reward must be one of {', '.join(REWARDS)}; got {self.agent_reward!r}")
+        make_executor(self.executor, address=self.ray_address, workers=self.ray_workers)  # checks them; starts nothing
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "methods", methods)
         object.__setattr__(self, "budgets", budgets)
@@ -174,15 +184,22 @@ def iso_time(text: str) -> str:
 
 
 def _plan_for(
-    method: str, cfg: BenchmarkConfig, env: Any, seed: int, budget: float, policy: SavedPolicy | None
+    method: str,
+    cfg: BenchmarkConfig,
+    env: Any,
+    seed: int,
+    budget: float,
+    policy: SavedPolicy | None,
+    executor: Executor,
 ) -> tuple[PruningPlan, int, tuple[float, float] | None]:
     """The plan a method proposes, the number of candidates it scored, and for an agent or a search its wall and CPU
-    seconds summed over the sessions it was resumed in (None: time the call)."""
+    seconds summed over the sessions it was resumed in (None: time the call). A search scores its candidates with
+    ``executor``."""
     problem = env.budget_problem()
     if method in BASELINES:
         return baseline_plan(method, problem), 0, None
     if method in SEARCHES:
-        return _search_plan(method, cfg, env, problem, seed, budget)
+        return _search_plan(method, cfg, env, problem, seed, budget, executor)
     if method in PROBED:
         probes = env.sensitivity or probed_sensitivity_of(env, cfg, budget)
         return sensitivity_plan(problem, probes, criterion=env.criterion), probes.evaluations, None
@@ -246,9 +263,10 @@ def _correction_path(cfg: BenchmarkConfig, budget: float) -> Path:
 
 
 def _search_plan(
-    method: str, cfg: BenchmarkConfig, env: Any, problem: BudgetProblem, seed: int, budget: float
+    method: str, cfg: BenchmarkConfig, env: Any, problem: BudgetProblem, seed: int, budget: float, executor: Executor
 ) -> tuple[PruningPlan, int, tuple[float, float]]:
-    """A search baseline's plan, its evaluations, and its wall and CPU seconds, shown with a progress bar.
+    """A search baseline's plan, its evaluations, and its wall and CPU seconds, shown with a progress bar. Its
+    candidates are scored by ``executor``; the CPU seconds count its workers' (Ray's) as well as this process's.
 
     Every score is logged under ``searches/`` as it is made, so a search interrupted and run again scores only what
     it had not; the time the scores taken back had cost is added to this run's (not the interrupted run's time
@@ -262,7 +280,7 @@ def _search_plan(
     inputs = {**_plan_inputs(cfg, method, env), "data": cfg.target.data}
     if cfg.target.checkpoint is not None:
         inputs["checkpoint_sha256"] = sha256(Path(cfg.target.checkpoint))
-    start = (time.perf_counter(), time.process_time())
+    start = (time.perf_counter(), time.process_time(), executor.remote_cpu_seconds)
     total = cfg.episodes if method in ("random-search", "tpe") else None
     with (
         env.scorer.logging_to(cfg.out / "searches" / f"{name}.jsonl", inputs) as log,
@@ -275,13 +293,16 @@ def _search_plan(
 
         if method in ("random-search", "tpe"):
             search = random_search if method == "random-search" else tpe_search
-            result = search(problem, env.scorer, evaluations=cfg.episodes, seed=seed, on_step=on_step)
+            result = search(
+                problem, env.scorer, evaluations=cfg.episodes, seed=seed, on_step=on_step, executor=executor
+            )
         else:
-            result = greedy_search(problem, env.scorer, on_step=on_step)
+            result = greedy_search(problem, env.scorer, on_step=on_step, executor=executor)
             if env.sensitivity is not None:  # its first round reused the probes: they count
                 result = replace(result, evaluations=result.evaluations + env.sensitivity.evaluations)
     seconds = time.perf_counter() - start[0] + log.carried_seconds
-    cpu_seconds = time.process_time() - start[1] + log.carried_cpu_seconds
+    remote = executor.remote_cpu_seconds - start[2]
+    cpu_seconds = time.process_time() - start[1] + remote + log.carried_cpu_seconds
     return result.plan, result.evaluations, (seconds, cpu_seconds)
 
 
@@ -495,11 +516,21 @@ def _finish_again(cfg: BenchmarkConfig, methods: Sequence[str], record: dict[str
 
 
 def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
-    """Run every missing cell, then write the tables and plots.
+    """Run every missing cell, then write the tables and plots. The searches score their candidates with
+    ``cfg.executor`` (Ray, if asked for, starts when a search first scores and stops at the end).
 
     Returns:
         The records of ``results.json``: each a :class:`~agents.record.MethodRecord` as its ``to_dict`` writes it.
     """
+    executor = make_executor(cfg.executor, address=cfg.ray_address, workers=cfg.ray_workers)
+    try:
+        return _run_cells(cfg, executor)
+    finally:
+        executor.close()
+
+
+def _run_cells(cfg: BenchmarkConfig, executor: Executor) -> list[dict[str, Any]]:
+    """:func:`run_benchmark`'s work, the searches scoring with ``executor``."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     results_path = cfg.out / "results.json"
     records = load_records(results_path) if results_path.exists() else []
@@ -555,7 +586,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
                 else:
                     start = (time.perf_counter(), time.process_time())
                     try:
-                        plan, evaluations, summed = _plan_for(method, cfg, method_env, seed, budget, policy)
+                        plan, evaluations, summed = _plan_for(method, cfg, method_env, seed, budget, policy, executor)
                     except BudgetInfeasibleError as exc:
                         print(f"   {method} cannot reach budget {budget:g}: {exc}")
                         continue

@@ -22,6 +22,7 @@ from envs.factory import make_env
 from envs.target import Target
 from pruning_core.data import atomic_write_bytes
 from pruning_core.errors import PruneGymError
+from pruning_core.executor import Executor, make_executor
 from pruning_core.search import SearchResult, greedy_search, random_search, tpe_search
 from pruning_core.sensitivity import sensitivity_plan
 
@@ -53,8 +54,16 @@ class YardstickConfig:
     calibrate_latency: bool = False
     """Correct the lookup table by timing a few plans beside the dense model first (measured devices; saved as
     ``correction.json`` in the output folder and shared by every method)."""
+    executor: str = "local"
+    """Where greedy-lut, random-search and tpe score their candidates: ``local`` or ``ray``
+    (:mod:`pruning_core.executor`; the same plans, scores and evaluations)."""
+    ray_address: str | None = None
+    """The Ray cluster to join with ``executor="ray"`` (None: start a local Ray instance)."""
+    ray_workers: int | None = None
+    """Ray workers scoring candidates (None: one per CPU of the Ray cluster)."""
 
     def __post_init__(self) -> None:
+        make_executor(self.executor, address=self.ray_address, workers=self.ray_workers)  # checks them; starts nothing
         unknown = sorted(set(self.methods) - set(SEARCH_METHODS))
         if unknown:
             raise PruneGymError(f"methods must be some of {', '.join(SEARCH_METHODS)}; got {unknown}")
@@ -87,7 +96,17 @@ def _key(row: YardstickRow | dict[str, Any]) -> tuple[str, float, int, int | Non
 
 
 def compare_searches(cfg: YardstickConfig, out: str | Path, *, progress: bool = True) -> list[dict[str, Any]]:
-    """Run every method at every evaluation count and seed; return the rows (also in ``out/yardstick.json``)."""
+    """Run every method at every evaluation count and seed; return the rows (also in ``out/yardstick.json``). The
+    searches score their candidates with ``cfg.executor``."""
+    executor = make_executor(cfg.executor, address=cfg.ray_address, workers=cfg.ray_workers)
+    try:
+        return _compare(cfg, Path(out), executor, progress=progress)
+    finally:
+        executor.close()
+
+
+def _compare(cfg: YardstickConfig, out: Path, executor: Executor, *, progress: bool) -> list[dict[str, Any]]:
+    """:func:`compare_searches`' work, the searches scoring with ``executor``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "yardstick.json"
@@ -135,7 +154,9 @@ def compare_searches(cfg: YardstickConfig, out: str | Path, *, progress: bool = 
         elif method == "greedy-lut":
             if (method, cfg.budget, 0, None) in done:
                 continue
-            result, seconds = logged(f"greedy-lut_b{cfg.budget:g}", lambda: greedy_search(problem, env.scorer))
+            result, seconds = logged(
+                f"greedy-lut_b{cfg.budget:g}", lambda: greedy_search(problem, env.scorer, executor=executor)
+            )
             total = result.evaluations + probes.evaluations  # its first round reused the probes
             save(YardstickRow(method, cfg.budget, 0, None, total, result.val_top1, seconds, result.plan.to_json()))
         else:
@@ -143,7 +164,7 @@ def compare_searches(cfg: YardstickConfig, out: str | Path, *, progress: bool = 
                 for seed in cfg.seeds:
                     if (method, cfg.budget, seed, n) in done:
                         continue
-                    row = _counted_search(cfg, env, method, n, seed, out, logged)
+                    row = _counted_search(cfg, env, method, n, seed, out, logged, executor)
                     save(row)
     write_tables(out)
     return rows
@@ -259,13 +280,13 @@ def _transferred(cfg: YardstickConfig, probed: Any) -> YardstickRow:
 
 
 def _counted_search(
-    cfg: YardstickConfig, env: Any, method: str, n: int, seed: int, out: Path, logged: Any
+    cfg: YardstickConfig, env: Any, method: str, n: int, seed: int, out: Path, logged: Any, executor: Executor
 ) -> YardstickRow:
     problem = env.budget_problem()
     name = f"{method}_b{cfg.budget:g}_n{n}_s{seed}"
     if method in ("random-search", "tpe"):
         search = random_search if method == "random-search" else tpe_search
-        result, seconds = logged(name, lambda: search(problem, env.scorer, evaluations=n, seed=seed))
+        result, seconds = logged(name, lambda: search(problem, env.scorer, evaluations=n, seed=seed, executor=executor))
         return YardstickRow(
             method,
             cfg.budget,

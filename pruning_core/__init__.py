@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         train_gates,
     )
     from pruning_core.engine import PrunedModel, PruningEngine, apply_plan, describe, recalibrate_bn
+    from pruning_core.executor import Executor, LocalExecutor, RayExecutor, make_executor
     from pruning_core.export import ExportReport, export_onnx, quantize_int8
     from pruning_core.finetune import finetune_model, finetune_recipe, prune_and_finetune
     from pruning_core.graph import LayerType, ModelGraph, PrunableGroup, UnprunableLayer, build_dependency_graph
@@ -60,6 +61,7 @@ _LAZY: dict[str, tuple[str, ...]] = {
         "train_gates",
     ),
     "engine": ("PrunedModel", "PruningEngine", "apply_plan", "describe", "recalibrate_bn"),
+    "executor": ("Executor", "LocalExecutor", "RayExecutor", "make_executor"),
     "export": ("ExportReport", "export_onnx", "quantize_int8"),
     "finetune": ("finetune_model", "finetune_recipe", "prune_and_finetune"),
     "graph": ("LayerType", "ModelGraph", "PrunableGroup", "UnprunableLayer", "build_dependency_graph"),
@@ -88,6 +90,7 @@ __all__ = [
     "DynamicParts",
     "DynamicProfile",
     "EvalResult",
+    "Executor",
     "ExportReport",
     "Granularity",
     "ImageDataset",
@@ -95,6 +98,7 @@ __all__ = [
     "LayerType",
     "LayerwiseCost",
     "LoadedPruned",
+    "LocalExecutor",
     "MacsCost",
     "ModelCost",
     "ModelGraph",
@@ -107,6 +111,7 @@ __all__ = [
     "PrunedModel",
     "PruningEngine",
     "PruningPlan",
+    "RayExecutor",
     "Score",
     "ScoreConfig",
     "SearchResult",
@@ -134,6 +139,7 @@ __all__ = [
     "load_dataset",
     "load_pruned",
     "make_criterion",
+    "make_executor",
     "model_names",
     "pretrain",
     "probe_sensitivity",

@@ -9,13 +9,14 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from pruning_core.data import ImageDataset, atomic_write_bytes
 from pruning_core.dynamic import TrainedGates, gated_blocks
@@ -23,6 +24,9 @@ from pruning_core.engine import PrunedModel, PruningEngine, recalibrate_bn
 from pruning_core.errors import PlanError, PruneGymError
 from pruning_core.plan import PruningPlan
 from pruning_core.training import TrainConfig, distill_loss, evaluate
+
+if TYPE_CHECKING:
+    from pruning_core.executor import Executor
 
 DEFAULT_FINETUNE_STEPS = 50
 """SGD steps of the score's short fine-tune unless told otherwise, chosen by measurement (``scripts/score_correlation``,
@@ -96,6 +100,40 @@ class Score:
     """Dynamic skipping: fraction of the scored images that executed each gated block."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds spent in ``apply``, ``adapt`` (recalibration, short fine-tune) and ``evaluate``."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One plan scored afresh (no cache, no log), wherever it ran: the score and the CPU seconds it took there."""
+
+    score: Score
+    cpu_seconds: float
+
+
+@dataclass(frozen=True)
+class ScorerRecipe:
+    """What a :class:`PlanScorer` is made of, to make an identical one in another process (a Ray worker's): the
+    dense model, the data its scores read, the scoring recipe and the gates. Its splits are cut to what scores read
+    (the first ``val_images`` of val, no test images), so that it is small to send once to every worker."""
+
+    model: nn.Module
+    input_shape: tuple[int, ...]
+    dataset: ImageDataset
+    config: ScoreConfig
+    gates: TrainedGates | None
+    calibration_batches: int
+    calibration_batch_size: int
+
+    def build(self) -> PlanScorer:
+        """A scorer that gives every plan the score the original gives it (with the same torch threads)."""
+        engine = PruningEngine(
+            self.model,
+            self.input_shape,
+            dataset=self.dataset,
+            calibration_batches=self.calibration_batches,
+            calibration_batch_size=self.calibration_batch_size,
+        )
+        return PlanScorer(engine, self.dataset, self.config, gates=self.gates)
 
 
 _SCORE_ROW_KEYS = {"plan", "top1", "macs", "params", "seconds", "cpu_seconds", "exec_rate"}
@@ -174,23 +212,31 @@ class PlanScorer:
 
     def score(self, plan: PruningPlan) -> Score:
         """Val top-1 of ``plan`` after the recipe (cached for identical plans)."""
-        key = plan.to_json()
-        log = self._log
-        if log is not None and key in log.saved:  # scored by an earlier run of this search, which paid for it
-            row = log.saved.pop(key)
-            log.carried_seconds += row["seconds"]
-            log.carried_cpu_seconds += row["cpu_seconds"]
-            log.logged.add(key)
-            carried = Score(
-                row["top1"], row["macs"], row["params"], row["seconds"], cached=False, exec_rate=row["exec_rate"]
-            )
-            self._cache[key] = carried
-            return replace(carried, seconds=0.0)  # its seconds are in the log's carried_seconds
-        if key in self._cache:
-            hit = self._cache[key]
-            if log is not None and key not in log.logged:  # scored before the log began: logged at no cost
-                log.append(key, hit, seconds=0.0, cpu_seconds=0.0)
-            return replace(hit, seconds=0.0, cached=True, timings={})
+        return self._score(plan, lambda: self.score_afresh(plan))
+
+    def score_all(self, plans: Sequence[PruningPlan], *, executor: Executor | None = None) -> list[Score]:
+        """The scores of ``plans``, in order, as :meth:`score` gives them one after the other (the same cache hits,
+        log rows and ``evaluations``), the plans to score afresh handed to ``executor`` at once (None: scored here,
+        one after the other). Each score is cached and logged as it comes back, in order.
+
+        Args:
+            plans: The plans, duplicates allowed (the second is a cache hit, as with :meth:`score`).
+            executor: Where plans not scored before are scored (:mod:`pruning_core.executor`).
+        """
+        if executor is None:
+            return [self.score(plan) for plan in plans]
+        saved = self._log.saved if self._log is not None else {}
+        fresh: dict[str, PruningPlan] = {}
+        for plan in plans:
+            key = plan.to_json()
+            if key not in saved and key not in self._cache:
+                fresh.setdefault(key, plan)
+        results = iter(executor.evaluate(self, list(fresh.values())))
+        # walking in order, a fresh plan is first met exactly where it comes in `fresh`: next() is its evaluation
+        return [self._score(plan, lambda: next(results)) for plan in plans]
+
+    def score_afresh(self, plan: PruningPlan) -> Evaluation:
+        """Score ``plan`` by the recipe, neither cache nor log looked at or written (what an executor runs)."""
         start, cpu_start = time.perf_counter(), time.process_time()
         timings: dict[str, float] = {}
         pruned = self.prune_and_adapt(plan, timings)
@@ -214,10 +260,49 @@ class PlanScorer:
             exec_rate=rates,
             timings=timings,
         )
+        return Evaluation(score, time.process_time() - cpu_start)
+
+    def recipe(self) -> ScorerRecipe:
+        """What this scorer is made of, to build an identical one elsewhere (see :class:`ScorerRecipe`)."""
+        data = self.dataset
+        val = data.val
+        val = type(val)(val.images[: self.config.val_images].clone(), val.labels[: self.config.val_images].clone())
+        empty = type(val)(data.test.images[:0].clone(), data.test.labels[:0].clone())
+        return ScorerRecipe(
+            self.engine.model,
+            self.engine.input_shape,
+            replace(data, val=val, test=empty),
+            self.config,
+            self.gates,
+            self.engine.calibration_batches,
+            self.engine.calibration_batch_size,
+        )
+
+    def _score(self, plan: PruningPlan, score_afresh: Callable[[], Evaluation]) -> Score:
+        """:meth:`score`, with ``score_afresh`` called for a plan neither logged by an earlier run nor cached."""
+        key = plan.to_json()
+        log = self._log
+        if log is not None and key in log.saved:  # scored by an earlier run of this search, which paid for it
+            row = log.saved.pop(key)
+            log.carried_seconds += row["seconds"]
+            log.carried_cpu_seconds += row["cpu_seconds"]
+            log.logged.add(key)
+            carried = Score(
+                row["top1"], row["macs"], row["params"], row["seconds"], cached=False, exec_rate=row["exec_rate"]
+            )
+            self._cache[key] = carried
+            return replace(carried, seconds=0.0)  # its seconds are in the log's carried_seconds
+        if key in self._cache:
+            hit = self._cache[key]
+            if log is not None and key not in log.logged:  # scored before the log began: logged at no cost
+                log.append(key, hit, seconds=0.0, cpu_seconds=0.0)
+            return replace(hit, seconds=0.0, cached=True, timings={})
+        fresh = score_afresh()
+        score = fresh.score
         self._cache[key] = score
         self.evaluations += 1
         if log is not None:
-            log.append(key, score, seconds=score.seconds, cpu_seconds=time.process_time() - cpu_start)
+            log.append(key, score, seconds=score.seconds, cpu_seconds=fresh.cpu_seconds)
         return score
 
     def remember(self, plan: PruningPlan, top1: float) -> None:

@@ -668,6 +668,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         episodes_per_update=args.episodes_per_update,
         calibrate_latency=args.calibrate_latency,
         finish_again_before=args.finish_again_before,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        ray_workers=args.ray_workers,
     )
     run_benchmark(config)
     print((args.out / "results.md").read_text())
@@ -860,6 +863,25 @@ def _add_search_args(parser: argparse.ArgumentParser) -> None:
             f"sparsity levels of DQN's action (default {DEFAULT_LEVELS}; with --centre-on-uniform, "
             "3 = keep, uniform, thinnest)"
         ),
+    )
+
+
+def add_executor_args(parser: argparse.ArgumentParser) -> None:
+    """Where the searches score their candidates (``BenchmarkConfig.executor``, ``ray_address``, ``ray_workers``)."""
+    parser.add_argument(
+        "--executor",
+        default="local",
+        choices=["local", "ray"],
+        help="where greedy-lut, random-search and tpe score candidates: here, or on Ray workers (same results)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="join this Ray cluster (`ray start --head` prints it); default: start a local Ray instance",
+    )
+    parser.add_argument(
+        "--ray-workers", type=int, default=None, help="Ray workers scoring candidates (default: one per Ray CPU)"
     )
 
 
@@ -1097,6 +1119,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_agent_args(p)
     _add_learner_args(p)
     p.add_argument("--agent-reward", default="accuracy", choices=["accuracy", "lagrangian", "amc-flops", "residual"])
+    add_executor_args(p)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument(
         "--finish-again-before",

@@ -16,7 +16,7 @@ import torch
 
 from agents.compare import SEARCH_METHODS, YardstickConfig, compare_searches, write_tables
 from agents.train import TrainRunConfig
-from scripts.cli import add_target_args, target_from_args
+from scripts.cli import add_executor_args, add_target_args, target_from_args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         "--calibrate-latency", action="store_true", help="correct the lookup table by timings first (measured devices)"
     )
     parser.add_argument("--transfer-from", type=Path, default=None, help="a policy's run folder (method transfer)")
+    add_executor_args(parser)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument(
         "--tables-only", action="store_true", help="run nothing: write yardstick.md and the plot from yardstick.json"
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> None:
         agent=agent,
         transfer_from=str(args.transfer_from) if args.transfer_from else None,
         calibrate_latency=args.calibrate_latency,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        ray_workers=args.ray_workers,
     )
     compare_searches(cfg, args.out)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import torch
 from pruning_core.data import CIFAR10_ENV, ImageDataset, load_dataset
 
 torch.set_num_threads(1)
+
+RAY_START_SECONDS = 60
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +40,26 @@ def _private_cache(_session_cache: Path, monkeypatch: pytest.MonkeyPatch, reques
     decoded arrays, which are shared with the user cache because they take half a minute to build."""
     if "cifar10_root" not in request.fixturenames:
         monkeypatch.setenv("PRUNEGYM_CACHE", str(_session_cache))
+
+
+@pytest.fixture(scope="session")
+def ray_instance():
+    """A local Ray instance of 2 CPUs for the session (skipped with the reason where Ray cannot start)."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed")
+
+    def too_long(*_: object) -> None:
+        raise TimeoutError(f"not started within {RAY_START_SECONDS} s")
+
+    # Ray must start in the main thread: the alarm bounds its start
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(RAY_START_SECONDS)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    except Exception as exc:  # any reason Ray cannot start here
+        ray.shutdown()
+        pytest.skip(f"a local Ray instance cannot start here: {exc!r}")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    yield ray
+    ray.shutdown()

@@ -49,8 +49,8 @@ def test_unknown_names_raise_attribute_error():
         _ = pruning_core.no_such_name
 
 
-def test_the_lazy_packages_import_neither_torch_nor_stable_baselines3():
-    code = "import sys, pruning_core, agents; print(sorted({'torch', 'stable_baselines3'} & set(sys.modules)))"
+def test_the_lazy_packages_import_neither_torch_nor_stable_baselines3_nor_ray():
+    code = "import sys, pruning_core, agents; print(sorted({'torch', 'stable_baselines3', 'ray'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 

@@ -50,6 +50,9 @@ def test_the_benchmark_runs_from_python_and_resumes(tmp_path, capsys):
         ({"action_mapping": "bend"}, "action_mapping must be one of clip, scaled; got 'bend'"),
         ({"agent_reward": "speed"}, "agent_reward must be one of accuracy, .*; got 'speed'"),
         ({"finish_again_before": "yesterday"}, "expected a time like 2026-12-04T11:00; got 'yesterday'"),
+        ({"executor": "dask"}, "executor must be one of local, ray; got 'dask'"),
+        ({"ray_address": "127.0.0.1:6379"}, "a Ray address or worker count needs executor 'ray'; got executor 'local'"),
+        ({"executor": "ray", "ray_workers": 0}, "Ray workers must be >= 1; got 0"),
     ],
 )
 def test_a_bad_benchmark_config_fails_when_built(settings, message, tmp_path):

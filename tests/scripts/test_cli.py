@@ -401,6 +401,22 @@ def test_benchmark_scores_every_search_with_its_recipe_and_refuses_to_resume_an_
     assert "finetune_steps=5" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a Ray instance and its workers
+def test_benchmark_searches_on_ray_workers_find_what_they_find_locally(tmp_path, ray_instance):
+    argv = ["benchmark", "--device", "pixel-a76", "--budgets", "0.6", "--methods", "greedy-lut", "tpe"]
+    argv += ["--episodes", "4", "--finetune-epochs", "0", "--val-images", "100", "--bn-batches", "2"]
+    argv += ["--finetune-steps", "0"]
+    assert main([*argv, "--out", str(tmp_path / "local")]) == 0
+    assert main([*argv, "--executor", "ray", "--ray-workers", "2", "--out", str(tmp_path / "ray")]) == 0
+
+    def found(folder: str) -> list[tuple[str, dict[str, float], float, int]]:
+        records = json.loads((tmp_path / folder / "results.json").read_text())
+        return [(r["method"], r["sparsity_searched"], r["val_top1"], r["evaluations"]) for r in records]
+
+    assert found("ray") == found("local") and len(found("local")) == 2
+    assert ray_instance.is_initialized()  # an instance the benchmark did not start is left running
+
+
 @pytest.mark.slow  # about a minute: every reading times the plans and the dense model 15 times
 def test_benchmark_checks_a_budgets_plans_together_and_keeps_the_checks(tmp_path, capsys):
     out = tmp_path / "bench"

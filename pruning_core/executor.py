@@ -1,0 +1,273 @@
+"""Where a search's candidate plans are scored: in this process (``local``, the default) or on Ray workers (``ray``).
+
+A search hands its scorer a batch of plans it can propose without seeing their scores (greedy-lut: a round's
+candidates; random-search and tpe: a few proposals, see :mod:`pruning_core.search`), and
+:meth:`~pruning_core.scoring.PlanScorer.score_all` hands the plans it has not scored before to an executor. Results
+come back in the order the plans were given, and the scorer caches and logs them in that order, so a search decides
+exactly as it does with the local executor: same plan, same scores, same number of evaluations.
+
+Ray is imported only when a Ray executor first scores something: ``import pruning_core`` and the local executor
+never start a Ray process. Each Ray worker is an actor that builds the scorer once, from its recipe
+(:class:`~pruning_core.scoring.ScorerRecipe`: the dense model, its val images and BN batches' source, put in Ray's
+object store once), then scores one plan per call: apply, BN recalibration, the short fine-tune, val accuracy.
+Latency is never measured on a worker; budgets are judged on the driver by the search's cost model.
+
+Faults: a worker that dies is restarted (its scorer built again from the recipe) and the plans it held are scored
+again (Ray's actor restarts and task retries); scoring is deterministic, so the search finishes with the plan an
+undisturbed run finds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from pruning_core.errors import PruneGymError
+
+if TYPE_CHECKING:
+    from pruning_core.plan import PruningPlan
+    from pruning_core.scoring import Evaluation, PlanScorer, ScorerRecipe
+
+MAX_RESTARTS = 3
+"""Times a Ray worker is restarted after it dies, and times a plan it held is scored again."""
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Scores plans afresh for a :class:`~pruning_core.scoring.PlanScorer` (which keeps the cache and the log)."""
+
+    batch_size: int
+    """Plans a search hands over at once where it can propose them without seeing scores (1: each scored as it is
+    proposed, as before executors existed)."""
+
+    def evaluate(self, scorer: PlanScorer, plans: Sequence[PruningPlan]) -> Iterator[Evaluation]:
+        """Each plan scored afresh by ``scorer``'s recipe, yielded in the order given."""
+        ...
+
+    @property
+    def remote_cpu_seconds(self) -> float:
+        """CPU seconds its evaluations took outside this process so far (0 for the local executor)."""
+        ...
+
+    def close(self) -> None:
+        """Release its workers (nothing for the local executor)."""
+        ...
+
+
+class LocalExecutor:
+    """Scores each plan in this process when the search asks for it: the default, and the behaviour before
+    executors existed (a search killed mid-batch loses only the evaluation in flight)."""
+
+    batch_size = 1
+    remote_cpu_seconds = 0.0
+
+    def evaluate(self, scorer: PlanScorer, plans: Sequence[PruningPlan]) -> Iterator[Evaluation]:
+        return (scorer.score_afresh(plan) for plan in plans)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ScoringWorker:
+    """A Ray worker's state: one scorer built from a recipe, scoring one plan per call (the actor's class; Ray's
+    decorator is applied by :class:`RayExecutor`, so that this module does not import Ray).
+
+    Args:
+        recipe: What the scorer is made of (passed as an object reference: Ray resolves it once per worker start).
+        threads: Torch threads of this worker.
+    """
+
+    def __init__(self, recipe: ScorerRecipe, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.scorer = recipe.build()
+
+    def score(self, plan_json: str) -> Evaluation:
+        from pruning_core.plan import PruningPlan
+
+        return self.scorer.score_afresh(PruningPlan.from_json(plan_json))
+
+    def pid(self) -> int:
+        """The worker's process id (a restarted worker has a new one)."""
+        return os.getpid()
+
+
+class RayExecutor:
+    """Scores plans on Ray actors, each holding the dense model and its data once (see the module's docstring).
+
+    Ray starts when the executor first scores: joined at ``address`` if given, else a local instance (``num_cpus``:
+    ``workers * threads``, or every core when ``workers`` is None); an instance already started in this process
+    (``ray.init`` by the caller) is used as it is. The workers are made for one scorer and made again when another
+    scorer comes (one per budget in a benchmark).
+
+    Args:
+        workers: Actors (None: the cluster's CPUs divided by ``threads``).
+        address: A running Ray cluster to join (``ray start --head`` prints it), or None.
+        threads: Torch threads (and Ray CPUs) per worker.
+        batch_size: Plans random-search and tpe hand over at once (None: 4 per worker).
+        max_restarts: Restarts of a dead worker, and retries of each plan it held.
+    """
+
+    def __init__(
+        self,
+        *,
+        workers: int | None = None,
+        address: str | None = None,
+        threads: int = 1,
+        batch_size: int | None = None,
+        max_restarts: int = MAX_RESTARTS,
+    ) -> None:
+        if workers is not None and workers < 1:
+            raise PruneGymError(f"Ray workers must be >= 1; got {workers}")
+        if threads < 1:
+            raise PruneGymError(f"threads per Ray worker must be >= 1; got {threads}")
+        self.workers = workers
+        self.address = address
+        self.threads = threads
+        self.max_restarts = max_restarts
+        self._batch_size = batch_size
+        self.remote_cpu_seconds = 0.0
+        self.actors: list[Any] = []
+        """The workers of the current scorer (Ray actor handles)."""
+        self._scorer: PlanScorer | None = None
+        self._recipe: Any = None
+        self._started = False
+
+    @property
+    def batch_size(self) -> int:
+        """Plans random-search and tpe hand over at once: as asked, else 4 per worker."""
+        return self._batch_size if self._batch_size is not None else 4 * (self.workers or 1)
+
+    def start(self, scorer: PlanScorer) -> None:
+        """Start Ray and ``scorer``'s workers now and wait until each has built its scorer (otherwise done when the
+        first plan comes): to time the start apart from the search."""
+        import ray
+
+        self._workers_for(scorer)
+        ray.get([actor.pid.remote() for actor in self.actors])
+
+    def evaluate(self, scorer: PlanScorer, plans: Sequence[PruningPlan]) -> Iterator[Evaluation]:
+        """Hand the first plans to the workers now, each later one to the next worker free; yield the results in the
+        order of ``plans``."""
+        if not plans:
+            return iter(())
+        self._workers_for(scorer)
+        batch = _Batch([plan.to_json() for plan in plans], list(self.actors))
+        batch.submit()
+        return self._gather(batch)
+
+    def _gather(self, batch: _Batch) -> Iterator[Evaluation]:
+        for index in range(len(batch.plans)):
+            evaluation = batch.result(index)
+            self.remote_cpu_seconds += evaluation.cpu_seconds
+            yield evaluation
+
+    def _workers_for(self, scorer: PlanScorer) -> None:
+        """Start Ray and this scorer's workers unless they run already."""
+        if scorer is self._scorer:
+            return
+        ray = self._connect()
+        self._release_workers()
+        if self.workers is None:
+            self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)) // self.threads)
+        self._recipe = ray.put(scorer.recipe())  # once; each worker reads it when it starts (or restarts)
+        actor = ray.remote(ScoringWorker).options(
+            num_cpus=self.threads, max_restarts=self.max_restarts, max_task_retries=self.max_restarts
+        )
+        self.actors = [actor.remote(self._recipe, self.threads) for _ in range(self.workers)]
+        self._scorer = scorer
+
+    def _connect(self) -> Any:
+        import ray
+
+        if not ray.is_initialized():
+            if self.address is not None:
+                ray.init(address=self.address, log_to_driver=False)
+            else:
+                cpus = self.workers * self.threads if self.workers is not None else os.cpu_count()
+                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+            self._started = True
+        return ray
+
+    def _release_workers(self) -> None:
+        if self.actors:
+            import ray
+
+            for actor in self.actors:
+                ray.kill(actor)
+        self.actors, self._scorer, self._recipe = [], None, None
+
+    def close(self) -> None:
+        """Stop the workers, and Ray where this executor started it."""
+        self._release_workers()
+        if self._started:
+            import ray
+
+            ray.shutdown()
+            self._started = False
+
+    def __enter__(self) -> RayExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Batch:
+    """Plans scored by a pool of workers, each plan given to the next worker free (a greedy round's candidates
+    differ in cost), results kept until asked for in order."""
+
+    def __init__(self, plans: list[str], workers: list[Any]) -> None:
+        self.plans = plans
+        self.idle = workers
+        self.queued = list(range(len(plans)))[::-1]
+        self.running: dict[Any, tuple[int, Any]] = {}  # task -> (plan index, worker)
+        self.done: dict[int, Evaluation] = {}
+
+    def submit(self) -> None:
+        """Give queued plans to the idle workers."""
+        while self.idle and self.queued:
+            index, worker = self.queued.pop(), self.idle.pop()
+            self.running[worker.score.remote(self.plans[index])] = (index, worker)
+
+    def result(self, index: int) -> Evaluation:
+        """Plan ``index``'s evaluation, waiting for it while the workers go on with the rest."""
+        import ray
+
+        while index not in self.done:
+            ready, _ = ray.wait(list(self.running), num_returns=1)
+            finished, worker = self.running.pop(ready[0])
+            self.done[finished] = ray.get(ready[0])
+            self.idle.append(worker)
+            self.submit()
+        return self.done.pop(index)
+
+
+EXECUTORS: dict[str, type[LocalExecutor] | type[RayExecutor]] = {"local": LocalExecutor, "ray": RayExecutor}
+"""The executors by name (``--executor``)."""
+
+
+def make_executor(
+    name: str = "local", *, address: str | None = None, workers: int | None = None
+) -> LocalExecutor | RayExecutor:
+    """The executor called ``name``; ``address`` and ``workers`` are the Ray executor's (a Ray address with the local
+    executor is refused: it would be silently ignored).
+
+    >>> type(make_executor()).__name__
+    'LocalExecutor'
+    """
+    if name not in EXECUTORS:
+        raise PruneGymError(f"executor must be one of {', '.join(EXECUTORS)}; got {name!r}")
+    if name == "local":
+        if address is not None or workers is not None:
+            raise PruneGymError(f"a Ray address or worker count needs executor 'ray'; got executor {name!r}")
+        return LocalExecutor()
+    return RayExecutor(address=address, workers=workers)

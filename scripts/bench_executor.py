@@ -1,0 +1,104 @@
+"""Time greedy-lut with the local executor and on Ray workers, and check that every run finds the same plan.
+
+Each run scores with a fresh scorer (nothing cached between runs). Ray's start (the instance, when none is running
+or given, and the workers building their scorer) is timed apart from the search. Per evaluation, ``overhead_ms`` is
+the worker time not spent scoring, ``(wall * workers - scoring) / evaluations``: the driver's search work, Ray's
+transfers, and workers idle while a round's last candidates finish. Torch threads are ``--threads`` here and on every
+worker, so that the scores, and the plans, are the same.
+
+Usage:
+    python -m scripts.bench_executor --device pixel-a76 --budget 0.5 [--workers 1 2] [--ray-address ADDR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from envs.factory import make_env
+from pruning_core.executor import Executor, LocalExecutor, RayExecutor
+from pruning_core.scoring import PlanScorer
+from pruning_core.search import greedy_search
+from scripts.cli import add_target_args, target_from_args
+
+
+def timed_search(env: Any, executor: Executor, log: Path, *, steps: int) -> dict[str, Any]:
+    """greedy-lut with a fresh scorer on ``executor``: its wall seconds, the scoring seconds summed over the plans
+    (where they ran), its evaluations and what it found."""
+    scorer = PlanScorer(env.engine, env.scorer.dataset, env.scorer.config)
+    start_seconds = 0.0
+    if isinstance(executor, RayExecutor):
+        start = time.perf_counter()
+        executor.start(scorer)
+        start_seconds = time.perf_counter() - start
+    with scorer.logging_to(log, {"bench": "executor"}):
+        start = time.perf_counter()
+        result = greedy_search(env.budget_problem(), scorer, steps=steps, executor=executor)
+        wall = time.perf_counter() - start
+    rows = [json.loads(line) for line in log.read_text().splitlines()[1:]]
+    return {
+        "start_s": start_seconds,
+        "wall_s": wall,
+        "scoring_s": sum(row["seconds"] for row in rows),
+        "evaluations": result.evaluations,
+        "found": [result.plan.to_json(), result.val_top1, result.evaluations, result.history],
+    }
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_target_args(parser)
+    parser.add_argument("--val-images", type=int, default=1000)
+    parser.add_argument("--bn-batches", type=int, default=10)
+    parser.add_argument("--finetune-steps", type=int, default=0, help="short fine-tune steps in the score (0: BN)")
+    parser.add_argument("--steps", type=int, default=10, help="greedy-lut's rounds to reach the budget")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray worker counts to time")
+    parser.add_argument("--ray-address", default=None, help="a running Ray cluster (default: start one per count)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
+    args = parser.parse_args(argv)
+    threads = args.threads or 1
+    torch.set_num_threads(threads)
+    env = make_env(
+        target_from_args(args),
+        val_images=args.val_images,
+        bn_batches=args.bn_batches,
+        finetune_steps=args.finetune_steps,
+        progress=True,
+    )
+    runs: list[tuple[str, int, Executor]] = [("local", 1, LocalExecutor())]
+    runs += [("ray", n, RayExecutor(workers=n, threads=threads, address=args.ray_address)) for n in args.workers]
+    rows: list[dict[str, Any]] = []
+    print(f"greedy-lut, {args.model} on {args.device} at {args.budget:g}, {threads} torch thread(s) per worker")
+    print(
+        f"{'executor':>8} {'workers':>7} {'start_s':>7} {'wall_s':>7} {'scoring_s':>9} {'evals':>5} "
+        f"{'overhead_ms':>11} {'speedup':>7} same_plan"
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        for name, workers, executor in runs:
+            try:
+                row = timed_search(env, executor, Path(folder) / f"{name}{workers}.jsonl", steps=args.steps)
+            finally:
+                executor.close()
+            row.update(executor=name, workers=workers)
+            row["overhead_ms"] = 1000 * (row["wall_s"] * workers - row["scoring_s"]) / row["evaluations"]
+            row["speedup"] = rows[0]["wall_s"] / row["wall_s"] if rows else 1.0
+            row["same_plan"] = row["found"] == (rows[0]["found"] if rows else row["found"])
+            rows.append(row)
+            print(
+                f"{name:>8} {workers:>7} {row['start_s']:>7.1f} {row['wall_s']:>7.1f} {row['scoring_s']:>9.1f} "
+                f"{row['evaluations']:>5} {row['overhead_ms']:>11.0f} {row['speedup']:>7.2f} {row['same_plan']}",
+                flush=True,
+            )
+    if args.out is not None:
+        args.out.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

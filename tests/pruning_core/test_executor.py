@@ -1,0 +1,130 @@
+"""Executors: the searches decide the same with plans scored on Ray workers as in this process, a worker killed
+mid-search included; the local executor changes nothing and starts no Ray."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from envs.factory import make_env
+from pruning_core.errors import PruneGymError
+from pruning_core.executor import LocalExecutor, RayExecutor, make_executor
+from pruning_core.plan import PruningPlan
+from pruning_core.scoring import PlanScorer
+from pruning_core.search import greedy_search, random_search, tpe_search
+
+SEARCHES = {
+    "greedy-lut": lambda problem, scorer, executor: greedy_search(problem, scorer, steps=3, executor=executor),
+    "random-search": lambda problem, scorer, executor: random_search(
+        problem, scorer, evaluations=6, seed=1, executor=executor
+    ),
+    "tpe": lambda problem, scorer, executor: tpe_search(problem, scorer, evaluations=13, seed=3, executor=executor),
+}
+
+
+@pytest.fixture(scope="module")
+def env(digits):
+    return make_env(device="pixel-a76", budget=0.5, val_images=150, bn_batches=2, finetune_steps=0, dataset=digits)
+
+
+def _fresh(env) -> PlanScorer:
+    """A scorer with an empty cache, so that every search pays for its own scores."""
+    return PlanScorer(env.engine, env.scorer.dataset, env.scorer.config)
+
+
+def _search(env, method, executor, log):
+    """The search's result, the scorer's evaluations and its log's rows (plan and score, in the order logged)."""
+    scorer = _fresh(env)
+    with scorer.logging_to(log, {"model": "small_cnn"}):
+        result = SEARCHES[method](env.budget_problem(), scorer, executor)
+    rows = [json.loads(line) for line in log.read_text().splitlines()[1:]]
+    return result, scorer.evaluations, [(row["plan"], row["top1"]) for row in rows]
+
+
+@pytest.fixture(scope="module")
+def local_results(env, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("local")
+    return {method: _search(env, method, None, folder / f"{method}.jsonl") for method in SEARCHES}
+
+
+def _same(result, expected) -> bool:
+    return (result.plan, result.val_top1, result.evaluations, result.history) == (
+        expected.plan,
+        expected.val_top1,
+        expected.evaluations,
+        expected.history,
+    )
+
+
+def test_scoring_a_batch_is_scoring_one_plan_after_the_other(env):
+    plans = [PruningPlan.uniform(env.engine.group_names, s) for s in (0.2, 0.4, 0.2)]
+    one_by_one, batched = _fresh(env), _fresh(env)
+    expected = [one_by_one.score(plan) for plan in plans]
+    scores = batched.score_all(plans, executor=LocalExecutor())
+    assert [(s.top1, s.cached) for s in scores] == [(s.top1, s.cached) for s in expected]
+    assert [s.cached for s in scores] == [False, False, True] and batched.evaluations == one_by_one.evaluations == 2
+
+
+def test_the_executors_are_chosen_by_name():
+    assert isinstance(make_executor("local"), LocalExecutor) and isinstance(make_executor("ray"), RayExecutor)
+    with pytest.raises(PruneGymError, match=r"^executor must be one of local, ray; got 'dask'$"):
+        make_executor("dask")
+    with pytest.raises(PruneGymError, match=r"^a Ray address or worker count needs executor 'ray'; got executor"):
+        make_executor("local", address="127.0.0.1:6379")
+    with pytest.raises(PruneGymError, match=r"^Ray workers must be >= 1; got 0$"):
+        RayExecutor(workers=0)
+
+
+def test_searching_with_the_local_executor_imports_no_ray():
+    code = (
+        "import sys; from pruning_core.executor import make_executor; import pruning_core.search; "
+        "make_executor('local'); make_executor('ray'); print('ray' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(SEARCHES))
+def test_a_search_on_ray_workers_finds_what_it_finds_locally(method, env, local_results, ray_instance, tmp_path):
+    with RayExecutor(workers=2, batch_size=4) as executor:
+        found = _search(env, method, executor, tmp_path / "log.jsonl")
+        assert executor.remote_cpu_seconds > 0
+    (result, evaluations, rows), (expected, expected_evaluations, expected_rows) = found, local_results[method]
+    assert _same(result, expected) and evaluations == expected_evaluations and rows == expected_rows
+
+
+class _KillingOneWorker(RayExecutor):
+    """Kills its first worker while the worker holds plans of the search's second batch (it is restarted)."""
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self.batches = 0
+        self.pids: list[int] = []
+
+    def evaluate(self, scorer, plans):
+        self.batches += 1
+        if self.batches == 2:
+            import ray
+
+            self._workers_for(scorer)
+            self.pids.append(ray.get(self.actors[0].pid.remote()))
+            results = super().evaluate(scorer, plans)  # handed to the workers now
+            ray.kill(self.actors[0], no_restart=False)
+            return results
+        return super().evaluate(scorer, plans)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_search_is_restarted_and_the_search_finds_the_same_plan(
+    env, local_results, ray_instance, tmp_path
+):
+    with _KillingOneWorker(workers=2) as executor:
+        result, evaluations, rows = _search(env, "greedy-lut", executor, tmp_path / "log.jsonl")
+        executor.pids.append(ray_instance.get(executor.actors[0].pid.remote()))
+    assert executor.batches > 2 and executor.pids[0] != executor.pids[1]  # killed, and a new process took over
+    expected, expected_evaluations, expected_rows = local_results["greedy-lut"]
+    assert _same(result, expected) and evaluations == expected_evaluations and rows == expected_rows
