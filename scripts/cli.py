@@ -923,10 +923,7 @@ def _add_learner_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prunegym", description="Hardware-aware RL pruning of PyTorch models.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_pretrain_parser(sub: Any) -> None:
     p = sub.add_parser("pretrain", help="train a dense model (resumable; --epochs 0 saves random weights)")
     _add_model_args(
         p,
@@ -959,6 +956,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-temperature", type=float, default=4.0)
     p.set_defaults(handler=cmd_pretrain)
 
+
+def _add_evaluate_parser(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="top-1 accuracy, MACs and parameters of a checkpoint or pruned model")
     _add_model_args(p, model_default=None, required=False, help="expected model name (checked against the checkpoint)")
     p.add_argument("--checkpoint", type=Path, default=None, help="dense checkpoint")
@@ -971,6 +970,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=cmd_evaluate)
 
+
+def _add_prune_parser(sub: Any) -> None:
     p = sub.add_parser("prune", help="apply a plan (or uniform sparsity), recalibrate BN, fine-tune, save")
     _add_model_args(p, model_default=None, required=False, help="expected model name (checked against the checkpoint)")
     p.add_argument("--checkpoint", type=Path, required=True)
@@ -990,6 +991,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="pruned-model folder to write")
     p.set_defaults(handler=cmd_prune)
 
+
+def _add_export_parser(sub: Any) -> None:
     p = sub.add_parser("export", help="export a pruned model to ONNX (optionally INT8)")
     p.add_argument("--pruned", type=Path, required=True)
     p.add_argument("--model-py", default=None, metavar="FILE.py:FUNCTION", help=MODEL_PY_HELP)
@@ -1000,10 +1003,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
     p.set_defaults(handler=cmd_export)
 
+
+def _add_devices_parser(sub: Any) -> None:
     p = sub.add_parser("devices", help="list the target devices and how their latency is known")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_devices)
 
+
+def _add_lut_parser(sub: Any) -> None:
     lut = sub.add_parser("lut", help="build or validate a per-layer latency lookup table")
     lut_sub = lut.add_subparsers(dest="lut_command", required=True)
     p = lut_sub.add_parser("build", help="profile every layer shape of a model on this host")
@@ -1056,6 +1063,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=cmd_lut_validate)
 
+
+def _add_train_parser(sub: Any) -> None:
     p = sub.add_parser("train", help="train an RL agent that searches per-layer sparsity for a device")
     add_target_args(p)
     p.add_argument("--algo", default="ppo", choices=["dqn", "ppo", "sac", "td3", "ddpg"])
@@ -1082,6 +1091,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, default=None, help="continue the run in this folder")
     p.set_defaults(handler=cmd_train)
 
+
+def _add_apply_and_baseline_parser(sub: Any) -> None:
     for name, handler, text in (
         ("apply", cmd_apply, "apply a learned policy to a model, fine-tune, report"),
         ("baseline", cmd_baseline, "run a heuristic baseline at a budget, fine-tune, report"),
@@ -1102,6 +1113,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", type=Path, required=True)
         p.set_defaults(handler=handler)
 
+
+def _add_benchmark_parser(sub: Any) -> None:
     p = sub.add_parser("benchmark", help="agents and baselines at several budgets and seeds; tables and plots")
     add_target_args(p, budget=False)
     p.add_argument("--budgets", type=float, nargs="+", default=[0.7, 0.5])
@@ -1134,6 +1147,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=cmd_benchmark)
 
+
+def _add_dynamic_parser(sub: Any) -> None:
     p = sub.add_parser(
         "dynamic",
         help="static pruning alone vs static + dynamic block skipping: gates, threshold search, batch-1 timing, "
@@ -1142,6 +1157,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_dynamic_args(p)
     p.set_defaults(handler=cmd_dynamic)
 
+
+def _add_demo_parser(sub: Any) -> None:
     p = sub.add_parser("demo", help="the embedded demo: PPO vs two baselines on small_cnn/digits, host-CPU latency")
     p.add_argument("--model", default="small_cnn")
     p.add_argument("--checkpoint", type=Path, default=None)
@@ -1153,6 +1170,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the agent's seed and every method's fine-tuning seed")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.set_defaults(handler=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``prunegym`` parser: one subcommand per use, each added by its ``_add_<command>_parser``."""
+    parser = argparse.ArgumentParser(prog="prunegym", description="Hardware-aware RL pruning of PyTorch models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_pretrain_parser,
+        _add_evaluate_parser,
+        _add_prune_parser,
+        _add_export_parser,
+        _add_devices_parser,
+        _add_lut_parser,
+        _add_train_parser,
+        _add_apply_and_baseline_parser,
+        _add_benchmark_parser,
+        _add_dynamic_parser,
+        _add_demo_parser,
+    ):
+        add(sub)
     return parser
 
 
