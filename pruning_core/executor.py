@@ -12,15 +12,20 @@ never start a Ray process. Each Ray worker is an actor that builds the scorer on
 object store once), then scores one plan per call: apply, BN recalibration, the short fine-tune, val accuracy.
 Latency is never measured on a worker; budgets are judged on the driver by the search's cost model.
 
-Faults: a worker that dies is restarted (its scorer built again from the recipe) and the plans it held are scored
-again (Ray's actor restarts and task retries); scoring is deterministic, so the search finishes with the plan an
-undisturbed run finds.
+Each evaluation is handed back as soon as it arrives (``arrived``, which the scorer uses to log it), not only when
+the search reaches it in order: a driver killed mid-search loses only the evaluations in flight, and the search run
+again takes back the rest from its log (:meth:`~pruning_core.scoring.PlanScorer.logging_to`).
+
+Faults: a worker that dies is restarted by Ray (its scorer built again from the recipe), and the plan it held is
+scored again on it; each retry is recorded in :attr:`RayExecutor.retried`. Scoring is deterministic, so the search
+finishes with the plan an undisturbed run finds.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pruning_core.errors import PruneGymError
@@ -32,6 +37,25 @@ if TYPE_CHECKING:
 MAX_RESTARTS = 3
 """Times a Ray worker is restarted after it dies, and times a plan it held is scored again."""
 
+Arrived = Callable[[int, "Evaluation"], None]
+"""Called with a plan's index and its evaluation as soon as the evaluation is made (in any order)."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A plan scored again because the worker that held it died."""
+
+    plan: str
+    """The plan (its JSON)."""
+    index: int
+    """Its place in the batch it came in."""
+    worker: int
+    """The worker that held it (and scores it again once Ray has restarted it)."""
+    attempt: int
+    """1 for the first retry."""
+    error: str
+    """What Ray reported (the exception's type)."""
+
 
 @runtime_checkable
 class Executor(Protocol):
@@ -41,8 +65,11 @@ class Executor(Protocol):
     """Plans a search hands over at once where it can propose them without seeing scores (1: each scored as it is
     proposed, as before executors existed)."""
 
-    def evaluate(self, scorer: PlanScorer, plans: Sequence[PruningPlan]) -> Iterator[Evaluation]:
-        """Each plan scored afresh by ``scorer``'s recipe, yielded in the order given."""
+    def evaluate(
+        self, scorer: PlanScorer, plans: Sequence[PruningPlan], arrived: Arrived | None = None
+    ) -> Iterator[Evaluation]:
+        """Each plan scored afresh by ``scorer``'s recipe, yielded in the order given; ``arrived`` is also called
+        with each as soon as it is made."""
         ...
 
     @property
@@ -62,8 +89,14 @@ class LocalExecutor:
     batch_size = 1
     remote_cpu_seconds = 0.0
 
-    def evaluate(self, scorer: PlanScorer, plans: Sequence[PruningPlan]) -> Iterator[Evaluation]:
-        return (scorer.score_afresh(plan) for plan in plans)
+    def evaluate(
+        self, scorer: PlanScorer, plans: Sequence[PruningPlan], arrived: Arrived | None = None
+    ) -> Iterator[Evaluation]:
+        for index, plan in enumerate(plans):
+            evaluation = scorer.score_afresh(plan)
+            if arrived is not None:
+                arrived(index, evaluation)
+            yield evaluation
 
     def close(self) -> None:
         pass
@@ -98,6 +131,12 @@ class ScoringWorker:
     def pid(self) -> int:
         """The worker's process id (a restarted worker has a new one)."""
         return os.getpid()
+
+    def node(self) -> str:
+        """The Ray node the worker runs on."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
 
 class RayExecutor:
@@ -137,6 +176,8 @@ class RayExecutor:
         self.remote_cpu_seconds = 0.0
         self.actors: list[Any] = []
         """The workers of the current scorer (Ray actor handles)."""
+        self.retried: list[Retry] = []
+        """The plans scored again because their worker died, in the order the deaths were seen."""
         self._scorer: PlanScorer | None = None
         self._recipe: Any = None
         self._started = False
@@ -154,13 +195,15 @@ class RayExecutor:
         self._workers_for(scorer)
         ray.get([actor.pid.remote() for actor in self.actors])
 
-    def evaluate(self, scorer: PlanScorer, plans: Sequence[PruningPlan]) -> Iterator[Evaluation]:
+    def evaluate(
+        self, scorer: PlanScorer, plans: Sequence[PruningPlan], arrived: Arrived | None = None
+    ) -> Iterator[Evaluation]:
         """Hand the first plans to the workers now, each later one to the next worker free; yield the results in the
-        order of ``plans``."""
+        order of ``plans`` (``arrived`` gets each as it comes)."""
         if not plans:
             return iter(())
         self._workers_for(scorer)
-        batch = _Batch([plan.to_json() for plan in plans], list(self.actors))
+        batch = _Batch([plan.to_json() for plan in plans], list(self.actors), self, arrived)
         batch.submit()
         return self._gather(batch)
 
@@ -179,9 +222,8 @@ class RayExecutor:
         if self.workers is None:
             self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)) // self.threads)
         self._recipe = ray.put(scorer.recipe())  # once; each worker reads it when it starts (or restarts)
-        actor = ray.remote(ScoringWorker).options(
-            num_cpus=self.threads, max_restarts=self.max_restarts, max_task_retries=self.max_restarts
-        )
+        # Ray restarts a dead worker; the plan it held is handed to it again by _Batch, which records the retry
+        actor = ray.remote(ScoringWorker).options(num_cpus=self.threads, max_restarts=self.max_restarts)
         self.actors = [actor.remote(self._recipe, self.threads) for _ in range(self.workers)]
         self._scorer = scorer
 
@@ -193,7 +235,8 @@ class RayExecutor:
                 ray.init(address=self.address, log_to_driver=False)
             else:
                 cpus = self.workers * self.threads if self.workers is not None else os.cpu_count()
-                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+                # "local": a new instance of this process's own, even where `ray start` runs a cluster here
+                ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
             self._started = True
         return ray
 
@@ -223,14 +266,19 @@ class RayExecutor:
 
 class _Batch:
     """Plans scored by a pool of workers, each plan given to the next worker free (a greedy round's candidates
-    differ in cost), results kept until asked for in order."""
+    differ in cost), results kept until asked for in order; a plan whose worker died is given to it again once Ray
+    has restarted it."""
 
-    def __init__(self, plans: list[str], workers: list[Any]) -> None:
+    def __init__(self, plans: list[str], workers: list[Any], executor: RayExecutor, arrived: Arrived | None) -> None:
         self.plans = plans
-        self.idle = workers
+        self.workers = workers
+        self.idle = list(workers)
+        self.executor = executor
+        self.arrived = arrived
         self.queued = list(range(len(plans)))[::-1]
         self.running: dict[Any, tuple[int, Any]] = {}  # task -> (plan index, worker)
         self.done: dict[int, Evaluation] = {}
+        self.attempts: dict[int, int] = {}
 
     def submit(self) -> None:
         """Give queued plans to the idle workers."""
@@ -241,14 +289,55 @@ class _Batch:
     def result(self, index: int) -> Evaluation:
         """Plan ``index``'s evaluation, waiting for it while the workers go on with the rest."""
         import ray
+        from ray.exceptions import RayActorError
 
         while index not in self.done:
             ready, _ = ray.wait(list(self.running), num_returns=1)
             finished, worker = self.running.pop(ready[0])
-            self.done[finished] = ray.get(ready[0])
+            try:
+                evaluation = ray.get(ready[0])
+            except RayActorError as exc:  # the worker died holding the plan: Ray restarts it, the plan goes again
+                attempt = self.attempts[finished] = self.attempts.get(finished, 0) + 1
+                if attempt > self.executor.max_restarts:
+                    raise PruneGymError(
+                        f"expected a plan to be scored within {self.executor.max_restarts} retries; its worker died "
+                        f"{attempt} times ({type(exc).__name__})"
+                    ) from exc
+                retry = Retry(self.plans[finished], finished, self.workers.index(worker), attempt, type(exc).__name__)
+                self.executor.retried.append(retry)
+                _await_restart(worker)
+                self.running[worker.score.remote(self.plans[finished])] = (finished, worker)
+                continue
+            self.done[finished] = evaluation
+            if self.arrived is not None:
+                self.arrived(finished, evaluation)
             self.idle.append(worker)
             self.submit()
         return self.done.pop(index)
+
+
+RESTART_SECONDS = 300.0
+"""How long a dead worker is waited for (Ray restarting it, its scorer built again) before the search gives up."""
+
+
+def _await_restart(worker: Any) -> None:
+    """Wait until Ray has restarted ``worker`` (calls made while it restarts fail, and are not retries)."""
+    import time
+
+    import ray
+    from ray.exceptions import RayActorError
+
+    deadline = time.monotonic() + RESTART_SECONDS
+    while True:
+        try:
+            ray.get(worker.pid.remote(), timeout=RESTART_SECONDS)
+            return
+        except RayActorError as exc:
+            if time.monotonic() > deadline:
+                raise PruneGymError(
+                    f"expected a dead Ray worker back within {RESTART_SECONDS:g} s; got {type(exc).__name__}"
+                ) from exc
+            time.sleep(0.2)
 
 
 EXECUTORS: dict[str, type[LocalExecutor] | type[RayExecutor]] = {"local": LocalExecutor, "ray": RayExecutor}

@@ -217,7 +217,8 @@ class PlanScorer:
     def score_all(self, plans: Sequence[PruningPlan], *, executor: Executor | None = None) -> list[Score]:
         """The scores of ``plans``, in order, as :meth:`score` gives them one after the other (the same cache hits,
         log rows and ``evaluations``), the plans to score afresh handed to ``executor`` at once (None: scored here,
-        one after the other). Each score is cached and logged as it comes back, in order.
+        one after the other). Each score is logged as soon as it comes back (from Ray workers, in any order) and cached
+        as the search reaches it, in order.
 
         Args:
             plans: The plans, duplicates allowed (the second is a cache hit, as with :meth:`score`).
@@ -231,7 +232,16 @@ class PlanScorer:
             key = plan.to_json()
             if key not in saved and key not in self._cache:
                 fresh.setdefault(key, plan)
-        results = iter(executor.evaluate(self, list(fresh.values())))
+        keys = list(fresh)
+        log = self._log
+
+        def arrived(index: int, evaluation: Evaluation) -> None:  # logged now: a crash loses only what is in flight
+            if log is not None:
+                log.append(
+                    keys[index], evaluation.score, seconds=evaluation.score.seconds, cpu_seconds=evaluation.cpu_seconds
+                )
+
+        results = iter(executor.evaluate(self, list(fresh.values()), arrived))
         # walking in order, a fresh plan is first met exactly where it comes in `fresh`: next() is its evaluation
         return [self._score(plan, lambda: next(results)) for plan in plans]
 
@@ -301,7 +311,7 @@ class PlanScorer:
         score = fresh.score
         self._cache[key] = score
         self.evaluations += 1
-        if log is not None:
+        if log is not None and key not in log.logged:  # an executor's evaluations are logged as they arrive
             log.append(key, score, seconds=score.seconds, cpu_seconds=fresh.cpu_seconds)
         return score
 

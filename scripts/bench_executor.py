@@ -6,16 +6,26 @@ the worker time not spent scoring, ``(wall * workers - scoring) / evaluations``:
 transfers, and workers idle while a round's last candidates finish. Torch threads are ``--threads`` here and on every
 worker, so that the scores, and the plans, are the same.
 
+With ``--kill-worker-after S``, one more Ray run (at the largest worker count) has its first worker's process killed
+(SIGKILL) S seconds into the search: Ray restarts it, the plan it held is scored again (``retried`` lists them), and
+the search must still find the local executor's plan. ``nodes`` counts the Ray nodes the workers ran on (2 on a
+two-node cluster given by ``--ray-address``).
+
 Usage:
     python -m scripts.bench_executor --device pixel-a76 --budget 0.5 [--workers 1 2] [--ray-address ADDR]
+        [--kill-worker-after 30]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import tempfile
+import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,25 +38,40 @@ from pruning_core.search import greedy_search
 from scripts.cli import add_target_args, target_from_args
 
 
-def timed_search(env: Any, executor: Executor, log: Path, *, steps: int) -> dict[str, Any]:
+def timed_search(
+    env: Any, executor: Executor, log: Path, *, steps: int, kill_after: float | None = None
+) -> dict[str, Any]:
     """greedy-lut with a fresh scorer on ``executor``: its wall seconds, the scoring seconds summed over the plans
-    (where they ran), its evaluations and what it found."""
+    (where they ran), its evaluations and what it found; ``kill_after``: kill the first Ray worker's process that
+    many seconds into the search."""
     scorer = PlanScorer(env.engine, env.scorer.dataset, env.scorer.config)
-    start_seconds = 0.0
+    start_seconds, nodes, timer = 0.0, 0, None
     if isinstance(executor, RayExecutor):
+        import ray
+
         start = time.perf_counter()
         executor.start(scorer)
         start_seconds = time.perf_counter() - start
+        nodes = len(set(ray.get([actor.node.remote() for actor in executor.actors])))
+        if kill_after is not None:
+            pid = ray.get(executor.actors[0].pid.remote())
+            timer = threading.Timer(kill_after, os.kill, (pid, signal.SIGKILL))
     with scorer.logging_to(log, {"bench": "executor"}):
         start = time.perf_counter()
+        if timer is not None:
+            timer.start()
         result = greedy_search(env.budget_problem(), scorer, steps=steps, executor=executor)
         wall = time.perf_counter() - start
+    if timer is not None:
+        timer.cancel()
     rows = [json.loads(line) for line in log.read_text().splitlines()[1:]]
     return {
         "start_s": start_seconds,
         "wall_s": wall,
         "scoring_s": sum(row["seconds"] for row in rows),
         "evaluations": result.evaluations,
+        "nodes": nodes,
+        "retried": [asdict(retry) for retry in getattr(executor, "retried", [])],
         "found": [result.plan.to_json(), result.val_top1, result.evaluations, result.history],
     }
 
@@ -60,6 +85,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--steps", type=int, default=10, help="greedy-lut's rounds to reach the budget")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray worker counts to time")
     parser.add_argument("--ray-address", default=None, help="a running Ray cluster (default: start one per count)")
+    parser.add_argument(
+        "--kill-worker-after", type=float, default=None, metavar="S", help="add a Ray run whose first worker is killed"
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)
     threads = args.threads or 1
@@ -73,16 +101,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     )
     runs: list[tuple[str, int, Executor]] = [("local", 1, LocalExecutor())]
     runs += [("ray", n, RayExecutor(workers=n, threads=threads, address=args.ray_address)) for n in args.workers]
+    if args.kill_worker_after is not None:
+        n = max(args.workers)
+        runs.append(("ray-kill", n, RayExecutor(workers=n, threads=threads, address=args.ray_address)))
     rows: list[dict[str, Any]] = []
     print(f"greedy-lut, {args.model} on {args.device} at {args.budget:g}, {threads} torch thread(s) per worker")
     print(
         f"{'executor':>8} {'workers':>7} {'start_s':>7} {'wall_s':>7} {'scoring_s':>9} {'evals':>5} "
-        f"{'overhead_ms':>11} {'speedup':>7} same_plan"
+        f"{'overhead_ms':>11} {'speedup':>7} {'nodes':>5} {'retried':>7} same_plan"
     )
     with tempfile.TemporaryDirectory() as folder:
         for name, workers, executor in runs:
             try:
-                row = timed_search(env, executor, Path(folder) / f"{name}{workers}.jsonl", steps=args.steps)
+                kill_after = args.kill_worker_after if name == "ray-kill" else None
+                log = Path(folder) / f"{name}{workers}.jsonl"
+                row = timed_search(env, executor, log, steps=args.steps, kill_after=kill_after)
             finally:
                 executor.close()
             row.update(executor=name, workers=workers)
@@ -92,8 +125,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             rows.append(row)
             print(
                 f"{name:>8} {workers:>7} {row['start_s']:>7.1f} {row['wall_s']:>7.1f} {row['scoring_s']:>9.1f} "
-                f"{row['evaluations']:>5} {row['overhead_ms']:>11.0f} {row['speedup']:>7.2f} {row['same_plan']}",
+                f"{row['evaluations']:>5} {row['overhead_ms']:>11.0f} {row['speedup']:>7.2f} {row['nodes']:>5} "
+                f"{len(row['retried']):>7} {row['same_plan']}",
                 flush=True,
+            )
+    for row in rows:
+        for retry in row["retried"]:
+            print(
+                f"{row['executor']}{row['workers']}: retried plan #{retry['index']} of a batch on worker "
+                f"{retry['worker']} (attempt {retry['attempt']}, {retry['error']}): {retry['plan'][:80]}"
             )
     if args.out is not None:
         args.out.write_text(json.dumps(rows, indent=1))

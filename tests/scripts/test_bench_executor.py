@@ -10,8 +10,14 @@ from scripts.bench_executor import main
 @pytest.mark.slow  # Ray workers start
 def test_bench_executor_times_each_executor_and_finds_the_same_plan(tmp_path, capsys, ray_instance):
     argv = ["--device", "pixel-a76", "--val-images", "100", "--bn-batches", "2", "--steps", "3", "--workers", "1"]
-    rows = main([*argv, "--out", str(tmp_path / "rows.json")])
-    assert [(r["executor"], r["workers"], r["same_plan"]) for r in rows] == [("local", 1, True), ("ray", 1, True)]
+    rows = main([*argv, "--kill-worker-after", "0.1", "--out", str(tmp_path / "rows.json")])
+    assert [(r["executor"], r["workers"], r["same_plan"]) for r in rows] == [
+        ("local", 1, True),
+        ("ray", 1, True),
+        ("ray-kill", 1, True),  # its worker killed mid-search: the plan it held scored again, the same plan found
+    ]
+    assert [r["nodes"] for r in rows] == [0, 1, 1] and rows[1]["retried"] == []
+    assert [(retry["worker"], retry["attempt"]) for retry in rows[2]["retried"]] == [(0, 1)]
     assert all(r["wall_s"] > 0 and r["scoring_s"] > 0 and r["evaluations"] > 3 for r in rows)
     assert json.loads((tmp_path / "rows.json").read_text())[1]["found"] == rows[0]["found"]
     assert "same_plan" in capsys.readouterr().out
