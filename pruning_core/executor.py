@@ -325,15 +325,15 @@ def _await_restart(worker: Any) -> None:
     import time
 
     import ray
-    from ray.exceptions import RayActorError
+    from ray.exceptions import GetTimeoutError, RayActorError
 
     deadline = time.monotonic() + RESTART_SECONDS
     while True:
         try:
-            ray.get(worker.pid.remote(), timeout=RESTART_SECONDS)
+            ray.get(worker.pid.remote(), timeout=max(deadline - time.monotonic(), 0.0))
             return
-        except RayActorError as exc:
-            if time.monotonic() > deadline:
+        except (RayActorError, GetTimeoutError) as exc:
+            if time.monotonic() >= deadline:
                 raise PruneGymError(
                     f"expected a dead Ray worker back within {RESTART_SECONDS:g} s; got {type(exc).__name__}"
                 ) from exc

@@ -60,10 +60,12 @@ def timed_search(
         start = time.perf_counter()
         if timer is not None:
             timer.start()
-        result = greedy_search(env.budget_problem(), scorer, steps=steps, executor=executor)
+        try:
+            result = greedy_search(env.budget_problem(), scorer, steps=steps, executor=executor)
+        finally:  # a search that ends first (or fails) leaves no kill behind
+            if timer is not None:
+                timer.cancel()
         wall = time.perf_counter() - start
-    if timer is not None:
-        timer.cancel()
     rows = [json.loads(line) for line in log.read_text().splitlines()[1:]]
     return {
         "start_s": start_seconds,
