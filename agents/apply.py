@@ -21,8 +21,9 @@ from hardware_models.measure import ratios_beside_dense
 from pruning_core.baselines import BudgetProblem, retargeted_plan
 from pruning_core.data import ImageDataset, atomic_write_bytes
 from pruning_core.dynamic import gated_blocks
-from pruning_core.engine import describe, group_kept
+from pruning_core.engine import PrunedModel, describe, group_kept
 from pruning_core.errors import PruneGymError
+from pruning_core.executor import Executor, FinetuneJob
 from pruning_core.finetune import prune_and_finetune
 from pruning_core.plan import Granularity, PruningPlan
 from pruning_core.serialize import save_pruned
@@ -275,6 +276,7 @@ def apply_policy(
     finetune: TrainConfig,
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    executor: Executor | None = None,
     **env_settings: Any,
 ) -> MethodResult:
     """Apply a learned policy to a model (one it may never have seen), then finish its plan as every method's is.
@@ -288,6 +290,7 @@ def apply_policy(
         finetune: The fine-tuning recipe (see :func:`pruning_core.finetune.finetune_recipe`).
         out: Folder for the pruned model and ``report.json`` (None: nothing saved).
         progress: Show progress bars.
+        executor: Where the plan is fine-tuned (None: here; see :func:`finish_plan`).
         **env_settings: Further :func:`~envs.factory.make_env` settings (scoring recipe, calibration).
 
     Raises:
@@ -311,6 +314,7 @@ def apply_policy(
         base_model=target.model,
         evaluations=probes + 1,
         progress=progress,
+        executor=executor,
     )
 
 
@@ -383,13 +387,21 @@ def finish_plan(
     progress: bool = True,
     check_budget: bool = True,
     checked: tuple[PruningPlan, Mapping[str, Any]] | None = None,
+    finetuned: PrunedModel | None = None,
+    executor: Executor | None = None,
 ) -> MethodResult:
     """Apply a plan, recalibrate, fine-tune, measure; save the pruned model and ``report.json`` under ``out``.
 
     On a measured device a static channel plan is first checked by measurement and thinned or widened into its
     budget's band (:func:`meet_measured_budget`, with ``check_budget``; see :func:`needs_check`), unless ``checked``
     gives the plan a check already kept and what it did (:func:`meet_measured_budgets`, several plans checked
-    together); the record says what the check did.
+    together); the record says what the check did. ``finetuned``: the plan (the checked one, where ``checked`` is
+    given) already applied, recalibrated and fine-tuned with ``finetune`` and ``bn_batches`` (by an executor,
+    :meth:`~pruning_core.executor.Executor.finetune`); it is measured and recorded, not made again. Otherwise the
+    plan is fine-tuned by ``executor`` (None: here), and measured here once it is done.
+
+    Raises:
+        PruneGymError: ``finetuned`` was made from another plan.
 
     Returns:
         The method's :class:`~agents.record.MethodRecord` (``report.json`` holds its :meth:`~MethodRecord.to_dict`
@@ -401,7 +413,17 @@ def finish_plan(
         plan, check = checked[0], dict(checked[1])
     elif check_budget and needs_check(env, plan):
         plan, check = meet_measured_budget(env, plan)
-    pruned = prune_and_finetune(engine, plan, dataset, bn_batches=bn_batches, config=finetune, progress=progress)
+    if finetuned is None and executor is None:
+        pruned = prune_and_finetune(engine, plan, dataset, bn_batches=bn_batches, config=finetune, progress=progress)
+    elif finetuned is None:
+        (pruned,) = executor.finetune([FinetuneJob(method, engine, plan, dataset, finetune, bn_batches)])
+    elif finetuned.plan.to_json() != plan.to_json():
+        raise PruneGymError(
+            f"expected a fine-tuned model of the plan to finish, {plan.to_json()[:60]}...; got one of "
+            f"{finetuned.plan.to_json()[:60]}..."
+        )
+    else:
+        pruned = finetuned
     exec_rate: dict[str, float] = {}
     if plan.skip_thresholds and env.scorer.gates is not None:
         pruned.model = env.scorer.gates.fit(pruned.model, pruned.kept_channels, dict(plan.skip_thresholds))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+import shutil
 import statistics
 import time
 from collections import defaultdict
@@ -53,13 +54,16 @@ from envs.layer_prune import ACTION_MAPPINGS, DEFAULT_LEVELS, REWARDS, LayerPrun
 from envs.target import Target
 from pruning_core.baselines import BASELINES, BudgetProblem, baseline_plan
 from pruning_core.data import atomic_write_bytes
-from pruning_core.errors import BudgetInfeasibleError, PruneGymError
-from pruning_core.executor import Executor, make_executor
+from pruning_core.engine import PrunedModel
+from pruning_core.errors import BudgetInfeasibleError, CheckpointError, PruneGymError
+from pruning_core.executor import Executor, FinetuneJob, RayExecutor, make_executor
 from pruning_core.finetune import finetune_recipe
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import DEFAULT_FINETUNE_STEPS
 from pruning_core.search import greedy_search, random_search, tpe_search
 from pruning_core.sensitivity import sensitivity_plan
+from pruning_core.serialize import load_pruned, save_pruned
+from pruning_core.training import TrainConfig
 
 SEARCHES = ("random-search", "tpe", "greedy-lut")
 PROBED = ("sensitivity",)
@@ -126,9 +130,10 @@ class BenchmarkConfig:
     does not say when): for cells whose measured check met a host in another state (``scripts.remeasure_benchmark``).
     Resumable, as the new records say when they were finished."""
     executor: str = "local"
-    """Where the searches (greedy-lut, random-search, tpe) score their candidates: ``local``, in this process, or
-    ``ray``, on Ray workers (:mod:`pruning_core.executor`; the same plans, scores and evaluations). Latency is never
-    measured there."""
+    """Where the searches (greedy-lut, random-search, tpe) score their candidates and each budget and seed's plans
+    are fine-tuned: ``local``, in this process, or ``ray``, on Ray workers (:mod:`pruning_core.executor`; the same
+    plans, scores, evaluations and fine-tuned models, at the same torch threads). Latency is never measured there:
+    the budget checks and the fine-tuned models are timed here, one at a time, with nothing running on Ray."""
     ray_address: str | None = None
     """The Ray cluster to join with ``executor="ray"`` (None: start a local Ray instance)."""
     ray_workers: int | None = None
@@ -414,6 +419,41 @@ class _SharedChecks:
         return out
 
 
+@dataclass(frozen=True)
+class _FinetunedModels:
+    """One budget and seed's fine-tuned models, each kept (a pruned-model folder per method) from when it is made
+    until its cell's record is written: a benchmark stopped in between measures it without fine-tuning it again."""
+
+    folder: Path
+    base_model: str
+    classes: list[str]
+    recipe: TrainConfig
+    """The fine-tune of every model kept here."""
+
+    def save(self, method: str, pruned: PrunedModel) -> None:
+        """Keep a method's fine-tuned model, with the fine-tune that made it."""
+        extra = {"method": method, "finetune": asdict(self.recipe)}
+        save_pruned(self.folder / method, pruned, base_model=self.base_model, classes=self.classes, extra_meta=extra)
+
+    def load(self, job: FinetuneJob) -> PrunedModel | None:
+        """The kept model of ``job``'s method, if it was made from the same plan and fine-tune."""
+        folder = self.folder / job.name
+        if not (folder / "meta.json").is_file():
+            return None
+        try:
+            loaded = load_pruned(folder, run_code=self.base_model)
+        except CheckpointError:  # cut short while being written: fine-tuned again
+            return None
+        same = loaded.plan.to_json() == job.plan.to_json()
+        if not same or loaded.meta.get("finetune") != json.loads(json.dumps(asdict(self.recipe))):
+            return None
+        return loaded.as_pruned()
+
+    def remove(self, method: str) -> None:
+        """Drop a method's kept model once its record is written."""
+        shutil.rmtree(self.folder / method, ignore_errors=True)
+
+
 def load_records(path: Path) -> list[dict[str, Any]]:
     """A benchmark's records in :class:`~agents.record.MethodRecord`'s layout (``results.json``'s), older layouts
     read by :meth:`~agents.record.MethodRecord.from_dict`. Records written before the final measurement was kept
@@ -602,20 +642,37 @@ def _run_cells(cfg: BenchmarkConfig, executor: Executor) -> list[dict[str, Any]]
                 {m: (env_of(m, budget), p.plan) for m, p in planned.items() if needs_check(env_of(m, budget), p.plan)},
                 finished={m: max(r.get("finished", "") for r in stale) for m, stale in stale_of.items() if stale},
             )
+            # the fine-tunes: one after the other here, or at once on Ray workers, each kept as it is made (a
+            # benchmark stopped before measuring them all resumes without fine-tuning them again); then measured
+            # here one at a time, nothing else running
+            recipe = finetune_recipe(cfg.finetune_epochs, seed=seed)
+            folder = cfg.out / "finetuned" / f"b{budget:g}_s{seed}"
+            kept = _FinetunedModels(folder, cfg.target.model, list(dataset.classes), recipe)
+            jobs = [
+                FinetuneJob(method, env_of(method, budget).engine, checks.get(method, (p.plan,))[0], dataset, recipe)
+                for method, p in planned.items()
+            ]
+            reused = {job.name: kept.load(job) for job in jobs}
+            todo = [job for job in jobs if reused[job.name] is None]
+            if todo and isinstance(executor, RayExecutor):
+                print(f"== fine-tuning {len(todo)} plans on Ray workers: {', '.join(job.name for job in todo)}")
+            made = executor.finetune(todo, finished=kept.save)
             for method, p in planned.items():
                 print(f"== {method} at budget {budget:g}, seed {seed}: finish", flush=True)
                 finish_start = (time.perf_counter(), time.process_time())
+                finetuned = reused[method] if reused[method] is not None else next(made)
                 result = finish_plan(
                     method,
                     env_of(method, budget),
                     p.plan,
                     dataset,
-                    finetune=finetune_recipe(cfg.finetune_epochs, seed=seed),
+                    finetune=recipe,
                     out=None,
                     base_model=cfg.target.model,
                     search_seconds=p.seconds,
                     evaluations=p.evaluations,
                     checked=checks.get(method),
+                    finetuned=finetuned,
                 )
                 stale = stale_of[method]
                 record = replace(
@@ -634,6 +691,7 @@ def _run_cells(cfg: BenchmarkConfig, executor: Executor) -> list[dict[str, Any]]
                     records = [r for r in records if r not in stale]
                 records.append(record)
                 _write_records(results_path, records)
+                kept.remove(method)
     if restore_checked_sparsity(records, env_of):
         _write_records(results_path, records)
     dense_path = cfg.out / "dense.json"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from stable_baselines3 import DDPG, DQN, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
@@ -28,6 +29,7 @@ from envs.layer_prune import ACTION_MAPPINGS, DEFAULT_LEVELS, checked_budget_ran
 from envs.target import Target
 from pruning_core.data import atomic_write_bytes
 from pruning_core.errors import CheckpointError, PruneGymError
+from pruning_core.executor import Executor, RayExecutor
 from pruning_core.models import model_slug
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import DEFAULT_FINETUNE_STEPS
@@ -79,7 +81,7 @@ class TrainRunConfig:
     seed: int = 0
     """Seed of the agent and of the environments."""
     n_envs: int = 1
-    """Environments in parallel processes (SubprocVecEnv) when > 1."""
+    """Environments in parallel: processes (SubprocVecEnv) when > 1, or Ray actors (``train_agent``'s executor)."""
     val_images: int = 1000
     """Val images a plan is scored on."""
     bn_batches: int = 10
@@ -306,13 +308,17 @@ class SearchCallback(BaseCallback):
             self.on_episode(state)
 
 
-def _make_vec_env(config: TrainRunConfig) -> VecEnv:
+def _make_vec_env(config: TrainRunConfig, executor: Executor | None, threads: int) -> VecEnv:
+    """The run's environments: Ray actors with a Ray executor (:class:`~agents.ray_envs.RayVecEnv`), else processes
+    (``SubprocVecEnv``) when there are several, else this process. Each environment runs with ``threads`` torch
+    threads, so that a seed gives the same episodes wherever its environments run."""
     from stable_baselines3.common.monitor import Monitor
 
     from envs.factory import make_env
 
     def factory(rank: int) -> Callable[[], Any]:
         def build() -> Any:
+            torch.set_num_threads(threads)
             env = Monitor(make_env(**config.env_kwargs(), seed=config.seed + rank))
             env.reset(seed=config.seed + rank)
             return env
@@ -320,6 +326,10 @@ def _make_vec_env(config: TrainRunConfig) -> VecEnv:
         return build
 
     builders = [factory(i) for i in range(config.n_envs)]
+    if isinstance(executor, RayExecutor):
+        from agents.ray_envs import RayVecEnv
+
+        return RayVecEnv(builders, executor)
     return SubprocVecEnv(builders) if config.n_envs > 1 else DummyVecEnv(builders)
 
 
@@ -393,6 +403,7 @@ def train_agent(
     resume: bool = False,
     episodes: int | None = None,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> RunResult:
     """Train an agent until ``config.episodes`` episodes have been scored.
 
@@ -403,6 +414,10 @@ def train_agent(
         resume: Continue the run in ``out`` from its last saved episode (loads SB3's zip: trusted runs only).
         episodes: On resume, a new episode total (default: the saved one).
         progress: Show a progress bar over episodes with the best accuracy so far.
+        executor: Where the environments run: a :class:`~pruning_core.executor.RayExecutor` puts each on a Ray actor
+            (``executor.threads`` torch threads each); None or the local executor, in processes of this machine
+            (torch's threads of this process each). The caller closes it. The same seed and threads give the same
+            episodes either way.
     """
     from stable_baselines3.common.logger import configure
     from tqdm import tqdm
@@ -430,7 +445,8 @@ def train_agent(
             raise PruneGymError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
         run.mkdir(parents=True, exist_ok=True)
         _write_json(run / "config.json", asdict(config))
-    env = _make_vec_env(config)
+    threads = executor.threads if isinstance(executor, RayExecutor) else torch.get_num_threads()
+    env = _make_vec_env(_calibrated_here(config, run, executor, progress), executor, threads)
     steps_per_episode = len(env.get_attr("groups")[0])
     group_names = [g.name for g in env.get_attr("groups")[0]]
     if resume:
@@ -475,6 +491,24 @@ def train_agent(
     bar.close()
     env.close()
     return RunResult(run, state, time.perf_counter() - start)
+
+
+def _calibrated_here(
+    config: TrainRunConfig, run: Path, executor: Executor | None, progress: bool
+) -> TrainRunConfig:
+    """The configuration the environments are built with. Latency is measured in this process alone: where the
+    environments run elsewhere (Ray actors, or several processes) and the run corrects its latency table by timing
+    plans, the correction is made here first, saved in the run folder (or the path the run names), and the
+    environments read it there instead of timing on their own, side by side or on other nodes."""
+    elsewhere = isinstance(executor, RayExecutor) or config.n_envs > 1
+    if config.calibrate_latency is False or not elsewhere:
+        return config
+    from envs.factory import make_env
+
+    shared = run / "latency_correction.shared.json" if config.calibrate_latency is True else config.calibrate_latency
+    here = replace(config, calibrate_latency=str(shared), sensitivity=False, dynamic_skip=False)
+    make_env(**here.env_kwargs(), progress=progress)  # a device not measured on this host times nothing
+    return replace(config, calibrate_latency=str(shared))
 
 
 def _score_before_episodes(run: Path, config: TrainRunConfig, env: VecEnv, state: SearchState) -> None:

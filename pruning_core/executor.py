@@ -19,6 +19,11 @@ again takes back the rest from its log (:meth:`~pruning_core.scoring.PlanScorer.
 Faults: a worker that dies is restarted by Ray (its scorer built again from the recipe), and the plan it held is
 scored again on it; each retry is recorded in :attr:`RayExecutor.retried`. Scoring is deterministic, so the search
 finishes with the plan an undisturbed run finds.
+
+An executor also fine-tunes plans (:meth:`Executor.finetune`, :class:`FinetuneJob`: a benchmark's cells, a
+baseline's or an applied policy's plan): the local executor one after the other as they are asked for, the Ray
+executor all at once as Ray tasks (Ray retries a task whose worker died). Either way nothing runs by the time a
+fine-tuned model is handed back, so that the caller measures its latency alone.
 """
 
 from __future__ import annotations
@@ -31,8 +36,13 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from pruning_core.errors import PruneGymError
 
 if TYPE_CHECKING:
+    from torch import nn
+
+    from pruning_core.data import ImageDataset
+    from pruning_core.engine import PrunedModel, PruningEngine
     from pruning_core.plan import PruningPlan
     from pruning_core.scoring import Evaluation, PlanScorer, ScorerRecipe
+    from pruning_core.training import TrainConfig
 
 MAX_RESTARTS = 3
 """Times a Ray worker is restarted after it dies, and times a plan it held is scored again."""
@@ -57,6 +67,81 @@ class Retry:
     """What Ray reported (the exception's type)."""
 
 
+@dataclass(frozen=True)
+class FinetuneJob:
+    """One plan to apply, recalibrate and fine-tune (:func:`~pruning_core.finetune.prune_and_finetune`): a benchmark
+    cell's finish before it is measured."""
+
+    name: str
+    """What the caller calls it (a benchmark's method)."""
+    engine: PruningEngine
+    """The dense model's engine."""
+    plan: PruningPlan
+    dataset: ImageDataset
+    """Recalibration, fine-tuning and the accuracies' data."""
+    config: TrainConfig | None
+    """The fine-tune (None: BN recalibration alone)."""
+    bn_batches: int = 20
+
+
+Finished = Callable[[str, "PrunedModel"], None]
+"""Called with a job's name and its fine-tuned model as soon as it is made (in any order)."""
+
+
+def run_job(job: FinetuneJob, *, progress: bool = True) -> PrunedModel:
+    """A job done in this process."""
+    from pruning_core.finetune import prune_and_finetune
+
+    return prune_and_finetune(
+        job.engine, job.plan, job.dataset, bn_batches=job.bn_batches, config=job.config, progress=progress
+    )
+
+
+@dataclass(frozen=True)
+class _EngineRecipe:
+    """What a :class:`~pruning_core.engine.PruningEngine` is made of besides its data, to make an identical one on a
+    Ray worker."""
+
+    model: nn.Module
+    input_shape: tuple[int, ...]
+    calibration_batches: int
+    calibration_batch_size: int
+
+    @classmethod
+    def of(cls, engine: PruningEngine) -> _EngineRecipe:
+        return cls(engine.model, engine.input_shape, engine.calibration_batches, engine.calibration_batch_size)
+
+    def build(self, dataset: ImageDataset | None) -> PruningEngine:
+        from pruning_core.engine import PruningEngine
+
+        return PruningEngine(
+            self.model,
+            self.input_shape,
+            dataset=dataset,
+            calibration_batches=self.calibration_batches,
+            calibration_batch_size=self.calibration_batch_size,
+        )
+
+
+def _remote_job(
+    recipe: _EngineRecipe,
+    engine_data: ImageDataset | None,
+    data: ImageDataset,
+    job: tuple[str, str, TrainConfig | None, int],
+    threads: int,
+) -> PrunedModel:
+    """A Ray task's body: a job (its name, plan JSON, fine-tune and BN batches) on an engine made from ``recipe``
+    (the data come as separate arguments: Ray resolves each object once per worker)."""
+    import torch
+
+    from pruning_core.plan import PruningPlan
+
+    torch.set_num_threads(threads)
+    name, plan, config, bn_batches = job
+    engine = recipe.build(engine_data)
+    return run_job(FinetuneJob(name, engine, PruningPlan.from_json(plan), data, config, bn_batches), progress=False)
+
+
 @runtime_checkable
 class Executor(Protocol):
     """Scores plans afresh for a :class:`~pruning_core.scoring.PlanScorer` (which keeps the cache and the log)."""
@@ -75,6 +160,11 @@ class Executor(Protocol):
     @property
     def remote_cpu_seconds(self) -> float:
         """CPU seconds its evaluations took outside this process so far (0 for the local executor)."""
+        ...
+
+    def finetune(self, jobs: Sequence[FinetuneJob], finished: Finished | None = None) -> Iterator[PrunedModel]:
+        """Each job's fine-tuned model, yielded in the order given; ``finished`` is also called with each as soon as
+        it is made. Nothing else runs by the time a model is yielded, so that the caller can measure it alone."""
         ...
 
     def close(self) -> None:
@@ -97,6 +187,14 @@ class LocalExecutor:
             if arrived is not None:
                 arrived(index, evaluation)
             yield evaluation
+
+    def finetune(self, jobs: Sequence[FinetuneJob], finished: Finished | None = None) -> Iterator[PrunedModel]:
+        """Each job done when the caller asks for it: one fine-tune, then the caller's measurement, then the next."""
+        for job in jobs:
+            pruned = run_job(job)
+            if finished is not None:
+                finished(job.name, pruned)
+            yield pruned
 
     def close(self) -> None:
         pass
@@ -207,6 +305,38 @@ class RayExecutor:
         batch.submit()
         return self._gather(batch)
 
+    def finetune(self, jobs: Sequence[FinetuneJob], finished: Finished | None = None) -> Iterator[PrunedModel]:
+        """Every job as a Ray task at once (``threads`` CPUs each; Ray retries a task whose worker died); each
+        model handed to ``finished`` as it arrives, and all yielded, in order, once the last has arrived: no
+        fine-tune runs while the caller measures. The scoring workers are released first (their CPUs go to the
+        tasks; the next search starts its own)."""
+        if not jobs:
+            return iter(())
+        ray = self.connect()
+        self._release_workers()
+        stored: dict[int, Any] = {}  # one copy of each dense model and of each dataset in the object store
+
+        def put(key: object, value: object) -> Any:
+            if id(key) not in stored:
+                stored[id(key)] = ray.put(value)
+            return stored[id(key)]
+
+        task = ray.remote(_remote_job).options(num_cpus=self.threads, max_retries=self.max_restarts)
+        running = {}
+        for index, job in enumerate(jobs):
+            recipe = put(job.engine, _EngineRecipe.of(job.engine))
+            engine_data, data = put(job.engine.dataset, job.engine.dataset), put(job.dataset, job.dataset)
+            args = (job.name, job.plan.to_json(), job.config, job.bn_batches)
+            running[task.remote(recipe, engine_data, data, args, self.threads)] = index
+        done: dict[int, PrunedModel] = {}
+        while running:
+            ready, _ = ray.wait(list(running), num_returns=1)
+            index = running.pop(ready[0])
+            done[index] = ray.get(ready[0])
+            if finished is not None:
+                finished(jobs[index].name, done[index])
+        return iter([done[index] for index in range(len(jobs))])
+
     def _gather(self, batch: _Batch) -> Iterator[Evaluation]:
         for index in range(len(batch.plans)):
             evaluation = batch.result(index)
@@ -217,7 +347,7 @@ class RayExecutor:
         """Start Ray and this scorer's workers unless they run already."""
         if scorer is self._scorer:
             return
-        ray = self._connect()
+        ray = self.connect()
         self._release_workers()
         if self.workers is None:
             self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)) // self.threads)
@@ -227,7 +357,8 @@ class RayExecutor:
         self.actors = [actor.remote(self._recipe, self.threads) for _ in range(self.workers)]
         self._scorer = scorer
 
-    def _connect(self) -> Any:
+    def connect(self) -> Any:
+        """Ray, started as the executor says (see the class) unless this process has started it already."""
         import ray
 
         if not ray.is_initialized():
@@ -345,10 +476,10 @@ EXECUTORS: dict[str, type[LocalExecutor] | type[RayExecutor]] = {"local": LocalE
 
 
 def make_executor(
-    name: str = "local", *, address: str | None = None, workers: int | None = None
+    name: str = "local", *, address: str | None = None, workers: int | None = None, threads: int = 1
 ) -> LocalExecutor | RayExecutor:
-    """The executor called ``name``; ``address`` and ``workers`` are the Ray executor's (a Ray address with the local
-    executor is refused: it would be silently ignored).
+    """The executor called ``name``; ``address``, ``workers`` and ``threads`` are the Ray executor's (a Ray address
+    or worker count with the local executor is refused: it would be silently ignored).
 
     >>> type(make_executor()).__name__
     'LocalExecutor'
@@ -359,4 +490,4 @@ def make_executor(
         if address is not None or workers is not None:
             raise PruneGymError(f"a Ray address or worker count needs executor 'ray'; got executor {name!r}")
         return LocalExecutor()
-    return RayExecutor(address=address, workers=workers)
+    return RayExecutor(address=address, workers=workers, threads=threads)

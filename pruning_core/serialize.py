@@ -31,6 +31,7 @@ from pruning_core.data import atomic_write_bytes
 from pruning_core.dynamic import add_gates, gated_blocks, set_thresholds
 from pruning_core.engine import PrunedModel, folded_state_dict, prune_channels, remove_blocks
 from pruning_core.errors import CheckpointError, PlanError, PruneGymError
+from pruning_core.metrics import ModelCost
 from pruning_core.models import build_model, check_code_named
 from pruning_core.plan import PruningPlan
 
@@ -54,6 +55,21 @@ class LoadedPruned:
     @property
     def classes(self) -> list[str]:
         return list(self.structure["classes"])
+
+    def as_pruned(self) -> PrunedModel:
+        """The :class:`~pruning_core.engine.PrunedModel` that was saved: its model, plan, kept channels, costs and
+        accuracies."""
+        meta = self.meta
+        return PrunedModel(
+            model=self.model,
+            plan=self.plan,
+            kept_channels={name: [int(i) for i in idxs] for name, idxs in self.structure["kept_channels"].items()},
+            cost=ModelCost(int(meta["macs"]), int(meta["params"])),
+            base_cost=ModelCost(int(meta["base_macs"]), int(meta["base_params"])),
+            weight_sparsity=float(meta["weight_sparsity"]),
+            input_shape=self.input_shape,
+            accuracy={name: float(value) for name, value in meta["accuracy"].items()},
+        )
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from envs.layer_prune import LayerPruneEnv
     from envs.target import Target
     from pruning_core.checkpoint import Checkpoint
+    from pruning_core.executor import LocalExecutor, RayExecutor
 from pruning_core.errors import PruneGymError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -521,16 +522,26 @@ def _train_config(args: argparse.Namespace):
     )
 
 
+def _executor(args: argparse.Namespace) -> LocalExecutor | RayExecutor:
+    """The executor of ``--executor`` and ``--ray-address``, its Ray workers of ``--threads`` torch threads (default
+    1); a context manager that closes it."""
+    from pruning_core.executor import make_executor
+
+    return make_executor(args.executor, address=args.ray_address, threads=args.threads or 1)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from agents.train import run_name, train_agent
 
     _set_threads(args)
-    if args.resume is not None:
-        result = train_agent(None, args.resume, resume=True, episodes=args.episodes)
-    else:
-        config = _train_config(args)
-        out = args.out if args.out is not None else Path("runs") / run_name(config)
-        result = train_agent(config, out)
+    # the environments' threads: --threads (default 1) on Ray actors, this process's torch threads in processes here
+    with _executor(args) as executor:
+        if args.resume is not None:
+            result = train_agent(None, args.resume, resume=True, episodes=args.episodes, executor=executor)
+        else:
+            config = _train_config(args)
+            out = args.out if args.out is not None else Path("runs") / run_name(config)
+            result = train_agent(config, out, executor=executor)
     state = result.state
     if state.best_plan is None:  # a run over a budget range keeps its policy only
         print(
@@ -582,7 +593,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from agents.apply import apply_policy
 
     _set_threads(args)
-    result = apply_policy(args.policy, target_from_args(args), finetune=_finetune_config(args), out=args.out)
+    with _executor(args) as executor:
+        result = apply_policy(
+            args.policy, target_from_args(args), finetune=_finetune_config(args), out=args.out, executor=executor
+        )
     evaluations = result.record.evaluations
     print_records([result.record])
     print(f"the new model cost {evaluations} evaluations ({evaluations - 1} sensitivity probes, 1 the policy's plan)")
@@ -599,16 +613,18 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     plan = baseline_plan(args.method, env.budget_problem())
     seconds = time.perf_counter() - start
-    result = finish_plan(
-        args.method,
-        env,
-        plan,
-        env.scorer.dataset,
-        finetune=_finetune_config(args),
-        out=args.out,
-        base_model=args.model,
-        search_seconds=seconds,
-    )
+    with _executor(args) as executor:
+        result = finish_plan(
+            args.method,
+            env,
+            plan,
+            env.scorer.dataset,
+            finetune=_finetune_config(args),
+            out=args.out,
+            base_model=args.model,
+            search_seconds=seconds,
+            executor=executor,
+        )
     print_records([result.record])
     return 0
 
@@ -866,20 +882,28 @@ def _add_search_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_executor_args(parser: argparse.ArgumentParser) -> None:
-    """Where the searches score their candidates (``BenchmarkConfig.executor``, ``ray_address``, ``ray_workers``)."""
-    parser.add_argument(
-        "--executor",
-        default="local",
-        choices=["local", "ray"],
-        help="where greedy-lut, random-search and tpe score candidates: here, or on Ray workers (same results)",
-    )
+EXECUTOR_HELP = {
+    "searches": "where greedy-lut, random-search and tpe score candidates and the plans are fine-tuned: here, or on "
+    "Ray workers (same results; latency is measured here)",
+    "envs": "where the environments run: processes here (--n-envs > 1), or Ray actors (same results)",
+    "finetune": "where the plan is fine-tuned: here, or on a Ray worker (same result; latency is measured here)",
+}
+"""What ``--executor`` moves to Ray, per command kind (see :func:`add_executor_args`)."""
+
+
+def add_executor_args(parser: argparse.ArgumentParser, *, role: str = "searches") -> None:
+    """Where the work of a command runs (one of :data:`EXECUTOR_HELP`): a benchmark's searches and fine-tunes
+    (``BenchmarkConfig.executor``, ``ray_address``, ``ray_workers``), an agent's environments (``train_agent``'s
+    executor; one Ray actor per environment) or one plan's fine-tune (``finish_plan``'s)."""
+    parser.add_argument("--executor", default="local", choices=["local", "ray"], help=EXECUTOR_HELP[role])
     parser.add_argument(
         "--ray-address",
         default=None,
         metavar="ADDR",
         help="join this Ray cluster (`ray start --head` prints it); default: start a local Ray instance",
     )
+    if role != "searches":
+        return
     parser.add_argument(
         "--ray-workers", type=int, default=None, help="Ray workers scoring candidates (default: one per Ray CPU)"
     )
@@ -1071,7 +1095,7 @@ def _add_train_parser(sub: Any) -> None:
     p.add_argument("--episodes", type=int, default=None, help="episodes in all (default 100)")
     p.add_argument("--warmup-episodes", type=int, default=25, help="random episodes first (off-policy algorithms)")
     p.add_argument("--reward", default="accuracy", choices=["accuracy", "lagrangian", "amc-flops", "residual"])
-    p.add_argument("--n-envs", type=int, default=1, help="environments in parallel processes")
+    p.add_argument("--n-envs", type=int, default=1, help="environments in parallel (processes, or Ray actors)")
     p.add_argument("--val-images", type=int, default=1000)
     p.add_argument("--bn-batches", type=int, default=10)
     _add_search_args(p)
@@ -1089,6 +1113,7 @@ def _add_train_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<model>__<device>__...)")
     p.add_argument("--resume", type=Path, default=None, help="continue the run in this folder")
+    add_executor_args(p, role="envs")
     p.set_defaults(handler=cmd_train)
 
 
@@ -1111,6 +1136,7 @@ def _add_apply_and_baseline_parser(sub: Any) -> None:
         p.add_argument("--lr", type=float, default=0.01)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", type=Path, required=True)
+        add_executor_args(p, role="finetune")
         p.set_defaults(handler=handler)
 
 

@@ -10,11 +10,19 @@ import json
 import pytest
 
 from agents import ALL_METHODS, BenchmarkConfig, run_benchmark
-from agents.benchmark import cell_order, load_records, restore_checked_sparsity, rewrite_tables
+from agents.benchmark import (
+    _FinetunedModels,
+    cell_order,
+    load_records,
+    restore_checked_sparsity,
+    rewrite_tables,
+)
 from envs import Target
 from envs.factory import make_env
 from pruning_core.baselines import retargeted_plan
 from pruning_core.errors import PruneGymError
+from pruning_core.executor import FinetuneJob, LocalExecutor
+from pruning_core.finetune import finetune_recipe
 from pruning_core.plan import PruningPlan
 
 
@@ -151,3 +159,31 @@ def test_old_records_get_the_sparsity_of_the_plan_the_check_kept(digits):
     assert unchecked["sparsity"] == unchecked["sparsity_searched"] == {"a": 0.5}
     assert "sparsity_searched" not in wrong and new["sparsity_searched"] == {"a": 0.4}
     assert not restore_checked_sparsity([new], lambda method, budget: env)
+
+
+def test_a_model_fine_tuned_before_the_benchmark_stopped_is_measured_not_fine_tuned_again(tmp_path, digits):
+    config = BenchmarkConfig(
+        Target(device="pixel-a76"),
+        tmp_path / "bench",
+        budgets=(0.6,),
+        methods=("uniform-l1",),
+        finetune_epochs=1,
+        val_images=100,
+        bn_batches=2,
+    )
+    (record,) = run_benchmark(config)
+    assert not (tmp_path / "bench" / "finetuned" / "b0.6_s0" / "uniform-l1").exists()  # dropped once recorded
+    # as if stopped after the fine-tune was kept and before its record was written
+    env = make_env(device="pixel-a76", budget=0.6, val_images=100, bn_batches=2, dataset=digits)
+    recipe = finetune_recipe(1, seed=0)
+    job = FinetuneJob("uniform-l1", env.engine, PruningPlan(sparsity=record["sparsity"]), digits, recipe)
+    (pruned,) = LocalExecutor().finetune([job])
+    pruned.accuracy["test_finetuned"] = 0.125  # a mark: only the kept model has it
+    kept = _FinetunedModels(tmp_path / "bench" / "finetuned" / "b0.6_s0", "small_cnn", list(digits.classes), recipe)
+    kept.save("uniform-l1", pruned)
+    assert kept.load(job).accuracy == pruned.accuracy
+    assert _FinetunedModels(kept.folder, "small_cnn", list(digits.classes), finetune_recipe(2)).load(job) is None
+    (tmp_path / "bench" / "results.json").unlink()
+    (again,) = run_benchmark(config)
+    assert again["test_top1_finetuned"] == 0.125 and again["sparsity"] == record["sparsity"]
+    assert not kept.folder.joinpath("uniform-l1").exists()

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
+import torch
 
 from envs.factory import make_env
 from pruning_core.errors import PruneGymError
-from pruning_core.executor import LocalExecutor, RayExecutor, make_executor
+from pruning_core.executor import FinetuneJob, LocalExecutor, RayExecutor, make_executor
+from pruning_core.finetune import finetune_recipe
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import PlanScorer
 from pruning_core.search import greedy_search, random_search, tpe_search
@@ -170,3 +173,35 @@ def test_a_search_stopped_mid_batch_resumes_from_its_log_and_scores_again_only_w
     rows = [json.loads(line) for line in log.read_text().splitlines()[1:]]
     assert _same(result, expected) and sorted((r["plan"], r["top1"]) for r in rows) == sorted(expected_rows)
     assert scorer.evaluations == expected_evaluations - logged and score_log.carried_seconds > 0
+
+
+def _jobs(env, digits) -> list[FinetuneJob]:
+    recipe = finetune_recipe(1, seed=2)
+    plans = {"thin": 0.6, "wide": 0.2, "bn-only": 0.4}
+    return [
+        FinetuneJob(name, env.engine, PruningPlan.uniform(env.engine.group_names, s), digits, recipe, bn_batches=2)
+        for name, s in plans.items()
+    ]
+
+
+@pytest.mark.slow
+def test_plans_fine_tuned_on_ray_workers_are_the_ones_fine_tuned_here(env, digits, ray_instance):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' threads: the same arithmetic
+    try:
+        jobs = _jobs(env, digits)
+        jobs[2] = replace(jobs[2], config=None)  # recalibration alone
+        here = list(LocalExecutor().finetune(jobs))
+        arrived: list[str] = []
+        with RayExecutor(workers=2) as executor:
+            remote = list(executor.finetune(jobs, finished=lambda name, pruned: arrived.append(name)))
+    finally:
+        torch.set_num_threads(before)
+    assert sorted(arrived) == ["bn-only", "thin", "wide"]
+    assert [p.plan for p in remote] == [job.plan for job in jobs]
+    assert [p.accuracy for p in remote] == [p.accuracy for p in here]
+    assert "test_finetuned" in here[0].accuracy and "test_finetuned" not in here[2].accuracy
+    for a, b in zip(remote, here, strict=True):
+        assert a.kept_channels == b.kept_channels
+        weights = zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True)
+        assert all(torch.equal(x, y) for x, y in weights)

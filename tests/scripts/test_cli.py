@@ -3,8 +3,10 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from typing import Any
 
 import pytest
+import torch
 
 from agents.apply import LATENCY_ROUNDS
 from agents.benchmark import rewrite_tables
@@ -225,6 +227,22 @@ def test_train_apply_baseline(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # environments on Ray actors
+def test_train_with_its_environments_on_ray_and_resumed_there(tmp_path, ray_instance, capsys):
+    argv = ["train", "--device", "pixel-a76", "--budget", "0.5", "--val-images", "100", "--bn-batches", "2"]
+    argv += ["--n-envs", "2", "--executor", "ray", "--threads", "1", "--out", str(tmp_path / "run")]
+    before = torch.get_num_threads()
+    try:
+        assert main([*argv, "--episodes", "4"]) == 0
+        assert "4 episodes" in capsys.readouterr().out
+        assert main(["train", "--resume", str(tmp_path / "run"), "--episodes", "6", "--executor", "ray"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert "6 episodes" in capsys.readouterr().out
+    assert main([*argv[:-2], "--executor", "local", "--ray-address", "127.0.0.1:1", "--out", str(tmp_path / "x")]) == 2
+    assert "a Ray address or worker count needs executor 'ray'" in capsys.readouterr().err
+
+
 def test_train_killed_with_sigkill_resumes_losing_at_most_one_episode(tmp_path):
     import os
     import signal
@@ -402,19 +420,40 @@ def test_benchmark_scores_every_search_with_its_recipe_and_refuses_to_resume_an_
 
 
 @pytest.mark.slow  # a Ray instance and its workers
-def test_benchmark_searches_on_ray_workers_find_what_they_find_locally(tmp_path, ray_instance):
-    argv = ["benchmark", "--device", "pixel-a76", "--budgets", "0.6", "--methods", "greedy-lut", "tpe"]
-    argv += ["--episodes", "4", "--finetune-epochs", "0", "--val-images", "100", "--bn-batches", "2"]
-    argv += ["--finetune-steps", "0"]
-    assert main([*argv, "--out", str(tmp_path / "local")]) == 0
-    assert main([*argv, "--executor", "ray", "--ray-workers", "2", "--out", str(tmp_path / "ray")]) == 0
+def test_benchmark_searches_and_fine_tunes_on_ray_workers_find_what_they_find_locally(tmp_path, ray_instance, capsys):
+    argv = ["benchmark", "--device", "pixel-a76", "--budgets", "0.6", "--methods", "greedy-lut", "tpe", "uniform-l1"]
+    argv += ["--episodes", "4", "--finetune-epochs", "1", "--val-images", "100", "--bn-batches", "2"]
+    argv += ["--finetune-steps", "0", "--threads", "1"]  # the Ray workers' threads: the same fine-tunes
+    before = torch.get_num_threads()
+    try:
+        assert main([*argv, "--out", str(tmp_path / "local")]) == 0
+        assert main([*argv, "--executor", "ray", "--ray-workers", "2", "--out", str(tmp_path / "ray")]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert "fine-tuning 3 plans on Ray workers: greedy-lut, tpe, uniform-l1" in capsys.readouterr().out
 
-    def found(folder: str) -> list[tuple[str, dict[str, float], float, int]]:
+    def found(folder: str) -> list[tuple[Any, ...]]:
         records = json.loads((tmp_path / folder / "results.json").read_text())
-        return [(r["method"], r["sparsity_searched"], r["val_top1"], r["evaluations"]) for r in records]
+        keys = ("method", "sparsity_searched", "val_top1", "evaluations", "test_top1_bn", "test_top1_finetuned")
+        return [tuple(r[k] for k in keys) for r in records]
 
-    assert found("ray") == found("local") and len(found("local")) == 2
+    assert found("ray") == found("local") and len(found("local")) == 3
     assert ray_instance.is_initialized()  # an instance the benchmark did not start is left running
+
+
+@pytest.mark.slow  # a Ray instance
+def test_a_baseline_fine_tuned_on_a_ray_worker_is_the_one_fine_tuned_here(tmp_path, ray_instance):
+    argv = ["baseline", "--method", "uniform-l1", "--device", "pixel-a76", "--budget", "0.5"]
+    argv += ["--finetune-epochs", "1", "--threads", "1"]
+    before = torch.get_num_threads()
+    try:
+        assert main([*argv, "--out", str(tmp_path / "here")]) == 0
+        assert main([*argv, "--executor", "ray", "--out", str(tmp_path / "ray")]) == 0
+    finally:
+        torch.set_num_threads(before)
+    here, ray = (json.loads((tmp_path / f / "report.json").read_text()) for f in ("here", "ray"))
+    keys = ("test_top1_pruned", "test_top1_bn", "test_top1_finetuned", "macs", "sparsity")
+    assert [ray[k] for k in keys] == [here[k] for k in keys] and here["test_top1_finetuned"] > 0
 
 
 @pytest.mark.slow  # about a minute: every reading times the plans and the dense model 15 times
