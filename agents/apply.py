@@ -416,7 +416,8 @@ def finish_plan(
     if finetuned is None and executor is None:
         pruned = prune_and_finetune(engine, plan, dataset, bn_batches=bn_batches, config=finetune, progress=progress)
     elif finetuned is None:
-        (pruned,) = executor.finetune([FinetuneJob(method, engine, plan, dataset, finetune, bn_batches)])
+        (made,) = executor.finetune([FinetuneJob(method, engine, plan, dataset, finetune, bn_batches)])
+        pruned = made.pruned
     elif finetuned.plan.to_json() != plan.to_json():
         raise PruneGymError(
             f"expected a fine-tuned model of the plan to finish, {plan.to_json()[:60]}...; got one of "

@@ -54,9 +54,8 @@ from envs.layer_prune import ACTION_MAPPINGS, DEFAULT_LEVELS, REWARDS, LayerPrun
 from envs.target import Target
 from pruning_core.baselines import BASELINES, BudgetProblem, baseline_plan
 from pruning_core.data import atomic_write_bytes
-from pruning_core.engine import PrunedModel
 from pruning_core.errors import BudgetInfeasibleError, CheckpointError, PruneGymError
-from pruning_core.executor import Executor, FinetuneJob, RayExecutor, make_executor
+from pruning_core.executor import Executor, Finetuned, FinetuneJob, RayExecutor, make_executor
 from pruning_core.finetune import finetune_recipe
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import DEFAULT_FINETUNE_STEPS
@@ -138,6 +137,9 @@ class BenchmarkConfig:
     """The Ray cluster to join with ``executor="ray"`` (None: start a local Ray instance)."""
     ray_workers: int | None = None
     """Ray workers scoring candidates (None: one per CPU of the Ray cluster)."""
+    ray_threads: int = 1
+    """Torch threads (and Ray CPUs) of each Ray worker: this process's (``--threads``) gives the same scores and
+    fine-tuned models as the local executor."""
 
     def __post_init__(self) -> None:
         if self.target.budget_metric != "latency":
@@ -164,7 +166,7 @@ class BenchmarkConfig:
             )
         if self.agent_reward not in REWARDS:
             raise PruneGymError(f"agent_reward must be one of {', '.join(REWARDS)}; got {self.agent_reward!r}")
-        make_executor(self.executor, address=self.ray_address, workers=self.ray_workers)  # checks them; starts nothing
+        make_executor(self.executor, address=self.ray_address, workers=self.ray_workers, threads=self.ray_threads)
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "methods", methods)
         object.__setattr__(self, "budgets", budgets)
@@ -426,17 +428,30 @@ class _FinetunedModels:
 
     folder: Path
     base_model: str
+    checkpoint: Path
+    """The dense model's checkpoint."""
     classes: list[str]
     recipe: TrainConfig
     """The fine-tune of every model kept here."""
 
-    def save(self, method: str, pruned: PrunedModel) -> None:
-        """Keep a method's fine-tuned model, with the fine-tune that made it."""
-        extra = {"method": method, "finetune": asdict(self.recipe)}
-        save_pruned(self.folder / method, pruned, base_model=self.base_model, classes=self.classes, extra_meta=extra)
+    def _made_by(self, job: FinetuneJob) -> dict[str, Any]:
+        """What a kept model must have been made from to stand for ``job``'s (its plan is compared apart)."""
+        return {
+            "method": job.name,
+            "finetune": json.loads(json.dumps(asdict(self.recipe))),
+            "bn_batches": job.bn_batches,
+            "checkpoint": str(self.checkpoint),
+        }
 
-    def load(self, job: FinetuneJob) -> PrunedModel | None:
-        """The kept model of ``job``'s method, if it was made from the same plan and fine-tune."""
+    def save(self, job: FinetuneJob, made: Finetuned) -> None:
+        """Keep a job's fine-tuned model, with what made it and what it took."""
+        extra = {**self._made_by(job), "seconds": made.seconds, "cpu_seconds": made.cpu_seconds}
+        save_pruned(
+            self.folder / job.name, made.pruned, base_model=self.base_model, classes=self.classes, extra_meta=extra
+        )
+
+    def load(self, job: FinetuneJob) -> Finetuned | None:
+        """The kept model of ``job``'s method, if it was made from the same plan, fine-tune and dense model."""
         folder = self.folder / job.name
         if not (folder / "meta.json").is_file():
             return None
@@ -444,10 +459,10 @@ class _FinetunedModels:
             loaded = load_pruned(folder, run_code=self.base_model)
         except CheckpointError:  # cut short while being written: fine-tuned again
             return None
-        same = loaded.plan.to_json() == job.plan.to_json()
-        if not same or loaded.meta.get("finetune") != json.loads(json.dumps(asdict(self.recipe))):
+        meta = loaded.meta
+        if loaded.plan.to_json() != job.plan.to_json() or any(meta.get(k) != v for k, v in self._made_by(job).items()):
             return None
-        return loaded.as_pruned()
+        return Finetuned(loaded.as_pruned(), float(meta["seconds"]), float(meta["cpu_seconds"]))
 
     def remove(self, method: str) -> None:
         """Drop a method's kept model once its record is written."""
@@ -562,7 +577,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[dict[str, Any]]:
     Returns:
         The records of ``results.json``: each a :class:`~agents.record.MethodRecord` as its ``to_dict`` writes it.
     """
-    executor = make_executor(cfg.executor, address=cfg.ray_address, workers=cfg.ray_workers)
+    executor = make_executor(cfg.executor, address=cfg.ray_address, workers=cfg.ray_workers, threads=cfg.ray_threads)
     try:
         return _run_cells(cfg, executor)
     finally:
@@ -609,6 +624,17 @@ def _run_cells(cfg: BenchmarkConfig, executor: Executor) -> list[dict[str, Any]]
         for budget in cfg.budgets:
             # every method's plan first, then their budget checks together (one yardstick), then each fine-tuned
             planned: dict[str, _Planned] = {}
+            recipe = finetune_recipe(cfg.finetune_epochs, seed=seed)
+            kept = _FinetunedModels(
+                cfg.out / "finetuned" / f"b{budget:g}_s{seed}",
+                cfg.target.model,
+                cfg.target.checkpoint_path,
+                list(dataset.classes),
+                recipe,
+            )
+            for method in methods:  # kept past its record by a stop in between: not to be reused later
+                if (method, budget, seed) in done:
+                    kept.remove(method)
             for method in methods:
                 if (method, budget, seed) in done:
                     continue
@@ -638,6 +664,8 @@ def _run_cells(cfg: BenchmarkConfig, executor: Executor) -> list[dict[str, Any]]
                 method: [r for r in records if (r["method"], r["budget"], r["seed"]) == (method, budget, seed)]
                 for method in planned
             }
+            if isinstance(executor, RayExecutor):  # nothing on Ray while the checks time the plans
+                executor.release_workers()
             checks = _SharedChecks(cfg.out / "checks" / f"b{budget:g}_s{seed}.json").run(
                 {m: (env_of(m, budget), p.plan) for m, p in planned.items() if needs_check(env_of(m, budget), p.plan)},
                 finished={m: max(r.get("finished", "") for r in stale) for m, stale in stale_of.items() if stale},
@@ -645,9 +673,6 @@ def _run_cells(cfg: BenchmarkConfig, executor: Executor) -> list[dict[str, Any]]
             # the fine-tunes: one after the other here, or at once on Ray workers, each kept as it is made (a
             # benchmark stopped before measuring them all resumes without fine-tuning them again); then measured
             # here one at a time, nothing else running
-            recipe = finetune_recipe(cfg.finetune_epochs, seed=seed)
-            folder = cfg.out / "finetuned" / f"b{budget:g}_s{seed}"
-            kept = _FinetunedModels(folder, cfg.target.model, list(dataset.classes), recipe)
             jobs = [
                 FinetuneJob(method, env_of(method, budget).engine, checks.get(method, (p.plan,))[0], dataset, recipe)
                 for method, p in planned.items()
@@ -656,11 +681,12 @@ def _run_cells(cfg: BenchmarkConfig, executor: Executor) -> list[dict[str, Any]]
             todo = [job for job in jobs if reused[job.name] is None]
             if todo and isinstance(executor, RayExecutor):
                 print(f"== fine-tuning {len(todo)} plans on Ray workers: {', '.join(job.name for job in todo)}")
-            made = executor.finetune(todo, finished=kept.save)
+            job_of = {job.name: job for job in jobs}
+            made = executor.finetune(todo, finished=lambda name, one: kept.save(job_of[name], one))  # noqa: B023
             for method, p in planned.items():
                 print(f"== {method} at budget {budget:g}, seed {seed}: finish", flush=True)
+                finetuned = reused[method] or next(made)  # made here (local) or handed back (Ray)
                 finish_start = (time.perf_counter(), time.process_time())
-                finetuned = reused[method] if reused[method] is not None else next(made)
                 result = finish_plan(
                     method,
                     env_of(method, budget),
@@ -672,14 +698,15 @@ def _run_cells(cfg: BenchmarkConfig, executor: Executor) -> list[dict[str, Any]]
                     search_seconds=p.seconds,
                     evaluations=p.evaluations,
                     checked=checks.get(method),
-                    finetuned=finetuned,
+                    finetuned=finetuned.pruned,
                 )
                 stale = stale_of[method]
                 record = replace(
                     result.record,
                     seed=seed,
-                    finish_seconds=time.perf_counter() - finish_start[0],  # prune, BN, fine-tune, measure
-                    finish_cpu_seconds=time.process_time() - finish_start[1],
+                    # prune, BN, fine-tune (where it ran, in whichever session), measure
+                    finish_seconds=finetuned.seconds + time.perf_counter() - finish_start[0],
+                    finish_cpu_seconds=finetuned.cpu_seconds + time.process_time() - finish_start[1],
                     search_cpu_seconds=p.cpu_seconds,  # wall time counts pauses; CPU time does not
                     search_reused=p.cached or bool(stale),  # a stale record's search is complete
                     finished=time.strftime("%Y-%m-%dT%H:%M:%S"),

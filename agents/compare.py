@@ -61,9 +61,11 @@ class YardstickConfig:
     """The Ray cluster to join with ``executor="ray"`` (None: start a local Ray instance)."""
     ray_workers: int | None = None
     """Ray workers scoring candidates (None: one per CPU of the Ray cluster)."""
+    ray_threads: int = 1
+    """Torch threads (and Ray CPUs) of each Ray worker: this process's (``--threads``) gives the same scores."""
 
     def __post_init__(self) -> None:
-        make_executor(self.executor, address=self.ray_address, workers=self.ray_workers)  # checks them; starts nothing
+        make_executor(self.executor, address=self.ray_address, workers=self.ray_workers, threads=self.ray_threads)
         unknown = sorted(set(self.methods) - set(SEARCH_METHODS))
         if unknown:
             raise PruneGymError(f"methods must be some of {', '.join(SEARCH_METHODS)}; got {unknown}")
@@ -98,7 +100,7 @@ def _key(row: YardstickRow | dict[str, Any]) -> tuple[str, float, int, int | Non
 def compare_searches(cfg: YardstickConfig, out: str | Path, *, progress: bool = True) -> list[dict[str, Any]]:
     """Run every method at every evaluation count and seed; return the rows (also in ``out/yardstick.json``). The
     searches score their candidates with ``cfg.executor``."""
-    executor = make_executor(cfg.executor, address=cfg.ray_address, workers=cfg.ray_workers)
+    executor = make_executor(cfg.executor, address=cfg.ray_address, workers=cfg.ray_workers, threads=cfg.ray_threads)
     try:
         return _compare(cfg, Path(out), executor, progress=progress)
     finally:

@@ -102,6 +102,7 @@ class RayVecEnv(VecEnv):
                 f"expected a Ray cluster with at least {need} CPUs for {len(env_fns)} environments of "
                 f"{executor.threads} thread(s); got {have:g}"
             )
+        executor.check_fits()
         actor = ray.remote(EnvWorker).options(num_cpus=executor.threads)
         self.actors = [actor.remote(build, executor.threads) for build in env_fns]
         self.executor = executor
@@ -116,7 +117,8 @@ class RayVecEnv(VecEnv):
     def step_wait(self) -> VecEnvStepReturn:
         import ray
 
-        results, self._pending = ray.get(self._pending), []
+        pending, self._pending = self._pending, []
+        results = ray.get(pending)
         observations, rewards, dones, infos, self.reset_infos = zip(*results, strict=True)  # type: ignore[assignment]
         return np.stack(observations), np.array(rewards, dtype=np.float32), np.array(dones), list(infos)
 
@@ -160,9 +162,11 @@ class RayVecEnv(VecEnv):
             return
         import ray
 
-        if self._pending:  # a step in flight: let it end before closing
-            ray.get(self._pending)
-        ray.get([actor.close.remote() for actor in self.actors])
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors, self.closed = [], True
+        pending, self._pending, self.closed = self._pending, [], True
+        try:
+            ray.get(pending)  # a step in flight ends before the environments close
+            ray.get([actor.close.remote() for actor in self.actors])
+        finally:  # the actors go even where a step or a close failed
+            for actor in self.actors:
+                ray.kill(actor)
+            self.actors = []

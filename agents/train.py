@@ -27,6 +27,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from agents.policy_io import save_policy
 from envs.layer_prune import ACTION_MAPPINGS, DEFAULT_LEVELS, checked_budget_range
 from envs.target import Target
+from hardware_models.measure import MEASURED_DEVICES
 from pruning_core.data import atomic_write_bytes
 from pruning_core.errors import CheckpointError, PruneGymError
 from pruning_core.executor import Executor, RayExecutor
@@ -308,7 +309,7 @@ class SearchCallback(BaseCallback):
             self.on_episode(state)
 
 
-def _make_vec_env(config: TrainRunConfig, executor: Executor | None, threads: int) -> VecEnv:
+def _make_vec_env(config: TrainRunConfig, settings: dict[str, Any], executor: Executor | None, threads: int) -> VecEnv:
     """The run's environments: Ray actors with a Ray executor (:class:`~agents.ray_envs.RayVecEnv`), else processes
     (``SubprocVecEnv``) when there are several, else this process. Each environment runs with ``threads`` torch
     threads, so that a seed gives the same episodes wherever its environments run."""
@@ -319,7 +320,7 @@ def _make_vec_env(config: TrainRunConfig, executor: Executor | None, threads: in
     def factory(rank: int) -> Callable[[], Any]:
         def build() -> Any:
             torch.set_num_threads(threads)
-            env = Monitor(make_env(**config.env_kwargs(), seed=config.seed + rank))
+            env = Monitor(make_env(**settings, seed=config.seed + rank))
             env.reset(seed=config.seed + rank)
             return env
 
@@ -446,7 +447,7 @@ def train_agent(
         run.mkdir(parents=True, exist_ok=True)
         _write_json(run / "config.json", asdict(config))
     threads = executor.threads if isinstance(executor, RayExecutor) else torch.get_num_threads()
-    env = _make_vec_env(_calibrated_here(config, run, executor, progress), executor, threads)
+    env = _make_vec_env(config, _prepared_here(config, run, executor, progress), executor, threads)
     steps_per_episode = len(env.get_attr("groups")[0])
     group_names = [g.name for g in env.get_attr("groups")[0]]
     if resume:
@@ -479,36 +480,46 @@ def train_agent(
     callback = SearchCallback(run, config, state, group_names, on_episode=update_bar)
     start = time.perf_counter()
     remaining = config.episodes - state.episodes
-    if remaining > 0:
-        # Episodes are counted by the callback, which stops training. The step total is the search's own (with two
-        # episodes to spare): DQN's exploration decays over a fraction of it, and a resume adds the steps done.
-        model.learn(
-            total_timesteps=(remaining + 2 * config.n_envs) * steps_per_episode,
-            callback=callback,
-            reset_num_timesteps=not resume,
-            progress_bar=False,
-        )
-    bar.close()
-    env.close()
+    try:
+        if remaining > 0:
+            # Episodes are counted by the callback, which stops training. The step total is the search's own (with
+            # two episodes to spare): DQN's exploration decays over a fraction of it, and a resume adds the steps
+            # done.
+            model.learn(
+                total_timesteps=(remaining + 2 * config.n_envs) * steps_per_episode,
+                callback=callback,
+                reset_num_timesteps=not resume,
+                progress_bar=False,
+            )
+    finally:  # the environments' processes or Ray actors go, also when the search fails or is interrupted
+        bar.close()
+        env.close()
     return RunResult(run, state, time.perf_counter() - start)
 
 
-def _calibrated_here(
-    config: TrainRunConfig, run: Path, executor: Executor | None, progress: bool
-) -> TrainRunConfig:
-    """The configuration the environments are built with. Latency is measured in this process alone: where the
-    environments run elsewhere (Ray actors, or several processes) and the run corrects its latency table by timing
-    plans, the correction is made here first, saved in the run folder (or the path the run names), and the
-    environments read it there instead of timing on their own, side by side or on other nodes."""
+def _prepared_here(config: TrainRunConfig, run: Path, executor: Executor | None, progress: bool) -> dict[str, Any]:
+    """The settings the environments are built with (``make_env``'s). Latency is measured in this process alone:
+    where the environments run elsewhere (Ray actors, possibly on other machines, or several processes) on a device
+    measured on this host, the lookup table is made (or read) here and handed to them, and so is the correction
+    when the run corrects the table by timing plans (made here first, saved in the run folder or at the path the
+    run names): they time nothing, side by side or on other nodes."""
+    settings = config.env_kwargs()
     elsewhere = isinstance(executor, RayExecutor) or config.n_envs > 1
-    if config.calibrate_latency is False or not elsewhere:
-        return config
+    target = config.target
+    if not elsewhere or target.device not in MEASURED_DEVICES or target.budget_metric != "latency":
+        return settings
     from envs.factory import make_env
+    from hardware_models.correction import CorrectedCost
 
     shared = run / "latency_correction.shared.json" if config.calibrate_latency is True else config.calibrate_latency
-    here = replace(config, calibrate_latency=str(shared), sensitivity=False, dynamic_skip=False)
-    make_env(**here.env_kwargs(), progress=progress)  # a device not measured on this host times nothing
-    return replace(config, calibrate_latency=str(shared))
+    here = {**settings, "sensitivity": False, "dynamic_skip": False, "progress": progress}
+    if config.calibrate_latency is not False:
+        here["calibrate_latency"] = str(shared)
+    cost = make_env(**here).budget_model
+    settings["latency_table"] = cost.base if isinstance(cost, CorrectedCost) else cost
+    if config.calibrate_latency is not False:
+        settings["calibrate_latency"] = json.loads(Path(shared).read_text())
+    return settings
 
 
 def _score_before_episodes(run: Path, config: TrainRunConfig, env: VecEnv, state: SearchState) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,16 @@ def cached_lut(graph: ModelGraph, device: str, model_name: str, *, progress: boo
 
 
 def budget_model_for(
-    metric: str, device: str, graph: ModelGraph, model_name: str, *, progress: bool = True
+    metric: str,
+    device: str,
+    graph: ModelGraph,
+    model_name: str,
+    *,
+    progress: bool = True,
+    table: LookupTable | None = None,
 ) -> tuple[LayerwiseCost, LatencyModel | None]:
-    """The layer-wise cost the budget is judged on, and the measured latency model of the device (if any)."""
+    """The layer-wise cost the budget is judged on, and the measured latency model of the device (if any); on a
+    device measured on this host, ``table`` instead of this host's cached lookup table (one built elsewhere)."""
     if metric not in BUDGET_METRICS:
         raise PruneGymError(f"budget_metric must be one of {', '.join(BUDGET_METRICS)}; got {metric!r}")
     measured: LatencyModel | None = None
@@ -65,7 +73,7 @@ def budget_model_for(
     if metric == "params":
         return ParamsCost(), measured
     if device in MEASURED_DEVICES:
-        return cached_lut(graph, device, model_name, progress=progress), measured
+        return (table if table is not None else cached_lut(graph, device, model_name, progress=progress)), measured
     latency = get_latency_model(device)
     if not isinstance(latency, LayerwiseCost):
         raise PruneGymError(f"device {device!r} cannot predict per layer; use a lookup table (lut:PATH)")
@@ -149,7 +157,8 @@ def make_env(
     dynamic_skip: bool = False,
     gate_epochs: int = 2,
     sensitivity: bool = False,
-    calibrate_latency: bool | str | os.PathLike[str] = False,
+    calibrate_latency: bool | str | os.PathLike[str] | Mapping[str, Any] = False,
+    latency_table: LookupTable | None = None,
     seed: int = 0,
     render_mode: str | None = None,
     dataset: ImageDataset | None = None,
@@ -193,7 +202,10 @@ def make_env(
             (:func:`~hardware_models.correction.calibrate_cost`, recorded in ``env.budget_model.meta``), so that a
             table built on another day or host does not bend the search's budget. A path: the correction saved
             there (for the same table and budget) is reused, else made and saved there, so that several
-            environments of one run share it.
+            environments of one run share it. A mapping: such a file's contents, used as they are (nothing timed).
+        latency_table: On a device measured on the host that made it, the lookup table made there (by
+            :func:`cached_lut`), used here instead of this host's: an environment on a Ray worker prices plans with
+            the driver's table and times nothing.
         seed: Seed recorded for reproducibility (episodes themselves are deterministic).
         render_mode: ``ansi`` or ``rgb_array``.
         dataset: An already loaded dataset (saves reloading it per environment).
@@ -216,7 +228,9 @@ def make_env(
     if list(dataset.classes) != list(ckpt.meta["classes"]):
         raise PruneGymError(f"checkpoint classes {ckpt.meta['classes'][:5]} differ from the dataset's")
     engine = PruningEngine(ckpt.build(run_code=model), dataset.input_shape, dataset=dataset)
-    cost, measured = budget_model_for(target.budget_metric, device, engine.graph, model, progress=progress)
+    cost, measured = budget_model_for(
+        target.budget_metric, device, engine.graph, model, progress=progress, table=latency_table
+    )
     if calibrate_latency is not False and measured is not None and target.budget_metric == "latency":
         from hardware_models.correction import load_or_calibrate
 

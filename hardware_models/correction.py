@@ -16,6 +16,7 @@ import os
 import random
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from hardware_models.measure import OrtLatency, TorchLatency, ratios_beside_dens
 from pruning_core.baselines import BudgetProblem, plan_from_kept, uniform_plan
 from pruning_core.data import atomic_write_bytes
 from pruning_core.engine import PruningEngine, group_kept
+from pruning_core.errors import PruneGymError
 from pruning_core.graph import ModelGraph
 from pruning_core.metrics import LayerwiseCost
 from pruning_core.search import random_candidate
@@ -161,7 +163,7 @@ def calibrate_cost(
 
 
 def load_or_calibrate(
-    path: str | os.PathLike[str] | None,
+    path: str | os.PathLike[str] | Mapping[str, Any] | None,
     cost: LayerwiseCost,
     engine: PruningEngine,
     measurer: TorchLatency | OrtLatency,
@@ -171,9 +173,21 @@ def load_or_calibrate(
 ) -> CorrectedCost:
     """The correction saved at ``path`` for this table (its build time and dense prediction), else one made now
     (:func:`calibrate_cost`) and saved there, so that every search of one run (a benchmark's methods, an agent's
-    environments) aims at the same corrected budget. ``path`` None: made now, not saved."""
+    environments) aims at the same corrected budget. ``path`` None: made now, not saved. ``path`` a mapping: a saved
+    correction's contents, made elsewhere, used as they are (nothing is timed: an environment on a Ray worker).
+
+    Raises:
+        PruneGymError: The correction given as a mapping was made for another table or budget.
+    """
     dense = cost.total(engine.graph)
     table = {"built": getattr(cost, "meta", {}).get("built"), "dense": dense, "budget": budget}
+    if isinstance(path, Mapping):
+        if path.get("table") != table:
+            raise PruneGymError(
+                f"expected a latency correction made for table {table}; got one for {path.get('table')}"
+            )
+        points = [(float(x), float(y)) for x, y in path["points"]]
+        return CorrectedCost(cost, dense, points, path["measured_at"], path["readings"])
     if path is not None and Path(path).is_file():
         saved = json.loads(Path(path).read_text())
         if saved.get("table") == table:

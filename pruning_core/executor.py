@@ -84,17 +84,32 @@ class FinetuneJob:
     bn_batches: int = 20
 
 
-Finished = Callable[[str, "PrunedModel"], None]
+Finished = Callable[[str, "Finetuned"], None]
 """Called with a job's name and its fine-tuned model as soon as it is made (in any order)."""
 
 
-def run_job(job: FinetuneJob, *, progress: bool = True) -> PrunedModel:
+@dataclass
+class Finetuned:
+    """A job's fine-tuned model and what making it took where it ran."""
+
+    pruned: PrunedModel
+    seconds: float
+    """Wall seconds of the apply, the recalibration, the fine-tune and the accuracies."""
+    cpu_seconds: float
+    """CPU seconds of the process that made it (all its threads)."""
+
+
+def run_job(job: FinetuneJob, *, progress: bool = True) -> Finetuned:
     """A job done in this process."""
+    import time
+
     from pruning_core.finetune import prune_and_finetune
 
-    return prune_and_finetune(
+    start = (time.perf_counter(), time.process_time())
+    pruned = prune_and_finetune(
         job.engine, job.plan, job.dataset, bn_batches=job.bn_batches, config=job.config, progress=progress
     )
+    return Finetuned(pruned, time.perf_counter() - start[0], time.process_time() - start[1])
 
 
 @dataclass(frozen=True)
@@ -129,9 +144,9 @@ def _remote_job(
     data: ImageDataset,
     job: tuple[str, str, TrainConfig | None, int],
     threads: int,
-) -> PrunedModel:
+) -> Finetuned:
     """A Ray task's body: a job (its name, plan JSON, fine-tune and BN batches) on an engine made from ``recipe``
-    (the data come as separate arguments: Ray resolves each object once per worker)."""
+    (the model and the data come as object references, stored once: each task reads its own copy of them)."""
     import torch
 
     from pruning_core.plan import PruningPlan
@@ -162,7 +177,7 @@ class Executor(Protocol):
         """CPU seconds its evaluations took outside this process so far (0 for the local executor)."""
         ...
 
-    def finetune(self, jobs: Sequence[FinetuneJob], finished: Finished | None = None) -> Iterator[PrunedModel]:
+    def finetune(self, jobs: Sequence[FinetuneJob], finished: Finished | None = None) -> Iterator[Finetuned]:
         """Each job's fine-tuned model, yielded in the order given; ``finished`` is also called with each as soon as
         it is made. Nothing else runs by the time a model is yielded, so that the caller can measure it alone."""
         ...
@@ -188,13 +203,13 @@ class LocalExecutor:
                 arrived(index, evaluation)
             yield evaluation
 
-    def finetune(self, jobs: Sequence[FinetuneJob], finished: Finished | None = None) -> Iterator[PrunedModel]:
+    def finetune(self, jobs: Sequence[FinetuneJob], finished: Finished | None = None) -> Iterator[Finetuned]:
         """Each job done when the caller asks for it: one fine-tune, then the caller's measurement, then the next."""
         for job in jobs:
-            pruned = run_job(job)
+            made = run_job(job)
             if finished is not None:
-                finished(job.name, pruned)
-            yield pruned
+                finished(job.name, made)
+            yield made
 
     def close(self) -> None:
         pass
@@ -305,7 +320,7 @@ class RayExecutor:
         batch.submit()
         return self._gather(batch)
 
-    def finetune(self, jobs: Sequence[FinetuneJob], finished: Finished | None = None) -> Iterator[PrunedModel]:
+    def finetune(self, jobs: Sequence[FinetuneJob], finished: Finished | None = None) -> Iterator[Finetuned]:
         """Every job as a Ray task at once (``threads`` CPUs each; Ray retries a task whose worker died); each
         model handed to ``finished`` as it arrives, and all yielded, in order, once the last has arrived: no
         fine-tune runs while the caller measures. The scoring workers are released first (their CPUs go to the
@@ -313,7 +328,8 @@ class RayExecutor:
         if not jobs:
             return iter(())
         ray = self.connect()
-        self._release_workers()
+        self.check_fits()
+        self.release_workers()
         stored: dict[int, Any] = {}  # one copy of each dense model and of each dataset in the object store
 
         def put(key: object, value: object) -> Any:
@@ -328,7 +344,7 @@ class RayExecutor:
             engine_data, data = put(job.engine.dataset, job.engine.dataset), put(job.dataset, job.dataset)
             args = (job.name, job.plan.to_json(), job.config, job.bn_batches)
             running[task.remote(recipe, engine_data, data, args, self.threads)] = index
-        done: dict[int, PrunedModel] = {}
+        done: dict[int, Finetuned] = {}
         while running:
             ready, _ = ray.wait(list(running), num_returns=1)
             index = running.pop(ready[0])
@@ -336,6 +352,22 @@ class RayExecutor:
             if finished is not None:
                 finished(jobs[index].name, done[index])
         return iter([done[index] for index in range(len(jobs))])
+
+    def check_fits(self) -> None:
+        """Refuse work that no Ray node could place: a worker of ``threads`` CPUs on a cluster whose largest node has
+        fewer (it would wait for ever).
+
+        Raises:
+            PruneGymError: No node has ``threads`` CPUs.
+        """
+        import ray
+
+        largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0)
+        if largest < self.threads:
+            raise PruneGymError(
+                f"expected a Ray node with at least {self.threads} CPUs for a worker of {self.threads} thread(s); "
+                f"got at most {largest:g}"
+            )
 
     def _gather(self, batch: _Batch) -> Iterator[Evaluation]:
         for index in range(len(batch.plans)):
@@ -348,7 +380,8 @@ class RayExecutor:
         if scorer is self._scorer:
             return
         ray = self.connect()
-        self._release_workers()
+        self.check_fits()
+        self.release_workers()
         if self.workers is None:
             self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)) // self.threads)
         self._recipe = ray.put(scorer.recipe())  # once; each worker reads it when it starts (or restarts)
@@ -371,7 +404,8 @@ class RayExecutor:
             self._started = True
         return ray
 
-    def _release_workers(self) -> None:
+    def release_workers(self) -> None:
+        """Stop the scoring workers (their CPUs go back to Ray; the next search starts its own)."""
         if self.actors:
             import ray
 
@@ -381,7 +415,7 @@ class RayExecutor:
 
     def close(self) -> None:
         """Stop the workers, and Ray where this executor started it."""
-        self._release_workers()
+        self.release_workers()
         if self._started:
             import ray
 

@@ -11,9 +11,12 @@ With ``--kill-worker-after S``, one more Ray run (at the largest worker count) h
 the search must still find the local executor's plan. ``nodes`` counts the Ray nodes the workers ran on (2 on a
 two-node cluster given by ``--ray-address``).
 
+With ``--local-from`` the local executor's row is read from an earlier ``--out`` of the same search (on a cluster
+started for the purpose, the local run need not be repeated).
+
 Usage:
     python -m scripts.bench_executor --device pixel-a76 --budget 0.5 [--workers 1 2] [--ray-address ADDR]
-        [--kill-worker-after 30]
+        [--kill-worker-after 30] [--local-from EARLIER.json]
 """
 
 from __future__ import annotations
@@ -74,8 +77,18 @@ def timed_search(
         "evaluations": result.evaluations,
         "nodes": nodes,
         "retried": [asdict(retry) for retry in getattr(executor, "retried", [])],
-        "found": [result.plan.to_json(), result.val_top1, result.evaluations, result.history],
+        # as JSON reads it back, so that a row of an earlier run (--local-from) compares
+        "found": json.loads(json.dumps([result.plan.to_json(), result.val_top1, result.evaluations, result.history])),
     }
+
+
+def _print_row(row: dict[str, Any]) -> None:
+    print(
+        f"{row['executor']:>8} {row['workers']:>7} {row['start_s']:>7.1f} {row['wall_s']:>7.1f} "
+        f"{row['scoring_s']:>9.1f} {row['evaluations']:>5} {row['overhead_ms']:>11.0f} {row['speedup']:>7.2f} "
+        f"{row['nodes']:>5} {len(row['retried']):>7} {row['same_plan']}",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -91,6 +104,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "--kill-worker-after", type=float, default=None, metavar="S", help="add a Ray run whose first worker is killed"
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
+    parser.add_argument(
+        "--local-from",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="take the local executor's row from an earlier --out of the same search instead of running it again",
+    )
     args = parser.parse_args(argv)
     threads = args.threads or 1
     torch.set_num_threads(threads)
@@ -101,17 +121,23 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         finetune_steps=args.finetune_steps,
         progress=True,
     )
-    runs: list[tuple[str, int, Executor]] = [("local", 1, LocalExecutor())]
+    earlier = json.loads(args.local_from.read_text()) if args.local_from is not None else []
+    local = [row for row in earlier if row["executor"] == "local"]
+    if args.local_from is not None and not local:
+        raise SystemExit(f"expected a row of the local executor in {args.local_from}; got none")
+    runs: list[tuple[str, int, Executor]] = [] if local else [("local", 1, LocalExecutor())]
     runs += [("ray", n, RayExecutor(workers=n, threads=threads, address=args.ray_address)) for n in args.workers]
     if args.kill_worker_after is not None:
         n = max(args.workers)
         runs.append(("ray-kill", n, RayExecutor(workers=n, threads=threads, address=args.ray_address)))
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = [{**local[0], "from": str(args.local_from)}] if local else []
     print(f"greedy-lut, {args.model} on {args.device} at {args.budget:g}, {threads} torch thread(s) per worker")
     print(
         f"{'executor':>8} {'workers':>7} {'start_s':>7} {'wall_s':>7} {'scoring_s':>9} {'evals':>5} "
         f"{'overhead_ms':>11} {'speedup':>7} {'nodes':>5} {'retried':>7} same_plan"
     )
+    if local:
+        _print_row(rows[0])
     with tempfile.TemporaryDirectory() as folder:
         for name, workers, executor in runs:
             try:
@@ -125,12 +151,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             row["speedup"] = rows[0]["wall_s"] / row["wall_s"] if rows else 1.0
             row["same_plan"] = row["found"] == (rows[0]["found"] if rows else row["found"])
             rows.append(row)
-            print(
-                f"{name:>8} {workers:>7} {row['start_s']:>7.1f} {row['wall_s']:>7.1f} {row['scoring_s']:>9.1f} "
-                f"{row['evaluations']:>5} {row['overhead_ms']:>11.0f} {row['speedup']:>7.2f} {row['nodes']:>5} "
-                f"{len(row['retried']):>7} {row['same_plan']}",
-                flush=True,
-            )
+            _print_row(row)
     for row in rows:
         for retry in row["retried"]:
             print(

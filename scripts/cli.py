@@ -687,6 +687,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         executor=args.executor,
         ray_address=args.ray_address,
         ray_workers=args.ray_workers,
+        ray_threads=args.threads or 1,
     )
     run_benchmark(config)
     print((args.out / "results.md").read_text())

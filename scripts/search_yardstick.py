@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         executor=args.executor,
         ray_address=args.ray_address,
         ray_workers=args.ray_workers,
+        ray_threads=args.threads or 1,
     )
     compare_searches(cfg, args.out)
 

@@ -177,13 +177,21 @@ def test_a_model_fine_tuned_before_the_benchmark_stopped_is_measured_not_fine_tu
     env = make_env(device="pixel-a76", budget=0.6, val_images=100, bn_batches=2, dataset=digits)
     recipe = finetune_recipe(1, seed=0)
     job = FinetuneJob("uniform-l1", env.engine, PruningPlan(sparsity=record["sparsity"]), digits, recipe)
-    (pruned,) = LocalExecutor().finetune([job])
-    pruned.accuracy["test_finetuned"] = 0.125  # a mark: only the kept model has it
-    kept = _FinetunedModels(tmp_path / "bench" / "finetuned" / "b0.6_s0", "small_cnn", list(digits.classes), recipe)
-    kept.save("uniform-l1", pruned)
-    assert kept.load(job).accuracy == pruned.accuracy
-    assert _FinetunedModels(kept.folder, "small_cnn", list(digits.classes), finetune_recipe(2)).load(job) is None
+    (made,) = LocalExecutor().finetune([job])
+    made.pruned.accuracy["test_finetuned"] = 0.125  # a mark: only the kept model has it
+    made.seconds = 1000.0  # what making it took, counted in the record's finish
+    folder, checkpoint = tmp_path / "bench" / "finetuned" / "b0.6_s0", config.target.checkpoint_path
+    kept = _FinetunedModels(folder, "small_cnn", checkpoint, list(digits.classes), recipe)
+    kept.save(job, made)
+    assert kept.load(job).pruned.accuracy == made.pruned.accuracy and kept.load(job).seconds == 1000.0
+    other = _FinetunedModels(folder, "small_cnn", checkpoint, list(digits.classes), finetune_recipe(2))
+    assert other.load(job) is None  # made by another fine-tune
     (tmp_path / "bench" / "results.json").unlink()
     (again,) = run_benchmark(config)
     assert again["test_top1_finetuned"] == 0.125 and again["sparsity"] == record["sparsity"]
-    assert not kept.folder.joinpath("uniform-l1").exists()
+    assert again["finish_seconds"] > 1000.0
+    assert not folder.joinpath("uniform-l1").exists()
+    # kept past its record (stopped in between): dropped when the benchmark resumes, never reused later
+    kept.save(job, made)
+    run_benchmark(config)
+    assert not folder.joinpath("uniform-l1").exists()

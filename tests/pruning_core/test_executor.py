@@ -191,13 +191,15 @@ def test_plans_fine_tuned_on_ray_workers_are_the_ones_fine_tuned_here(env, digit
     try:
         jobs = _jobs(env, digits)
         jobs[2] = replace(jobs[2], config=None)  # recalibration alone
-        here = list(LocalExecutor().finetune(jobs))
+        here = [made.pruned for made in LocalExecutor().finetune(jobs)]
         arrived: list[str] = []
         with RayExecutor(workers=2) as executor:
-            remote = list(executor.finetune(jobs, finished=lambda name, pruned: arrived.append(name)))
+            made = list(executor.finetune(jobs, finished=lambda name, one: arrived.append(name)))
     finally:
         torch.set_num_threads(before)
     assert sorted(arrived) == ["bn-only", "thin", "wide"]
+    assert all(one.seconds > 0 and one.cpu_seconds > 0 for one in made)
+    remote = [one.pruned for one in made]
     assert [p.plan for p in remote] == [job.plan for job in jobs]
     assert [p.accuracy for p in remote] == [p.accuracy for p in here]
     assert "test_finetuned" in here[0].accuracy and "test_finetuned" not in here[2].accuracy
@@ -205,3 +207,14 @@ def test_plans_fine_tuned_on_ray_workers_are_the_ones_fine_tuned_here(env, digit
         assert a.kept_channels == b.kept_channels
         weights = zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True)
         assert all(torch.equal(x, y) for x, y in weights)
+
+
+def test_a_worker_no_ray_node_can_place_is_refused_in_one_line(env, digits, ray_instance):
+    with (
+        RayExecutor(threads=3) as executor,
+        pytest.raises(
+            PruneGymError,
+            match=r"^expected a Ray node with at least 3 CPUs for a worker of 3 thread\(s\); got at most 2$",
+        ),
+    ):
+        list(executor.finetune(_jobs(env, digits)))  # it would wait for ever

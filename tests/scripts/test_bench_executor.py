@@ -21,3 +21,7 @@ def test_bench_executor_times_each_executor_and_finds_the_same_plan(tmp_path, ca
     assert all(r["wall_s"] > 0 and r["scoring_s"] > 0 and r["evaluations"] > 3 for r in rows)
     assert json.loads((tmp_path / "rows.json").read_text())[1]["found"] == rows[0]["found"]
     assert "same_plan" in capsys.readouterr().out
+    # on a cluster started later: the local row taken from that run, not run again
+    again = main([*argv, "--local-from", str(tmp_path / "rows.json")])
+    assert [(r["executor"], r["same_plan"]) for r in again] == [("local", True), ("ray", True)]
+    assert again[0]["wall_s"] == rows[0]["wall_s"] and again[1]["speedup"] == rows[0]["wall_s"] / again[1]["wall_s"]
