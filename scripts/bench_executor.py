@@ -131,7 +131,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         n = max(args.workers)
         runs.append(("ray-kill", n, RayExecutor(workers=n, threads=threads, address=args.ray_address)))
     rows: list[dict[str, Any]] = [{**local[0], "from": str(args.local_from)}] if local else []
-    print(f"greedy-lut, {args.model} on {args.device} at {args.budget:g}, {threads} torch thread(s) per worker")
+    title = f"greedy-lut, {args.model} on {args.device} at {args.budget:g}, {threads} torch thread(s) per worker"
+    if args.ray_address is not None:
+        title += f", Ray cluster at {args.ray_address}"
+    print(title)
     print(
         f"{'executor':>8} {'workers':>7} {'start_s':>7} {'wall_s':>7} {'scoring_s':>9} {'evals':>5} "
         f"{'overhead_ms':>11} {'speedup':>7} {'nodes':>5} {'retried':>7} same_plan"
@@ -160,7 +163,29 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             )
     if args.out is not None:
         args.out.write_text(json.dumps(rows, indent=1))
+        args.out.with_suffix(".md").write_text(markdown(rows, title))
     return rows
+
+
+def markdown(rows: list[dict[str, Any]], title: str) -> str:
+    """The rows as a Markdown table under ``title``, with the retried plans below it."""
+    header = "| executor | workers | nodes | start s | wall s | scoring s | evaluations | overhead ms/eval | speedup "
+    lines = [f"{title}\n", header + "| retried | same plan |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(
+            f"| {row['executor']} | {row['workers']} | {row['nodes']} | {row['start_s']:.1f} | {row['wall_s']:.1f} | "
+            f"{row['scoring_s']:.1f} | {row['evaluations']} | {row['overhead_ms']:.0f} | {row['speedup']:.2f} | "
+            f"{len(row['retried'])} | {row['same_plan']} |"
+        )
+    retried = [(row, retry) for row in rows for retry in row["retried"]]
+    if retried:
+        lines.append("")
+    for row, retry in retried:
+        lines.append(
+            f"- {row['executor']} ({row['workers']} workers): plan #{retry['index']} of a batch scored again on "
+            f"worker {retry['worker']} (attempt {retry['attempt']}, {retry['error']})"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -80,10 +80,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             row.update(vec_env=name, n_envs=args.n_envs)
             row["same_episodes"] = row["history"] == (rows[0]["history"] if rows else row["history"])
             rows.append(row)
-    print(
+    title = (
         f"{args.algo}, {args.model} on {args.device} at {args.budget:g}: {args.episodes} episodes, "
         f"{args.n_envs} environments of {threads} torch thread(s)"
     )
+    print(title)
     print(f"{'vec_env':>8} {'start_s':>7} {'search_s':>8} {'episodes/min':>12} {'best_top1':>9} same_episodes")
     for row in rows:
         print(
@@ -92,6 +93,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         )
     if args.out is not None:
         args.out.write_text(json.dumps(rows, indent=1))
+        table = [
+            "| environments | start s | search s | episodes/min | best val top-1 | same episodes |",
+            "|---|---|---|---|---|---|",
+        ]
+        table += [
+            f"| {row['vec_env']} | {row['start_s']:.1f} | {row['search_s']:.1f} | {row['episodes_per_min']:.1f} | "
+            f"{row['best_top1']:.4f} | {row['same_episodes']} |"
+            for row in rows
+        ]
+        args.out.with_suffix(".md").write_text("\n".join([f"{title}\n", *table]) + "\n")
     return rows
 
 

@@ -20,6 +20,8 @@ def test_bench_executor_times_each_executor_and_finds_the_same_plan(tmp_path, ca
     assert [(retry["worker"], retry["attempt"]) for retry in rows[2]["retried"]] == [(0, 1)]
     assert all(r["wall_s"] > 0 and r["scoring_s"] > 0 and r["evaluations"] > 3 for r in rows)
     assert json.loads((tmp_path / "rows.json").read_text())[1]["found"] == rows[0]["found"]
+    table = (tmp_path / "rows.md").read_text()
+    assert "| ray-kill | 1 | 1 |" in table and "scored again on worker 0 (attempt 1" in table
     assert "same_plan" in capsys.readouterr().out
     # on a cluster started later: the local row taken from that run, not run again
     again = main([*argv, "--local-from", str(tmp_path / "rows.json")])

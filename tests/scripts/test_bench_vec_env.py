@@ -23,3 +23,4 @@ def test_bench_vec_env_times_both_and_finds_the_same_episodes(tmp_path, capsys, 
     assert all(r["episodes_per_min"] > 0 and r["start_s"] > 0 and len(r["history"]) == 4 for r in rows)
     assert json.loads((tmp_path / "rows.json").read_text())[1]["history"] == [list(h) for h in rows[0]["history"]]
     assert "episodes/min" in capsys.readouterr().out
+    assert "| ray | " in (tmp_path / "rows.md").read_text()
