@@ -48,14 +48,14 @@ from agents.apply import (
 )
 from agents.policy_io import SavedPolicy, load_policy
 from agents.record import MethodRecord
-from agents.train import ALGOS, TrainRunConfig, train_agent
+from agents.train import ALGOS, TrainRunConfig, prepare_env_settings, train_agent
 from envs.factory import make_env
 from envs.layer_prune import ACTION_MAPPINGS, DEFAULT_LEVELS, REWARDS, LayerPruneEnv
 from envs.target import Target
 from pruning_core.baselines import BASELINES, BudgetProblem, baseline_plan
 from pruning_core.data import atomic_write_bytes
 from pruning_core.errors import BudgetInfeasibleError, CheckpointError, PruneGymError
-from pruning_core.executor import Executor, Finetuned, FinetuneJob, RayExecutor, make_executor
+from pruning_core.executor import Executor, Finetuned, FinetuneJob, Pending, make_executor
 from pruning_core.finetune import finetune_recipe
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import DEFAULT_FINETUNE_STEPS
@@ -129,10 +129,14 @@ class BenchmarkConfig:
     does not say when): for cells whose measured check met a host in another state (``scripts.remeasure_benchmark``).
     Resumable, as the new records say when they were finished."""
     executor: str = "local"
-    """Where the searches (greedy-lut, random-search, tpe) score their candidates and each budget and seed's plans
-    are fine-tuned: ``local``, in this process, or ``ray``, on Ray workers (:mod:`pruning_core.executor`; the same
-    plans, scores, evaluations and fine-tuned models, at the same torch threads). Latency is never measured there:
-    the budget checks and the fine-tuned models are timed here, one at a time, with nothing running on Ray."""
+    """Where the searches (greedy-lut, random-search, tpe) score their candidates, the agents search, and each budget
+    and seed's plans are fine-tuned: ``local``, in this process, one after the other, or ``ray``, on Ray workers
+    (:mod:`pruning_core.executor`): a budget and seed's agents as Ray tasks side by side, started before the
+    searches score, the fine-tunes as Ray tasks at once. The same plans, scores, evaluations and fine-tuned models,
+    at the same torch threads. The agents' run folders are written in place (a Ray cluster's nodes must share
+    ``out``), so a stopped benchmark resumes them as it does locally. Latency is never measured on Ray: the latency
+    tables and corrections are made here, and the budget checks and the fine-tuned models timed here, one at a time,
+    with nothing running on Ray."""
     ray_address: str | None = None
     """The Ray cluster to join with ``executor="ray"`` (None: start a local Ray instance)."""
     ray_workers: int | None = None
@@ -198,10 +202,11 @@ def _plan_for(
     budget: float,
     policy: SavedPolicy | None,
     executor: Executor,
+    searching: dict[str, Pending[AgentSearch]],
 ) -> tuple[PruningPlan, int, tuple[float, float] | None]:
     """The plan a method proposes, the number of candidates it scored, and for an agent or a search its wall and CPU
     seconds summed over the sessions it was resumed in (None: time the call). A search scores its candidates with
-    ``executor``."""
+    ``executor``; an agent's search is the one :func:`_start_agent` handed to it (``searching``)."""
     problem = env.budget_problem()
     if method in BASELINES:
         return baseline_plan(method, problem), 0, None
@@ -211,34 +216,92 @@ def _plan_for(
         probes = env.sensitivity or probed_sensitivity_of(env, cfg, budget)
         return sensitivity_plan(problem, probes, criterion=env.criterion), probes.evaluations, None
     if method in ALGOS:
-        run = cfg.out / "runs" / f"{method}_b{budget:g}_s{seed}"
-        config = TrainRunConfig(
-            target=cfg.target_at(budget),
-            algo=method,
-            # the probes and the prior plan count: the agent's evaluations in all are the search baselines'
-            episodes=max(1, cfg.episodes - _scored_before_episodes(cfg, env)),
-            seed=seed,
-            val_images=cfg.val_images,
-            bn_batches=cfg.bn_batches,
-            finetune_steps=cfg.finetune_steps,
-            centre_on_uniform=cfg.centre_on_uniform,
-            levels=cfg.levels if ALGOS[method].action_mode == "discrete" else DEFAULT_LEVELS,
-            # DQN's exploration is epsilon-greedy: the initial action spread is for the continuous agents only
-            action_std=cfg.action_std if ALGOS[method].action_mode == "continuous" else None,
-            sensitivity=cfg.sensitivity,
-            action_mapping=cfg.action_mapping,
-            reward=cfg.agent_reward,
-            episodes_per_update=cfg.episodes_per_update,
-            calibrate_latency=str(_correction_path(cfg, budget)) if cfg.calibrate_latency else False,
-        )
-        search = train_agent(config, run, resume=(run / "model.zip").exists())
-        return search.state_plan(), search.state.evaluations, (search.state.seconds, search.state.cpu_seconds)
+        found = searching[method].result()
+        return PruningPlan.from_json(found.plan), found.evaluations, (found.seconds, found.cpu_seconds)
     if method == "transfer":
         if policy is None:
             raise PruneGymError("method 'transfer' needs --transfer-from RUN")
         plan, _ = plan_from_policy(policy, env)
         return plan, 1 + (env.sensitivity.evaluations if env.sensitivity is not None else 0), None
     raise PruneGymError(f"method must be one of {', '.join(ALL_METHODS)} or transfer; got {method!r}")
+
+
+class AgentSearch(NamedTuple):
+    """What an agent's search found (:func:`search_agent`), summed over the sessions it was resumed in."""
+
+    plan: str
+    """The best plan's JSON."""
+    evaluations: int
+    seconds: float
+    cpu_seconds: float
+
+
+def search_agent(
+    config: TrainRunConfig, run: str, env_settings: dict[str, Any] | None, threads: int | None
+) -> AgentSearch:
+    """An agent cell's search, wherever its executor runs it: the run in ``run`` resumed if it has a saved episode
+    (also when Ray runs this again after its worker died), else started.
+
+    Args:
+        config: The run's configuration.
+        run: Its folder, on storage this process sees (every node of a Ray cluster: the benchmark's ``out``).
+        env_settings: The environments' settings made by the driver (:func:`agents.train.prepare_env_settings`: the
+            latency table and correction, nothing timed here); None: made here.
+        threads: Torch threads here (a Ray task's); None: this process's, with a progress bar.
+    """
+    import torch
+
+    folder = Path(run)
+    if not folder.parent.is_dir():
+        raise PruneGymError(
+            f"expected the benchmark's folder {folder.parent} where the search runs (a Ray cluster's nodes must share "
+            "the benchmark's --out); got no such folder"
+        )
+    if threads is not None:
+        torch.set_num_threads(threads)
+    search = train_agent(
+        config,
+        folder,
+        resume=(folder / "model.zip").exists(),
+        progress=threads is None,
+        env_settings=env_settings,
+    )
+    state = search.state
+    return AgentSearch(search.state_plan().to_json(), state.evaluations, state.seconds, state.cpu_seconds)
+
+
+def _start_agent(
+    method: str, cfg: BenchmarkConfig, env: LayerPruneEnv, seed: int, budget: float, executor: Executor
+) -> Pending[AgentSearch]:
+    """An agent cell's search handed to ``executor``: run when its plan is asked for (local), or started now as a Ray
+    task of ``ray_threads`` CPUs per environment, its environments' latency table and correction made here."""
+    run = cfg.out / "runs" / f"{method}_b{budget:g}_s{seed}"
+    config = TrainRunConfig(
+        target=cfg.target_at(budget),
+        algo=method,
+        # the probes and the prior plan count: the agent's evaluations in all are the search baselines'
+        episodes=max(1, cfg.episodes - _scored_before_episodes(cfg, env)),
+        seed=seed,
+        val_images=cfg.val_images,
+        bn_batches=cfg.bn_batches,
+        finetune_steps=cfg.finetune_steps,
+        centre_on_uniform=cfg.centre_on_uniform,
+        levels=cfg.levels if ALGOS[method].action_mode == "discrete" else DEFAULT_LEVELS,
+        # DQN's exploration is epsilon-greedy: the initial action spread is for the continuous agents only
+        action_std=cfg.action_std if ALGOS[method].action_mode == "continuous" else None,
+        sensitivity=cfg.sensitivity,
+        action_mapping=cfg.action_mapping,
+        reward=cfg.agent_reward,
+        episodes_per_update=cfg.episodes_per_update,
+        calibrate_latency=str(_correction_path(cfg, budget)) if cfg.calibrate_latency else False,
+    )
+    run.parent.mkdir(parents=True, exist_ok=True)
+    if not executor.remote:
+        return executor.submit(search_agent, config, str(run), None, None)
+    settings = prepare_env_settings(config, run)
+    return executor.submit(
+        search_agent, config, str(run), settings, cfg.ray_threads, cpus=cfg.ray_threads * config.n_envs
+    )
 
 
 def _scored_before_episodes(cfg: BenchmarkConfig, env: LayerPruneEnv) -> int:
@@ -632,12 +695,16 @@ def _run_cells(cfg: BenchmarkConfig, executor: Executor) -> list[dict[str, Any]]
                 list(dataset.classes),
                 recipe,
             )
-            for method in methods:  # kept past its record by a stop in between: not to be reused later
-                if (method, budget, seed) in done:
-                    kept.remove(method)
-            for method in methods:
-                if (method, budget, seed) in done:
-                    continue
+            todo_methods = [method for method in methods if (method, budget, seed) not in done]
+            for method in set(methods) - set(todo_methods):  # kept past its record by a stop: not to be reused later
+                kept.remove(method)
+            # the agents' searches: on Ray, started now, side by side with each other and the searches below
+            searching = {
+                m: _start_agent(m, cfg, env_of(m, budget), seed, budget, executor) for m in todo_methods if m in ALGOS
+            }
+            if searching and executor.remote:
+                print(f"== searching with {', '.join(searching)} on Ray workers", flush=True)
+            for method in todo_methods:
                 method_env = last_env = env_of(method, budget)
                 print(f"== {method} at budget {budget:g}, seed {seed}: plan", flush=True)
                 cache = (
@@ -652,7 +719,9 @@ def _run_cells(cfg: BenchmarkConfig, executor: Executor) -> list[dict[str, Any]]
                 else:
                     start = (time.perf_counter(), time.process_time())
                     try:
-                        plan, evaluations, summed = _plan_for(method, cfg, method_env, seed, budget, policy, executor)
+                        plan, evaluations, summed = _plan_for(
+                            method, cfg, method_env, seed, budget, policy, executor, searching
+                        )
                     except BudgetInfeasibleError as exc:
                         print(f"   {method} cannot reach budget {budget:g}: {exc}")
                         continue
@@ -664,8 +733,7 @@ def _run_cells(cfg: BenchmarkConfig, executor: Executor) -> list[dict[str, Any]]
                 method: [r for r in records if (r["method"], r["budget"], r["seed"]) == (method, budget, seed)]
                 for method in planned
             }
-            if isinstance(executor, RayExecutor):  # nothing on Ray while the checks time the plans
-                executor.release_workers()
+            executor.release_workers()  # nothing on Ray while the checks time the plans
             checks = _SharedChecks(cfg.out / "checks" / f"b{budget:g}_s{seed}.json").run(
                 {m: (env_of(m, budget), p.plan) for m, p in planned.items() if needs_check(env_of(m, budget), p.plan)},
                 finished={m: max(r.get("finished", "") for r in stale) for m, stale in stale_of.items() if stale},
@@ -679,7 +747,7 @@ def _run_cells(cfg: BenchmarkConfig, executor: Executor) -> list[dict[str, Any]]
             ]
             reused = {job.name: kept.load(job) for job in jobs}
             todo = [job for job in jobs if reused[job.name] is None]
-            if todo and isinstance(executor, RayExecutor):
+            if todo and executor.remote:
                 print(f"== fine-tuning {len(todo)} plans on Ray workers: {', '.join(job.name for job in todo)}")
             job_of = {job.name: job for job in jobs}
             made = executor.finetune(todo, finished=lambda name, one: kept.save(job_of[name], one))  # noqa: B023

@@ -405,6 +405,7 @@ def train_agent(
     episodes: int | None = None,
     progress: bool = True,
     executor: Executor | None = None,
+    env_settings: dict[str, Any] | None = None,
 ) -> RunResult:
     """Train an agent until ``config.episodes`` episodes have been scored.
 
@@ -419,6 +420,9 @@ def train_agent(
             (``executor.threads`` torch threads each); None or the local executor, in processes of this machine
             (torch's threads of this process each). The caller closes it. The same seed and threads give the same
             episodes either way.
+        env_settings: The environments' settings as :func:`prepare_env_settings` made them for this run elsewhere
+            (this process on a Ray worker: the lookup table and correction made by the driver, nothing timed
+            here); None: made here.
     """
     from stable_baselines3.common.logger import configure
     from tqdm import tqdm
@@ -447,7 +451,10 @@ def train_agent(
         run.mkdir(parents=True, exist_ok=True)
         _write_json(run / "config.json", asdict(config))
     threads = executor.threads if isinstance(executor, RayExecutor) else torch.get_num_threads()
-    env = _make_vec_env(config, _prepared_here(config, run, executor, progress), executor, threads)
+    if env_settings is None:
+        elsewhere = (executor is not None and executor.remote) or config.n_envs > 1
+        env_settings = prepare_env_settings(config, run, progress=progress) if elsewhere else config.env_kwargs()
+    env = _make_vec_env(config, env_settings, executor, threads)
     steps_per_episode = len(env.get_attr("groups")[0])
     group_names = [g.name for g in env.get_attr("groups")[0]]
     if resume:
@@ -497,16 +504,18 @@ def train_agent(
     return RunResult(run, state, time.perf_counter() - start)
 
 
-def _prepared_here(config: TrainRunConfig, run: Path, executor: Executor | None, progress: bool) -> dict[str, Any]:
-    """The settings the environments are built with (``make_env``'s). Latency is measured in this process alone:
-    where the environments run elsewhere (Ray actors, possibly on other machines, or several processes) on a device
-    measured on this host, the lookup table is made (or read) here and handed to them, and so is the correction
-    when the run corrects the table by timing plans (made here first, saved in the run folder or at the path the
-    run names): they time nothing, side by side or on other nodes."""
+def prepare_env_settings(
+    config: TrainRunConfig, run: str | os.PathLike[str], *, progress: bool = False
+) -> dict[str, Any]:
+    """The settings (``make_env``'s) of a run's environments that run elsewhere: in other processes, on Ray actors or
+    in a Ray task, possibly on other machines. Latency is measured in this process alone: on a device measured on
+    this host, the lookup table is made (or read) here and handed to them, and so is the correction when the run
+    corrects the table by timing plans (made here first, saved in the run folder or at the path the run names):
+    they time nothing, side by side or on other nodes."""
+    run = Path(run)
     settings = config.env_kwargs()
-    elsewhere = isinstance(executor, RayExecutor) or config.n_envs > 1
     target = config.target
-    if not elsewhere or target.device not in MEASURED_DEVICES or target.budget_metric != "latency":
+    if target.device not in MEASURED_DEVICES or target.budget_metric != "latency":
         return settings
     from envs.factory import make_env
     from hardware_models.correction import CorrectedCost

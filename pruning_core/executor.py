@@ -24,6 +24,12 @@ An executor also fine-tunes plans (:meth:`Executor.finetune`, :class:`FinetuneJo
 baseline's or an applied policy's plan): the local executor one after the other as they are asked for, the Ray
 executor all at once as Ray tasks (Ray retries a task whose worker died). Either way nothing runs by the time a
 fine-tuned model is handed back, so that the caller measures its latency alone.
+
+Any other work goes through :meth:`Executor.submit`, which hands back a :class:`Pending` result: the local executor
+runs the call when its result is first asked for (so work runs in the order the caller asks, as without executors),
+the Ray executor starts it at once as a Ray task (a benchmark's agent searches, side by side). The tasks see the
+driver's ``PRUNEGYM_*`` environment variables (data folders), and read and write files where the driver does: on a
+cluster of several machines, those paths must be on storage every node sees.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from pruning_core.errors import PruneGymError
 
@@ -46,6 +52,9 @@ if TYPE_CHECKING:
 
 MAX_RESTARTS = 3
 """Times a Ray worker is restarted after it dies, and times a plan it held is scored again."""
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 Arrived = Callable[[int, "Evaluation"], None]
 """Called with a plan's index and its evaluation as soon as the evaluation is made (in any order)."""
@@ -157,13 +166,62 @@ def _remote_job(
     return run_job(FinetuneJob(name, engine, PruningPlan.from_json(plan), data, config, bn_batches), progress=False)
 
 
+class Pending(Protocol[T_co]):
+    """A call handed to :meth:`Executor.submit`, whose result is asked for later."""
+
+    def result(self) -> T_co:
+        """The call's return value (waiting for it, or making it now with the local executor); what it raised is
+        raised here."""
+        ...
+
+
+class _Deferred(Generic[T]):
+    """The local executor's pending call: made the first time its result is asked for."""
+
+    def __init__(self, fn: Callable[..., T], args: tuple[Any, ...]) -> None:
+        self._call: tuple[Callable[..., T], tuple[Any, ...]] | None = (fn, args)
+        self._value: T | None = None
+
+    def result(self) -> T:
+        if self._call is not None:
+            fn, args = self._call
+            self._value, self._call = fn(*args), None
+        return self._value  # type: ignore[return-value]
+
+
+def _call(fn: Callable[..., T], *args: Any) -> T:
+    """A Ray task's body for :meth:`RayExecutor.submit` (``fn`` may be any callable, a builtin included)."""
+    return fn(*args)
+
+
+class _RayPending(Generic[T]):
+    """A Ray task's result; a :class:`~pruning_core.errors.PruneGymError` raised in the task is raised as it is (its
+    one line, without Ray's remote traceback)."""
+
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+
+    def result(self) -> T:
+        import ray
+        from ray.exceptions import RayTaskError
+
+        try:
+            return ray.get(self.ref)  # type: ignore[no-any-return]
+        except RayTaskError as exc:
+            if isinstance(exc.cause, PruneGymError):
+                raise exc.cause from None
+            raise
+
+
 @runtime_checkable
 class Executor(Protocol):
     """Scores plans afresh for a :class:`~pruning_core.scoring.PlanScorer` (which keeps the cache and the log)."""
 
-    batch_size: int
-    """Plans a search hands over at once where it can propose them without seeing scores (1: each scored as it is
-    proposed, as before executors existed)."""
+    @property
+    def batch_size(self) -> int:
+        """Plans a search hands over at once where it can propose them without seeing scores (1: each scored as it
+        is proposed, as before executors existed)."""
+        ...
 
     def evaluate(
         self, scorer: PlanScorer, plans: Sequence[PruningPlan], arrived: Arrived | None = None
@@ -175,6 +233,21 @@ class Executor(Protocol):
     @property
     def remote_cpu_seconds(self) -> float:
         """CPU seconds its evaluations took outside this process so far (0 for the local executor)."""
+        ...
+
+    @property
+    def remote(self) -> bool:
+        """Whether its work runs outside this process (where nothing may be timed)."""
+        ...
+
+    def submit(self, fn: Callable[..., T], *args: Any, cpus: int | None = None) -> Pending[T]:
+        """``fn(*args)``, whose result is asked for later: run then (local) or started now on a worker of ``cpus``
+        CPUs (Ray; None: the executor's threads), retried where its worker dies. ``fn`` must be importable where it
+        runs (a module's function), and time nothing."""
+        ...
+
+    def release_workers(self) -> None:
+        """Stop its idle scoring workers (nothing for the local executor): before plans are timed here."""
         ...
 
     def finetune(self, jobs: Sequence[FinetuneJob], finished: Finished | None = None) -> Iterator[Finetuned]:
@@ -193,6 +266,7 @@ class LocalExecutor:
 
     batch_size = 1
     remote_cpu_seconds = 0.0
+    remote = False
 
     def evaluate(
         self, scorer: PlanScorer, plans: Sequence[PruningPlan], arrived: Arrived | None = None
@@ -210,6 +284,12 @@ class LocalExecutor:
             if finished is not None:
                 finished(job.name, made)
             yield made
+
+    def submit(self, fn: Callable[..., T], *args: Any, cpus: int | None = None) -> Pending[T]:
+        return _Deferred(fn, args)
+
+    def release_workers(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -353,20 +433,34 @@ class RayExecutor:
                 finished(jobs[index].name, done[index])
         return iter([done[index] for index in range(len(jobs))])
 
-    def check_fits(self) -> None:
-        """Refuse work that no Ray node could place: a worker of ``threads`` CPUs on a cluster whose largest node has
-        fewer (it would wait for ever).
+    remote = True
+
+    def submit(self, fn: Callable[..., T], *args: Any, cpus: int | None = None) -> Pending[T]:
+        """Start ``fn(*args)`` now as a Ray task of ``cpus`` CPUs (None: ``threads``), with the driver's
+        ``PRUNEGYM_*`` environment variables; Ray runs it again (up to ``max_restarts`` times) if its worker dies."""
+        ray = self.connect()
+        cpus = self.threads if cpus is None else cpus
+        self.check_fits(cpus)
+        variables = {name: value for name, value in os.environ.items() if name.startswith("PRUNEGYM_")}
+        task = ray.remote(_call).options(
+            num_cpus=cpus, max_retries=self.max_restarts, runtime_env={"env_vars": variables} if variables else None
+        )
+        return _RayPending(task.remote(fn, *args))
+
+    def check_fits(self, cpus: int | None = None) -> None:
+        """Refuse work that no Ray node could place: a worker of ``cpus`` CPUs (None: ``threads``) on a cluster whose
+        largest node has fewer (it would wait for ever).
 
         Raises:
-            PruneGymError: No node has ``threads`` CPUs.
+            PruneGymError: No node has ``cpus`` CPUs.
         """
         import ray
 
+        cpus = self.threads if cpus is None else cpus
         largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0)
-        if largest < self.threads:
+        if largest < cpus:
             raise PruneGymError(
-                f"expected a Ray node with at least {self.threads} CPUs for a worker of {self.threads} thread(s); "
-                f"got at most {largest:g}"
+                f"expected a Ray node with at least {cpus} CPUs for one worker; got at most {largest:g}"
             )
 
     def _gather(self, batch: _Batch) -> Iterator[Evaluation]:

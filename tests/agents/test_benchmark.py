@@ -16,7 +16,9 @@ from agents.benchmark import (
     load_records,
     restore_checked_sparsity,
     rewrite_tables,
+    search_agent,
 )
+from agents.train import TrainRunConfig
 from envs import Target
 from envs.factory import make_env
 from pruning_core.baselines import retargeted_plan
@@ -195,3 +197,10 @@ def test_a_model_fine_tuned_before_the_benchmark_stopped_is_measured_not_fine_tu
     kept.save(job, made)
     run_benchmark(config)
     assert not folder.joinpath("uniform-l1").exists()
+
+
+def test_an_agent_search_whose_folder_its_worker_cannot_see_fails_in_one_line(tmp_path):
+    config = TrainRunConfig(target=Target(device="pixel-a76"), episodes=1)
+    with pytest.raises(PruneGymError, match=r"^expected the benchmark's folder .*missing where the search runs"):
+        search_agent(config, str(tmp_path / "missing" / "ppo_b0.5_s0"), None, None)
+    assert not (tmp_path / "missing").exists()

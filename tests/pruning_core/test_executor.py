@@ -4,6 +4,7 @@ mid-search included; the local executor changes nothing and starts no Ray."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -69,6 +70,26 @@ def test_scoring_a_batch_is_scoring_one_plan_after_the_other(env):
     scores = batched.score_all(plans, executor=LocalExecutor())
     assert [(s.top1, s.cached) for s in scores] == [(s.top1, s.cached) for s in expected]
     assert [s.cached for s in scores] == [False, False, True] and batched.evaluations == one_by_one.evaluations == 2
+
+
+def test_the_local_executor_makes_a_submitted_call_when_its_result_is_first_asked_for():
+    calls: list[int] = []
+    pending = LocalExecutor().submit(calls.append, 1)
+    assert calls == []  # not yet: work runs in the order the caller asks for it
+    assert pending.result() is None and pending.result() is None
+    assert calls == [1]
+
+
+def test_a_call_submitted_to_ray_runs_now_on_a_worker_that_sees_the_drivers_variables(ray_instance, monkeypatch):
+    monkeypatch.setenv("PRUNEGYM_PROBE", "from the driver")
+    with RayExecutor(threads=1) as executor:
+        pid, seen = executor.submit(os.getpid), executor.submit(os.getenv, "PRUNEGYM_PROBE")
+        assert pid.result() != os.getpid() and seen.result() == "from the driver"
+        # the task's own one-line error, not Ray's wrapper
+        with pytest.raises(PruneGymError, match=r"^executor must be one of local, ray; got 'dask'$"):
+            executor.submit(make_executor, "dask").result()
+        with pytest.raises(PruneGymError, match=r"^expected a Ray node with at least 3 CPUs for one worker; got"):
+            executor.submit(os.getpid, cpus=3)  # it would wait for ever
 
 
 def test_the_executors_are_chosen_by_name():
@@ -214,7 +235,7 @@ def test_a_worker_no_ray_node_can_place_is_refused_in_one_line(env, digits, ray_
         RayExecutor(threads=3) as executor,
         pytest.raises(
             PruneGymError,
-            match=r"^expected a Ray node with at least 3 CPUs for a worker of 3 thread\(s\); got at most 2$",
+            match=r"^expected a Ray node with at least 3 CPUs for one worker; got at most 2$",
         ),
     ):
         list(executor.finetune(_jobs(env, digits)))  # it would wait for ever

@@ -421,7 +421,8 @@ def test_benchmark_scores_every_search_with_its_recipe_and_refuses_to_resume_an_
 
 @pytest.mark.slow  # a Ray instance and its workers
 def test_benchmark_searches_and_fine_tunes_on_ray_workers_find_what_they_find_locally(tmp_path, ray_instance, capsys):
-    argv = ["benchmark", "--device", "pixel-a76", "--budgets", "0.6", "--methods", "greedy-lut", "tpe", "uniform-l1"]
+    argv = ["benchmark", "--device", "pixel-a76", "--budgets", "0.6", "--methods", "ppo", "greedy-lut", "tpe"]
+    argv += ["uniform-l1", "dqn"]
     argv += ["--episodes", "4", "--finetune-epochs", "1", "--val-images", "100", "--bn-batches", "2"]
     argv += ["--finetune-steps", "0", "--threads", "1"]  # the Ray workers' threads: the same fine-tunes
     before = torch.get_num_threads()
@@ -430,14 +431,16 @@ def test_benchmark_searches_and_fine_tunes_on_ray_workers_find_what_they_find_lo
         assert main([*argv, "--executor", "ray", "--ray-workers", "2", "--out", str(tmp_path / "ray")]) == 0
     finally:
         torch.set_num_threads(before)
-    assert "fine-tuning 3 plans on Ray workers: greedy-lut, tpe, uniform-l1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "searching with ppo, dqn on Ray workers" in out  # the agents side by side, while greedy-lut searched
+    assert "fine-tuning 5 plans on Ray workers: ppo, greedy-lut, tpe, uniform-l1, dqn" in out
 
     def found(folder: str) -> list[tuple[Any, ...]]:
         records = json.loads((tmp_path / folder / "results.json").read_text())
         keys = ("method", "sparsity_searched", "val_top1", "evaluations", "test_top1_bn", "test_top1_finetuned")
         return [tuple(r[k] for k in keys) for r in records]
 
-    assert found("ray") == found("local") and len(found("local")) == 3
+    assert found("ray") == found("local") and len(found("local")) == 5
     assert ray_instance.is_initialized()  # an instance the benchmark did not start is left running
 
 
