@@ -33,7 +33,7 @@ import shutil
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -52,7 +52,7 @@ from agents.train import ALGOS, TrainRunConfig, prepare_env_settings, train_agen
 from envs.factory import make_env
 from envs.layer_prune import ACTION_MAPPINGS, DEFAULT_LEVELS, REWARDS, LayerPruneEnv
 from envs.target import Target
-from pruning_core.baselines import BASELINES, BudgetProblem, baseline_plan
+from pruning_core.baselines import BASELINE_CRITERIA, BASELINES, BudgetProblem, baseline_plan
 from pruning_core.data import atomic_write_bytes
 from pruning_core.errors import BudgetInfeasibleError, CheckpointError, PruneGymError
 from pruning_core.executor import Executor, Finetuned, FinetuneJob, Pending, make_executor
@@ -548,6 +548,19 @@ def load_records(path: Path) -> list[dict[str, Any]]:
             record["latency_ratio_final"] = record["latency_ratio_measured"]
             record.update(measured_verdict(record))
     return [MethodRecord.from_dict(record).to_dict() for record in records]
+
+
+def record_plan(record: Mapping[str, Any], granule: int) -> PruningPlan:
+    """The plan a benchmark record fine-tuned: its per-group ``sparsity`` (after the measured check), its channels
+    ranked by the method's criterion (a heuristic baseline's; ``l1``, the environment's default, for the searches).
+
+    Raises:
+        PruneGymError: The record keeps no per-group sparsity (written before records kept it).
+    """
+    if not record.get("sparsity"):
+        raise PruneGymError(f"expected a record with a per-group sparsity; got one without ({record.get('method')})")
+    criterion = BASELINE_CRITERIA.get(record["method"], "l1")
+    return PruningPlan(sparsity=record["sparsity"], criterion=criterion, round_to=granule)
 
 
 def restore_checked_sparsity(records: list[dict[str, Any]], env_of: Callable[[str, float], LayerPruneEnv]) -> bool:

@@ -176,12 +176,22 @@ def global_plan(problem: BudgetProblem, *, criterion: str = "l1") -> PruningPlan
     return plan_from_kept(problem, kept(threshold), criterion)
 
 
+BASELINE_CRITERIA: dict[str, str] = {
+    "uniform-l1": "l1",
+    "global-magnitude": "l1",
+    "slimming": "bn",
+    "taylor": "taylor",
+    "activation": "activation",
+}
+"""The importance criterion each heuristic baseline ranks channels by (the searches use their environment's)."""
+
 BASELINES: dict[str, Callable[[BudgetProblem], PruningPlan]] = {
-    "uniform-l1": lambda p: uniform_plan(p, criterion="l1"),
-    "global-magnitude": lambda p: global_plan(p, criterion="l1"),
-    "slimming": lambda p: global_plan(p, criterion="bn"),
-    "taylor": lambda p: global_plan(p, criterion="taylor"),
-    "activation": lambda p: global_plan(p, criterion="activation"),
+    "uniform-l1": lambda p: uniform_plan(p, criterion=BASELINE_CRITERIA["uniform-l1"]),
+    **{
+        name: (lambda p, c=criterion: global_plan(p, criterion=c))
+        for name, criterion in BASELINE_CRITERIA.items()
+        if name != "uniform-l1"
+    },
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -630,17 +631,18 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from scripts.demo import run_demo
+    from scripts.demo import DEMO_FINETUNE_EPOCHS, run_demo, run_demo_seeds
 
     _set_threads(args)
-    run_demo(
+    run = run_demo if args.seeds == 1 else functools.partial(run_demo_seeds, args.seeds)
+    run(
         model=args.model,
         checkpoint=args.checkpoint,
         data=args.data,
         data_root=args.data_root,
         budget=args.budget,
         episodes=args.episodes,
-        finetune_epochs=args.finetune_epochs,
+        finetune_epochs=DEMO_FINETUNE_EPOCHS if args.finetune_epochs is None else args.finetune_epochs,
         centre_on_uniform=args.centre_on_uniform,
         action_std=args.action_std,
         seed=args.seed,
@@ -1192,9 +1194,12 @@ def _add_demo_parser(sub: Any) -> None:
     _add_data_args(p)
     p.add_argument("--budget", type=float, default=0.5)
     p.add_argument("--episodes", type=int, default=60)
-    p.add_argument("--finetune-epochs", type=int, default=3)
+    p.add_argument("--finetune-epochs", type=int, default=None, help="every method's fine-tuning epochs (default: 20)")
     _add_agent_args(p)
     p.add_argument("--seed", type=int, default=0, help="the agent's seed and every method's fine-tuning seed")
+    p.add_argument(
+        "--seeds", type=int, default=1, help="run the demo for this many seeds from --seed (each in OUT/s<seed>)"
+    )
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.set_defaults(handler=cmd_demo)
 

@@ -6,8 +6,15 @@ in seconds, then fine-tune each plan for
 ``--epochs`` epochs and record val accuracy. Prints the Spearman correlation of each option with the fine-tuned
 accuracy. Each plan's row is saved as soon as it is done; re-running resumes.
 
+With ``--records``, the plans are those a benchmark fine-tuned (each record's plan after the measured check) and the
+reference is the test top-1 they reached; the options are adaptive BN on ``--val-images`` and on every val image,
+and adaptive BN plus ``--steps`` steps. Spearman is printed per budget, over all records and over the searches'
+(agents, greedy-lut, random-search, tpe, transfer).
+
 Usage:
     python -m scripts.score_correlation --model resnet20 --data cifar10 --budget 0.5 --plans 20 --out runs/corr.json
+    python -m scripts.score_correlation --model resnet56 --data cifar10 --budget 0.7 --threads 1 \
+        --records benchmarks/resnet56_cifar10/results.json --out runs/corr_records.json
 """
 
 from __future__ import annotations
@@ -21,7 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.stats import spearmanr
+from tqdm import tqdm
 
+from agents.benchmark import load_records, record_plan
+from envs.layer_prune import LayerPruneEnv
 from pruning_core.baselines import plan_from_kept
 from pruning_core.data import atomic_write_bytes
 from pruning_core.finetune import finetune_recipe, prune_and_finetune
@@ -29,18 +39,75 @@ from pruning_core.scoring import PlanScorer, ScoreConfig
 from pruning_core.search import random_candidate
 from scripts.cli import add_target_args, env_from_args
 
+SEARCHES = ("ppo", "dqn", "greedy-lut", "random-search", "tpe", "transfer")
+"""Methods whose plan a search chose (the rest are one-shot heuristics)."""
 
-def main() -> None:
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_target_args(parser)
     parser.add_argument("--plans", type=int, default=20)
     parser.add_argument("--steps", type=int, default=50, help="SGD steps of the short fine-tune option")
     parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs of the reference accuracy")
     parser.add_argument("--val-images", type=int, default=1000)
+    parser.add_argument(
+        "--records",
+        type=Path,
+        nargs="+",
+        help="score the plans these benchmark results fine-tuned, against the test top-1 they reached",
+    )
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads or 2)
     env = env_from_args(args, val_images=args.val_images)
+    if args.records:
+        score_records(args, env)
+    else:
+        score_random_plans(args, env)
+
+
+def score_records(args: argparse.Namespace, env: LayerPruneEnv) -> None:
+    """Each option's score of every plan the records fine-tuned, and its Spearman with their test top-1."""
+    dataset, engine = env.scorer.dataset, env.engine
+    every = len(dataset.val.labels)
+    configs = {
+        "adaptive_bn": ScoreConfig(val_images=args.val_images, finetune_steps=0),
+        f"adaptive_bn_{every}_images": ScoreConfig(val_images=every, finetune_steps=0),
+        f"bn_plus_{args.steps}_steps": ScoreConfig(val_images=args.val_images, finetune_steps=args.steps),
+    }
+    options = {name: PlanScorer(engine, dataset, config) for name, config in configs.items()}
+    records = [
+        (f"{path}#{i}", record)
+        for path in args.records
+        for i, record in enumerate(load_records(path))
+        if record.get("sparsity") and record.get("val_top1_finetuned") is not None  # fine-tuned
+    ]
+    rows = json.loads(args.out.read_text()) if args.out.exists() else []
+    done = {row["record"] for row in rows}
+    for key, record in tqdm([r for r in records if r[0] not in done], desc="records", unit="plan"):
+        plan = record_plan(record, env.granule)
+        row = {"record": key, "method": record["method"], "budget": record["budget"], "seed": record["seed"]}
+        row["test_top1_finetuned"] = record["test_top1_finetuned"]
+        for name, scorer in options.items():
+            score = scorer.score(plan)
+            row[name], row[name + "_seconds"] = score.top1, score.seconds
+        rows.append(row)
+        atomic_write_bytes(args.out, lambda tmp: tmp.write_text(json.dumps(rows, indent=1)))
+    summary = []
+    for budget in sorted({row["budget"] for row in rows}, reverse=True):
+        for subset in ("all", "searches"):
+            chosen = [r for r in rows if r["budget"] == budget and (subset == "all" or r["method"] in SEARCHES)]
+            if len(chosen) < 3:
+                continue
+            target = [r["test_top1_finetuned"] for r in chosen]
+            spearman = {name: float(spearmanr([r[name] for r in chosen], target).statistic) for name in options}
+            summary.append({"budget": budget, "records": subset, "plans": len(chosen), **spearman})
+    seconds = {name: float(np.median([r[name + "_seconds"] for r in rows])) for name in options}
+    print(json.dumps({"spearman": summary, "seconds_median": seconds}, indent=1))
+
+
+def score_random_plans(args: argparse.Namespace, env: LayerPruneEnv) -> None:
+    """Each option's score of ``--plans`` random plans under the budget, each then fine-tuned for ``--epochs``."""
     dataset, engine = env.scorer.dataset, env.engine
     problem = env.budget_problem()
     options = {

@@ -11,7 +11,9 @@ import torch
 from agents.apply import LATENCY_ROUNDS
 from agents.benchmark import rewrite_tables
 from agents.record import MethodRecord
+from pruning_core.errors import PruneGymError
 from scripts.cli import main
+from scripts.demo import run_demo_seeds
 
 
 def test_pretrain_then_evaluate_json(tmp_path, capsys):
@@ -308,6 +310,27 @@ def test_demo_runs_end_to_end(tmp_path):
         assert 0 < r["latency_ratio_measured"] < 1
         assert r["budget_met_measured"] == (r["latency_ratio_measured"] <= 0.8)
     assert (tmp_path / "demo" / "accuracy_vs_latency.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_demo_over_seeds_summarises_each_method(tmp_path, capsys):
+    argv = ["demo", "--episodes", "4", "--finetune-epochs", "1", "--budget", "0.8", "--seeds", "2", "--seed", "3"]
+    assert main([*argv, "--out", str(tmp_path / "demo")]) == 0
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["seeds"] == [3, 4] and list(summary["methods"]) == ["ppo", "uniform-l1", "global-magnitude"]
+    for seed in (3, 4):  # each seed's run whole in its own folder
+        records = json.loads((tmp_path / "demo" / f"s{seed}" / "results.json").read_text())
+        assert [r["test_top1_finetuned"] for r in records] == [
+            summary["methods"][r["method"]]["test_top1_finetuned"][seed - 3] for r in records
+        ]
+    ppo = summary["methods"]["ppo"]
+    assert ppo["mean"] == pytest.approx(sum(ppo["test_top1_finetuned"]) / 2) and min(ppo["evaluations"]) > 0
+    assert "ppo against the best heuristic" in capsys.readouterr().out
+
+
+def test_demo_refuses_no_seeds(tmp_path):
+    with pytest.raises(PruneGymError, match="expected at least 1 seed; got 0"):
+        run_demo_seeds(0, out=tmp_path)
 
 
 def test_benchmark_writes_tables_and_resumes(tmp_path, capsys):
