@@ -45,7 +45,12 @@ On resnet56 at 0.7 of dense latency (one seed, 2 fine-tuning epochs; ``prunegym 
 the headline benchmark's 50-step cells) greedy-lut scored by adaptive BN alone found a plan that reached 0.878
 against 0.867, in 16 minutes instead of 144. The agents did not gain: 400 episodes scored by BN alone reached
 0.849-0.854, 100 such episodes 0.837-0.840, against 0.855-0.859 for 100 episodes with 50 steps. Both benchmark
-scripts search with ``--finetune-steps 0``; how many episodes the agents then need is open."""
+scripts search with ``--finetune-steps 0``; how many episodes the agents then need is open.
+
+Among good plans only the short fine-tune ranks them (``python -m scripts.score_correlation --records``, the 72 plans
+the resnet56 benchmark fine-tuned, against their test top-1 after 2 epochs): over the better half at 0.7 of dense
+latency, Spearman 0.536 for adaptive BN alone, 0.668 on 5,000 val images and 0.891 with 50 steps (2.9, 9.1 and 17.5 s
+a plan, 2 threads)."""
 
 
 @dataclass(frozen=True)

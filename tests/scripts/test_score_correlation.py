@@ -21,7 +21,7 @@ def test_records_plans_are_scored_and_ranked_per_budget(tmp_path, capsys):
     cell.update(val_top1_pruned=0, test_top1_pruned=0, val_top1=0, test_top1_bn=0)
     records = [
         {**cell, "method": "uniform-l1", "sparsity": dict.fromkeys(names, s), **finetuned(1 - s)}
-        for s in (0.1, 0.5, 0.8)
+        for s in (0.1, 0.3, 0.5, 0.8)
     ]
     records.append({**cell, "method": "taylor", "sparsity": dict.fromkeys(names, 0.3), **finetuned(0.7)})
     records.append({**cell, "method": "ppo", "sparsity": dict.fromkeys(names, 0.2)})  # not fine-tuned: left out
@@ -31,14 +31,17 @@ def test_records_plans_are_scored_and_ranked_per_budget(tmp_path, capsys):
     main([*argv, "--records", str(tmp_path / "results.json"), "--out", str(out)])
     printed = capsys.readouterr().out
     rows = json.loads(out.read_text())
-    assert [r["method"] for r in rows] == ["uniform-l1"] * 3 + ["taylor"]
+    assert [r["method"] for r in rows] == ["uniform-l1"] * 4 + ["taylor"]
     # thinner plans score lower on every option: the ranking follows the fine-tuned accuracy
     for option in ("adaptive_bn", "adaptive_bn_287_images", "bn_plus_2_steps"):
-        scores = [r[option] for r in rows[:3]]
-        assert scores[0] > scores[2], option
+        scores = [r[option] for r in rows[:4]]
+        assert scores[0] > scores[3], option
     # a second run resumes: nothing is scored again
     main([*argv, "--records", str(tmp_path / "results.json"), "--out", str(out)])
     assert json.loads(out.read_text()) == rows
     summary = json.loads(printed[printed.index('{\n "spearman"') :])
-    # 4 plans at 0.6, every one a heuristic's: no "searches" row
-    assert [(r["budget"], r["records"], r["plans"]) for r in summary["spearman"]] == [(0.6, "all", 4)]
+    # 5 plans at 0.6, every one a heuristic's: no "searches" row; the upper half by fine-tuned top-1: 0.9, 0.7, 0.7
+    rows_printed = [(r["budget"], r["records"], r["plans"]) for r in summary["spearman"]]
+    assert rows_printed == [(0.6, "all", 5), (0.6, "upper half", 3)]
+    table = out.with_suffix(".md").read_text()
+    assert "| 0.6 | upper half | 3 |" in table and "seconds per plan (median)" in table
