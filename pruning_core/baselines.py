@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 
@@ -186,12 +187,11 @@ BASELINE_CRITERIA: dict[str, str] = {
 """The importance criterion each heuristic baseline ranks channels by (the searches use their environment's)."""
 
 BASELINES: dict[str, Callable[[BudgetProblem], PruningPlan]] = {
-    "uniform-l1": lambda p: uniform_plan(p, criterion=BASELINE_CRITERIA["uniform-l1"]),
-    **{
-        name: (lambda p, c=criterion: global_plan(p, criterion=c))
-        for name, criterion in BASELINE_CRITERIA.items()
-        if name != "uniform-l1"
-    },
+    "uniform-l1": partial(uniform_plan, criterion=BASELINE_CRITERIA["uniform-l1"]),
+    "global-magnitude": partial(global_plan, criterion=BASELINE_CRITERIA["global-magnitude"]),
+    "slimming": partial(global_plan, criterion=BASELINE_CRITERIA["slimming"]),
+    "taylor": partial(global_plan, criterion=BASELINE_CRITERIA["taylor"]),
+    "activation": partial(global_plan, criterion=BASELINE_CRITERIA["activation"]),
 }
 
 

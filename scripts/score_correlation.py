@@ -30,7 +30,8 @@ import torch
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
-from agents.benchmark import load_records, record_plan
+from agents.benchmark import SEARCHES, load_records, record_plan
+from agents.train import ALGOS
 from envs.layer_prune import LayerPruneEnv
 from pruning_core.baselines import plan_from_kept
 from pruning_core.data import atomic_write_bytes
@@ -39,8 +40,8 @@ from pruning_core.scoring import PlanScorer, ScoreConfig
 from pruning_core.search import random_candidate
 from scripts.cli import add_target_args, env_from_args
 
-SEARCHES = ("ppo", "dqn", "greedy-lut", "random-search", "tpe", "transfer")
-"""Methods whose plan a search chose (the rest are one-shot heuristics)."""
+SEARCHED = (*ALGOS, *SEARCHES, "transfer")
+"""Methods whose plan a search or a learned policy chose (the rest are one-shot heuristics)."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,7 +100,7 @@ def score_records(args: argparse.Namespace, env: LayerPruneEnv) -> None:
         median = float(np.median([r["test_top1_finetuned"] for r in at_budget]))
         subsets = {
             "all": at_budget,
-            "searches": [r for r in at_budget if r["method"] in SEARCHES],
+            "searches": [r for r in at_budget if r["method"] in SEARCHED],
             "upper half": [r for r in at_budget if r["test_top1_finetuned"] >= median],
         }
         for subset, chosen in subsets.items():
