@@ -48,7 +48,7 @@ from agents.apply import (
 )
 from agents.policy_io import SavedPolicy, load_policy
 from agents.record import MethodRecord
-from agents.train import ALGOS, TrainRunConfig, prepare_env_settings, train_agent
+from agents.train import ALGOS, FINALISTS_KEPT, TrainRunConfig, prepare_env_settings, train_agent
 from envs.factory import make_env
 from envs.layer_prune import ACTION_MAPPINGS, DEFAULT_LEVELS, REWARDS, LayerPruneEnv
 from envs.target import Target
@@ -56,6 +56,7 @@ from pruning_core.baselines import BASELINE_CRITERIA, BASELINES, BudgetProblem, 
 from pruning_core.data import atomic_write_bytes
 from pruning_core.errors import BudgetInfeasibleError, CheckpointError, PruneGymError
 from pruning_core.executor import Executor, Finetuned, FinetuneJob, Pending, make_executor
+from pruning_core.finalists import Finalists, Reranked, rerank, rerank_scorer
 from pruning_core.finetune import finetune_recipe
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import DEFAULT_FINETUNE_STEPS
@@ -103,6 +104,13 @@ class BenchmarkConfig:
     """BN recalibration batches in the score."""
     finetune_steps: int = DEFAULT_FINETUNE_STEPS
     """SGD steps of the short fine-tune in every search's score (agents, random-search, greedy-lut)."""
+    rerank: int = 0
+    """Every search (agents, random-search, tpe, greedy-lut) scores its ``rerank`` best distinct plans within the
+    budget again, with ``rerank_steps`` SGD steps after recalibration, and keeps the best of those
+    (:mod:`pruning_core.finalists`; 0: none, the search's best plan). The re-scores count in its evaluations and
+    search time, and are logged under ``searches/`` (``*_rerank.jsonl``)."""
+    rerank_steps: int = DEFAULT_FINETUNE_STEPS
+    """SGD steps of the re-score's short fine-tune."""
     transfer_from: str | None = None
     """A trained policy's run folder, also applied with no search (method ``transfer``)."""
     centre_on_uniform: bool = False
@@ -164,6 +172,11 @@ class BenchmarkConfig:
                 "expected episodes >= 1, seeds >= 1 and finetune_epochs >= 0; "
                 f"got {self.episodes}, {self.seeds} and {self.finetune_epochs}"
             )
+        if not 0 <= self.rerank <= FINALISTS_KEPT or self.rerank_steps < 1:
+            raise PruneGymError(
+                f"expected 0 <= rerank <= {FINALISTS_KEPT} and rerank_steps >= 1; got {self.rerank} and "
+                f"{self.rerank_steps}"
+            )
         if self.action_mapping not in ACTION_MAPPINGS:
             raise PruneGymError(
                 f"action_mapping must be one of {', '.join(ACTION_MAPPINGS)}; got {self.action_mapping!r}"
@@ -203,26 +216,30 @@ def _plan_for(
     policy: SavedPolicy | None,
     executor: Executor,
     searching: dict[str, Pending[AgentSearch]],
-) -> tuple[PruningPlan, int, tuple[float, float] | None]:
-    """The plan a method proposes, the number of candidates it scored, and for an agent or a search its wall and CPU
-    seconds summed over the sessions it was resumed in (None: time the call). A search scores its candidates with
-    ``executor``; an agent's search is the one :func:`_start_agent` handed to it (``searching``)."""
+) -> tuple[PruningPlan, int, tuple[float, float] | None, Finalists | None]:
+    """The plan a method proposes, the number of candidates it scored, for an agent or a search its wall and CPU
+    seconds summed over the sessions it was resumed in (None: time the call), and with ``cfg.rerank`` a search's
+    finalists (None for a method that does not search). A search scores its candidates with ``executor``; an
+    agent's search is the one :func:`_start_agent` handed to it (``searching``)."""
     problem = env.budget_problem()
     if method in BASELINES:
-        return baseline_plan(method, problem), 0, None
+        return baseline_plan(method, problem), 0, None, None
     if method in SEARCHES:
-        return _search_plan(method, cfg, env, problem, seed, budget, executor)
+        finalists = Finalists(cfg.rerank) if cfg.rerank else None
+        plan, evaluations, seconds = _search_plan(method, cfg, env, problem, seed, budget, executor, finalists)
+        return plan, evaluations, seconds, finalists
     if method in PROBED:
         probes = env.sensitivity or probed_sensitivity_of(env, cfg, budget)
-        return sensitivity_plan(problem, probes, criterion=env.criterion), probes.evaluations, None
+        return sensitivity_plan(problem, probes, criterion=env.criterion), probes.evaluations, None, None
     if method in ALGOS:
         found = searching[method].result()
-        return PruningPlan.from_json(found.plan), found.evaluations, (found.seconds, found.cpu_seconds)
+        finalists = Finalists.from_list(cfg.rerank, found.finalists[: cfg.rerank]) if cfg.rerank else None
+        return PruningPlan.from_json(found.plan), found.evaluations, (found.seconds, found.cpu_seconds), finalists
     if method == "transfer":
         if policy is None:
             raise PruneGymError("method 'transfer' needs --transfer-from RUN")
         plan, _ = plan_from_policy(policy, env)
-        return plan, 1 + (env.sensitivity.evaluations if env.sensitivity is not None else 0), None
+        return plan, 1 + (env.sensitivity.evaluations if env.sensitivity is not None else 0), None, None
     raise PruneGymError(f"method must be one of {', '.join(ALL_METHODS)} or transfer; got {method!r}")
 
 
@@ -234,6 +251,8 @@ class AgentSearch(NamedTuple):
     evaluations: int
     seconds: float
     cpu_seconds: float
+    finalists: list[list[Any]]
+    """The search's best distinct plans within the budget, ``[[reward, plan JSON], ...]``, best first."""
 
 
 def search_agent(
@@ -267,7 +286,8 @@ def search_agent(
         env_settings=env_settings,
     )
     state = search.state
-    return AgentSearch(search.state_plan().to_json(), state.evaluations, state.seconds, state.cpu_seconds)
+    plan = search.state_plan().to_json()
+    return AgentSearch(plan, state.evaluations, state.seconds, state.cpu_seconds, state.finalists)
 
 
 def _start_agent(
@@ -333,10 +353,18 @@ def _correction_path(cfg: BenchmarkConfig, budget: float) -> Path:
 
 
 def _search_plan(
-    method: str, cfg: BenchmarkConfig, env: Any, problem: BudgetProblem, seed: int, budget: float, executor: Executor
+    method: str,
+    cfg: BenchmarkConfig,
+    env: Any,
+    problem: BudgetProblem,
+    seed: int,
+    budget: float,
+    executor: Executor,
+    finalists: Finalists | None = None,
 ) -> tuple[PruningPlan, int, tuple[float, float]]:
     """A search baseline's plan, its evaluations, and its wall and CPU seconds, shown with a progress bar. Its
-    candidates are scored by ``executor``; the CPU seconds count its workers' (Ray's) as well as this process's.
+    candidates are scored by ``executor``; the CPU seconds count its workers' (Ray's) as well as this process's. Its
+    plans within the budget are offered to ``finalists``.
 
     Every score is logged under ``searches/`` as it is made, so a search interrupted and run again scores only what
     it had not; the time the scores taken back had cost is added to this run's (not the interrupted run's time
@@ -346,7 +374,7 @@ def _search_plan(
 
     from pruning_core.checkpoint import sha256
 
-    name = f"{method}_b{budget:g}" + (f"_s{seed}" if method in ("random-search", "tpe") else "")
+    name = _search_name(method, budget, seed)
     inputs = {**_plan_inputs(cfg, method, env), "data": cfg.target.data}
     if cfg.target.checkpoint is not None:
         inputs["checkpoint_sha256"] = sha256(Path(cfg.target.checkpoint))
@@ -364,16 +392,49 @@ def _search_plan(
         if method in ("random-search", "tpe"):
             search = random_search if method == "random-search" else tpe_search
             result = search(
-                problem, env.scorer, evaluations=cfg.episodes, seed=seed, on_step=on_step, executor=executor
+                problem,
+                env.scorer,
+                evaluations=cfg.episodes,
+                seed=seed,
+                on_step=on_step,
+                executor=executor,
+                finalists=finalists,
             )
         else:
-            result = greedy_search(problem, env.scorer, on_step=on_step, executor=executor)
+            result = greedy_search(problem, env.scorer, on_step=on_step, executor=executor, finalists=finalists)
             if env.sensitivity is not None:  # its first round reused the probes: they count
                 result = replace(result, evaluations=result.evaluations + env.sensitivity.evaluations)
     seconds = time.perf_counter() - start[0] + log.carried_seconds
     remote = executor.remote_cpu_seconds - start[2]
     cpu_seconds = time.process_time() - start[1] + remote + log.carried_cpu_seconds
     return result.plan, result.evaluations, (seconds, cpu_seconds)
+
+
+def _search_name(method: str, budget: float, seed: int) -> str:
+    """A search's name in ``searches/``: per budget for greedy-lut (deterministic), per budget and seed otherwise."""
+    return f"{method}_b{budget:g}" + ("" if method in DETERMINISTIC else f"_s{seed}")
+
+
+def _rerank_plan(
+    method: str, cfg: BenchmarkConfig, env: Any, finalists: Finalists, seed: int, budget: float, executor: Executor
+) -> tuple[Reranked, float]:
+    """A search's finalists scored again with ``cfg.rerank_steps`` SGD steps (:func:`~pruning_core.finalists.rerank`),
+    logged under ``searches/`` as they are made (resumable), and the CPU seconds it took (Ray's workers' included).
+    The result's seconds include those of re-scores taken back from the log."""
+    from pruning_core.checkpoint import sha256
+
+    inputs = {**_plan_inputs(cfg, method, env), "data": cfg.target.data}
+    if cfg.target.checkpoint is not None:
+        inputs["checkpoint_sha256"] = sha256(Path(cfg.target.checkpoint))
+    scorer = rerank_scorer(env.scorer, cfg.rerank_steps)
+    start = (time.process_time(), executor.remote_cpu_seconds)
+    path = cfg.out / "searches" / f"{_search_name(method, budget, seed)}_rerank.jsonl"
+    size, steps = len(finalists.entries), cfg.rerank_steps
+    print(f"   {method}: its {size} best plans within the budget scored again with {steps} steps", flush=True)
+    with scorer.logging_to(path, inputs) as log:
+        result = rerank(finalists, scorer, executor=executor)
+    cpu = time.process_time() - start[0] + executor.remote_cpu_seconds - start[1] + log.carried_cpu_seconds
+    return replace(result, seconds=result.seconds + log.carried_seconds), cpu
 
 
 def _plan_inputs(cfg: BenchmarkConfig, method: str, env: Any) -> dict[str, Any]:
@@ -407,6 +468,14 @@ def _plan_inputs(cfg: BenchmarkConfig, method: str, env: Any) -> dict[str, Any]:
     return inputs
 
 
+def _cache_inputs(cfg: BenchmarkConfig, method: str, env: Any) -> dict[str, Any]:
+    """What a deterministic method's saved plan depends on: :func:`_plan_inputs`, and a search's re-rank."""
+    inputs = _plan_inputs(cfg, method, env)
+    if cfg.rerank and method in SEARCHES:
+        inputs["rerank"] = {"finalists": cfg.rerank, "steps": cfg.rerank_steps}
+    return inputs
+
+
 @dataclass(frozen=True)
 class _PlanCache:
     """A deterministic method's plan for one budget, saved with what it depends on (see `_plan_inputs`)."""
@@ -414,18 +483,20 @@ class _PlanCache:
     path: Path
     inputs: dict[str, Any]
 
-    def load(self) -> tuple[PruningPlan, int, float, float | None] | None:
+    def load(self) -> tuple[PruningPlan, int, float, float | None, dict[str, Any] | None] | None:
         """The saved plan, its evaluations, search wall and CPU seconds (None in plans saved before CPU time was
-        kept); None when absent or made from other inputs."""
+        kept) and its re-rank (None: none); None when absent or made from other inputs."""
         if not self.path.exists():
             return None
         saved = json.loads(self.path.read_text())
         if saved.get("inputs") != self.inputs:
             return None
         plan = PruningPlan.from_json(saved["plan"])
-        return plan, saved["evaluations"], saved["search_seconds"], saved.get("search_cpu_seconds")
+        return plan, saved["evaluations"], saved["search_seconds"], saved.get("search_cpu_seconds"), saved.get("rerank")
 
-    def save(self, plan: PruningPlan, evaluations: int, seconds: float, cpu_seconds: float) -> None:
+    def save(
+        self, plan: PruningPlan, evaluations: int, seconds: float, cpu_seconds: float, rerank: dict[str, Any] | None
+    ) -> None:
         """Write the plan atomically."""
         saved = {
             "plan": plan.to_json(),
@@ -434,6 +505,8 @@ class _PlanCache:
             "search_cpu_seconds": cpu_seconds,
             "inputs": self.inputs,
         }
+        if rerank is not None:
+            saved["rerank"] = rerank
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path, lambda tmp: tmp.write_text(json.dumps(saved)))
 
@@ -447,6 +520,7 @@ class _Planned(NamedTuple):
     seconds: float
     cpu_seconds: float | None
     cached: bool
+    rerank: dict[str, Any] | None
 
 
 @dataclass
@@ -721,27 +795,34 @@ def _run_cells(cfg: BenchmarkConfig, executor: Executor) -> list[dict[str, Any]]
                 method_env = last_env = env_of(method, budget)
                 print(f"== {method} at budget {budget:g}, seed {seed}: plan", flush=True)
                 cache = (
-                    _PlanCache(cfg.out / "plans" / f"{method}_b{budget:g}.json", _plan_inputs(cfg, method, method_env))
+                    _PlanCache(cfg.out / "plans" / f"{method}_b{budget:g}.json", _cache_inputs(cfg, method, method_env))
                     if method in DETERMINISTIC
                     else None
                 )
                 cached = cache.load() if cache is not None else None
                 cpu_seconds: float | None
+                reranked: dict[str, Any] | None = None
                 if cached is not None:
-                    plan, evaluations, seconds, cpu_seconds = cached
+                    plan, evaluations, seconds, cpu_seconds, reranked = cached
                 else:
                     start = (time.perf_counter(), time.process_time())
                     try:
-                        plan, evaluations, summed = _plan_for(
+                        plan, evaluations, summed, finalists = _plan_for(
                             method, cfg, method_env, seed, budget, policy, executor, searching
                         )
                     except BudgetInfeasibleError as exc:
                         print(f"   {method} cannot reach budget {budget:g}: {exc}")
                         continue
                     seconds, cpu_seconds = summed or (time.perf_counter() - start[0], time.process_time() - start[1])
+                    if finalists is not None:
+                        found, rerank_cpu = _rerank_plan(method, cfg, method_env, finalists, seed, budget, executor)
+                        plan, evaluations = found.plan, evaluations + found.evaluations
+                        seconds += found.seconds
+                        cpu_seconds = (cpu_seconds or 0.0) + rerank_cpu
+                        reranked = found.to_dict()
                     if cache is not None:
-                        cache.save(plan, evaluations, seconds, cpu_seconds)
-                planned[method] = _Planned(plan, evaluations, seconds, cpu_seconds, cached is not None)
+                        cache.save(plan, evaluations, seconds, cpu_seconds, reranked)
+                planned[method] = _Planned(plan, evaluations, seconds, cpu_seconds, cached is not None, reranked)
             stale_of = {
                 method: [r for r in records if (r["method"], r["budget"], r["seed"]) == (method, budget, seed)]
                 for method in planned
@@ -792,6 +873,7 @@ def _run_cells(cfg: BenchmarkConfig, executor: Executor) -> list[dict[str, Any]]
                     search_reused=p.cached or bool(stale),  # a stale record's search is complete
                     finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                     sparsity_searched=dict(p.plan.sparsity),  # record.sparsity: the plan after the check
+                    rerank=p.rerank,
                 ).to_dict()
                 if stale:  # finished again under the current protocol: the old record is kept apart, not lost
                     old = json.loads(superseded_path.read_text()) if superseded_path.exists() else []
@@ -915,6 +997,37 @@ def wall_time_lines(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def rerank_lines(records: list[dict[str, Any]]) -> list[str]:
+    """A table of the re-ranks (``BenchmarkConfig.rerank``): per cell, which finalist each seed kept (0: the search's
+    own best), its search score and re-score; none when no record was re-ranked."""
+    reranked = [r for r in records if r.get("rerank")]
+    if not reranked:
+        return []
+    cells: dict[tuple[float, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in sorted(reranked, key=lambda r: (-r["budget"], r["method"], r["seed"])):
+        cells[(r["budget"], r["method"])].append(r)
+    lines = [
+        "",
+        "Re-ranked: each search's best plans within the budget scored again with a short fine-tune, the best kept "
+        "(counted in evals and search s). Kept: the finalist's place by the search's score (0: the search's own "
+        "best), with its search score -> re-score, per seed.",
+        "",
+        "| budget | method | finalists | kept per seed | re-score evals | re-score s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (budget, method), rs in cells.items():
+        kept = ", ".join(
+            f"{x['picked']} ({x['search_scores'][x['picked']]:.3f} -> {x['scores'][x['picked']]:.3f})"
+            for x in (r["rerank"] for r in rs)
+        )
+        evals = statistics.fmean(r["rerank"]["evaluations"] for r in rs)
+        seconds = statistics.fmean(r["rerank"]["seconds"] for r in rs)
+        lines.append(
+            f"| {budget:g} | {method} | {len(rs[0]['rerank']['scores'])} | {kept} | {evals:.0f} | {seconds:.0f} |"
+        )
+    return lines
+
+
 def write_tables(records: list[dict[str, Any]], out: Path) -> None:
     """results.csv, results.md and the two plots, of the records finished under the current protocol
     (:func:`is_current`); results.md names the others, which a resumed benchmark finishes again."""
@@ -1016,6 +1129,7 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> None:
             else []
         ),
         *(["", *left_out] if left_out else []),
+        *rerank_lines(records),
         "",
         *wall_time_lines(records),
     ]

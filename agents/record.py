@@ -122,6 +122,10 @@ class MethodRecord:
     """Benchmark: whether the plan came from an earlier search (``plans/``, or a record finished again)."""
     finished: str | None = None
     """Benchmark: when the record was finished (``YYYY-MM-DDTHH:MM:SS``)."""
+    rerank: dict[str, Any] | None = None
+    """Benchmark: the search's finalists scored again with a short fine-tune
+    (:meth:`~pruning_core.finalists.Reranked.to_dict`: ``picked``, ``search_scores``, ``scores``, ``evaluations``,
+    ``seconds``; the last two are included in ``evaluations`` and ``search_seconds``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The record as ``report.json`` and ``results.json`` hold it: every field that is not None."""

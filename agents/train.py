@@ -31,6 +31,7 @@ from hardware_models.measure import MEASURED_DEVICES
 from pruning_core.data import atomic_write_bytes
 from pruning_core.errors import CheckpointError, PruneGymError
 from pruning_core.executor import Executor, RayExecutor
+from pruning_core.finalists import Finalists
 from pruning_core.models import model_slug
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import DEFAULT_FINETUNE_STEPS
@@ -55,6 +56,10 @@ ALGOS: dict[str, AlgoSpec] = {
     "ddpg": AlgoSpec(DDPG, "continuous", True),
 }
 
+
+FINALISTS_KEPT = 16
+"""Best distinct plans within the budget a search at one budget keeps (``SearchState.finalists``), for a re-rank by a
+costlier score (:mod:`pruning_core.finalists`)."""
 
 DQN_EXPLORATION_FRACTION = 0.5
 """Share of a DQN search over which its epsilon falls linearly from 1 to 0.05 (SB3's ``exploration_fraction``), counted
@@ -214,6 +219,19 @@ class SearchState:
     probe_evaluations: int = 0
     """Plans scored before the first episode: the sensitivity probes and, with the ``scaled`` mapping at one
     budget, the prior plan (the first candidate for the best plan)."""
+    finalists: list[list[Any]] = field(default_factory=list)
+    """At one budget, the ``FINALISTS_KEPT`` best distinct plans that met it, by reward, best first:
+    ``[[reward, plan JSON], ...]`` (:meth:`Finalists.to_list`; the prior plan among them)."""
+
+    def kept_finalists(self) -> Finalists:
+        """:attr:`finalists` as a :class:`~pruning_core.finalists.Finalists`."""
+        return Finalists.from_list(FINALISTS_KEPT, self.finalists)
+
+    def offer(self, plan: str, reward: float) -> None:
+        """Offer a plan that met the budget to :attr:`finalists`."""
+        kept = self.kept_finalists()
+        kept.offer(plan, reward)
+        self.finalists = kept.to_list()
 
     @property
     def evaluations(self) -> int:
@@ -285,6 +303,8 @@ class SearchCallback(BaseCallback):
                 state.best_reward, state.best_top1 = reward, float(info["top1"])
                 state.best_episode, state.best_plan = state.episodes, info["plan"]
                 _write_json(self.run / "best_plan.json", plan)
+            if info["budget_met"]:
+                state.offer(info["plan"], reward)
             self.logger.record("accuracy/best_val_top1", state.best_top1)
         for key, value in (
             ("episode/reward", reward),
@@ -549,6 +569,7 @@ def _score_before_episodes(run: Path, config: TrainRunConfig, env: VecEnv, state
     state.probe_evaluations += 1
     state.best_reward = 0.0 if config.reward == "residual" else top1
     state.best_top1, state.best_episode, state.best_plan = top1, 0, prior.to_json()
+    state.offer(prior.to_json(), state.best_reward)  # made to meet the budget
     _write_json(run / "best_plan.json", json.loads(prior.to_json()))
 
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from pruning_core.engine import PrunedModel, PruningEngine, apply_plan, describe, recalibrate_bn
     from pruning_core.executor import Executor, LocalExecutor, RayExecutor, make_executor
     from pruning_core.export import ExportReport, export_onnx, quantize_int8
+    from pruning_core.finalists import Finalists, Reranked, rerank, rerank_scorer
     from pruning_core.finetune import finetune_model, finetune_recipe, prune_and_finetune
     from pruning_core.graph import LayerType, ModelGraph, PrunableGroup, UnprunableLayer, build_dependency_graph
     from pruning_core.importance import CRITERIA, Criterion, make_criterion
@@ -63,6 +64,7 @@ _LAZY: dict[str, tuple[str, ...]] = {
     "engine": ("PrunedModel", "PruningEngine", "apply_plan", "describe", "recalibrate_bn"),
     "executor": ("Executor", "LocalExecutor", "RayExecutor", "make_executor"),
     "export": ("ExportReport", "export_onnx", "quantize_int8"),
+    "finalists": ("Finalists", "Reranked", "rerank", "rerank_scorer"),
     "finetune": ("finetune_model", "finetune_recipe", "prune_and_finetune"),
     "graph": ("LayerType", "ModelGraph", "PrunableGroup", "UnprunableLayer", "build_dependency_graph"),
     "importance": ("CRITERIA", "Criterion", "make_criterion"),
@@ -92,6 +94,7 @@ __all__ = [
     "EvalResult",
     "Executor",
     "ExportReport",
+    "Finalists",
     "Granularity",
     "ImageDataset",
     "IncompatiblePolicyError",
@@ -112,6 +115,7 @@ __all__ = [
     "PruningEngine",
     "PruningPlan",
     "RayExecutor",
+    "Reranked",
     "Score",
     "ScoreConfig",
     "SearchResult",
@@ -147,6 +151,8 @@ __all__ = [
     "quantize_int8",
     "random_search",
     "recalibrate_bn",
+    "rerank",
+    "rerank_scorer",
     "save_checkpoint",
     "save_pruned",
     "search_thresholds",

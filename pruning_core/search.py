@@ -26,6 +26,7 @@ from typing import Any
 from pruning_core.baselines import BudgetProblem, bisect_smallest, plan_from_kept
 from pruning_core.engine import group_kept, group_widths, widest_within
 from pruning_core.executor import Executor, LocalExecutor
+from pruning_core.finalists import Finalists
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import PlanScorer
 
@@ -79,9 +80,10 @@ def random_search(
     criterion: str = "l1",
     on_step: Callable[[int, float], None] | None = None,
     executor: Executor | None = None,
+    finalists: Finalists | None = None,
 ) -> SearchResult:
     """Best of ``evaluations`` random plans that meet the budget, scored in batches of the executor's ``batch_size``
-    (None: the local executor, one at a time)."""
+    (None: the local executor, one at a time). Every plan scored is offered to ``finalists``."""
     rng = random.Random(seed)
     return _best_of(
         problem,
@@ -92,6 +94,7 @@ def random_search(
         on_step,
         executor=executor or LocalExecutor(),
         name="random search",
+        finalists=finalists,
     )
 
 
@@ -107,6 +110,7 @@ def _best_of(
     tell: Callable[[float | None], None] | None = None,
     independent: Callable[[], int] | None = None,
     name: str,
+    finalists: Finalists | None = None,
 ) -> SearchResult:
     """Score ``evaluations`` proposed plans that meet the budget and keep the best. ``tell`` hears each proposal's
     score in the order proposed, None for one that misses the budget (not scored); at most 20 proposals per
@@ -134,6 +138,8 @@ def _best_of(
             if tell is not None:
                 tell(top1)
             history.append(top1)
+            if finalists is not None:
+                finalists.offer(plan.to_json(), top1)
             if best is None or top1 > best.val_top1:
                 best = SearchResult(plan, top1, len(history))
             if on_step is not None:
@@ -151,13 +157,17 @@ def greedy_search(
     criterion: str = "l1",
     on_step: Callable[[int, float], None] | None = None,
     executor: Executor | None = None,
+    finalists: Finalists | None = None,
 ) -> SearchResult:
     """NetAdapt: in each round, every group proposes the fewest channels removed that cut about 1/``steps`` of the
     cost still to remove; the proposal that loses the least val accuracy per unit of cost saved is taken. A round's
     proposals are scored together by ``executor`` (None: the local executor, one after the other).
 
     ``evaluations`` counts the plans scored by this search: a plan already in the scorer's cache (a sensitivity probe
-    that the first round would score again, see :mod:`pruning_core.sensitivity`) is not counted."""
+    that the first round would score again, see :mod:`pruning_core.sensitivity`) is not counted.
+
+    ``finalists`` is offered every proposal that meets the budget: the last round's (the final plan and the other
+    groups' last steps) and any earlier one that reached it."""
     executor = executor or LocalExecutor()
     groups = problem.engine.groups
     widths = {g.name: group_widths(g, problem.granule, problem.max_sparsity) for g in groups}
@@ -185,11 +195,14 @@ def greedy_search(
             saved = now - problem.cost_of(trial)
             if saved > 0:
                 trials.append((trial, saved))
-        scores = scorer.score_all([plan_from_kept(problem, t, criterion) for t, _ in trials], executor=executor)
+        plans = [plan_from_kept(problem, t, criterion) for t, _ in trials]
+        scores = scorer.score_all(plans, executor=executor)
         best: tuple[float, dict[str, int], float] | None = None
-        for (trial, saved), score in zip(trials, scores, strict=True):
+        for (trial, saved), plan, score in zip(trials, plans, scores, strict=True):
             top1 = score.top1
             evaluations += 0 if score.cached else 1  # a probe made before (sensitivity) is not paid twice
+            if finalists is not None and problem.meets(trial):
+                finalists.offer(plan.to_json(), top1)
             loss_per_cost = (current - top1) / saved
             if best is None or loss_per_cost < best[0]:
                 best = (loss_per_cost, trial, top1)
@@ -211,12 +224,14 @@ def tpe_search(
     criterion: str = "l1",
     on_step: Callable[[int, float], None] | None = None,
     executor: Executor | None = None,
+    finalists: Finalists | None = None,
 ) -> SearchResult:
     """Best of ``evaluations`` plans proposed by Optuna's TPE sampler: per-group relative sparsities in [0, 1], scaled
     to the budget as :func:`random_candidate`'s are. A shape that cannot reach the budget is told so (the worst
     score) without an evaluation, and asked again. TPE's first ``TPE_STARTUP_TRIALS`` proposals are random and
     scored in batches by ``executor`` (None: the local executor, one at a time); each later one is asked for after
-    every score before it is told, as one at a time, so every executor gives the same proposals."""
+    every score before it is told, as one at a time, so every executor gives the same proposals. Every plan scored is
+    offered to ``finalists``."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -249,4 +264,5 @@ def tpe_search(
         tell=tell,
         independent=independent,
         name="tpe search",
+        finalists=finalists,
     )

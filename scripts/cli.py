@@ -676,6 +676,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         val_images=args.val_images,
         bn_batches=args.bn_batches,
         finetune_steps=args.finetune_steps,
+        rerank=args.rerank,
+        rerank_steps=args.rerank_steps,
         transfer_from=str(args.transfer_from) if args.transfer_from else None,
         centre_on_uniform=args.centre_on_uniform,
         **({"levels": args.levels} if args.levels is not None else {}),
@@ -1161,6 +1163,15 @@ def _add_benchmark_parser(sub: Any) -> None:
     _add_agent_args(p)
     _add_learner_args(p)
     p.add_argument("--agent-reward", default="accuracy", choices=["accuracy", "lagrangian", "amc-flops", "residual"])
+    p.add_argument(
+        "--rerank",
+        type=int,
+        default=0,
+        metavar="K",
+        help="every search scores its K best plans within the budget again with --rerank-steps SGD steps and keeps "
+        "the best (counted in its evaluations; default 0: none)",
+    )
+    p.add_argument("--rerank-steps", type=int, default=DEFAULT_FINETUNE_STEPS, help="the re-score's SGD steps")
     add_executor_args(p)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument(

@@ -51,10 +51,52 @@ def test_the_benchmark_runs_from_python_and_resumes(tmp_path, capsys):
     assert "plan" not in capsys.readouterr().out
 
 
+def test_every_search_reranks_its_finalists_and_pays_for_it(tmp_path):
+    config = BenchmarkConfig(
+        Target(device="pixel-a76"),
+        tmp_path / "bench",
+        budgets=(0.6,),
+        methods=("ppo", "random-search", "greedy-lut"),
+        episodes=4,
+        finetune_epochs=0,
+        val_images=100,
+        bn_batches=2,
+        finetune_steps=0,
+        action_mapping="scaled",
+        rerank=3,
+        rerank_steps=2,
+    )
+    records = {r["method"]: r for r in run_benchmark(config)}
+    searches = tmp_path / "bench" / "searches"
+    for method, record in records.items():
+        rerank = record["rerank"]
+        assert len(rerank["scores"]) == len(rerank["search_scores"]) == rerank["evaluations"] <= 3
+        assert rerank["search_scores"] == sorted(rerank["search_scores"], reverse=True)
+        assert rerank["scores"][rerank["picked"]] == max(rerank["scores"])
+        assert record["search_seconds"] >= rerank["seconds"] > 0
+        name = "greedy-lut_b0.6" if method == "greedy-lut" else f"{method}_b0.6_s0"  # greedy: once per budget
+        log = searches / f"{name}_rerank.jsonl"
+        assert len(log.read_text().splitlines()) == 1 + rerank["evaluations"]  # header, then one row a finalist
+    assert records["random-search"]["evaluations"] == 4 + records["random-search"]["rerank"]["evaluations"]
+    run = tmp_path / "bench" / "runs" / "ppo_b0.6_s0"
+    state = json.loads((run / "search_state.json").read_text())
+    assert records["ppo"]["evaluations"] == state["episodes"] + state["probe_evaluations"] + 3
+    assert len(state["finalists"]) >= 3  # the prior plan and the episodes' plans within the budget, best first
+    assert [r for r, _ in state["finalists"]] == sorted((r for r, _ in state["finalists"]), reverse=True)
+    assert json.loads(state["finalists"][0][1]) == json.loads((run / "best_plan.json").read_text())
+    # greedy-lut's plan is saved with its re-rank, for the other seeds' cells
+    saved = json.loads((tmp_path / "bench" / "plans" / "greedy-lut_b0.6.json").read_text())
+    assert saved["rerank"] == records["greedy-lut"]["rerank"] and saved["inputs"]["rerank"]["finalists"] == 3
+    table = (tmp_path / "bench" / "results.md").read_text()
+    picked = records["ppo"]["rerank"]["picked"]
+    assert f"| 0.6 | ppo | {len(records['ppo']['rerank']['scores'])} | {picked} (" in table
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
         ({"budgets": (0.7, 1.5)}, r"budgets must be in \(0, 1\]; got 1.5"),
+        ({"rerank": 17}, r"expected 0 <= rerank <= 16 and rerank_steps >= 1; got 17 and 50"),
         ({"methods": ("ppo", "magic")}, r"methods must be 'all' or some of dqn, ppo, .*; got \['magic'\]"),
         ({"episodes": 0}, "expected episodes >= 1, seeds >= 1 and finetune_epochs >= 0; got 0, 1 and 2"),
         ({"action_mapping": "bend"}, "action_mapping must be one of clip, scaled; got 'bend'"),

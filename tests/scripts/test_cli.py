@@ -448,6 +448,7 @@ def test_benchmark_searches_and_fine_tunes_on_ray_workers_find_what_they_find_lo
     argv += ["uniform-l1", "dqn"]
     argv += ["--episodes", "4", "--finetune-epochs", "1", "--val-images", "100", "--bn-batches", "2"]
     argv += ["--finetune-steps", "0", "--threads", "1"]  # the Ray workers' threads: the same fine-tunes
+    argv += ["--rerank", "2", "--rerank-steps", "2"]  # the searches' finalists scored again on the workers too
     before = torch.get_num_threads()
     try:
         assert main([*argv, "--out", str(tmp_path / "local")]) == 0
@@ -461,9 +462,11 @@ def test_benchmark_searches_and_fine_tunes_on_ray_workers_find_what_they_find_lo
     def found(folder: str) -> list[tuple[Any, ...]]:
         records = json.loads((tmp_path / folder / "results.json").read_text())
         keys = ("method", "sparsity_searched", "val_top1", "evaluations", "test_top1_bn", "test_top1_finetuned")
-        return [tuple(r[k] for k in keys) for r in records]
+        reranked = [(r.get("rerank") or {}).get("scores") for r in records]
+        return [(*(r[k] for k in keys), scores) for r, scores in zip(records, reranked, strict=True)]
 
     assert found("ray") == found("local") and len(found("local")) == 5
+    assert [scores is not None for *_, scores in found("local")] == [True, True, True, False, True]  # uniform: none
     assert ray_instance.is_initialized()  # an instance the benchmark did not start is left running
 
 
