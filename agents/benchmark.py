@@ -111,6 +111,10 @@ class BenchmarkConfig:
     search time, and are logged under ``searches/`` (``*_rerank.jsonl``)."""
     rerank_steps: int = DEFAULT_FINETUNE_STEPS
     """SGD steps of the re-score's short fine-tune."""
+    match_greedy: bool = False
+    """At each budget, greedy-lut searches first and the agents, random-search and tpe then score as many plans as it
+    did (the agents' probes and prior plan included; each re-rank's evaluations on top alike) instead of
+    ``episodes``. Needs greedy-lut among the methods."""
     transfer_from: str | None = None
     """A trained policy's run folder, also applied with no search (method ``transfer``)."""
     centre_on_uniform: bool = False
@@ -172,6 +176,8 @@ class BenchmarkConfig:
                 "expected episodes >= 1, seeds >= 1 and finetune_epochs >= 0; "
                 f"got {self.episodes}, {self.seeds} and {self.finetune_epochs}"
             )
+        if self.match_greedy and "greedy-lut" not in methods:
+            raise PruneGymError(f"match_greedy needs greedy-lut among the methods; got {', '.join(methods)}")
         if not 0 <= self.rerank <= FINALISTS_KEPT or self.rerank_steps < 1:
             raise PruneGymError(
                 f"expected 0 <= rerank <= {FINALISTS_KEPT} and rerank_steps >= 1; got {self.rerank} and "
@@ -216,18 +222,20 @@ def _plan_for(
     policy: SavedPolicy | None,
     executor: Executor,
     searching: dict[str, Pending[AgentSearch]],
+    evaluations: int,
 ) -> tuple[PruningPlan, int, tuple[float, float] | None, Finalists | None]:
     """The plan a method proposes, the number of candidates it scored, for an agent or a search its wall and CPU
     seconds summed over the sessions it was resumed in (None: time the call), and with ``cfg.rerank`` a search's
     finalists (None for a method that does not search). A search scores its candidates with ``executor``; an
-    agent's search is the one :func:`_start_agent` handed to it (``searching``)."""
+    agent's search is the one :func:`_start_agent` handed to it (``searching``). Random-search and tpe score
+    ``evaluations`` plans."""
     problem = env.budget_problem()
     if method in BASELINES:
         return baseline_plan(method, problem), 0, None, None
     if method in SEARCHES:
         finalists = Finalists(cfg.rerank) if cfg.rerank else None
-        plan, evaluations, seconds = _search_plan(method, cfg, env, problem, seed, budget, executor, finalists)
-        return plan, evaluations, seconds, finalists
+        plan, spent, seconds = _search_plan(method, cfg, env, problem, seed, budget, executor, evaluations, finalists)
+        return plan, spent, seconds, finalists
     if method in PROBED:
         probes = env.sensitivity or probed_sensitivity_of(env, cfg, budget)
         return sensitivity_plan(problem, probes, criterion=env.criterion), probes.evaluations, None, None
@@ -291,16 +299,23 @@ def search_agent(
 
 
 def _start_agent(
-    method: str, cfg: BenchmarkConfig, env: LayerPruneEnv, seed: int, budget: float, executor: Executor
+    method: str,
+    cfg: BenchmarkConfig,
+    env: LayerPruneEnv,
+    seed: int,
+    budget: float,
+    executor: Executor,
+    evaluations: int,
 ) -> Pending[AgentSearch]:
-    """An agent cell's search handed to ``executor``: run when its plan is asked for (local), or started now as a Ray
-    task of ``ray_threads`` CPUs per environment, its environments' latency table and correction made here."""
+    """An agent cell's search of ``evaluations`` plans (its probes and prior plan included) handed to ``executor``:
+    run when its plan is asked for (local), or started now as a Ray task of ``ray_threads`` CPUs per environment, its
+    environments' latency table and correction made here."""
     run = cfg.out / "runs" / f"{method}_b{budget:g}_s{seed}"
     config = TrainRunConfig(
         target=cfg.target_at(budget),
         algo=method,
         # the probes and the prior plan count: the agent's evaluations in all are the search baselines'
-        episodes=max(1, cfg.episodes - _scored_before_episodes(cfg, env)),
+        episodes=max(1, evaluations - _scored_before_episodes(cfg, env)),
         seed=seed,
         val_images=cfg.val_images,
         bn_batches=cfg.bn_batches,
@@ -360,6 +375,7 @@ def _search_plan(
     seed: int,
     budget: float,
     executor: Executor,
+    evaluations: int,
     finalists: Finalists | None = None,
 ) -> tuple[PruningPlan, int, tuple[float, float]]:
     """A search baseline's plan, its evaluations, and its wall and CPU seconds, shown with a progress bar. Its
@@ -379,7 +395,7 @@ def _search_plan(
     if cfg.target.checkpoint is not None:
         inputs["checkpoint_sha256"] = sha256(Path(cfg.target.checkpoint))
     start = (time.perf_counter(), time.process_time(), executor.remote_cpu_seconds)
-    total = cfg.episodes if method in ("random-search", "tpe") else None
+    total = evaluations if method in ("random-search", "tpe") else None
     with (
         env.scorer.logging_to(cfg.out / "searches" / f"{name}.jsonl", inputs) as log,
         tqdm(total=total, desc=method, unit="evaluation") as bar,
@@ -394,7 +410,7 @@ def _search_plan(
             result = search(
                 problem,
                 env.scorer,
-                evaluations=cfg.episodes,
+                evaluations=evaluations,
                 seed=seed,
                 on_step=on_step,
                 executor=executor,
@@ -785,44 +801,31 @@ def _run_cells(cfg: BenchmarkConfig, executor: Executor) -> list[dict[str, Any]]
             todo_methods = [method for method in methods if (method, budget, seed) not in done]
             for method in set(methods) - set(todo_methods):  # kept past its record by a stop: not to be reused later
                 kept.remove(method)
+            allowed = cfg.episodes
+            if cfg.match_greedy:  # greedy-lut's plan first (made once per budget): the others get its evaluations
+                greedy = planned.get("greedy-lut") or _plan_cell(
+                    "greedy-lut", cfg, env_of("greedy-lut", budget), seed, budget, policy, executor, {}
+                )
+                if greedy is None:
+                    raise PruneGymError(f"greedy-lut cannot reach budget {budget:g}: nothing to match")
+                if "greedy-lut" in todo_methods:
+                    planned["greedy-lut"] = greedy
+                allowed = greedy.evaluations - (greedy.rerank["evaluations"] if greedy.rerank else 0)
+                print(f"== budget {budget:g}: every search gets greedy-lut's {allowed} evaluations", flush=True)
             # the agents' searches: on Ray, started now, side by side with each other and the searches below
             searching = {
-                m: _start_agent(m, cfg, env_of(m, budget), seed, budget, executor) for m in todo_methods if m in ALGOS
+                m: _start_agent(m, cfg, env_of(m, budget), seed, budget, executor, allowed)
+                for m in todo_methods
+                if m in ALGOS
             }
             if searching and executor.remote:
                 print(f"== searching with {', '.join(searching)} on Ray workers", flush=True)
             for method in todo_methods:
-                method_env = last_env = env_of(method, budget)
-                print(f"== {method} at budget {budget:g}, seed {seed}: plan", flush=True)
-                cache = (
-                    _PlanCache(cfg.out / "plans" / f"{method}_b{budget:g}.json", _cache_inputs(cfg, method, method_env))
-                    if method in DETERMINISTIC
-                    else None
-                )
-                cached = cache.load() if cache is not None else None
-                cpu_seconds: float | None
-                reranked: dict[str, Any] | None = None
-                if cached is not None:
-                    plan, evaluations, seconds, cpu_seconds, reranked = cached
-                else:
-                    start = (time.perf_counter(), time.process_time())
-                    try:
-                        plan, evaluations, summed, finalists = _plan_for(
-                            method, cfg, method_env, seed, budget, policy, executor, searching
-                        )
-                    except BudgetInfeasibleError as exc:
-                        print(f"   {method} cannot reach budget {budget:g}: {exc}")
-                        continue
-                    seconds, cpu_seconds = summed or (time.perf_counter() - start[0], time.process_time() - start[1])
-                    if finalists is not None:
-                        found, rerank_cpu = _rerank_plan(method, cfg, method_env, finalists, seed, budget, executor)
-                        plan, evaluations = found.plan, evaluations + found.evaluations
-                        seconds += found.seconds
-                        cpu_seconds = (cpu_seconds or 0.0) + rerank_cpu
-                        reranked = found.to_dict()
-                    if cache is not None:
-                        cache.save(plan, evaluations, seconds, cpu_seconds, reranked)
-                planned[method] = _Planned(plan, evaluations, seconds, cpu_seconds, cached is not None, reranked)
+                last_env = env_of(method, budget)
+                if method not in planned:
+                    made = _plan_cell(method, cfg, last_env, seed, budget, policy, executor, searching, allowed)
+                    if made is not None:
+                        planned[method] = made
             stale_of = {
                 method: [r for r in records if (r["method"], r["budget"], r["seed"]) == (method, budget, seed)]
                 for method in planned
@@ -893,6 +896,50 @@ def _run_cells(cfg: BenchmarkConfig, executor: Executor) -> list[dict[str, Any]]
         atomic_write_bytes(dense_path, lambda tmp: tmp.write_text(json.dumps(dense)))
     write_tables(records, cfg.out)
     return records
+
+
+def _plan_cell(
+    method: str,
+    cfg: BenchmarkConfig,
+    env: Any,
+    seed: int,
+    budget: float,
+    policy: SavedPolicy | None,
+    executor: Executor,
+    searching: dict[str, Pending[AgentSearch]],
+    evaluations: int | None = None,
+) -> _Planned | None:
+    """A cell's plan before its budget check: read from ``plans/`` for a deterministic method searched before, else
+    made (:func:`_plan_for`) and, with ``cfg.rerank``, re-ranked; None when the method cannot reach the budget.
+    Random-search and tpe score ``evaluations`` plans (None: ``cfg.episodes``)."""
+    print(f"== {method} at budget {budget:g}, seed {seed}: plan", flush=True)
+    cache = (
+        _PlanCache(cfg.out / "plans" / f"{method}_b{budget:g}.json", _cache_inputs(cfg, method, env))
+        if method in DETERMINISTIC
+        else None
+    )
+    cached = cache.load() if cache is not None else None
+    if cached is not None:
+        plan, spent, seconds, cpu_seconds, reranked = cached
+        return _Planned(plan, spent, seconds, cpu_seconds, True, reranked)
+    start = (time.perf_counter(), time.process_time())
+    try:
+        plan, spent, summed, finalists = _plan_for(
+            method, cfg, env, seed, budget, policy, executor, searching, evaluations or cfg.episodes
+        )
+    except BudgetInfeasibleError as exc:
+        print(f"   {method} cannot reach budget {budget:g}: {exc}")
+        return None
+    seconds, cpu_seconds = summed or (time.perf_counter() - start[0], time.process_time() - start[1])
+    reranked = None
+    if finalists is not None:
+        found, rerank_cpu = _rerank_plan(method, cfg, env, finalists, seed, budget, executor)
+        plan, spent, seconds = found.plan, spent + found.evaluations, seconds + found.seconds
+        cpu_seconds += rerank_cpu
+        reranked = found.to_dict()
+    if cache is not None:
+        cache.save(plan, spent, seconds, cpu_seconds, reranked)
+    return _Planned(plan, spent, seconds, cpu_seconds, False, reranked)
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -995,6 +1042,26 @@ def wall_time_lines(records: list[dict[str, Any]]) -> list[str]:
     totals = [sum(v[i] for v in per_method.values()) for i in range(3)]
     lines.append(row("total", *totals, all(cpu_known.values())))
     return lines
+
+
+def check_lines(records: list[dict[str, Any]]) -> list[str]:
+    """A table of how far the measured budget check moved each cell's plan (``thinned_by`` per seed: the fraction of
+    the way to the thinnest plan, negative where it widened); none when no record was checked."""
+    checked = [r for r in records if r.get("thinned_by") is not None]
+    if not checked:
+        return []
+    cells: dict[tuple[float, str], list[str]] = defaultdict(list)
+    for r in sorted(checked, key=lambda r: (-r["budget"], r["method"], r["seed"])):
+        cells[(r["budget"], r["method"])].append(f"{r['thinned_by']:+.3f}")
+    return [
+        "",
+        "Measured budget check: how far it moved each plan before fine-tuning (`thinned_by`, per seed: the fraction "
+        "of the way to the thinnest plan; negative: widened).",
+        "",
+        "| budget | method | thinned by, per seed |",
+        "|---|---|---|",
+        *(f"| {budget:g} | {method} | {', '.join(moved)} |" for (budget, method), moved in cells.items()),
+    ]
 
 
 def rerank_lines(records: list[dict[str, Any]]) -> list[str]:
@@ -1130,6 +1197,7 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> None:
         ),
         *(["", *left_out] if left_out else []),
         *rerank_lines(records),
+        *check_lines(records),
         "",
         *wall_time_lines(records),
     ]

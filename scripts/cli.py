@@ -678,6 +678,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         finetune_steps=args.finetune_steps,
         rerank=args.rerank,
         rerank_steps=args.rerank_steps,
+        match_greedy=args.match_greedy,
         transfer_from=str(args.transfer_from) if args.transfer_from else None,
         centre_on_uniform=args.centre_on_uniform,
         **({"levels": args.levels} if args.levels is not None else {}),
@@ -1172,6 +1173,12 @@ def _add_benchmark_parser(sub: Any) -> None:
         "the best (counted in its evaluations; default 0: none)",
     )
     p.add_argument("--rerank-steps", type=int, default=DEFAULT_FINETUNE_STEPS, help="the re-score's SGD steps")
+    p.add_argument(
+        "--match-greedy",
+        action="store_true",
+        help="at each budget greedy-lut searches first; the agents, random-search and tpe then get its evaluation "
+        "count instead of --episodes",
+    )
     add_executor_args(p)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument(

@@ -13,6 +13,7 @@ from agents import ALL_METHODS, BenchmarkConfig, run_benchmark
 from agents.benchmark import (
     _FinetunedModels,
     cell_order,
+    check_lines,
     load_records,
     restore_checked_sparsity,
     rewrite_tables,
@@ -51,7 +52,7 @@ def test_the_benchmark_runs_from_python_and_resumes(tmp_path, capsys):
     assert "plan" not in capsys.readouterr().out
 
 
-def test_every_search_reranks_its_finalists_and_pays_for_it(tmp_path):
+def test_every_search_reranks_its_finalists_and_pays_for_it_at_greedys_evaluations(tmp_path, capsys):
     config = BenchmarkConfig(
         Target(device="pixel-a76"),
         tmp_path / "bench",
@@ -65,8 +66,12 @@ def test_every_search_reranks_its_finalists_and_pays_for_it(tmp_path):
         action_mapping="scaled",
         rerank=3,
         rerank_steps=2,
+        match_greedy=True,
     )
     records = {r["method"]: r for r in run_benchmark(config)}
+    greedy = records["greedy-lut"]
+    allowed = greedy["evaluations"] - greedy["rerank"]["evaluations"]
+    assert f"every search gets greedy-lut's {allowed} evaluations" in capsys.readouterr().out
     searches = tmp_path / "bench" / "searches"
     for method, record in records.items():
         rerank = record["rerank"]
@@ -77,10 +82,11 @@ def test_every_search_reranks_its_finalists_and_pays_for_it(tmp_path):
         name = "greedy-lut_b0.6" if method == "greedy-lut" else f"{method}_b0.6_s0"  # greedy: once per budget
         log = searches / f"{name}_rerank.jsonl"
         assert len(log.read_text().splitlines()) == 1 + rerank["evaluations"]  # header, then one row a finalist
-    assert records["random-search"]["evaluations"] == 4 + records["random-search"]["rerank"]["evaluations"]
+    assert records["random-search"]["evaluations"] == allowed + records["random-search"]["rerank"]["evaluations"]
     run = tmp_path / "bench" / "runs" / "ppo_b0.6_s0"
     state = json.loads((run / "search_state.json").read_text())
-    assert records["ppo"]["evaluations"] == state["episodes"] + state["probe_evaluations"] + 3
+    assert state["episodes"] + state["probe_evaluations"] == allowed  # not episodes=4: greedy-lut's count
+    assert records["ppo"]["evaluations"] == allowed + 3
     assert len(state["finalists"]) >= 3  # the prior plan and the episodes' plans within the budget, best first
     assert [r for r, _ in state["finalists"]] == sorted((r for r, _ in state["finalists"]), reverse=True)
     assert json.loads(state["finalists"][0][1]) == json.loads((run / "best_plan.json").read_text())
@@ -92,11 +98,24 @@ def test_every_search_reranks_its_finalists_and_pays_for_it(tmp_path):
     assert f"| 0.6 | ppo | {len(records['ppo']['rerank']['scores'])} | {picked} (" in table
 
 
+def test_the_tables_say_how_far_the_measured_check_moved_each_plan():
+    records = [
+        {"method": "ppo", "budget": 0.7, "seed": 1, "thinned_by": -0.02},
+        {"method": "ppo", "budget": 0.7, "seed": 0, "thinned_by": 0.031},
+        {"method": "uniform-l1", "budget": 0.5, "seed": 0, "thinned_by": 0.0},
+        {"method": "taylor", "budget": 0.5, "seed": 0},  # not checked (an analytic device)
+    ]
+    lines = check_lines(records)
+    assert lines[-2:] == ["| 0.7 | ppo | +0.031, -0.020 |", "| 0.5 | uniform-l1 | +0.000 |"]
+    assert check_lines(records[3:]) == []
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
         ({"budgets": (0.7, 1.5)}, r"budgets must be in \(0, 1\]; got 1.5"),
         ({"rerank": 17}, r"expected 0 <= rerank <= 16 and rerank_steps >= 1; got 17 and 50"),
+        ({"match_greedy": True, "methods": ("ppo",)}, "match_greedy needs greedy-lut among the methods; got ppo"),
         ({"methods": ("ppo", "magic")}, r"methods must be 'all' or some of dqn, ppo, .*; got \['magic'\]"),
         ({"episodes": 0}, "expected episodes >= 1, seeds >= 1 and finetune_epochs >= 0; got 0, 1 and 2"),
         ({"action_mapping": "bend"}, "action_mapping must be one of clip, scaled; got 'bend'"),

@@ -448,7 +448,7 @@ def test_benchmark_searches_and_fine_tunes_on_ray_workers_find_what_they_find_lo
     argv += ["uniform-l1", "dqn"]
     argv += ["--episodes", "4", "--finetune-epochs", "1", "--val-images", "100", "--bn-batches", "2"]
     argv += ["--finetune-steps", "0", "--threads", "1"]  # the Ray workers' threads: the same fine-tunes
-    argv += ["--rerank", "2", "--rerank-steps", "2"]  # the searches' finalists scored again on the workers too
+    argv += ["--rerank", "2", "--rerank-steps", "2", "--match-greedy"]  # finalists re-scored on the workers too
     before = torch.get_num_threads()
     try:
         assert main([*argv, "--out", str(tmp_path / "local")]) == 0
