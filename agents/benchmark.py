@@ -811,6 +811,7 @@ def _run_cells(cfg: BenchmarkConfig, executor: Executor) -> list[dict[str, Any]]
                 if "greedy-lut" in todo_methods:
                     planned["greedy-lut"] = greedy
                 allowed = greedy.evaluations - (greedy.rerank["evaluations"] if greedy.rerank else 0)
+                executor.release_workers()  # its idle scoring workers would hold the CPUs the agents' tasks wait for
                 print(f"== budget {budget:g}: every search gets greedy-lut's {allowed} evaluations", flush=True)
             # the agents' searches: on Ray, started now, side by side with each other and the searches below
             searching = {
@@ -826,6 +827,7 @@ def _run_cells(cfg: BenchmarkConfig, executor: Executor) -> list[dict[str, Any]]
                     made = _plan_cell(method, cfg, last_env, seed, budget, policy, executor, searching, allowed)
                     if made is not None:
                         planned[method] = made
+            planned = {m: planned[m] for m in methods if m in planned}  # the methods' order, greedy-lut first or not
             stale_of = {
                 method: [r for r in records if (r["method"], r["budget"], r["seed"]) == (method, budget, seed)]
                 for method in planned
