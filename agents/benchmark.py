@@ -1,8 +1,9 @@
 """The benchmark: agents and every baseline at every budget on the same device latency, same fine-tuning.
 
 Writes, under ``out``: ``results.json`` (one record per method x budget x seed, saved after each cell, so a killed
-run resumes where it stopped), ``results.csv``, ``results.md`` (mean and spread over seeds) and two plots:
-``accuracy_vs_latency.png`` and ``sparsity_per_layer.png`` (at the budget closest to 0.5).
+run resumes where it stopped), ``results.csv``, ``results.md`` (mean and spread over seeds) and plots:
+``accuracy_vs_latency.png``, ``sparsity_per_layer.png`` (at the budget closest to 0.5) and, per budget with an agent,
+``learning_curves_b<budget>.png`` (:func:`learning_curves`).
 
 Seeds vary what a seed can: the agents' and random search's exploration, and every method's fine-tuning (data order
 and augmentation). A method whose plan does not depend on the seed (the heuristics, greedy-lut, the transferred
@@ -1079,7 +1080,8 @@ def rerank_lines(records: list[dict[str, Any]]) -> list[str]:
         "",
         "Re-ranked: each search's best plans within the budget scored again with a short fine-tune, the best kept "
         "(counted in evals and search s). Kept: the finalist's place by the search's score (0: the search's own "
-        "best), with its search score -> re-score, per seed.",
+        "best), with its search score -> re-score, per seed. An agent's search score is its episode's reward (with "
+        "`--agent-reward residual`, val minus the prior plan's val), the others' the val they searched by.",
         "",
         "| budget | method | finalists | kept per seed | re-score evals | re-score s |",
         "|---|---|---|---|---|---|",
@@ -1203,8 +1205,52 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> None:
         "",
         *wall_time_lines(records),
     ]
+    curves = learning_curves(records, out)
+    if curves:
+        lines += ["", "Learning curves of the agents' searches: " + ", ".join(f"`{p.name}`" for p in curves) + "."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     _plots(records, rows, out)
+
+
+def learning_curves(records: list[dict[str, Any]], out: Path) -> list[Path]:
+    """``learning_curves_b<budget>.png`` per budget with an agent's run kept under ``out/runs``: each run's episode
+    scores in order (a moving mean over 10 and the best so far; probes and the prior plan not drawn) beside the score
+    greedy-lut's plan had in its own search, where its plan and search log are kept. Returns the plots written."""
+    from agents.compare import plot_curves
+
+    written = []
+    for budget in sorted({r["budget"] for r in records}):
+        rows: list[dict[str, Any]] = []
+        for r in sorted(records, key=lambda r: (r["method"], r["seed"])):
+            state = out / "runs" / f"{r['method']}_b{budget:g}_s{r['seed']}" / "search_state.json"
+            if r["budget"] != budget or r["method"] not in ALGOS or not state.is_file():
+                continue
+            curve = [float(h["top1"]) for h in json.loads(state.read_text()).get("history", [])]
+            if curve:
+                rows.append({**r, "curve": curve, "evaluations_allowed": r["evaluations"]})
+        if not rows:
+            continue
+        greedy = [r for r in records if r["method"] == "greedy-lut" and r["budget"] == budget]
+        score = _searched_score(out, "greedy-lut", budget)
+        if greedy and score is not None:
+            rows.append({"method": "greedy-lut", "val_top1": score, "evaluations": greedy[0]["evaluations"]})
+        path = out / f"learning_curves_b{budget:g}.png"
+        plot_curves(rows, path)
+        written.append(path)
+    return written
+
+
+def _searched_score(out: Path, method: str, budget: float) -> float | None:
+    """The score a deterministic search's kept plan had in its own search log (None where either is not kept)."""
+    plan_path, log_path = out / "plans" / f"{method}_b{budget:g}.json", out / "searches" / f"{method}_b{budget:g}.jsonl"
+    if not plan_path.is_file() or not log_path.is_file():
+        return None
+    plan = json.loads(plan_path.read_text())["plan"]
+    for line in log_path.read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("plan") == plan and "top1" in entry:
+            return float(entry["top1"])
+    return None
 
 
 def _plots(records: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path) -> None:

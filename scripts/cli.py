@@ -268,10 +268,9 @@ def _dynamic_record(model: torch.nn.Module, dataset: ImageDataset, args: argpars
 def cmd_prune(args: argparse.Namespace) -> int:
     from pruning_core.checkpoint import load_checkpoint
     from pruning_core.engine import PruningEngine, describe
-    from pruning_core.finetune import prune_and_finetune
+    from pruning_core.finetune import finetune_recipe, prune_and_finetune
     from pruning_core.plan import PruningPlan
     from pruning_core.serialize import save_pruned
-    from pruning_core.training import TrainConfig
 
     _set_threads(args)
     checkpoint = load_checkpoint(args.checkpoint)
@@ -291,13 +290,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     plan = (
         PruningPlan.load(args.plan) if args.plan else PruningPlan.uniform(engine.group_names, args.uniform, **options)
     )
-    config = TrainConfig(
-        epochs=args.finetune_epochs,
-        lr=args.lr,
-        schedule=args.schedule,
-        warmup_epochs=0,
-        distill_weight=args.distill,
-        seed=args.seed,
+    # the recipe every method shares (bfloat16 where the CPU runs it natively, which halves an epoch there)
+    config = finetune_recipe(
+        args.finetune_epochs, lr=args.lr, schedule=args.schedule, seed=args.seed, distill_weight=args.distill
     )
     pruned = prune_and_finetune(
         engine, plan, dataset, bn_batches=args.bn_batches, config=config, distill=args.distill > 0

@@ -12,6 +12,7 @@ import pytest
 from agents import ALL_METHODS, BenchmarkConfig, run_benchmark
 from agents.benchmark import (
     _FinetunedModels,
+    _searched_score,
     cell_order,
     check_lines,
     load_records,
@@ -68,7 +69,9 @@ def test_every_search_reranks_its_finalists_and_pays_for_it_at_greedys_evaluatio
         rerank_steps=2,
         match_greedy=True,
     )
-    records = {r["method"]: r for r in run_benchmark(config)}
+    made = run_benchmark(config)
+    assert [r["method"] for r in made] == ["ppo", "random-search", "greedy-lut"]  # planned first, kept in order
+    records = {r["method"]: r for r in made}
     greedy = records["greedy-lut"]
     allowed = greedy["evaluations"] - greedy["rerank"]["evaluations"]
     assert f"every search gets greedy-lut's {allowed} evaluations" in capsys.readouterr().out
@@ -96,6 +99,10 @@ def test_every_search_reranks_its_finalists_and_pays_for_it_at_greedys_evaluatio
     table = (tmp_path / "bench" / "results.md").read_text()
     picked = records["ppo"]["rerank"]["picked"]
     assert f"| 0.6 | ppo | {len(records['ppo']['rerank']['scores'])} | {picked} (" in table
+    # the learning curves: ppo's episodes beside the score greedy-lut's kept plan had in its search
+    assert "`learning_curves_b0.6.png`" in table and (tmp_path / "bench" / "learning_curves_b0.6.png").is_file()
+    kept = greedy["rerank"]["search_scores"][greedy["rerank"]["picked"]]
+    assert _searched_score(tmp_path / "bench", "greedy-lut", 0.6) == kept
 
 
 def test_the_tables_say_how_far_the_measured_check_moved_each_plan():

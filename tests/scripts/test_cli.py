@@ -382,6 +382,8 @@ def test_benchmark_writes_tables_and_resumes(tmp_path, capsys):
     assert len({json.loads(line)["plan"] for line in log}) == 3  # random-search's scores, logged as they were made
     assert (tmp_path / "bench" / "results.csv").exists() and "| 0.6 | dqn |" in capsys.readouterr().out
     assert (tmp_path / "bench" / "sparsity_per_layer.png").exists()
+    assert "`learning_curves_b0.6.png`" in (tmp_path / "bench" / "results.md").read_text()  # dqn's episodes
+    assert (tmp_path / "bench" / "learning_curves_b0.6.png").stat().st_size > 0
     assert 0.5 < json.loads((tmp_path / "bench" / "dense.json").read_text())["test_top1"] <= 1  # the plot's star
     assert main(argv) == 0  # resumed: nothing left to compute, nothing appended
     assert len(json.loads((tmp_path / "bench" / "results.json").read_text())) == 3
