@@ -311,7 +311,7 @@ def _start_agent(
     """An agent cell's search of ``evaluations`` plans (its probes and prior plan included) handed to ``executor``:
     run when its plan is asked for (local), or started now as a Ray task of ``ray_threads`` CPUs per environment, its
     environments' latency table and correction made here."""
-    run = cfg.out / "runs" / f"{method}_b{budget:g}_s{seed}"
+    run = _run_dir(cfg.out, method, budget, seed)
     config = TrainRunConfig(
         target=cfg.target_at(budget),
         algo=method,
@@ -430,6 +430,16 @@ def _search_plan(
 def _search_name(method: str, budget: float, seed: int) -> str:
     """A search's name in ``searches/``: per budget for greedy-lut (deterministic), per budget and seed otherwise."""
     return f"{method}_b{budget:g}" + ("" if method in DETERMINISTIC else f"_s{seed}")
+
+
+def _run_dir(out: Path, method: str, budget: float, seed: int) -> Path:
+    """An agent cell's run folder (its model, search state and learning curve) under ``out/runs``."""
+    return out / "runs" / f"{method}_b{budget:g}_s{seed}"
+
+
+def _plan_path(out: Path, method: str, budget: float) -> Path:
+    """Where a deterministic method's plan for ``budget`` is saved (:class:`_PlanCache`)."""
+    return out / "plans" / f"{method}_b{budget:g}.json"
 
 
 def _rerank_plan(
@@ -917,7 +927,7 @@ def _plan_cell(
     Random-search and tpe score ``evaluations`` plans (None: ``cfg.episodes``)."""
     print(f"== {method} at budget {budget:g}, seed {seed}: plan", flush=True)
     cache = (
-        _PlanCache(cfg.out / "plans" / f"{method}_b{budget:g}.json", _cache_inputs(cfg, method, env))
+        _PlanCache(_plan_path(cfg.out, method, budget), _cache_inputs(cfg, method, env))
         if method in DETERMINISTIC
         else None
     )
@@ -1222,7 +1232,7 @@ def learning_curves(records: list[dict[str, Any]], out: Path) -> list[Path]:
     for budget in sorted({r["budget"] for r in records}):
         rows: list[dict[str, Any]] = []
         for r in sorted(records, key=lambda r: (r["method"], r["seed"])):
-            state = out / "runs" / f"{r['method']}_b{budget:g}_s{r['seed']}" / "search_state.json"
+            state = _run_dir(out, r["method"], budget, r["seed"]) / "search_state.json"
             if r["budget"] != budget or r["method"] not in ALGOS or not state.is_file():
                 continue
             curve = [float(h["top1"]) for h in json.loads(state.read_text()).get("history", [])]
@@ -1242,7 +1252,7 @@ def learning_curves(records: list[dict[str, Any]], out: Path) -> list[Path]:
 
 def _searched_score(out: Path, method: str, budget: float) -> float | None:
     """The score a deterministic search's kept plan had in its own search log (None where either is not kept)."""
-    plan_path, log_path = out / "plans" / f"{method}_b{budget:g}.json", out / "searches" / f"{method}_b{budget:g}.jsonl"
+    plan_path, log_path = _plan_path(out, method, budget), out / "searches" / f"{_search_name(method, budget, 0)}.jsonl"
     if not plan_path.is_file() or not log_path.is_file():
         return None
     plan = json.loads(plan_path.read_text())["plan"]
