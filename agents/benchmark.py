@@ -14,6 +14,8 @@ across seeds. Every record has ``finish_seconds`` (pruning, BN recalibration, fi
 ``search_reused``; ``results.md`` ends with where the time went. For each seed and budget, every method's plan is
 made first; on a measured device their budget checks are then made together (one yardstick, see
 :func:`~agents.apply.meet_measured_budgets`) and saved under ``checks/``, and only then is each plan fine-tuned.
+With ``rerank`` on such a device, every search's finalists are checked in that one pass, and each search keeps the
+finalist whose checked plan re-scores best: the re-rank scores the plans that will be fine-tuned.
 
 From Python::
 
@@ -109,7 +111,9 @@ class BenchmarkConfig:
     """Every search (agents, random-search, tpe, greedy-lut) scores its ``rerank`` best distinct plans within the
     budget again, with ``rerank_steps`` SGD steps after recalibration, and keeps the best of those
     (:mod:`pruning_core.finalists`; 0: none, the search's best plan). The re-scores count in its evaluations and
-    search time, and are logged under ``searches/`` (``*_rerank.jsonl``)."""
+    search time, and are logged under ``searches/`` (``*_rerank.jsonl``). On a device this host measures the
+    finalists are first budget-checked together with the other methods' plans, and their checked plans are re-scored
+    (per seed, greedy-lut's included)."""
     rerank_steps: int = DEFAULT_FINETUNE_STEPS
     """SGD steps of the re-score's short fine-tune."""
     match_greedy: bool = False
@@ -443,11 +447,20 @@ def _plan_path(out: Path, method: str, budget: float) -> Path:
 
 
 def _rerank_plan(
-    method: str, cfg: BenchmarkConfig, env: Any, finalists: Finalists, seed: int, budget: float, executor: Executor
+    method: str,
+    cfg: BenchmarkConfig,
+    env: Any,
+    finalists: Finalists,
+    seed: int,
+    budget: float,
+    executor: Executor,
+    *,
+    name: str | None = None,
 ) -> tuple[Reranked, float]:
     """A search's finalists scored again with ``cfg.rerank_steps`` SGD steps (:func:`~pruning_core.finalists.rerank`),
-    logged under ``searches/`` as they are made (resumable), and the CPU seconds it took (Ray's workers' included).
-    The result's seconds include those of re-scores taken back from the log."""
+    logged under ``searches/`` as they are made (resumable; ``name``: the log's, default the search's), and the CPU
+    seconds it took (Ray's workers' included). The result's seconds include those of re-scores taken back from the
+    log."""
     from pruning_core.checkpoint import sha256
 
     inputs = {**_plan_inputs(cfg, method, env), "data": cfg.target.data}
@@ -455,7 +468,7 @@ def _rerank_plan(
         inputs["checkpoint_sha256"] = sha256(Path(cfg.target.checkpoint))
     scorer = rerank_scorer(env.scorer, cfg.rerank_steps)
     start = (time.process_time(), executor.remote_cpu_seconds)
-    path = cfg.out / "searches" / f"{_search_name(method, budget, seed)}_rerank.jsonl"
+    path = cfg.out / "searches" / f"{name or _search_name(method, budget, seed)}_rerank.jsonl"
     size, steps = len(finalists.entries), cfg.rerank_steps
     print(f"   {method}: its {size} best plans within the budget scored again with {steps} steps", flush=True)
     with scorer.logging_to(path, inputs) as log:
@@ -500,7 +513,15 @@ def _cache_inputs(cfg: BenchmarkConfig, method: str, env: Any) -> dict[str, Any]
     inputs = _plan_inputs(cfg, method, env)
     if cfg.rerank and method in SEARCHES:
         inputs["rerank"] = {"finalists": cfg.rerank, "steps": cfg.rerank_steps}
+        if _reranks_after_check(env):  # the finalists are kept, re-ranked per seed once checked
+            inputs["rerank"]["after_check"] = True
     return inputs
+
+
+def _reranks_after_check(env: Any) -> bool:
+    """Whether a search's finalists are re-ranked after the budget check (their checked plans re-scored) rather
+    than before it: on a device this host measures, under a latency budget (see :func:`~agents.apply.needs_check`)."""
+    return env.measured is not None and env.budget_model.is_latency
 
 
 @dataclass(frozen=True)
@@ -510,30 +531,39 @@ class _PlanCache:
     path: Path
     inputs: dict[str, Any]
 
-    def load(self) -> tuple[PruningPlan, int, float, float | None, dict[str, Any] | None] | None:
+    def load(self) -> _Planned | None:
         """The saved plan, its evaluations, search wall and CPU seconds (None in plans saved before CPU time was
-        kept) and its re-rank (None: none); None when absent or made from other inputs."""
+        kept), its re-rank (None: none) and its finalists (None: none kept for a re-rank after the check); None when
+        absent or made from other inputs."""
         if not self.path.exists():
             return None
         saved = json.loads(self.path.read_text())
         if saved.get("inputs") != self.inputs:
             return None
-        plan = PruningPlan.from_json(saved["plan"])
-        return plan, saved["evaluations"], saved["search_seconds"], saved.get("search_cpu_seconds"), saved.get("rerank")
+        finalists = saved.get("finalists")
+        return _Planned(
+            PruningPlan.from_json(saved["plan"]),
+            saved["evaluations"],
+            saved["search_seconds"],
+            saved.get("search_cpu_seconds"),
+            True,
+            saved.get("rerank"),
+            Finalists.from_list(len(finalists), finalists) if finalists else None,
+        )
 
-    def save(
-        self, plan: PruningPlan, evaluations: int, seconds: float, cpu_seconds: float, rerank: dict[str, Any] | None
-    ) -> None:
+    def save(self, planned: _Planned) -> None:
         """Write the plan atomically."""
-        saved = {
-            "plan": plan.to_json(),
-            "evaluations": evaluations,
-            "search_seconds": seconds,
-            "search_cpu_seconds": cpu_seconds,
+        saved: dict[str, Any] = {
+            "plan": planned.plan.to_json(),
+            "evaluations": planned.evaluations,
+            "search_seconds": planned.seconds,
+            "search_cpu_seconds": planned.cpu_seconds,
             "inputs": self.inputs,
         }
-        if rerank is not None:
-            saved["rerank"] = rerank
+        if planned.rerank is not None:
+            saved["rerank"] = planned.rerank
+        if planned.finalists is not None:
+            saved["finalists"] = planned.finalists.to_list()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path, lambda tmp: tmp.write_text(json.dumps(saved)))
 
@@ -548,6 +578,9 @@ class _Planned(NamedTuple):
     cpu_seconds: float | None
     cached: bool
     rerank: dict[str, Any] | None
+    finalists: Finalists | None = None
+    """A search's finalists kept for a re-rank after the budget check (:func:`_rerank_checked`); None once
+    re-ranked, or with no re-rank."""
 
 
 @dataclass
@@ -844,10 +877,22 @@ def _run_cells(cfg: BenchmarkConfig, executor: Executor) -> list[dict[str, Any]]
                 for method in planned
             }
             executor.release_workers()  # nothing on Ray while the checks time the plans
+            finished = {m: max(r.get("finished", "") for r in stale) for m, stale in stale_of.items() if stale}
+            to_check: dict[str, tuple[Any, PruningPlan]] = {}
+            for m, p in planned.items():  # a search's finalists each, where it re-ranks them once checked
+                named = (
+                    {_finalist_key(m, i): plan for i, plan in enumerate(p.finalists.plans())}
+                    if p.finalists is not None
+                    else {m: p.plan}
+                )
+                to_check.update({key: (env_of(m, budget), plan) for key, plan in named.items()})
+                finished.update({key: finished[m] for key in named if m in finished})
             checks = _SharedChecks(cfg.out / "checks" / f"b{budget:g}_s{seed}.json").run(
-                {m: (env_of(m, budget), p.plan) for m, p in planned.items() if needs_check(env_of(m, budget), p.plan)},
-                finished={m: max(r.get("finished", "") for r in stale) for m, stale in stale_of.items() if stale},
+                {key: cell for key, cell in to_check.items() if needs_check(*cell)}, finished=finished
             )
+            if any(p.finalists is not None for p in planned.values()):
+                planned, checks = _rerank_checked(cfg, planned, checks, env_of, seed, budget, executor)
+                executor.release_workers()  # the re-scores' workers would hold the CPUs the fine-tunes wait for
             # the fine-tunes: one after the other here, or at once on Ray workers, each kept as it is made (a
             # benchmark stopped before measuring them all resumes without fine-tuning them again); then measured
             # here one at a time, nothing else running
@@ -860,10 +905,10 @@ def _run_cells(cfg: BenchmarkConfig, executor: Executor) -> list[dict[str, Any]]
             if todo and executor.remote:
                 print(f"== fine-tuning {len(todo)} plans on Ray workers: {', '.join(job.name for job in todo)}")
             job_of = {job.name: job for job in jobs}
-            made = executor.finetune(todo, finished=lambda name, one: kept.save(job_of[name], one))  # noqa: B023
+            tuned = executor.finetune(todo, finished=lambda name, one: kept.save(job_of[name], one))  # noqa: B023
             for method, p in planned.items():
                 print(f"== {method} at budget {budget:g}, seed {seed}: finish", flush=True)
-                finetuned = reused[method] or next(made)  # made here (local) or handed back (Ray)
+                finetuned = reused[method] or next(tuned)  # made here (local) or handed back (Ray)
                 finish_start = (time.perf_counter(), time.process_time())
                 result = finish_plan(
                     method,
@@ -933,8 +978,7 @@ def _plan_cell(
     )
     cached = cache.load() if cache is not None else None
     if cached is not None:
-        plan, spent, seconds, cpu_seconds, reranked = cached
-        return _Planned(plan, spent, seconds, cpu_seconds, True, reranked)
+        return cached
     start = (time.perf_counter(), time.process_time())
     try:
         plan, spent, summed, finalists = _plan_for(
@@ -944,15 +988,63 @@ def _plan_cell(
         print(f"   {method} cannot reach budget {budget:g}: {exc}")
         return None
     seconds, cpu_seconds = summed or (time.perf_counter() - start[0], time.process_time() - start[1])
-    reranked = None
-    if finalists is not None:
+    reranked, kept = None, None
+    if finalists is not None and _reranks_after_check(env) and needs_check(env, plan):
+        kept = finalists  # re-ranked once checked, beside the other methods' finalists
+    elif finalists is not None:
         found, rerank_cpu = _rerank_plan(method, cfg, env, finalists, seed, budget, executor)
         plan, spent, seconds = found.plan, spent + found.evaluations, seconds + found.seconds
         cpu_seconds += rerank_cpu
         reranked = found.to_dict()
+    planned = _Planned(plan, spent, seconds, cpu_seconds, False, reranked, kept)
     if cache is not None:
-        cache.save(plan, spent, seconds, cpu_seconds, reranked)
-    return _Planned(plan, spent, seconds, cpu_seconds, False, reranked)
+        cache.save(planned)
+    return planned
+
+
+def _finalist_key(method: str, place: int) -> str:
+    """A finalist's name among a budget and seed's budget checks (``checks/``)."""
+    return f"{method}#{place}"
+
+
+def _rerank_checked(
+    cfg: BenchmarkConfig,
+    planned: dict[str, _Planned],
+    checks: dict[str, tuple[PruningPlan, dict[str, Any]]],
+    env_of: Callable[[str, float], Any],
+    seed: int,
+    budget: float,
+    executor: Executor,
+) -> tuple[dict[str, _Planned], dict[str, tuple[PruningPlan, dict[str, Any]]]]:
+    """The re-rank after the budget check: each search with finalists kept (:attr:`_Planned.finalists`) has its
+    finalists' checked plans scored again (:func:`_rerank_plan`, logged per seed) and keeps the finalist whose checked
+    plan scores best, so the re-rank scores the plans that will be fine-tuned. Returns the plans with their re-ranks
+    and evaluations, and each method's check (the kept finalist's)."""
+    planned, checks = dict(planned), dict(checks)
+    for method, p in planned.items():
+        if p.finalists is None:
+            continue
+        searched = p.finalists.plans()
+        keys = [_finalist_key(method, i) for i in range(len(searched))]
+        scores = [score for score, _ in p.finalists.entries]
+        checked = Finalists.from_list(
+            len(searched), [(s, checks[key][0].to_json()) for s, key in zip(scores, keys, strict=True)]
+        )
+        found, cpu = _rerank_plan(
+            method, cfg, env_of(method, budget), checked, seed, budget, executor, name=f"{method}_b{budget:g}_s{seed}"
+        )
+        planned[method] = p._replace(
+            plan=searched[found.picked],
+            evaluations=p.evaluations + found.evaluations,
+            seconds=p.seconds + found.seconds,
+            cpu_seconds=(p.cpu_seconds or 0.0) + cpu,
+            rerank={**found.to_dict(), "after_check": True},
+            finalists=None,
+        )
+        checks[method] = checks[keys[found.picked]]
+        for key in keys:
+            checks.pop(key)
+    return planned, checks
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -1091,7 +1183,13 @@ def rerank_lines(records: list[dict[str, Any]]) -> list[str]:
         "Re-ranked: each search's best plans within the budget scored again with a short fine-tune, the best kept "
         "(counted in evals and search s). Kept: the finalist's place by the search's score (0: the search's own "
         "best), with its search score -> re-score, per seed. An agent's search score is its episode's reward (with "
-        "`--agent-reward residual`, val minus the prior plan's val), the others' the val they searched by.",
+        "`--agent-reward residual`, val minus the prior plan's val), the others' the val they searched by."
+        + (
+            " On this measured device the finalists were budget-checked first, together, and their checked plans "
+            "re-scored."
+            if any(r["rerank"].get("after_check") for r in reranked)
+            else ""
+        ),
         "",
         "| budget | method | finalists | kept per seed | re-score evals | re-score s |",
         "|---|---|---|---|---|---|",

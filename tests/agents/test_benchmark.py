@@ -105,6 +105,54 @@ def test_every_search_reranks_its_finalists_and_pays_for_it_at_greedys_evaluatio
     assert _searched_score(tmp_path / "bench", "greedy-lut", 0.6) == kept
 
 
+@pytest.mark.slow  # every reading times the finalists and the dense model 15 times
+def test_on_a_measured_device_every_searchs_finalists_are_checked_together_and_their_checked_plans_reranked(
+    tmp_path, capsys
+):
+    config = BenchmarkConfig(
+        Target(device="host-cpu"),
+        tmp_path / "bench",
+        budgets=(0.6,),
+        methods=("random-search", "greedy-lut"),
+        episodes=4,
+        finetune_epochs=0,
+        val_images=100,
+        bn_batches=2,
+        finetune_steps=0,
+        rerank=2,
+        rerank_steps=2,
+    )
+    records = run_benchmark(config)
+    out = capsys.readouterr().out
+    checked = json.loads((tmp_path / "bench" / "checks" / "b0.6_s0.json").read_text())
+    assert sorted(checked) == ["greedy-lut#0", "greedy-lut#1", "random-search#0", "random-search#1"]
+    assert out.count("budget check of 4 plans together") == 1  # one yardstick for every finalist
+    for record in records:
+        method, rerank = record["method"], record["rerank"]
+        assert rerank["after_check"] and rerank["scores"][rerank["picked"]] == max(rerank["scores"])
+        kept = checked[f"{method}#{rerank['picked']}"]
+        # the finalist kept is fine-tuned as it was checked, and the record names the plan it was searched as
+        assert record["check_ratios"] == kept["check"]["check_ratios"] and record["checked_with"] == 4
+        assert record["sparsity_searched"] == json.loads(kept["searched"])["sparsity"]
+        assert record["sparsity"] == pytest.approx(json.loads(kept["kept"])["sparsity"])
+        # the re-scores were of the checked plans, logged per seed (greedy-lut's too: its checks are per seed)
+        log = tmp_path / "bench" / "searches" / f"{method}_b0.6_s0_rerank.jsonl"
+        scored = [json.loads(row)["plan"] for row in log.read_text().splitlines()[1:]]
+        assert sorted(scored) == sorted({checked[f"{method}#{i}"]["kept"] for i in range(2)})
+        assert rerank["evaluations"] == len(scored)
+    saved = json.loads((tmp_path / "bench" / "plans" / "greedy-lut_b0.6.json").read_text())
+    assert "rerank" not in saved and len(saved["finalists"]) == 2 and saved["inputs"]["rerank"]["after_check"]
+    searched = {"random-search": 4, "greedy-lut": saved["evaluations"]}  # the re-scores are paid on top
+    assert all(r["evaluations"] == searched[r["method"]] + r["rerank"]["evaluations"] for r in records)
+    assert "budget-checked first, together" in (tmp_path / "bench" / "results.md").read_text()
+    # stopped before the second cell was written: its finalists' checks and re-scores are taken back, not made again
+    (tmp_path / "bench" / "results.json").write_text(json.dumps(records[:1]))
+    again = run_benchmark(config)
+    assert "budget check of" not in capsys.readouterr().out
+    assert [r["sparsity"] for r in again] == [r["sparsity"] for r in records]
+    assert [r["rerank"] for r in again] == [r["rerank"] for r in records]
+
+
 def test_the_tables_say_how_far_the_measured_check_moved_each_plan():
     records = [
         {"method": "ppo", "budget": 0.7, "seed": 1, "thinned_by": -0.02},
