@@ -142,13 +142,15 @@ def finetune(
     teacher: nn.Module | None = None,
     eval_split: str = "val",
     progress: bool = True,
+    resume: str | os.PathLike[str] | None = None,
 ) -> PrunedModel:
-    """Fine-tune ``pruned.model`` in place (see `finetune_model`); ``accuracy`` gains ``{eval_split}_finetuned``.
+    """Fine-tune ``pruned.model`` in place (see `finetune_model`, which also says what ``resume`` keeps);
+    ``accuracy`` gains ``{eval_split}_finetuned``.
 
     Pruning masks (unstructured, N:M) stay in force during fine-tuning, so zeros stay zeros.
     """
     pruned.accuracy[f"{eval_split}_finetuned"] = finetune_model(
-        pruned.model, dataset, config, teacher=teacher, eval_split=eval_split, progress=progress
+        pruned.model, dataset, config, teacher=teacher, eval_split=eval_split, progress=progress, resume=resume
     )
     return pruned
 
@@ -162,11 +164,14 @@ def prune_and_finetune(
     config: TrainConfig | None = None,
     distill: bool = False,
     progress: bool = True,
+    resume: str | os.PathLike[str] | None = None,
 ) -> PrunedModel:
     """The full recipe every method ends with: apply, recalibrate BN, fine-tune; accuracies at each stage.
 
     ``accuracy`` gains ``{val,test}_pruned``, ``{val,test}_bn`` and, when ``config.epochs > 0``,
-    ``val_finetuned`` and ``test_finetuned`` (the best epoch is chosen on val).
+    ``val_finetuned`` and ``test_finetuned`` (the best epoch is chosen on val). ``resume``: a file that keeps the
+    fine-tuning's state after every epoch, so that the same call made again after a stop goes on from there (the
+    recalibration is seeded: the same plan starts from the same weights); see :func:`finetune_model`.
     """
     pruned = engine.apply(plan)
     for split in ("val", "test"):
@@ -175,6 +180,7 @@ def prune_and_finetune(
     for split in ("val", "test"):
         pruned.accuracy[f"{split}_bn"] = evaluate(pruned.model, dataset, split).top1
     if config is not None and config.epochs > 0:
-        finetune(pruned, dataset, config, teacher=engine.model if distill else None, progress=progress)
+        teacher = engine.model if distill else None
+        finetune(pruned, dataset, config, teacher=teacher, progress=progress, resume=resume)
         pruned.accuracy["test_finetuned"] = evaluate(pruned.model, dataset, "test").top1
     return pruned

@@ -294,8 +294,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     config = finetune_recipe(
         args.finetune_epochs, lr=args.lr, schedule=args.schedule, seed=args.seed, distill_weight=args.distill
     )
+    # the fine-tuning's state after every epoch: `prunegym prune` run again after a stop goes on from the last one
+    resume = Path(args.out).with_name(Path(args.out).name + ".finetune.resume")
     pruned = prune_and_finetune(
-        engine, plan, dataset, bn_batches=args.bn_batches, config=config, distill=args.distill > 0
+        engine, plan, dataset, bn_batches=args.bn_batches, config=config, distill=args.distill > 0, resume=resume
     )
     save_pruned(
         args.out,
@@ -308,6 +310,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             "groups": describe(pruned, engine.graph),
         },
     )
+    resume.unlink(missing_ok=True)  # the model is saved: nothing left to resume
     acc = "  ".join(f"{k} {v:.4f}" for k, v in pruned.accuracy.items())
     print(
         f"{checkpoint.meta['model']}: MACs {pruned.base_cost.macs / 1e6:.2f}M -> {pruned.cost.macs / 1e6:.2f}M "

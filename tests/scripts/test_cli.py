@@ -160,6 +160,34 @@ def test_prune_evaluate_export(tmp_path, capsys):
     assert report["max_abs_diff_ort_vs_torch"] < 1e-4 and (tmp_path / "m.onnx").exists()
 
 
+def test_prune_stopped_between_epochs_goes_on_from_the_last_one_and_ends_where_an_unstopped_run_ends(
+    tmp_path, capsys, monkeypatch
+):
+    import pruning_core.finetune
+
+    argv = ["prune", "--checkpoint", "checkpoints/small_cnn_digits.pt", "--data", "digits", "--uniform", "0.4"]
+    argv += ["--finetune-epochs", "3", "--threads", "1"]
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "meta.json").read_text())["accuracy"]
+    save_torch = pruning_core.finetune.save_torch
+
+    def stop_after_the_second_epoch(path, state):
+        save_torch(path, state)
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pruning_core.finetune, "save_torch", stop_after_the_second_epoch)
+    assert main([*argv, "--out", str(tmp_path / "stopped")]) == 130  # Ctrl-C
+    resume = tmp_path / "stopped.finetune.resume"
+    assert resume.is_file() and not (tmp_path / "stopped").exists()
+    monkeypatch.setattr(pruning_core.finetune, "save_torch", save_torch)
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "stopped")]) == 0
+    assert f"resuming fine-tuning from {resume}: epoch 2/3 done" in capsys.readouterr().out
+    assert json.loads((tmp_path / "stopped" / "meta.json").read_text())["accuracy"] == whole
+    assert not resume.exists() and not (tmp_path / "whole.finetune.resume").exists()
+
+
 def test_prune_with_a_bad_plan_is_one_line(tmp_path, capsys):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"sparsity": {"stem.0": 1.5}}))
