@@ -989,7 +989,7 @@ def _plan_cell(
         return None
     seconds, cpu_seconds = summed or (time.perf_counter() - start[0], time.process_time() - start[1])
     reranked, kept = None, None
-    if finalists is not None and _reranks_after_check(env) and needs_check(env, plan):
+    if finalists is not None and needs_check(env, plan):  # a measured device (see _reranks_after_check)
         kept = finalists  # re-ranked once checked, beside the other methods' finalists
     elif finalists is not None:
         found, rerank_cpu = _rerank_plan(method, cfg, env, finalists, seed, budget, executor)
