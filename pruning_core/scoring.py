@@ -100,7 +100,8 @@ class Score:
     seconds: float
     cached: bool
     """Scored before by this scorer, or remembered (a sensitivity probe), and not paid for again. A score read back
-    from the log of an interrupted run of the same search is not cached: it is one of that search's evaluations."""
+    from the log of an interrupted run of the same search is not cached: it is one of that search's evaluations
+    (unless that run had not paid for it either)."""
     exec_rate: dict[str, float] = field(default_factory=dict)
     """Dynamic skipping: fraction of the scored images that executed each gated block."""
     timings: dict[str, float] = field(default_factory=dict)
@@ -297,6 +298,11 @@ class PlanScorer:
         """:meth:`score`, with ``score_afresh`` called for a plan neither logged by an earlier run nor cached."""
         key = plan.to_json()
         log = self._log
+        if log is not None and key in log.saved and key in self._cache and log.saved[key]["seconds"] == 0.0:
+            # remembered (a probe) and logged at no cost by an earlier run of this search: still not paid for
+            log.saved.pop(key)
+            log.logged.add(key)
+            return replace(self._cache[key], seconds=0.0, cached=True, timings={})
         if log is not None and key in log.saved:  # scored by an earlier run of this search, which paid for it
             row = log.saved.pop(key)
             log.carried_seconds += row["seconds"]

@@ -106,6 +106,19 @@ def test_remembered_scores_are_not_paid_for_again(engine, digits):
     assert score.macs == engine.apply(plan).cost.macs
 
 
+def test_remembered_scores_taken_back_from_a_log_are_still_not_paid_for(engine, digits, tmp_path):
+    config = ScoreConfig(val_images=VAL, bn_batches=2, finetune_steps=0)
+    probe, other = PruningPlan.uniform(engine.group_names, 0.3), PruningPlan.uniform(engine.group_names, 0.5)
+    runs = []
+    for _ in range(2):  # a search, then the same search again from its log in a new scorer
+        scorer = PlanScorer(engine, digits, config)
+        scorer.remember(probe, 0.123)
+        with scorer.logging_to(tmp_path / "scores.jsonl", {"model": "small_cnn"}):
+            runs.append([(s.top1, s.cached) for s in (scorer.score(probe), scorer.score(other))])
+    assert runs[0][0] == runs[1][0] == (0.123, True)
+    assert runs[0][1] == runs[1][1] and runs[1][1][1] is False  # the other plan was paid for, by the first run
+
+
 def test_plans_the_scorer_cannot_serve_are_refused(engine, digits, tmp_path):
     scorer = PlanScorer(engine, digits, ScoreConfig(val_images=VAL, bn_batches=0, finetune_steps=0))
     with pytest.raises(PlanError, match=r"^plan has skip thresholds but the scorer has no trained gates$"):
