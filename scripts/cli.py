@@ -271,6 +271,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from pruning_core.finetune import finetune_recipe, prune_and_finetune
     from pruning_core.plan import PruningPlan
     from pruning_core.serialize import save_pruned
+    from pruning_core.training import resume_path
 
     _set_threads(args)
     checkpoint = load_checkpoint(args.checkpoint)
@@ -295,7 +296,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         args.finetune_epochs, lr=args.lr, schedule=args.schedule, seed=args.seed, distill_weight=args.distill
     )
     # the fine-tuning's state after every epoch: `prunegym prune` run again after a stop goes on from the last one
-    resume = Path(args.out).with_name(Path(args.out).name + ".finetune.resume")
+    resume = resume_path(args.out)
     pruned = prune_and_finetune(
         engine, plan, dataset, bn_batches=args.bn_batches, config=config, distill=args.distill > 0, resume=resume
     )

@@ -178,14 +178,14 @@ def test_prune_stopped_between_epochs_goes_on_from_the_last_one_and_ends_where_a
 
     monkeypatch.setattr(pruning_core.finetune, "save_torch", stop_after_the_second_epoch)
     assert main([*argv, "--out", str(tmp_path / "stopped")]) == 130  # Ctrl-C
-    resume = tmp_path / "stopped.finetune.resume"
+    resume = tmp_path / "stopped.resume"
     assert resume.is_file() and not (tmp_path / "stopped").exists()
     monkeypatch.setattr(pruning_core.finetune, "save_torch", save_torch)
     capsys.readouterr()
     assert main([*argv, "--out", str(tmp_path / "stopped")]) == 0
     assert f"resuming fine-tuning from {resume}: epoch 2/3 done" in capsys.readouterr().out
     assert json.loads((tmp_path / "stopped" / "meta.json").read_text())["accuracy"] == whole
-    assert not resume.exists() and not (tmp_path / "whole.finetune.resume").exists()
+    assert not resume.exists() and not (tmp_path / "whole.resume").exists()
 
 
 def test_prune_with_a_bad_plan_is_one_line(tmp_path, capsys):
