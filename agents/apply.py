@@ -282,7 +282,8 @@ def apply_policy(
     """Apply a learned policy to a model (one it may never have seen), then finish its plan as every method's is.
 
     The policy runs deterministically over the model's groups; where its settings ask for sensitivity probes they are
-    paid first. The record's ``evaluations`` is what the new model cost: the probes and the policy's one plan.
+    paid first (with dynamic skipping, the skip probes too). The record's ``evaluations`` is what the new model cost:
+    the probes and the policy's one plan.
 
     Args:
         policy: A saved policy or its run folder.
@@ -303,7 +304,7 @@ def apply_policy(
         policy = load_policy(policy)
     env = make_env(target, **{"progress": progress, **env_settings, **policy.action_settings()})
     plan, _ = plan_from_policy(policy, env)
-    probes = env.sensitivity.evaluations if env.sensitivity is not None else 0
+    probes = env.probe_evaluations
     return finish_plan(
         "policy",
         env,

@@ -252,7 +252,7 @@ def _plan_for(
         if policy is None:
             raise PruneGymError("method 'transfer' needs --transfer-from RUN")
         plan, _ = plan_from_policy(policy, env)
-        return plan, 1 + (env.sensitivity.evaluations if env.sensitivity is not None else 0), None, None
+        return plan, 1 + env.probe_evaluations, None, None
     raise PruneGymError(f"method must be one of {', '.join(ALL_METHODS)} or transfer; got {method!r}")
 
 
@@ -347,7 +347,7 @@ def _start_agent(
 def _scored_before_episodes(cfg: BenchmarkConfig, env: LayerPruneEnv) -> int:
     """Plans an agent's run scores before its first episode: the probes, and the prior plan of the ``scaled``
     mapping (see ``agents.train``)."""
-    probes = env.sensitivity.evaluations if cfg.sensitivity and env.sensitivity is not None else 0
+    probes = env.probe_evaluations if cfg.sensitivity else 0
     return probes + (1 if cfg.action_mapping == "scaled" else 0)
 
 

@@ -276,7 +276,7 @@ def _transferred(cfg: YardstickConfig, probed: Any) -> YardstickRow:
     start = time.perf_counter()
     env = _env(cfg, dataset=probed.scorer.dataset, **policy.action_settings())
     plan, info = plan_from_policy(policy, env)
-    probes = env.sensitivity.evaluations if env.sensitivity is not None else 0
+    probes = env.probe_evaluations
     seconds = time.perf_counter() - start
     return YardstickRow("transfer", cfg.budget, 0, None, probes + 1, info["top1"], seconds, plan.to_json())
 

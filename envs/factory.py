@@ -19,6 +19,7 @@ from hardware_models.registry import get_latency_model
 from pruning_core.checkpoint import load_checkpoint, load_torch, save_torch, sha256
 from pruning_core.data import ImageDataset, cache_dir
 from pruning_core.dynamic import TrainedGates, add_gates, train_gates
+from pruning_core.dynamic.probes import SkipSensitivity, cached_skip_sensitivity
 from pruning_core.engine import PruningEngine
 from pruning_core.errors import PruneGymError
 from pruning_core.graph import ModelGraph
@@ -134,6 +135,17 @@ def probed_sensitivity(
     return cached_sensitivity(path, problem, scorer, inputs, criterion=criterion, progress=progress)
 
 
+def probed_skipping(
+    scorer: PlanScorer, *, model: str, checkpoint: Path, gate_epochs: int, progress: bool = True
+) -> SkipSensitivity:
+    """The skip probes of the dense model with its trained gates (:mod:`pruning_core.dynamic.probes`), made once per
+    model, checkpoint, gates and scoring recipe, and cached (resumable) under the user cache directory."""
+    inputs = {"model": model, "checkpoint_sha256": sha256(checkpoint), "gate_epochs": gate_epochs}
+    key = hashlib.sha1(repr(sorted(inputs.items())).encode()).hexdigest()[:12]
+    path = cache_dir() / "skip_probes" / f"{model_slug(model)}-{key}.json"
+    return cached_skip_sensitivity(path, scorer, inputs, progress=progress)
+
+
 def make_env(
     target: Target | None = None,
     *,
@@ -196,7 +208,8 @@ def make_env(
         gate_epochs: Epochs of gate training when the gates are not cached yet.
         sensitivity: Probe every group (two plans each, cached: :func:`probed_sensitivity`) and give the env the
             probes: three more observation features, and the sensitivity plan as the ``scaled`` mapping's prior.
-            Probed at ``budget``, or at the middle of a ``budget_range``.
+            Probed at ``budget``, or at the middle of a ``budget_range``. With ``dynamic_skip``, also skip each
+            gated block for half of val (one plan per block, cached: :func:`probed_skipping`): four more features.
         calibrate_latency: On a measured device with a latency budget, time a few plans beside the dense model now
             and correct the lookup table's relative prediction with them
             (:func:`~hardware_models.correction.calibrate_cost`, recorded in ``env.budget_model.meta``), so that a
@@ -262,6 +275,11 @@ def make_env(
             criterion=criterion,
             progress=progress,
         )
+    skip_probes = None
+    if sensitivity and dynamic_skip:
+        skip_probes = probed_skipping(
+            scorer, model=model, checkpoint=ckpt_path, gate_epochs=gate_epochs, progress=progress
+        )
     env = LayerPruneEnv(
         scorer,
         cost,
@@ -274,6 +292,7 @@ def make_env(
         measure_final=measure_final,
         dynamic_skip=dynamic_skip,
         sensitivity=probes,
+        skip_sensitivity=skip_probes,
         render_mode=render_mode,
         **kwargs,
     )

@@ -12,6 +12,7 @@ import numpy as np
 from gymnasium import spaces
 
 from pruning_core.baselines import BudgetProblem, retargeted_plan, uniform_sparsity
+from pruning_core.dynamic.probes import SkipSensitivity
 from pruning_core.engine import group_kept, group_widths, widest_within
 from pruning_core.errors import BudgetInfeasibleError, PruneGymError
 from pruning_core.graph import LayerType
@@ -50,6 +51,10 @@ OBS_FEATURES = (
 
 SENSITIVITY_FEATURES = ("sensitivity_drop", "sensitivity_per_cost", "sensitivity_rank")
 """Observation features added when the environment is given sensitivity probes (:mod:`pruning_core.sensitivity`)."""
+
+SKIP_FEATURES = ("skip_score_q10", "skip_score_q50", "skip_score_q90", "skip_drop")
+"""Observation features added when a dynamic-skip environment is given skip probes
+(:mod:`pruning_core.dynamic.probes`)."""
 
 ACTION_MAPPINGS = ("clip", "scaled")
 """How actions become a plan: ``clip`` (AMC: each action clipped so the rest can still meet the budget) or
@@ -165,8 +170,14 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
     | 22 | sensitivity_drop | with probes: val lost with the group alone at the uniform sparsity / dense val |
     | 23 | sensitivity_per_cost | with probes: val lost per unit of cost saved / the largest among groups |
     | 24 | sensitivity_rank | with probes: rank of that rate among groups / (groups - 1), 0 cheapest to thin |
+    | 25-27 | skip_score_q10, _q50, _q90 | with skip probes: the group's block's gate scores on val, these quantiles |
+    | 28 | skip_drop | with skip probes: val lost, block alone skipped for its lowest-scoring half of val / dense val |
 
-    The last three are there only when the environment is given ``sensitivity`` (``Box(0, 1, (25,))`` then).
+    The sensitivity features are there only when the environment is given ``sensitivity`` (``Box(0, 1, (25,))``
+    then); the skip features (22-25 without sensitivity probes; 0 at groups outside a gated block) only when a
+    dynamic-skip environment is given ``skip_sensitivity``: a threshold ``t`` skips the inputs whose gate score is
+    below ``t``, so the quantiles say how often a threshold would skip the block, and ``skip_drop`` what skipping it
+    costs.
 
     ## Rewards
     0 on every step but the last. Then, by ``reward``: ``accuracy`` (val top-1), ``lagrangian``
@@ -190,7 +201,8 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
     ``action_mode``, ``max_sparsity``, ``levels``, ``criterion``, ``lagrange``, ``measured`` (the device's measured
     latency model, if it has one), ``measure_final`` (measure each episode's final plan with it), ``budget_range``
     (draw each episode's budget from it), ``centre_on_uniform``, ``sensitivity`` (probes: observation features and
-    the prior plan), ``action_mapping`` (``clip`` or ``scaled``), ``render_mode`` (``ansi`` or ``rgb_array``).
+    the prior plan), ``skip_sensitivity`` (skip probes, with ``dynamic_skip``: observation features),
+    ``action_mapping`` (``clip`` or ``scaled``), ``render_mode`` (``ansi`` or ``rgb_array``).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
@@ -214,6 +226,7 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         budget_range: tuple[float, float] | None = None,
         centre_on_uniform: bool = False,
         sensitivity: Sensitivity | None = None,
+        skip_sensitivity: SkipSensitivity | None = None,
         action_mapping: str = "clip",
         render_mode: str | None = None,
     ) -> None:
@@ -251,8 +264,11 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
             raise PruneGymError("dynamic_skip needs trained gates in the scorer (make_env trains them)")
         if dynamic_skip and not self.graph.blocks:
             raise PruneGymError("dynamic_skip needs residual blocks with identity shortcuts; the model has none")
+        if skip_sensitivity is not None and not dynamic_skip:
+            raise PruneGymError("skip_sensitivity needs dynamic_skip=True (its features are about skipping blocks)")
         self.dynamic_skip = dynamic_skip
         self.skip_levels = tuple(skip_levels)
+        self.skip_sensitivity = skip_sensitivity
         self.measure_final = measure_final and measured is not None
         self.render_mode = render_mode
 
@@ -374,7 +390,19 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
             features = self.sensitivity.features()
             for row, g in zip(rows, self.groups, strict=True):
                 row.extend(features[g.name])
+        if self.skip_sensitivity is not None:
+            skip = self.skip_sensitivity.features()
+            missing = sorted({g.block for g in self.groups if g.block is not None} - set(skip))
+            if missing:
+                raise PruneGymError(f"expected skip probes of every gated block; got none for {missing[:3]}")
+            for row, g in zip(rows, self.groups, strict=True):
+                row.extend(skip[g.block] if g.block is not None else (0.0,) * len(SKIP_FEATURES))
         return np.clip(np.asarray(rows, dtype=np.float32), 0.0, 1.0)
+
+    @property
+    def probe_evaluations(self) -> int:
+        """Plans scored to make the environment's probes: sensitivity, and skip probes with dynamic skipping."""
+        return sum(p.evaluations for p in (self.sensitivity, self.skip_sensitivity) if p is not None)
 
     @property
     def prior_plan(self) -> PruningPlan:

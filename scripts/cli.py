@@ -599,7 +599,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         )
     evaluations = result.record.evaluations
     print_records([result.record])
-    print(f"the new model cost {evaluations} evaluations ({evaluations - 1} sensitivity probes, 1 the policy's plan)")
+    print(f"the new model cost {evaluations} evaluations ({evaluations - 1} probes, 1 the policy's plan)")
     print(f"saved {args.out} (report.json, plan.json, weights.pt)")
     return 0
 
@@ -935,7 +935,8 @@ def _add_learner_args(parser: argparse.ArgumentParser) -> None:
         "--sensitivity",
         action="store_true",
         help="probe every group first (2 plans each, cached): the agents observe the probes and, with --action-mapping "
-        "scaled, start from the plan they suggest",
+        "scaled, start from the plan they suggest; with --dynamic-skip, each gated block is also skipped for half of "
+        "val (1 plan each), and the agents observe its gate scores and what skipping it costs",
     )
     parser.add_argument(
         "--action-mapping",

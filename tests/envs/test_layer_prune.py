@@ -10,7 +10,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs
 from envs.factory import make_env
-from envs.layer_prune import SENSITIVITY_FEATURES
+from envs.layer_prune import SENSITIVITY_FEATURES, SKIP_FEATURES, LayerPruneEnv
 from pruning_core.engine import width_step
 from pruning_core.errors import BudgetInfeasibleError, PruneGymError
 
@@ -217,6 +217,21 @@ def test_dynamic_skip(action_mode, digits):
     never_skip = np.array([0.0, -1.0], np.float32) if action_mode == "continuous" else 4 * 4
     _, info = _run_episode(env, [never_skip] * len(env.groups))
     assert info["exec_rate"] == {"block1": 1.0, "block2": 1.0} and info["cost"] == pytest.approx(info["cost_static"])
+
+
+def test_dynamic_skip_with_probes_observes_each_blocks_skip_probe(digits):
+    env = make_env(dynamic_skip=True, sensitivity=True, gate_epochs=1, dataset=digits, **FAST)
+    skip = env.skip_sensitivity.features()
+    assert env.observation_space.shape == (len(envs.OBS_FEATURES) + len(SENSITIVITY_FEATURES) + len(SKIP_FEATURES),)
+    sb3_check_env(env)
+    obs, _ = env.reset()
+    for group in env.groups:
+        expected = skip[group.block] if group.block is not None else (0.0,) * len(SKIP_FEATURES)
+        np.testing.assert_allclose(obs[-len(SKIP_FEATURES) :], np.clip(expected, 0, 1), atol=1e-6)
+        obs, *_ = env.step(np.zeros(2, np.float32))
+    assert {g.block for g in env.groups} >= {"block1", "block2"}
+    with pytest.raises(PruneGymError, match=r"^skip_sensitivity needs dynamic_skip=True"):
+        LayerPruneEnv(env.scorer, env.budget_model, skip_sensitivity=env.skip_sensitivity)
 
 
 def test_dynamic_skip_needs_residual_blocks(digits):

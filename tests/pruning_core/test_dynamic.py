@@ -15,7 +15,7 @@ from pruning_core.dynamic import (
     set_thresholds,
     train_gates,
 )
-from pruning_core.errors import PlanError
+from pruning_core.errors import PlanError, PruneGymError
 from pruning_core.models import build_model
 
 
@@ -345,3 +345,33 @@ def test_threshold_search_on_a_gpu_follows_the_same_path(digits):
         on_gpu = search_thresholds(gated.cuda(), digits, parts, levels=(0.0, 0.5, 1.0), limit=200, progress=False)
     assert [s.thresholds for s in on_gpu] == [s.thresholds for s in on_cpu]
     assert [s.top1 for s in on_gpu] == pytest.approx([s.top1 for s in on_cpu], abs=0.011)
+
+
+def test_skip_probes_skip_each_block_for_its_lowest_scoring_half_and_are_cached(digits, tmp_path):
+    from pruning_core.dynamic import TrainedGates
+    from pruning_core.dynamic.probes import cached_skip_sensitivity, gate_scores
+    from pruning_core.engine import PruningEngine
+    from pruning_core.plan import PruningPlan
+    from pruning_core.scoring import PlanScorer, ScoreConfig
+
+    engine = PruningEngine(load_checkpoint("checkpoints/small_cnn_digits.pt").build(), digits.input_shape)
+    gated = add_gates(load_checkpoint("checkpoints/small_cnn_digits.pt").build())
+    train_gates(gated, digits, epochs=1, batch_size=64, block_target=0.5, progress=False)
+    config = ScoreConfig(val_images=200, bn_batches=2, finetune_steps=0)
+    scorer = PlanScorer(engine, digits, config, gates=TrainedGates.from_model(gated, engine.graph))
+    scores = gate_scores(scorer)
+    assert {name: len(s) for name, s in scores.items()} == {"block1": 200, "block2": 200}
+    probes = cached_skip_sensitivity(tmp_path / "skip.json", scorer, {"model": "small_cnn"})
+    assert probes.evaluations == scorer.evaluations == 3  # the dense model, then each block skipped alone
+    assert probes.dense_top1 == scorer.score(PruningPlan()).top1
+    for name, probe in probes.probes.items():
+        assert probe.exec_rate == pytest.approx(0.5, abs=0.01)  # the half its gate scores lowest skipped it
+        assert float((scores[name] < probe.threshold).float().mean()) == pytest.approx(0.5, abs=0.01)
+        assert list(probe.quantiles) == sorted(probe.quantiles) and 0 < probe.quantiles[0] < probe.quantiles[2] < 1
+        assert probe.top1 == scorer.score(PruningPlan(skip_thresholds={name: probe.threshold})).top1
+        assert probes.features()[name][:3] == probe.quantiles
+    again = PlanScorer(engine, digits, config, gates=scorer.gates)
+    assert cached_skip_sensitivity(tmp_path / "skip.json", again, {"model": "small_cnn"}) == probes
+    assert again.evaluations == 0
+    with pytest.raises(PruneGymError, match=r"^expected a skip probe share in \(0, 1\); got 1$"):
+        cached_skip_sensitivity(tmp_path / "other.json", again, {"model": "small_cnn"}, share=1.0)
