@@ -11,13 +11,15 @@ Gates are trained once per base model with the backbone frozen: the forward pass
 execution rate. Optionally the backbone is then fine-tuned jointly with the gates, so that the blocks that still run
 learn to do without the ones that are skipped (BlockDrop's joint fine-tuning stage).
 
-One module per concern, every public name re-exported here:
+One module per concern, every public name but the probes' re-exported here:
 
 - :mod:`~pruning_core.dynamic.gates`: the gate and the gated block, adding gates to a model, setting thresholds;
 - :mod:`~pruning_core.dynamic.gate_training`: training the gates (and optionally the backbone with them);
 - :mod:`~pruning_core.dynamic.thresholds`: the greedy per-block threshold search;
 - :mod:`~pruning_core.dynamic.trained`: trained gates carried from the dense model to its pruned variants;
-- :mod:`~pruning_core.dynamic.timing`: per-image timing, execution rates, expected latency and the profile.
+- :mod:`~pruning_core.dynamic.timing`: per-image timing, execution rates, expected latency and the profile;
+- :mod:`~pruning_core.dynamic.probes`: the skip probes an agent observes (imported from there: they use the
+  search's scorer, which imports this package).
 """
 
 from __future__ import annotations
