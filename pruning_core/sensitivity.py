@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from pruning_core.baselines import BudgetProblem, plan_from_kept, uniform_sparsity
 from pruning_core.data import atomic_write_bytes
@@ -206,21 +206,53 @@ def cached_sensitivity(
                     scorer.remember(plan, saved.probes[name][lv].top1)
             scorer.remember(probe_plans(problem, uniform=level, criterion=criterion)["dense"], saved.dense_top1)
             return saved
+    return logged_probes(
+        path,
+        scorer,
+        key,
+        lambda on_step: probe_sensitivity(
+            problem, scorer, uniform=level, criterion=criterion, inputs=key, on_step=on_step
+        ),
+        total=1 + 2 * len(problem.engine.groups),
+        desc="sensitivity probes" if progress else None,
+    )
+
+
+class _Saved(Protocol):
+    def to_json(self) -> str: ...
+
+
+_P = TypeVar("_P", bound=_Saved)
+
+
+def logged_probes(
+    path: Path,
+    scorer: PlanScorer,
+    key: Mapping[str, Any],
+    probe: Callable[[Callable[[int, int], None] | None], _P],
+    *,
+    total: int,
+    desc: str | None,
+) -> _P:
+    """Make probes with ``probe`` (given a per-plan callback), every score logged to ``path`` with ``.jsonl`` under
+    ``key`` as it is made (probing started again scores only what it had not), and save them at ``path``.
+
+    Args:
+        path: Where the probes are saved (their scores' log beside it).
+        scorer: The scorer the probes score with.
+        key: What the scores depend on (the log's header).
+        probe: Makes the probes, calling its argument (None or a callback) with (plans scored, plans to score).
+        total: Plans to score, for the progress bar.
+        desc: The progress bar's label (None: no bar).
+    """
     bar = None
-    if progress:
+    if desc is not None:
         from tqdm import tqdm
 
-        bar = tqdm(total=1 + 2 * len(problem.engine.groups), desc="sensitivity probes", unit="plan")
+        bar = tqdm(total=total, desc=desc, unit="plan")
     try:
         with scorer.logging_to(path.with_suffix(".jsonl"), key):
-            result = probe_sensitivity(
-                problem,
-                scorer,
-                uniform=level,
-                criterion=criterion,
-                inputs=key,
-                on_step=None if bar is None else lambda done, _total: bar.update(done - bar.n),
-            )
+            result = probe(None if bar is None else lambda done, _total: bar.update(done - bar.n))
     finally:
         if bar is not None:
             bar.close()

@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 
-from pruning_core.data import atomic_write_bytes
 from pruning_core.dynamic.gates import gated_blocks
 from pruning_core.errors import PruneGymError
 from pruning_core.plan import PruningPlan
@@ -198,21 +197,13 @@ def cached_skip_sensitivity(
         saved = SkipSensitivity.from_json(path.read_text())
         if saved.inputs == key:
             return saved
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    from pruning_core.sensitivity import logged_probes
 
-        bar = tqdm(total=1 + len(scorer.gates.weights if scorer.gates else ()), desc="skip probes", unit="plan")
-    try:
-        with scorer.logging_to(path.with_suffix(".jsonl"), key):
-            result = probe_skipping(
-                scorer,
-                share=share,
-                inputs=key,
-                on_step=None if bar is None else lambda done, _total: bar.update(done - bar.n),
-            )
-    finally:
-        if bar is not None:
-            bar.close()
-    atomic_write_bytes(path, lambda tmp: tmp.write_text(result.to_json()))
-    return result
+    return logged_probes(
+        path,
+        scorer,
+        key,
+        lambda on_step: probe_skipping(scorer, share=share, inputs=key, on_step=on_step),
+        total=1 + len(scorer.gates.weights if scorer.gates else ()),
+        desc="skip probes" if progress else None,
+    )
