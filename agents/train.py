@@ -217,8 +217,8 @@ class SearchState:
     """CPU time of this process spent searching (all its threads), summed over resumed runs; a paused process adds
     none. Environments in subprocesses (``n_envs > 1``) are not counted."""
     probe_evaluations: int = 0
-    """Plans scored before the first episode: the sensitivity probes and, with the ``scaled`` mapping at one
-    budget, the prior plan (the first candidate for the best plan)."""
+    """Plans scored before the first episode: the sensitivity probes (and skip probes with dynamic skipping) and,
+    with the ``scaled`` mapping at one budget, the prior plan (the first candidate for the best plan)."""
     finalists: list[list[Any]] = field(default_factory=list)
     """At one budget, the ``FINALISTS_KEPT`` best distinct plans that met it, by reward, best first:
     ``[[reward, plan JSON], ...]`` (:meth:`Finalists.to_list`; the prior plan among them)."""
@@ -555,8 +555,7 @@ def _score_before_episodes(run: Path, config: TrainRunConfig, env: VecEnv, state
     """Count the probes the environment made, record the latency table's correction (if any), and with the
     ``scaled`` mapping at one budget score its prior plan and keep it as the best so far: a search that starts from a
     plan returns no worse a plan."""
-    probes = env.get_attr("sensitivity")[0]
-    state.probe_evaluations = 0 if probes is None else probes.evaluations
+    state.probe_evaluations = int(env.get_attr("probe_evaluations")[0])
     correction = getattr(env.get_attr("budget_model")[0], "correction", None)
     if correction is not None:  # the table was corrected by timings before the search: recorded with the run
         _write_json(run / "latency_correction.json", correction())
