@@ -104,7 +104,8 @@ class TrainRunConfig:
     """Centre the action range on the uniform sparsity that meets the episode's budget."""
     sensitivity: bool = False
     """Probe every group first (two plans each, counted in the run's evaluations) and give the policy what they
-    measure: three observation features, and the sensitivity plan as the ``scaled`` mapping's starting point."""
+    measure: three observation features, and the sensitivity plan as the ``scaled`` mapping's starting point. With
+    ``dynamic_skip``, each gated block is also skipped for half of val (one plan each): four more features."""
     action_mapping: str = "clip"
     """``clip`` (AMC's clipping towards the budget) or ``scaled`` (shifts from the prior plan, the whole plan then
     moved to the budget; see ``LayerPruneEnv``)."""

@@ -276,3 +276,11 @@ def test_a_run_configuration_saved_with_the_target_flat_reads_back():
     assert TrainRunConfig.from_dict(json.loads(json.dumps(asdict(config)))) == config
     with pytest.raises(PruneGymError, match="budget must be in"):
         TrainRunConfig.from_dict({**flat, "budget": 1.5})
+
+
+def test_a_dynamic_run_with_probes_counts_the_skip_probes_before_its_episodes(tmp_path):
+    config = TrainRunConfig(algo="ppo", episodes=2, dynamic_skip=True, sensitivity=True, **RUN_FAST)
+    result = train_agent(config, tmp_path / "run", progress=False)
+    env = make_env(dynamic_skip=True, sensitivity=True, **FAST)  # the probes, from the cache
+    assert env.skip_sensitivity is not None and env.skip_sensitivity.evaluations == 1 + len(env.scorer.gates.weights)
+    assert result.state.probe_evaluations == env.sensitivity.evaluations + env.skip_sensitivity.evaluations
