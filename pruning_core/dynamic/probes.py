@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from pruning_core.dynamic.gates import gated_blocks
+from pruning_core.dynamic.thresholds import _record_gates
 from pruning_core.errors import PruneGymError
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import PlanScorer
@@ -108,19 +109,12 @@ def gate_scores(scorer: PlanScorer) -> dict[str, torch.Tensor]:
     if scorer.gates is None:
         raise PruneGymError("expected a scorer with trained gates (make_env(dynamic_skip=True) trains them); got none")
     pruned = scorer.prune_and_adapt(PruningPlan())
+    pairs = list(scorer.dataset.batches("val", 256, limit=scorer.config.val_images))
+    images, labels = torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs])
     with torch.no_grad():  # not inference_mode: the scorer evaluates gates fitted the same way again
         gated = scorer.gates.fit(pruned.model, pruned.kept_channels, dict.fromkeys(scorer.gates.weights, 0.0))
-        blocks = dict(gated_blocks(gated))
-        for block in blocks.values():
-            block._log = []  # a block at threshold 0 then asks its gate too, and logs the logits
-        try:
-            for images, _ in scorer.dataset.batches("val", 256, limit=scorer.config.val_images):
-                gated(images)
-            logits = {name: torch.cat([z for z, _ in block._log or []]) for name, block in blocks.items()}
-        finally:
-            for block in blocks.values():
-                block._log = None
-    return {name: torch.sigmoid(z.float()) for name, z in logits.items()}
+        record = _record_gates(gated, dict(gated_blocks(gated)), images, labels, torch.arange(len(labels)), 256)
+    return {name: torch.sigmoid(z.float()) for name, z in record.logits.items()}
 
 
 def skip_threshold(scores: torch.Tensor, share: float) -> float:
