@@ -141,6 +141,10 @@ class BenchmarkConfig:
     calibrate_latency: bool = False
     """On a measured device, correct the lookup table by timing a few plans beside the dense model before the
     searches of each budget (saved under ``corrections/`` and shared by every method of the run)."""
+    search_aim: float = 1.0
+    """Every method's plan aims at this fraction of the budget (the agents' episodes, the searches, the baselines):
+    on a measured device, :data:`~agents.apply.CHECK_AIM`, where the measured budget check aims, lands the plans
+    inside the check's band, so that it moves none of them (see ``LayerPruneEnv``'s ``aim``)."""
     finish_again_before: str | None = None
     """Finish again, reusing their searches, the selected cells whose record was finished before this ISO time (or
     does not say when): for cells whose measured check met a host in another state (``scripts.remeasure_benchmark``).
@@ -192,6 +196,8 @@ class BenchmarkConfig:
             raise PruneGymError(
                 f"action_mapping must be one of {', '.join(ACTION_MAPPINGS)}; got {self.action_mapping!r}"
             )
+        if not 0.5 <= self.search_aim <= 1:
+            raise PruneGymError(f"search_aim must be a fraction of the budget in [0.5, 1]; got {self.search_aim:g}")
         if self.agent_reward not in REWARDS:
             raise PruneGymError(f"agent_reward must be one of {', '.join(REWARDS)}; got {self.agent_reward!r}")
         make_executor(self.executor, address=self.ray_address, workers=self.ray_workers, threads=self.ray_threads)
@@ -334,6 +340,7 @@ def _start_agent(
         reward=cfg.agent_reward,
         episodes_per_update=cfg.episodes_per_update,
         calibrate_latency=str(_correction_path(cfg, budget)) if cfg.calibrate_latency else False,
+        aim=cfg.search_aim,
     )
     run.parent.mkdir(parents=True, exist_ok=True)
     if not executor.remote:
@@ -503,6 +510,8 @@ def _plan_inputs(cfg: BenchmarkConfig, method: str, env: Any) -> dict[str, Any]:
         inputs["cost_model"]["correction"] = meta["correction"]["points"]
     if env.sensitivity is not None and method == "greedy-lut":
         inputs["sensitivity"] = True
+    if env.aim != 1.0:  # plans aimed below the budget
+        inputs["aim"] = env.aim
     if method == "transfer" and cfg.transfer_from is not None:
         inputs["policy"] = sha256(Path(cfg.transfer_from) / "policy.pt")
     return inputs
@@ -815,6 +824,7 @@ def _run_cells(cfg: BenchmarkConfig, executor: Executor) -> list[dict[str, Any]]
             dataset=dataset,
             progress=True,
             calibrate_latency=_correction_path(cfg, budget) if cfg.calibrate_latency else False,
+            aim=cfg.search_aim,
             **{"sensitivity": cfg.sensitivity, **settings},
         )
 

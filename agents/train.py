@@ -124,6 +124,9 @@ class TrainRunConfig:
     deviation (PPO; SAC's before its tanh squashing, so roughly) or the action noise (TD3, DDPG). None: 1.0 for PPO
     and SAC (Stable-Baselines3's default), 0.5 for TD3 and DDPG (AMC's wide noise). Centred on uniform, a narrower
     start (0.3-0.5) searches near that plan."""
+    aim: float = 1.0
+    """The fraction of the budget every episode's plan aims at (see ``LayerPruneEnv``): below 1 where the plan is then
+    checked by measurement, which aims at :data:`agents.apply.CHECK_AIM` of the budget."""
 
     def __post_init__(self) -> None:
         if isinstance(self.target, dict):  # read back from config.json
@@ -144,6 +147,8 @@ class TrainRunConfig:
             raise PruneGymError(
                 f"action_mapping must be one of {', '.join(ACTION_MAPPINGS)}; got {self.action_mapping!r}"
             )
+        if not 0.5 <= self.aim <= 1:
+            raise PruneGymError(f"aim must be a fraction of the budget in [0.5, 1]; got {self.aim:g}")
         if self.episodes_per_update < 1:
             raise PruneGymError(f"episodes_per_update must be >= 1; got {self.episodes_per_update}")
         if self.levels != DEFAULT_LEVELS and ALGOS[self.algo].action_mode != "discrete":
@@ -178,6 +183,7 @@ class TrainRunConfig:
             "action_mapping": self.action_mapping,
             "calibrate_latency": self.calibrate_latency,
             **({"budget_range": self.budget_range} if self.budget_range is not None else {}),
+            **({"aim": self.aim} if self.aim != 1.0 else {}),
         }
 
 

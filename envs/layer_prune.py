@@ -202,7 +202,9 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
     latency model, if it has one), ``measure_final`` (measure each episode's final plan with it), ``budget_range``
     (draw each episode's budget from it), ``centre_on_uniform``, ``sensitivity`` (probes: observation features and
     the prior plan), ``skip_sensitivity`` (skip probes, with ``dynamic_skip``: observation features),
-    ``action_mapping`` (``clip`` or ``scaled``), ``render_mode`` (``ansi`` or ``rgb_array``).
+    ``action_mapping`` (``clip`` or ``scaled``), ``aim`` (the fraction of the budget every plan aims at, 1 by default;
+    below 1 when plans are then checked by a noisy measurement that aims there too, so that they land inside its band:
+    :data:`agents.apply.CHECK_AIM`), ``render_mode`` (``ansi`` or ``rgb_array``).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
@@ -228,10 +230,13 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         sensitivity: Sensitivity | None = None,
         skip_sensitivity: SkipSensitivity | None = None,
         action_mapping: str = "clip",
+        aim: float = 1.0,
         render_mode: str | None = None,
     ) -> None:
         if not 0 < budget <= 1:
             raise PruneGymError(f"budget must be in (0, 1]; got {budget:g}")
+        if not 0.5 <= aim <= 1:
+            raise PruneGymError(f"aim must be a fraction of the budget in [0.5, 1]; got {aim:g}")
         if reward not in REWARDS:
             raise PruneGymError(f"reward must be one of {', '.join(REWARDS)}; got {reward!r}")
         if action_mode not in ("continuous", "discrete"):
@@ -252,6 +257,7 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         self.groups = self.graph.groups
         self.budget_model = budget_model
         self.budget = budget
+        self.aim = float(aim)
         self.reward_spec = REWARDS[reward]
         self.reward_name = reward
         self.action_mode = action_mode
@@ -318,19 +324,20 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         self.last_info: dict[str, Any] = {}
 
     def _check_feasible(self, budget: float) -> None:
-        if self._floor > budget * self.dense_cost:
+        if self._floor > budget * self.aim * self.dense_cost:
             raise BudgetInfeasibleError(
                 f"budget {budget:g} is below what max_sparsity {self.max_sparsity:g} reaches "
                 f"({self._floor / self.dense_cost:.3f} of the dense cost); raise the budget or max_sparsity"
             )
 
     def set_budget(self, budget: float) -> None:
-        """Aim at ``budget`` (a fraction of the dense cost) from the next decision on; normally set at reset."""
+        """Aim at ``budget`` (a fraction of the dense cost; the plan's cost at most ``aim`` of it) from the next
+        decision on; normally set at reset."""
         if not 0 < budget <= 1:
             raise PruneGymError(f"budget must be in (0, 1]; got {budget:g}")
         self._check_feasible(budget)
         self.budget = float(budget)
-        self.target = self.budget * self.dense_cost
+        self.target = self.budget * self.aim * self.dense_cost
         if self.centre_on_uniform:
             self.centre_sparsity = uniform_sparsity(self.budget_problem())
 

@@ -519,6 +519,7 @@ def _train_config(args: argparse.Namespace):
         action_mapping=args.action_mapping,
         episodes_per_update=args.episodes_per_update,
         calibrate_latency=args.calibrate_latency,
+        aim=args.search_aim,
     )
 
 
@@ -687,6 +688,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         agent_reward=args.agent_reward,
         episodes_per_update=args.episodes_per_update,
         calibrate_latency=args.calibrate_latency,
+        search_aim=args.search_aim,
         finish_again_before=args.finish_again_before,
         executor=args.executor,
         ray_address=args.ray_address,
@@ -950,6 +952,13 @@ def _add_learner_args(parser: argparse.ArgumentParser) -> None:
         "--calibrate-latency",
         action="store_true",
         help="on a measured device, time a few plans beside the dense model first and correct the lookup table",
+    )
+    parser.add_argument(
+        "--search-aim",
+        type=float,
+        default=1.0,
+        help="every plan aims at this fraction of the budget (0.98: where the measured budget check aims, so that "
+        "it moves no plan; default 1)",
     )
 
 

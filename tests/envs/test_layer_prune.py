@@ -164,6 +164,7 @@ def test_render_modes(digits):
         ),
         ({"budget_range": (0.8, 0.6)}, PruneGymError, r"budget_range must be \(low, high\)"),
         ({"budget_range": (0.01, 0.6)}, BudgetInfeasibleError, "budget 0.01 is below what max_sparsity"),
+        ({"aim": 1.02}, PruneGymError, r"aim must be a fraction of the budget in \[0.5, 1\]; got 1.02"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, error, message, digits):
@@ -190,6 +191,17 @@ def test_scaled_episodes_land_on_the_budget_and_start_from_the_prior(budget, sen
         assert info["budget_met"] and info["cost"] > 0.99 * env.target  # within 1% of the budget
         asked = [env.decode_action(a)[0] for a in actions]
         assert any(abs(s - env.prior_plan.sparsity[g.name]) > 0.01 for s, g in zip(asked, env.groups, strict=True))
+
+
+def test_an_aim_below_the_budget_lands_every_plan_there_and_keeps_the_budget(digits):
+    env = make_env(budget=0.7, aim=0.95, dataset=digits, action_mapping="scaled", **FAST)
+    assert env.target == pytest.approx(0.7 * 0.95 * env.dense_cost)
+    assert env.budget_problem().target == env.target  # the baselines and searches aim there too
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        _, info = _run_episode(env, [rng.uniform(-1, 1, 1).astype(np.float32) for _ in env.groups])
+        assert info["budget"] == 0.7 and info["budget_met"]
+        assert 0.99 * 0.665 < info["cost"] / env.dense_cost <= 0.665 * (1 + 1e-9)
 
 
 def test_residual_reward_is_the_gain_over_the_prior_plan(digits):
