@@ -472,6 +472,7 @@ def finish_plan(
         )
         report = {
             **record.to_dict(),
+            **({"measured_over_expected": record.measured_over_expected} if record.measured_over_expected else {}),
             "plan": plan.to_dict(),
             "groups": describe(pruned, engine.graph),
             "written": time.strftime("%Y-%m-%dT%H:%M:%S"),

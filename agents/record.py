@@ -127,6 +127,16 @@ class MethodRecord:
     (:meth:`~pruning_core.finalists.Reranked.to_dict`: ``picked``, ``search_scores``, ``scores``, ``evaluations``,
     ``seconds``; the last two are included in ``evaluations`` and ``search_seconds``)."""
 
+    @property
+    def measured_over_expected(self) -> float | None:
+        """A gated model's measured latency ratio to dense over the ratio its latency model expects at its blocks'
+        execution rates (1: the expectation holds; None: no gates, not measured, or not a latency budget)."""
+        if None in (self.latency_ms_expected, self.dense_latency_ms_predicted, self.latency_ratio_final):
+            return None
+        assert self.latency_ms_expected is not None and self.dense_latency_ms_predicted is not None
+        assert self.latency_ratio_final is not None
+        return round(self.latency_ratio_final / (self.latency_ms_expected / self.dense_latency_ms_predicted), 12)
+
     def to_dict(self) -> dict[str, Any]:
         """The record as ``report.json`` and ``results.json`` hold it: every field that is not None."""
         out: dict[str, Any] = {}

@@ -32,4 +32,15 @@ def print_records(records: Sequence[MethodRecord]) -> None:
             f"{r.test_top1_bn:.4f}",
             f"{r.test_top1_finetuned:.4f}" if r.val_top1_finetuned is not None else "-",
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for r in records:  # a gated model: how often each block ran, and the latency that implies against the measured
+        if r.exec_rate_test:
+            rates = ", ".join(f"{block} {rate:.2f}" for block, rate in r.exec_rate_test.items())
+            console.print(f"{r.method}: blocks executed on test (fraction of images): {rates}")
+        if r.latency_ms_expected is not None and r.dense_latency_ms_predicted:
+            expected = r.latency_ms_expected / r.dense_latency_ms_predicted
+            ratio, line = r.measured_over_expected, f"{r.method}: expected at those rates {expected:.3f} of dense"
+            if ratio is not None:
+                line += f", measured {r.latency_ratio_final:.3f}: measured/expected {ratio:.3f}"
+            console.print(line)

@@ -284,3 +284,18 @@ def test_a_dynamic_run_with_probes_counts_the_skip_probes_before_its_episodes(tm
     env = make_env(dynamic_skip=True, sensitivity=True, **FAST)  # the probes, from the cache
     assert env.skip_sensitivity is not None and env.skip_sensitivity.evaluations == 1 + len(env.scorer.gates.weights)
     assert result.state.probe_evaluations == env.sensitivity.evaluations + env.skip_sensitivity.evaluations
+
+
+def test_a_gated_model_on_a_measured_device_reports_its_measured_over_expected_latency(digits, tmp_path):
+    env = make_env(dataset=digits, val_images=150, bn_batches=2, device="host-cpu", budget=0.8, dynamic_skip=True)
+    thresholds = {block: 0.5 for block in env.scorer.gates.weights}
+    plan = PruningPlan({name: 0.25 for name in env.engine.group_names}, criterion="l1", skip_thresholds=thresholds)
+    result = finish_plan(
+        "gated", env, plan, digits, finetune=finetune_recipe(0), out=tmp_path, base_model="small_cnn", progress=False
+    )
+    record = result.record
+    assert record.thinned_by is None  # a gated plan is not checked: its latency depends on the inputs
+    assert set(record.exec_rate_test) == set(thresholds) and record.latency_ms_expected is not None
+    expected = record.latency_ms_expected / record.dense_latency_ms_predicted
+    assert record.measured_over_expected == pytest.approx(record.latency_ratio_final / expected)
+    assert json.loads((tmp_path / "report.json").read_text())["measured_over_expected"] == record.measured_over_expected

@@ -83,3 +83,10 @@ def test_a_record_with_unknown_or_missing_keys_is_refused():
     del saved["device"], saved["sparsity"]
     with pytest.raises(PruneGymError, match=r"expected a record with \['device', 'sparsity'\]; got keys \["):
         MethodRecord.from_dict(saved)
+
+
+def test_a_gated_records_measured_over_expected_ratio_needs_its_expectation_and_a_measurement():
+    gated = _record(latency_ms_expected=6.0, dense_latency_ms_predicted=10.0, latency_ratio_final=0.63)
+    assert gated.measured_over_expected == pytest.approx(1.05)
+    assert replace(gated, latency_ratio_final=None).measured_over_expected is None  # not measured
+    assert replace(gated, latency_ms_expected=None).measured_over_expected is None  # no gates

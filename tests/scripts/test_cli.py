@@ -599,7 +599,10 @@ def test_dynamic_skip_train_apply_evaluate(tmp_path, capsys):
         == 0
     )
     assert "skip_thresholds" in json.loads((tmp_path / "run" / "best_plan.json").read_text())
+    capsys.readouterr()
     assert main(["apply", "--policy", str(tmp_path / "run"), *common, "--out", str(tmp_path / "applied")]) == 0
+    printed = capsys.readouterr().out
+    assert "blocks executed on test (fraction of images): block1 " in printed and "expected at those rates" in printed
     report = json.loads((tmp_path / "applied" / "report.json").read_text())
     assert set(report["exec_rate_test"]) == {"block1", "block2"}
     assert report["latency_ms_expected"] <= report["latency_ms_predicted"] * (1 + 1e-9)
