@@ -443,9 +443,14 @@ def _search_name(method: str, budget: float, seed: int) -> str:
     return f"{method}_b{budget:g}" + ("" if method in DETERMINISTIC else f"_s{seed}")
 
 
+def _cell_name(method: str, budget: float, seed: int) -> str:
+    """A cell's name: its agent's run folder, its re-rank's log after the budget check."""
+    return f"{method}_b{budget:g}_s{seed}"
+
+
 def _run_dir(out: Path, method: str, budget: float, seed: int) -> Path:
     """An agent cell's run folder (its model, search state and learning curve) under ``out/runs``."""
-    return out / "runs" / f"{method}_b{budget:g}_s{seed}"
+    return out / "runs" / _cell_name(method, budget, seed)
 
 
 def _plan_path(out: Path, method: str, budget: float) -> Path:
@@ -1041,7 +1046,7 @@ def _rerank_checked(
             len(searched), [(s, checks[key][0].to_json()) for s, key in zip(scores, keys, strict=True)]
         )
         found, cpu = _rerank_plan(
-            method, cfg, env_of(method, budget), checked, seed, budget, executor, name=f"{method}_b{budget:g}_s{seed}"
+            method, cfg, env_of(method, budget), checked, seed, budget, executor, name=_cell_name(method, budget, seed)
         )
         planned[method] = p._replace(
             plan=searched[found.picked],
