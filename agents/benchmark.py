@@ -53,7 +53,7 @@ from agents.policy_io import SavedPolicy, load_policy
 from agents.record import MethodRecord
 from agents.train import ALGOS, FINALISTS_KEPT, TrainRunConfig, prepare_env_settings, train_agent
 from envs.factory import make_env
-from envs.layer_prune import ACTION_MAPPINGS, DEFAULT_LEVELS, REWARDS, LayerPruneEnv
+from envs.layer_prune import ACTION_MAPPINGS, DEFAULT_LEVELS, REWARDS, LayerPruneEnv, checked_aim
 from envs.target import Target
 from pruning_core.baselines import BASELINE_CRITERIA, BASELINES, BudgetProblem, baseline_plan
 from pruning_core.data import atomic_write_bytes
@@ -196,8 +196,7 @@ class BenchmarkConfig:
             raise PruneGymError(
                 f"action_mapping must be one of {', '.join(ACTION_MAPPINGS)}; got {self.action_mapping!r}"
             )
-        if not 0.5 <= self.search_aim <= 1:
-            raise PruneGymError(f"search_aim must be a fraction of the budget in [0.5, 1]; got {self.search_aim:g}")
+        checked_aim(self.search_aim, "search_aim")
         if self.agent_reward not in REWARDS:
             raise PruneGymError(f"agent_reward must be one of {', '.join(REWARDS)}; got {self.agent_reward!r}")
         make_executor(self.executor, address=self.ray_address, workers=self.ray_workers, threads=self.ray_threads)

@@ -128,14 +128,21 @@ class MethodRecord:
     ``seconds``; the last two are included in ``evaluations`` and ``search_seconds``)."""
 
     @property
-    def measured_over_expected(self) -> float | None:
-        """A gated model's measured latency ratio to dense over the ratio its latency model expects at its blocks'
-        execution rates (1: the expectation holds; None: no gates, not measured, or not a latency budget)."""
-        if None in (self.latency_ms_expected, self.dense_latency_ms_predicted, self.latency_ratio_final):
+    def latency_ratio_expected(self) -> float | None:
+        """A gated model's latency relative to dense as its latency model expects it at its blocks' execution rates
+        (None: no gates, or not a latency budget)."""
+        if self.latency_ms_expected is None or not self.dense_latency_ms_predicted:
             return None
-        assert self.latency_ms_expected is not None and self.dense_latency_ms_predicted is not None
-        assert self.latency_ratio_final is not None
-        return round(self.latency_ratio_final / (self.latency_ms_expected / self.dense_latency_ms_predicted), 12)
+        return self.latency_ms_expected / self.dense_latency_ms_predicted
+
+    @property
+    def measured_over_expected(self) -> float | None:
+        """A gated model's measured latency ratio to dense over :attr:`latency_ratio_expected` (1: the expectation
+        holds; None: no gates, not measured, or not a latency budget)."""
+        expected = self.latency_ratio_expected
+        if expected is None or self.latency_ratio_final is None:
+            return None
+        return round(self.latency_ratio_final / expected, 12)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as ``report.json`` and ``results.json`` hold it: every field that is not None."""

@@ -25,7 +25,7 @@ from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from agents.policy_io import save_policy
-from envs.layer_prune import ACTION_MAPPINGS, DEFAULT_LEVELS, checked_budget_range
+from envs.layer_prune import ACTION_MAPPINGS, DEFAULT_LEVELS, checked_aim, checked_budget_range
 from envs.target import Target
 from hardware_models.measure import MEASURED_DEVICES
 from pruning_core.data import atomic_write_bytes
@@ -147,8 +147,7 @@ class TrainRunConfig:
             raise PruneGymError(
                 f"action_mapping must be one of {', '.join(ACTION_MAPPINGS)}; got {self.action_mapping!r}"
             )
-        if not 0.5 <= self.aim <= 1:
-            raise PruneGymError(f"aim must be a fraction of the budget in [0.5, 1]; got {self.aim:g}")
+        checked_aim(self.aim)
         if self.episodes_per_update < 1:
             raise PruneGymError(f"episodes_per_update must be >= 1; got {self.episodes_per_update}")
         if self.levels != DEFAULT_LEVELS and ALGOS[self.algo].action_mode != "discrete":

@@ -77,6 +77,17 @@ def checked_budget_range(budget_range: Any) -> tuple[float, float]:
     return low, high
 
 
+def checked_aim(aim: float, name: str = "aim") -> float:
+    """``aim`` (the fraction of the budget plans aim at) as a float in [0.5, 1].
+
+    Raises:
+        PruneGymError: Outside that range; the message names the setting ``name``.
+    """
+    if not 0.5 <= aim <= 1:
+        raise PruneGymError(f"{name} must be a fraction of the budget in [0.5, 1]; got {aim:g}")
+    return float(aim)
+
+
 @dataclass(frozen=True)
 class RewardContext:
     """What a reward function sees at the end of an episode."""
@@ -235,8 +246,6 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
     ) -> None:
         if not 0 < budget <= 1:
             raise PruneGymError(f"budget must be in (0, 1]; got {budget:g}")
-        if not 0.5 <= aim <= 1:
-            raise PruneGymError(f"aim must be a fraction of the budget in [0.5, 1]; got {aim:g}")
         if reward not in REWARDS:
             raise PruneGymError(f"reward must be one of {', '.join(REWARDS)}; got {reward!r}")
         if action_mode not in ("continuous", "discrete"):
@@ -257,7 +266,7 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
         self.groups = self.graph.groups
         self.budget_model = budget_model
         self.budget = budget
-        self.aim = float(aim)
+        self.aim = checked_aim(aim)
         self.reward_spec = REWARDS[reward]
         self.reward_name = reward
         self.action_mode = action_mode

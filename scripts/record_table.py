@@ -38,8 +38,7 @@ def print_records(records: Sequence[MethodRecord]) -> None:
         if r.exec_rate_test:
             rates = ", ".join(f"{block} {rate:.2f}" for block, rate in r.exec_rate_test.items())
             console.print(f"{r.method}: blocks executed on test (fraction of images): {rates}")
-        if r.latency_ms_expected is not None and r.dense_latency_ms_predicted:
-            expected = r.latency_ms_expected / r.dense_latency_ms_predicted
+        if (expected := r.latency_ratio_expected) is not None:
             ratio, line = r.measured_over_expected, f"{r.method}: expected at those rates {expected:.3f} of dense"
             if ratio is not None:
                 line += f", measured {r.latency_ratio_final:.3f}: measured/expected {ratio:.3f}"
