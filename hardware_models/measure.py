@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from hardware_models.base import DeviceKind, LatencyStats, Variant
-from hardware_models.timing_worker import read_message, write_message
+from hardware_models.messages import read_message, write_message
 from pruning_core.engine import prune_channels, remove_blocks, top_channels
 from pruning_core.errors import PruneGymError
 from pruning_core.graph import ModelGraph

@@ -1,7 +1,7 @@
 """The timing worker: a fresh Python process that times the models it is sent and does nothing else.
 
 Started by :func:`hardware_models.measure.interleaved_rounds` as ``python -m hardware_models.timing_worker``. Each
-request on stdin and each reply on stdout is a plain pickle preceded by its length (8 bytes, little-endian): the request
+request on stdin and each reply on stdout is a plain pickle preceded by its length (:mod:`hardware_models.messages`): the request
 ``(measurer, models, input_shape, rounds, batch_size)``, the reply ``("ok", rounds of LatencyStats)`` or
 ``("error", message)``. The worker exits when its stdin closes, so it never outlives the process that started it.
 Anything a library prints goes to stderr, not into the replies.
@@ -12,22 +12,8 @@ from __future__ import annotations
 import os
 import pickle
 import sys
-from typing import IO
 
-
-def read_message(stream: IO[bytes]) -> bytes | None:
-    """One length-prefixed message, or None when the stream has ended."""
-    header = stream.read(8)
-    if len(header) < 8:
-        return None
-    size = int.from_bytes(header, "little")
-    payload = stream.read(size)
-    return payload if len(payload) == size else None
-
-
-def write_message(stream: IO[bytes], payload: bytes) -> None:
-    stream.write(len(payload).to_bytes(8, "little") + payload)
-    stream.flush()
+from hardware_models.messages import read_message, write_message
 
 
 def main() -> None:

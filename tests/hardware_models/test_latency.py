@@ -4,6 +4,8 @@ import copy
 import json
 import math
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -58,6 +60,19 @@ def test_rounds_are_timed_in_a_fresh_worker_unless_the_models_cannot_go_there(re
     with pytest.raises(PruneGymError, match="timing worker could not time the models: RuntimeError"):
         interleaved_rounds(measurer, [torch.nn.Linear(5, 5)], (3, 32, 32), rounds=1)  # fails in the worker: said here
     assert interleaved_rounds(measurer, [resnet_graph.model], (3, 32, 32), rounds=1).in_worker  # the worker carries on
+
+
+def test_the_timing_worker_starts_without_a_warning_and_ends_with_its_input():
+    # importing hardware_models must not import the worker's module, which ``python -m`` then runs again as __main__
+    done = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-m", "hardware_models.timing_worker"],
+        input=b"",
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout == b""  # no reply without a request
 
 
 @pytest.mark.parametrize(
