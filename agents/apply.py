@@ -337,12 +337,7 @@ def _gated_fields(
     latency the latency model expects with each gated block weighted by its rate (none without gates)."""
     if not exec_rate:
         return {}
-    layer_costs = env.budget_model.layer_costs(env.engine.graph, dict(kept))
-    weighted = sum(
-        cost * next((r for b, r in exec_rate.items() if name.startswith(b + ".")), 1.0)
-        for name, cost in layer_costs.items()
-    )
-    expected = env.budget_model.combine(weighted) if latency else None
+    expected = env.budget_model.expected(env.engine.graph, kept, exec_rate) if latency else None
     return {"test_top1_gated": top1, "exec_rate_test": dict(exec_rate), "latency_ms_expected": expected}
 
 

@@ -560,7 +560,7 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
             self._sparsity = {g.name: 1.0 - self._kept[g.name] / g.channels for g in self.groups}
         plan = self.plan
         score = self.scorer.score(plan)
-        cost = self._expected_cost(score.exec_rate)
+        cost = self.budget_model.expected(self.graph, self._kept, score.exec_rate)
         prior = self.prior_top1() if self.reward_name == "residual" else 0.0
         context = RewardContext(top1=score.top1, cost_ratio=cost / self.target, macs=score.macs, prior_top1=prior)
         info: dict[str, Any] = {
@@ -606,14 +606,6 @@ class LayerPruneEnv(gym.Env[np.ndarray, Any]):
                 return kept
             _, _, name, width = min(steps)
             kept[name] = width
-
-    def _expected_cost(self, exec_rate: dict[str, float]) -> float:
-        """Cost of the decided widths with each gated block's layers weighted by its execution rate."""
-        raw = 0.0
-        for name in self._layers:
-            block = next((b for b in exec_rate if name.startswith(b + ".")), None)
-            raw += self._layer_cost(name, self._kept) * (exec_rate[block] if block is not None else 1.0)
-        return self.budget_model.combine(raw)
 
     def budget_problem(self, target: float | None = None) -> BudgetProblem:
         """The environment's budget as a problem for the heuristic baselines: same engine, cost, target and

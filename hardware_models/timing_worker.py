@@ -1,7 +1,7 @@
 """The timing worker: a fresh Python process that times the models it is sent and does nothing else.
 
 Started by :func:`hardware_models.measure.interleaved_rounds` as ``python -m hardware_models.timing_worker``. Each
-request on stdin and each reply on stdout is a plain pickle preceded by its length (:mod:`hardware_models.messages`): the request
+request on stdin and each reply on stdout is a plain pickle framed by :mod:`hardware_models.messages`: the request
 ``(measurer, models, input_shape, rounds, batch_size)``, the reply ``("ok", rounds of LatencyStats)`` or
 ``("error", message)``. The worker exits when its stdin closes, so it never outlives the process that started it.
 Anything a library prints goes to stderr, not into the replies.

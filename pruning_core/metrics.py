@@ -152,6 +152,25 @@ class LayerwiseCost:
         """The cost of a variant."""
         return self.combine(sum(self.layer_costs(graph, kept, removed_blocks).values()))
 
+    def expected(self, graph: ModelGraph, kept: Mapping[str, int], exec_rate: Mapping[str, float]) -> float:
+        """The cost of a gated variant: each layer inside a gated block weighted by the fraction of inputs that run
+        the block (``exec_rate``, by block name; layers outside every gated block count in full).
+
+        >>> from pruning_core.graph import ModelGraph
+        >>> from pruning_core.models import build_model
+        >>> graph = ModelGraph(build_model("resnet20"), (3, 32, 32))
+        >>> cost = MacsCost()
+        >>> cost.expected(graph, {}, {"layer1.0": 1.0}) == cost.total(graph)
+        True
+        >>> cost.expected(graph, {}, {"layer1.0": 0.0}) == cost.total(graph, removed_blocks=["layer1.0"])
+        True
+        """
+        prefixes = [(block + ".", rate) for block, rate in exec_rate.items()]
+        weighted = 0.0
+        for name, layer in self.layer_costs(graph, kept).items():
+            weighted += layer * next((rate for prefix, rate in prefixes if name.startswith(prefix)), 1.0)
+        return self.combine(weighted)
+
 
 def _per_output(graph: ModelGraph, name: str, c_in: int) -> int:
     """Weights (MACs per output value) of one output channel of a layer with ``c_in`` inputs: a depthwise kernel
