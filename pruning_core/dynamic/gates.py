@@ -57,7 +57,7 @@ class GatedBlock(nn.Module):
         self._counts = [0, 0]  # inputs that ran the block, and inputs seen, since the last reset (eval mode)
         self.last_scores: torch.Tensor | None = None  # gate scores of the last training batch
         self._folded: tuple[Any, ...] | None = None  # the gate folded for inputs of one shape (eval; see _fold)
-        self._log: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per batch: gate logits, ran (_record_gates)
+        self._log: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per batch: gate logits, ran (record_gates)
         self._every = False  # training: run the block for every input, gate not asked (_every_block_runs)
         self.register_load_state_dict_post_hook(_unfold_after_load)
 

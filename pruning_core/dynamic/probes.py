@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from pruning_core.dynamic.gates import gated_blocks
-from pruning_core.dynamic.thresholds import _record_gates
+from pruning_core.dynamic.thresholds import record_gates
 from pruning_core.errors import PruneGymError
 from pruning_core.plan import PruningPlan
 from pruning_core.scoring import PlanScorer
@@ -113,7 +113,7 @@ def gate_scores(scorer: PlanScorer) -> dict[str, torch.Tensor]:
     images, labels = torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs])
     with torch.no_grad():  # not inference_mode: the scorer evaluates gates fitted the same way again
         gated = scorer.gates.fit(pruned.model, pruned.kept_channels, dict.fromkeys(scorer.gates.weights, 0.0))
-        record = _record_gates(gated, dict(gated_blocks(gated)), images, labels, torch.arange(len(labels)), 256)
+        record = record_gates(gated, dict(gated_blocks(gated)), images, labels, torch.arange(len(labels)), 256)
     return {name: torch.sigmoid(z.float()) for name, z in record.logits.items()}
 
 

@@ -35,22 +35,22 @@ class ThresholdStep:
 
 
 @dataclass(frozen=True)
-class _GateRecord:
+class GateRecord:
     """Per image of a split: whether the model got it right, and each gated block's gate logit and decision."""
 
     correct: torch.Tensor
     logits: dict[str, torch.Tensor]
     ran: dict[str, torch.Tensor]
 
-    def taken(self, index: torch.Tensor) -> _GateRecord:
+    def taken(self, index: torch.Tensor) -> GateRecord:
         """The record of the images at ``index`` alone."""
-        return _GateRecord(
+        return GateRecord(
             self.correct[index],
             {k: v[index] for k, v in self.logits.items()},
             {k: v[index] for k, v in self.ran.items()},
         )
 
-    def replaced(self, index: torch.Tensor, redone: _GateRecord) -> _GateRecord:
+    def replaced(self, index: torch.Tensor, redone: GateRecord) -> GateRecord:
         """This record with the images at ``index`` as ``redone`` recorded them."""
 
         def put(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -58,7 +58,7 @@ class _GateRecord:
             out[index] = new
             return out
 
-        return _GateRecord(
+        return GateRecord(
             put(self.correct, redone.correct),
             {k: put(v, redone.logits[k]) for k, v in self.logits.items()},
             {k: put(v, redone.ran[k]) for k, v in self.ran.items()},
@@ -72,18 +72,18 @@ class _Raise(NamedTuple):
     cost: float
     levels: int
     point: ThresholdStep
-    record: _GateRecord
+    record: GateRecord
     block: str
 
 
-def _record_gates(
+def record_gates(
     model: nn.Module,
     blocks: dict[str, GatedBlock],
     images: torch.Tensor,
     labels: torch.Tensor,
     index: torch.Tensor,
     batch_size: int,
-) -> _GateRecord:
+) -> GateRecord:
     """Run the images at ``index`` through ``model`` at its thresholds, a batch at a time, recording every gate's
     logit and decision per image (a block at threshold 0 runs every image, and its gate is asked for the record).
 
@@ -107,7 +107,7 @@ def _record_gates(
                 f"expected gated block {name} to see each of {len(index)} images once per pass; it saw "
                 f"{sum(len(z) for z, _ in log)}"
             )
-    return _GateRecord(
+    return GateRecord(
         torch.cat(correct),
         {name: torch.cat([z for z, _ in log]) for name, log in logs.items()},
         {name: torch.cat([r for _, r in log]) for name, log in logs.items()},
@@ -260,7 +260,7 @@ class _ThresholdSearch:
                 bar.set_postfix(top1=f"{point.top1:.4f}", expected_ms=f"{point.expected_ms:.3f}")
         return path
 
-    def best(self, tried: dict[str, _Raise | None], point: ThresholdStep, state: _GateRecord) -> _Raise | None:
+    def best(self, tried: dict[str, _Raise | None], point: ThresholdStep, state: GateRecord) -> _Raise | None:
         """The raise from ``point`` that loses the least accuracy per ms saved (the first such block on a tie), or
         None when none saves anything; ``tried`` gains every block's raise it lacked."""
         best: _Raise | None = None
@@ -272,7 +272,7 @@ class _ThresholdSearch:
                 best = trial
         return best
 
-    def point_of(self, thresholds: dict[str, float], state: _GateRecord) -> ThresholdStep:
+    def point_of(self, thresholds: dict[str, float], state: GateRecord) -> ThresholdStep:
         """The point at ``thresholds``, the split's record there being ``state``."""
         seen = len(self.labels)
         rates = {name: int(state.ran[name].sum()) / seen for name in self.blocks}
@@ -280,11 +280,11 @@ class _ThresholdSearch:
         return ThresholdStep(dict(thresholds), int(state.correct.sum()) / seen, expected, rates)
 
     @staticmethod
-    def changed(state: _GateRecord, name: str, level: float) -> torch.Tensor:
+    def changed(state: GateRecord, name: str, level: float) -> torch.Tensor:
         """The images that ran block ``name`` and would skip it at ``level``: the only ones a raise changes."""
         return torch.nonzero(state.ran[name] & (state.logits[name] < _logit(level))).squeeze(1)
 
-    def rerun(self, record: _GateRecord, index: torch.Tensor, thresholds: dict[str, float]) -> _GateRecord:
+    def rerun(self, record: GateRecord, index: torch.Tensor, thresholds: dict[str, float]) -> GateRecord:
         """``record`` with the images at ``index`` run again at ``thresholds``."""
         if index.numel() == 0:
             return record
@@ -292,13 +292,13 @@ class _ThresholdSearch:
             self.blocks[name].threshold = level
         return record.replaced(index, self._record(index))
 
-    def scored(self, name: str, level: float, up: int, point: ThresholdStep, after: _GateRecord) -> _Raise | None:
+    def scored(self, name: str, level: float, up: int, point: ThresholdStep, after: GateRecord) -> _Raise | None:
         """Raising ``name`` to ``level`` from ``point``, which leaves ``after``; None if it saves nothing."""
         trial = self.point_of({**point.thresholds, name: level}, after)
         saved = point.expected_ms - trial.expected_ms
         return _Raise((point.top1 - trial.top1) / saved, up, trial, after, name) if saved > 1e-9 else None
 
-    def fresh(self, name: str, point: ThresholdStep, state: _GateRecord) -> _Raise | None:
+    def fresh(self, name: str, point: ThresholdStep, state: GateRecord) -> _Raise | None:
         """The block's next level that saves anything, scored on the images it changes."""
         here = self.order.index(point.thresholds[name])
         for up, level in enumerate(self.order[here + 1 :], 1):
@@ -312,7 +312,7 @@ class _ThresholdSearch:
                     return tried
         return None
 
-    def carried(self, old: _Raise, point: ThresholdStep, state: _GateRecord, raised: str) -> _Raise | None:
+    def carried(self, old: _Raise, point: ThresholdStep, state: GateRecord, raised: str) -> _Raise | None:
         """``old``, tried at the previous point, brought to ``point`` (reached by raising ``raised``) as
         :func:`search_thresholds`'s docstring says; None when it must be tried afresh."""
         name, level = old.block, old.point.thresholds[old.block]
@@ -327,6 +327,6 @@ class _ThresholdSearch:
         after = self.rerun(after, moved[both], {**point.thresholds, name: level})
         return self.scored(name, level, there - here, point, after)
 
-    def _record(self, index: torch.Tensor) -> _GateRecord:
+    def _record(self, index: torch.Tensor) -> GateRecord:
         """The images at ``index`` run at the model's current thresholds, every gate recorded."""
-        return _record_gates(self.model, self.blocks, self.images, self.labels, index, self.batch_size)
+        return record_gates(self.model, self.blocks, self.images, self.labels, index, self.batch_size)
