@@ -118,8 +118,9 @@ class BenchmarkConfig:
     """SGD steps of the re-score's short fine-tune."""
     match_greedy: bool = False
     """At each budget, greedy-lut searches first and the agents, random-search and tpe then score as many plans as it
-    did (the agents' probes and prior plan included; each re-rank's evaluations on top alike) instead of
-    ``episodes``. Needs greedy-lut among the methods."""
+    did in all, its re-rank included, instead of ``episodes``: their searches (the agents' probes and prior plan
+    included) get that count less ``rerank``, which their re-ranks spend (greedy-lut may have fewer finalists within
+    the budget than ``rerank``). Needs greedy-lut among the methods."""
     transfer_from: str | None = None
     """A trained policy's run folder, also applied with no search (method ``transfer``)."""
     centre_on_uniform: bool = False
@@ -868,9 +869,14 @@ def _run_cells(cfg: BenchmarkConfig, executor: Executor) -> list[dict[str, Any]]
                     raise PruneGymError(f"greedy-lut cannot reach budget {budget:g}: nothing to match")
                 if "greedy-lut" in todo_methods:
                     planned["greedy-lut"] = greedy
-                allowed = greedy.evaluations - (greedy.rerank["evaluations"] if greedy.rerank else 0)
+                total = greedy.evaluations + (len(greedy.finalists.entries) if greedy.finalists is not None else 0)
+                allowed = total - cfg.rerank  # each search's re-rank of its finalists is paid from the same count
                 executor.release_workers()  # its idle scoring workers would hold the CPUs the agents' tasks wait for
-                print(f"== budget {budget:g}: every search gets greedy-lut's {allowed} evaluations", flush=True)
+                print(
+                    f"== budget {budget:g}: every search gets greedy-lut's {total} evaluations ({allowed} to search, "
+                    f"{cfg.rerank} to re-score its finalists)",
+                    flush=True,
+                )
             # the agents' searches: on Ray, started now, side by side with each other and the searches below
             searching = {
                 m: _start_agent(m, cfg, env_of(m, budget), seed, budget, executor, allowed)
